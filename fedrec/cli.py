@@ -1,0 +1,61 @@
+"""The ``fedrec`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import tomli_w
+
+from .config import PRESETS, ConfigError, parse_overrides, resolve_config
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="demo", help="base settings (default: demo)")
+    parser.add_argument("--config", help="TOML file of config keys, applied over the preset")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key (repeatable), e.g. --set num-clients=8",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``fedrec`` console script."""
+    parser = argparse.ArgumentParser(prog="fedrec", description="Federated DP-LoRA recommendation on Flower.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    sim = commands.add_parser("simulate", help="run a federated simulation and print its summary")
+    _add_config_args(sim)
+    sim.add_argument("--out", help="results folder (default: runs/<timestamp>)")
+    sim.add_argument("--verbose", action="store_true", help="Flower's debug logging")
+    show = commands.add_parser("config", help="print the resolved configuration as TOML")
+    _add_config_args(show)
+    args = parser.parse_args(argv)
+    try:
+        overrides = parse_overrides(args.overrides)
+        if getattr(args, "out", None):
+            overrides["out"] = args.out
+        cfg = resolve_config(args.preset, args.config, overrides)
+    except ConfigError as err:
+        print(f"fedrec: {err}", file=sys.stderr)
+        return 2
+    if args.command == "config":
+        print(tomli_w.dumps(cfg.to_run_config()), end="")
+        return 0
+    from .simulation.report import summary_table
+    from .simulation.runner import simulate
+
+    out, summary = simulate(cfg, verbose=args.verbose)
+    rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    print()
+    print(summary_table(rounds, summary))
+    print(f"\nresults: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

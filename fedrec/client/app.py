@@ -1,0 +1,164 @@
+"""The fedrec ``ClientApp``: local DP-LoRA training and evaluation on private data.
+
+The node's interactions never leave it: it receives the global adapter, trains it
+with DP-SGD (Opacus) on its own examples, and replies with the adapter and metrics.
+Its privacy ledger lives in ``context.state`` so epsilon composes across rounds; a
+round that would exceed ``target-epsilon`` is declined with a reason.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from ..config import FedRecConfig
+from ..data.examples import PreferenceExample
+from ..data.federation import FederatedData, load_federated_data
+from ..metrics import roc_auc, score_histograms
+from ..models.adapter import adapter_to_arrays, load_adapter_arrays
+from ..models.scorer import PreferenceScorer
+from ..privacy.accountant import PersistentAccountant
+from ..privacy.dp import decline_reason, plan_round
+from ..settings import data_settings, dp_settings, scorer_for, train_settings
+from .train import PrivateTraining, train_adapter
+
+PRIVACY_STATE_KEY = "privacy"
+
+
+def node_data(cfg: FedRecConfig, context: Context) -> tuple[FederatedData, int]:
+    """Dataset view and partition id of the node (from its node config)."""
+    try:
+        partition_id = int(context.node_config["partition-id"])
+        num_partitions = int(context.node_config["num-partitions"])
+    except KeyError as err:
+        raise ValueError(f"node config lacks {err}; set partition-id and num-partitions") from None
+    return load_federated_data(data_settings(cfg), num_partitions), partition_id
+
+
+def _states_and_labels(
+    scorer: PreferenceScorer, data: FederatedData, examples: list[PreferenceExample], batch_size: int
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    states = scorer.prefix_states(scorer.encode(data.prompts(examples)), batch_size=batch_size)
+    return states, torch.tensor([ex.label for ex in examples])
+
+
+def _check_backbone(message: Message, scorer: PreferenceScorer) -> None:
+    expected = message.content.config_records["config"].get("backbone-fingerprint")
+    if expected is not None and expected != scorer.fingerprint:
+        raise ValueError(
+            f"backbone mismatch: the server's {expected}, this node's {scorer.fingerprint} ({scorer.backbone_name})"
+        )
+
+
+def train(message: Message, context: Context, cfg: FedRecConfig) -> Message:
+    """One round of local training; see the module docstring."""
+    started = time.perf_counter()
+    scorer = scorer_for(cfg)
+    _check_backbone(message, scorer)
+    load_adapter_arrays(scorer, message.content.array_records["arrays"], "global adapter")
+    data, partition_id = node_data(cfg, context)
+    examples = data.train_examples(partition_id)
+    server_round = int(message.content.config_records["config"]["server-round"])
+    if not examples:
+        return _declined(message, "no training examples on this node", {})
+    settings = train_settings(cfg, seed=cfg.seed * 1_000_003 + server_round * 1009 + partition_id)
+    metrics: dict[str, Any] = {"num-examples": len(examples), "declined": 0}
+    if cfg.dp:
+        privacy = dp_settings(cfg)
+        accountant = PersistentAccountant.from_record(
+            context.state.config_records.get(PRIVACY_STATE_KEY), privacy.accountant
+        )
+        plan = plan_round(privacy, len(examples), cfg.batch_size, cfg.local_epochs)
+        reason = decline_reason(privacy, plan, accountant)
+        privacy_metrics = {
+            "epsilon": accountant.epsilon(privacy.target_delta),
+            "delta": privacy.target_delta,
+            "noise_multiplier": plan.noise_multiplier,
+            "sample_rate": plan.sample_rate,
+        }
+        if reason is not None:
+            return _declined(message, reason, privacy_metrics)
+        states, labels = _states_and_labels(scorer, data, examples, cfg.physical_batch_size)
+        result = train_adapter(scorer, states, labels, settings, PrivateTraining(plan, cfg.max_grad_norm, accountant))
+        context.state[PRIVACY_STATE_KEY] = accountant.to_record()
+        privacy_metrics["epsilon"] = accountant.epsilon(privacy.target_delta)
+        metrics |= privacy_metrics
+    else:
+        states, labels = _states_and_labels(scorer, data, examples, cfg.physical_batch_size)
+        result = train_adapter(scorer, states, labels, settings)
+        metrics |= {
+            "epsilon": math.inf,
+            "delta": 0.0,
+            "noise_multiplier": 0.0,
+            "sample_rate": min(1.0, cfg.batch_size / len(examples)),
+        }
+    metrics |= {"train_loss": result.loss, "steps": result.steps, "seconds": time.perf_counter() - started}
+    content = RecordDict({"arrays": adapter_to_arrays(scorer), "metrics": MetricRecord(metrics)})
+    return Message(content=content, reply_to=message)
+
+
+def _declined(message: Message, reason: str, privacy_metrics: Mapping[str, float]) -> Message:
+    """A reply that trains nothing: no adapter, ``declined = 1`` and the reason."""
+    metrics = {"num-examples": 0, "declined": 1, **privacy_metrics}
+    content = RecordDict({"metrics": MetricRecord(metrics), "decline": ConfigRecord({"reason": reason})})
+    return Message(content=content, reply_to=message)
+
+
+def evaluate(message: Message, context: Context, cfg: FedRecConfig) -> Message:
+    """Score the node's held-out interactions with the global adapter.
+
+    Replies with the local AUC (NaN when one class only), the loss, and score
+    histograms per label from which the server computes the pooled AUC.
+    """
+    scorer = scorer_for(cfg)
+    _check_backbone(message, scorer)
+    load_adapter_arrays(scorer, message.content.array_records["arrays"], "global adapter")
+    data, partition_id = node_data(cfg, context)
+    examples = data.test_examples(partition_id)
+    scores = scorer.score(scorer.encode(data.prompts(examples)), batch_size=cfg.physical_batch_size)
+    labels = np.array([ex.label for ex in examples])
+    pos, neg = score_histograms(labels, scores.numpy())
+    loss = (
+        F.binary_cross_entropy_with_logits(scores, torch.tensor(labels, dtype=torch.float32))
+        if len(labels)
+        else torch.tensor(0.0)
+    )
+    metrics = {
+        "num-examples": len(examples),
+        "auc": roc_auc(labels, scores.numpy()),
+        "loss": float(loss),
+        "pos-hist": pos,
+        "neg-hist": neg,
+    }
+    return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=message)
+
+
+def build_client_app(run_config: Mapping[str, Any] | None = None) -> ClientApp:
+    """A ClientApp reading its settings from ``run_config`` when given, else from
+    Flower's ``context.run_config`` (as under ``flwr run``).
+    """
+    app = ClientApp()
+
+    def config_of(context: Context) -> FedRecConfig:
+        return FedRecConfig.from_mapping(run_config if run_config is not None else context.run_config)
+
+    @app.train()
+    def _train(message: Message, context: Context) -> Message:
+        return train(message, context, config_of(context))
+
+    @app.evaluate()
+    def _evaluate(message: Message, context: Context) -> Message:
+        return evaluate(message, context, config_of(context))
+
+    return app
+
+
+app = build_client_app()

@@ -1,0 +1,1 @@
+"""Data: interactions, splits, partitions, prompts."""

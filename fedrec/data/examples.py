@@ -1,0 +1,88 @@
+"""Per-user chronological split and preference examples (design §4).
+
+Each user's interactions are ordered by time; the last ``test_interactions`` are held
+out. A training example's history holds only earlier training interactions, and a test
+example's history holds only the user's training interactions, so no test interaction
+is ever seen in training or in a prompt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .interactions import InteractionData
+
+
+@dataclass(frozen=True)
+class PreferenceExample:
+    """One question: will ``user`` like ``item``, given ``history`` of (item, liked), oldest first."""
+
+    user: str
+    item: str
+    label: int
+    history: tuple[tuple[str, bool], ...]
+
+
+@dataclass(frozen=True)
+class ExampleSplit:
+    """Training and test examples per user, plus the training interactions."""
+
+    train: dict[str, list[PreferenceExample]]
+    test: dict[str, list[PreferenceExample]]
+    train_interactions: pd.DataFrame
+
+    @property
+    def users(self) -> list[str]:
+        """Users with at least one test example, sorted."""
+        return sorted(u for u, ex in self.test.items() if ex)
+
+
+def split_examples(
+    data: InteractionData,
+    history_length: int,
+    test_interactions: int = 1,
+    like_threshold: float = 3.0,
+    train_examples_per_user: int = 0,
+) -> ExampleSplit:
+    """Split each user's interactions chronologically and build examples.
+
+    Training examples need ``history_length`` earlier training interactions;
+    ``train_examples_per_user`` > 0 keeps each user's most recent ones only.
+    """
+    inter = data.interactions
+    order = np.lexsort((np.arange(len(inter)), inter["timestamp"].to_numpy(), inter["user"].to_numpy()))
+    inter = inter.iloc[order]
+    train: dict[str, list[PreferenceExample]] = {}
+    test: dict[str, list[PreferenceExample]] = {}
+    train_rows = []
+    for user, frame in inter.groupby("user", sort=True):
+        items = frame["item"].tolist()
+        liked = (frame["rating"].to_numpy() > like_threshold).tolist()
+        n_train = max(len(items) - test_interactions, 0)
+        train_rows.append(frame.iloc[:n_train])
+        seq = list(zip(items, liked, strict=True))
+        user_train = [
+            PreferenceExample(str(user), items[i], int(liked[i]), tuple(seq[i - history_length : i]))
+            for i in range(history_length, n_train)
+        ]
+        if train_examples_per_user:
+            user_train = user_train[-train_examples_per_user:]
+        history = tuple(seq[max(n_train - history_length, 0) : n_train])
+        train[str(user)] = user_train
+        test[str(user)] = (
+            [PreferenceExample(str(user), items[i], int(liked[i]), history) for i in range(n_train, len(items))]
+            if history
+            else []
+        )
+    return ExampleSplit(train, test, pd.concat(train_rows, ignore_index=True))
+
+
+def sample_users(users: list[str], count: int, seed: int) -> list[str]:
+    """``count`` users drawn with a fixed seed (all of them when ``count`` is 0), sorted."""
+    if count == 0 or count >= len(users):
+        return sorted(users)
+    rng = np.random.default_rng(seed)
+    return sorted(rng.choice(sorted(users), size=count, replace=False).tolist())

@@ -1,0 +1,1 @@
+"""Models: frozen backbones, LoRA adapters, scoring."""

@@ -1,0 +1,356 @@
+"""Preference scoring with a frozen backbone plus LoRA, split at the first LoRA layer.
+
+The backbone is frozen, so when LoRA sits only on layers ``k..L-1`` the input of
+layer ``k`` is a fixed function of the prompt: :class:`PreferenceScorer` computes it
+once per prompt (:meth:`PreferenceScorer.prefix_states`, cached per process) and
+trains and scores from it (:meth:`PreferenceScorer.forward`). With LoRA on all layers
+``k = 0`` and the cached state is the token embedding. A self-check at construction
+verifies that the split path reproduces the model's own forward.
+
+Causal LMs score ``logit("Yes") - logit("No")`` at the last position, computing only
+those two rows of the output projection; encoders score with a small trainable head
+over mean-pooled states.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
+from torch import nn
+
+from .backbone import Backbone, BackboneError
+
+ANSWER_SYSTEM_PROMPT = "You are a recommender system."
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA hyper-parameters (as in ``peft.LoraConfig``); ``top_layers`` = 0 puts
+    LoRA on every layer, N > 0 on the top N only.
+    """
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    top_layers: int = 0
+    seed: int = 0
+
+
+class EncoderWithHead(nn.Module):
+    """An encoder trunk with a linear scoring head over mean-pooled states."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(encoder.config.hidden_size, 1)
+        self.config = encoder.config
+
+
+class _StopForward(Exception):
+    """Raised by a pre-hook to end a forward pass once the split input is captured."""
+
+
+class _PassThrough(nn.Module):
+    """Stands in for an encoder's embedding block: returns ``inputs_embeds``."""
+
+    def forward(self, *args: object, inputs_embeds: torch.Tensor, **kwargs: object) -> torch.Tensor:
+        return inputs_embeds
+
+
+def _view(module: nn.Module, path: str, replacement: nn.Module) -> nn.Module:
+    """Shallow copy of ``module`` sharing all parameters, with ``path`` replaced."""
+    head, _, rest = path.partition(".")
+    clone = copy.copy(module)
+    clone._modules = dict(module._modules)
+    clone._modules[head] = _view(module._modules[head], rest, replacement) if rest else replacement
+    return clone
+
+
+def _layer_list(trunk: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The module list holding the transformer layers, and its path in ``trunk``."""
+    count = trunk.config.num_hidden_layers
+    for name, module in trunk.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == count:
+            return name, module
+    raise BackboneError(f"cannot find the {count} transformer layers of {type(trunk).__name__}")
+
+
+class PreferenceScorer(nn.Module):
+    """Frozen backbone + peft LoRA adapter; ``forward`` maps cached layer-``k``
+    states to preference logits.
+    """
+
+    def __init__(
+        self, backbone: Backbone, lora: LoraSettings, max_length: int = 256, compute_dtype: torch.dtype = torch.float32
+    ) -> None:
+        super().__init__()
+        self.compute_dtype = compute_dtype
+        self.backbone_name = backbone.name
+        self.fingerprint = backbone.fingerprint
+        self.kind = backbone.kind
+        self.tokenizer = backbone.tokenizer
+        self.max_length = max_length
+        base = backbone.model if self.kind == "causal" else EncoderWithHead(backbone.model)
+        trunk = base.base_model if self.kind == "causal" else base.encoder
+        layers_path, layers = _layer_list(trunk)
+        num_layers = len(layers)
+        if lora.top_layers > num_layers:
+            raise BackboneError(f"lora-layers = {lora.top_layers} but the backbone has {num_layers} layers")
+        self.split_layer = num_layers - lora.top_layers if lora.top_layers else 0
+        config = LoraConfig(
+            r=lora.rank,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=list(lora.target_modules),
+            layers_to_transform=list(range(self.split_layer, num_layers)) if lora.top_layers else None,
+            layers_pattern=layers_path.rsplit(".", 1)[-1] if lora.top_layers else None,
+            modules_to_save=["head"] if self.kind == "encoder" else None,
+        )
+        torch.manual_seed(lora.seed)
+        try:
+            self.peft: PeftModel = get_peft_model(base, config)
+        except ValueError as err:
+            raise BackboneError(f"cannot attach LoRA to {backbone.name}: {err}") from None
+        self._trunk = trunk
+        self._layers = layers
+        if self.kind == "causal":
+            self._tail = _view(trunk, layers_path, nn.ModuleList(list(layers)[self.split_layer :]))
+        else:
+            tail = _view(trunk, layers_path, nn.ModuleList(list(layers)[self.split_layer :]))
+            self._tail = _view(tail, "embeddings", _PassThrough())
+        self._build_prompt_template()
+        self.eval()
+        self._check_split()
+
+    def train(self, mode: bool = True) -> PreferenceScorer:
+        """Training mode reaches only the adapter (its layers and LoRA dropout): the
+        frozen backbone always runs as in evaluation, so cached states stay valid.
+        """
+        super().train(False)
+        if mode:
+            for module in self.peft.modules():
+                if isinstance(module, LoraLayer):
+                    module.lora_dropout.train()
+                elif any(p.requires_grad for p in module.parameters(recurse=False)):
+                    module.train()
+        self.training = mode
+        return self
+
+    # ---- prompts -------------------------------------------------------------
+    def _build_prompt_template(self) -> None:
+        """Token ids around the prompt content, and the Yes/No answer token ids."""
+        tok = self.tokenizer
+        if self.kind == "encoder":
+            special = tok("")["input_ids"]
+            self._head_ids, self._tail_ids = special[:1], special[1:]
+            return
+        if tok.chat_template:
+            marker = "\u0001CONTENT\u0001"
+            text = tok.apply_chat_template(
+                [{"role": "system", "content": ANSWER_SYSTEM_PROMPT}, {"role": "user", "content": marker}],
+                tokenize=False,
+                add_generation_prompt=True,
+            )
+            before, after = text.split(marker)
+            answer_prefix = ""  # the assistant turn starts without a leading space
+            bos: list[int] = []
+        else:
+            before, after, answer_prefix = "", "\nAnswer:", " "
+            bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+        self._head_ids = bos + tok.encode(before, add_special_tokens=False)
+        self._tail_ids = tok.encode(after, add_special_tokens=False)
+        yes = tok.encode(answer_prefix + "Yes", add_special_tokens=False)
+        no = tok.encode(answer_prefix + "No", add_special_tokens=False)
+        if yes[0] == no[0]:
+            raise BackboneError(f"{self.backbone_name}: 'Yes' and 'No' share their first token")
+        self._answer_ids = torch.tensor([yes[0], no[0]])
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each prompt inside the chat template, truncated to
+        ``max_length`` by dropping the oldest part of the content.
+        """
+        budget = self.max_length - len(self._head_ids) - len(self._tail_ids)
+        if budget <= 8:
+            raise BackboneError(f"max-length {self.max_length} leaves no room for the prompt")
+        contents = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return [self._head_ids + ids[-budget:] + self._tail_ids for ids in contents]
+
+    # ---- split forward -------------------------------------------------------
+    def _pad(self, sequences: list[torch.Tensor], value: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pad to one batch (left for causal models, right for encoders) with a mask."""
+        length = max((s.shape[0] for s in sequences), default=0)
+        left = self.kind == "causal"
+        padded, masks = [], []
+        for s in sequences:
+            pad = length - s.shape[0]
+            widths = [0, 0] * (s.dim() - 1) + ([pad, 0] if left else [0, pad])
+            padded.append(F.pad(s, widths, value=value))
+            m = torch.ones(s.shape[0], dtype=torch.long)
+            masks.append(F.pad(m, [pad, 0] if left else [0, pad]))
+        return torch.stack(padded), torch.stack(masks)
+
+    def _positions(self, mask: torch.Tensor) -> torch.Tensor | None:
+        return (mask.cumsum(-1) - 1).clamp(min=0) if self.kind == "causal" else None
+
+    @torch.no_grad()
+    def _prefix_batch(self, token_lists: list[list[int]]) -> list[torch.Tensor]:
+        device = self._device()
+        ids, mask = self._pad([torch.tensor(t) for t in token_lists], value=self.tokenizer.pad_token_id or 0)
+        ids, mask = ids.to(device), mask.to(device)
+        captured: list[torch.Tensor] = []
+
+        def capture(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+            captured.append(args[0] if args else kwargs["hidden_states"])
+            raise _StopForward
+
+        handle = self._layers[self.split_layer].register_forward_pre_hook(capture, with_kwargs=True)
+        try:
+            with torch.autocast(device.type, dtype=self.compute_dtype, enabled=self.compute_dtype != torch.float32):
+                self._trunk(input_ids=ids, attention_mask=mask, position_ids=self._positions(mask))
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        states = captured[0].float().cpu()
+        lengths = mask.sum(-1).tolist()
+        if self.kind == "causal":
+            return [states[i, states.shape[1] - n :].clone() for i, n in enumerate(lengths)]
+        return [states[i, :n].clone() for i, n in enumerate(lengths)]
+
+    def prefix_states(self, token_lists: list[list[int]], batch_size: int = 16) -> list[torch.Tensor]:
+        """Input of the split layer for each prompt (frozen; cached per process)."""
+        out: dict[int, torch.Tensor] = {}
+        missing = []
+        for i, tokens in enumerate(token_lists):
+            hit = PREFIX_CACHE.get(self._cache_key(tokens))
+            if hit is None:
+                missing.append(i)
+            else:
+                out[i] = hit
+        missing.sort(key=lambda i: len(token_lists[i]))
+        for start in range(0, len(missing), batch_size):
+            chunk = missing[start : start + batch_size]
+            for i, state in zip(chunk, self._prefix_batch([token_lists[i] for i in chunk]), strict=True):
+                PREFIX_CACHE.put(self._cache_key(token_lists[i]), state)
+                out[i] = state
+        return [out[i] for i in range(len(token_lists))]
+
+    def _cache_key(self, tokens: list[int]) -> str:
+        digest = hashlib.sha1(torch.tensor(tokens, dtype=torch.int32).numpy().tobytes()).hexdigest()
+        return f"{self.fingerprint}:{self.split_layer}:{self.compute_dtype}:{digest}"
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Preference logits of a padded batch of split-layer states ``[B, T, d]``."""
+        with torch.autocast(states.device.type, dtype=self.compute_dtype, enabled=self.compute_dtype != torch.float32):
+            hidden = self._tail(inputs_embeds=states, attention_mask=mask, position_ids=self._positions(mask))
+        hidden = hidden.last_hidden_state.float()
+        if self.kind == "causal":
+            weight = self.peft.get_output_embeddings().weight[self._answer_ids.to(hidden.device)]
+            logits = F.linear(hidden[:, -1], weight)
+            return logits[:, 0] - logits[:, 1]
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        return self.peft.base_model.model.head(pooled).squeeze(-1)
+
+    def batch(self, states: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pad cached states into a batch on the model's device."""
+        padded, mask = self._pad(states)
+        device = self._device()
+        return padded.to(device), mask.to(device)
+
+    @torch.no_grad()
+    def score(self, token_lists: list[list[int]], batch_size: int = 16) -> torch.Tensor:
+        """Preference logits for tokenized prompts (evaluation; adapter in eval mode)."""
+        was_training = self.training
+        self.eval()
+        states = self.prefix_states(token_lists, batch_size)
+        scores = [
+            self(*self.batch(states[i : i + batch_size])).float().cpu() for i in range(0, len(states), batch_size)
+        ]
+        self.train(was_training)
+        return torch.cat(scores) if scores else torch.empty(0)
+
+    @torch.no_grad()
+    def full_forward_score(self, tokens: list[int]) -> float:
+        """Score one prompt with the model's own unsplit forward (for checks)."""
+        ids = torch.tensor([tokens], device=self._device())
+        if self.kind == "causal":
+            logits = self.peft(input_ids=ids, logits_to_keep=1).logits[0, -1]
+            answer = logits[self._answer_ids.to(logits.device)]
+            return float(answer[0] - answer[1])
+        model = self.peft.base_model.model
+        hidden = model.encoder(input_ids=ids).last_hidden_state
+        return float(model.head(hidden.mean(1)).squeeze())
+
+    def _check_split(self) -> None:
+        tokens = self.encode(["A user rated these items: a, b. Will the user like c? Answer Yes or No."])[0]
+        dtype, self.compute_dtype = self.compute_dtype, torch.float32
+        try:
+            split = float(self.score([tokens], batch_size=1)[0])
+            full = self.full_forward_score(tokens)
+        finally:
+            PREFIX_CACHE.drop(self._cache_key(tokens))
+            self.compute_dtype = dtype
+        if abs(split - full) > 1e-3 * max(1.0, abs(full)):
+            raise BackboneError(
+                f"{self.backbone_name}: the split at layer {self.split_layer} does not reproduce the "
+                f"model's forward ({split:.5f} vs {full:.5f}); this architecture is not supported"
+            )
+
+    def _device(self) -> torch.device:
+        return next(self.peft.parameters()).device
+
+    def reset_adapter(self, seed: int) -> None:
+        """Re-initialise the adapter as peft does (A random, B zero), from ``seed``."""
+        torch.manual_seed(seed)
+        for module in self.peft.modules():
+            if isinstance(module, LoraLayer):
+                module.reset_lora_parameters("default", init_lora_weights=True)
+        if self.kind == "encoder":
+            self.peft.base_model.model.head.modules_to_save["default"].reset_parameters()
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The adapter's parameters (LoRA factors, and the head for encoders)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+
+class PrefixCache:
+    """Least-recently-used store of split-layer states, bounded in bytes."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, key: str) -> torch.Tensor | None:
+        """The cached tensor, or None."""
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key: str, value: torch.Tensor) -> None:
+        """Store ``value``, evicting the least recently used entries beyond the bound."""
+        self.drop(key)
+        self._items[key] = value
+        self._bytes += value.numel() * value.element_size()
+        while self._bytes > self.max_bytes and len(self._items) > 1:
+            _, old = self._items.popitem(last=False)
+            self._bytes -= old.numel() * old.element_size()
+
+    def drop(self, key: str) -> None:
+        """Forget ``key`` if present."""
+        old = self._items.pop(key, None)
+        if old is not None:
+            self._bytes -= old.numel() * old.element_size()
+
+
+PREFIX_CACHE = PrefixCache(max_bytes=4 << 30)

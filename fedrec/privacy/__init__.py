@@ -1,0 +1,1 @@
+"""Privacy: Opacus DP-SGD and persistent accountants."""

@@ -1,0 +1,76 @@
+"""A client's record-level privacy ledger that persists across rounds.
+
+Opacus accountants keep ``history``: a list of ``(noise_multiplier, sample_rate,
+steps)``. :class:`PersistentAccountant` stores that list in a Flower ``ConfigRecord``
+(kept in ``context.state``), so epsilon composes over every round the client joins.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from flwr.app import ConfigRecord
+from opacus.accountants import create_accountant
+from opacus.accountants.accountant import IAccountant
+
+MECHANISMS = ("rdp", "prv")
+
+
+@dataclass
+class PersistentAccountant:
+    """DP-SGD history of one client, under one accounting mechanism."""
+
+    mechanism: str = "rdp"
+    history: list[tuple[float, float, int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.mechanism not in MECHANISMS:
+            raise ValueError(f"accountant must be one of {MECHANISMS}, got '{self.mechanism}'")
+
+    def opacus(self) -> IAccountant:
+        """A fresh Opacus accountant holding this history."""
+        accountant = create_accountant(self.mechanism)
+        accountant.history = list(self.history)
+        return accountant
+
+    def epsilon(self, delta: float) -> float:
+        """Epsilon spent so far (0 before any step)."""
+        return self.opacus().get_epsilon(delta=delta) if self.history else 0.0
+
+    def epsilon_after(self, noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
+        """Epsilon if ``steps`` more steps were taken with these settings."""
+        trial = PersistentAccountant(self.mechanism, [*self.history, (noise_multiplier, sample_rate, steps)])
+        return trial.epsilon(delta)
+
+    @property
+    def steps(self) -> int:
+        """DP-SGD steps taken over all rounds."""
+        return sum(step for _, _, step in self.history)
+
+    def to_record(self) -> ConfigRecord:
+        """Serialise into a ``ConfigRecord`` (for ``context.state``)."""
+        return ConfigRecord(
+            {
+                "mechanism": self.mechanism,
+                "noise-multipliers": [float(h[0]) for h in self.history],
+                "sample-rates": [float(h[1]) for h in self.history],
+                "steps": [int(h[2]) for h in self.history],
+            }
+        )
+
+    @classmethod
+    def from_record(cls, record: ConfigRecord | None, mechanism: str) -> PersistentAccountant:
+        """Restore from ``to_record``'s output; a new ledger when ``record`` is None.
+
+        A stored ledger of another mechanism is refused: switching accountants
+        mid-run would silently restart the budget.
+        """
+        if record is None:
+            return cls(mechanism)
+        if record["mechanism"] != mechanism:
+            raise ValueError(
+                f"this client's privacy ledger uses the '{record['mechanism']}' accountant; "
+                f"the run asks for '{mechanism}'"
+            )
+        sigmas, rates, steps = (list(record[k]) for k in ("noise-multipliers", "sample-rates", "steps"))
+        return cls(mechanism, [(float(s), float(q), int(n)) for s, q, n in zip(sigmas, rates, steps, strict=True)])

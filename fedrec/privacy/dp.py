@@ -1,0 +1,116 @@
+"""Record-level DP-SGD with Opacus over the adapter's parameters only.
+
+:func:`plan_round` fixes a round's noise, sampling rate and steps (calibrating the
+noise so that the planned rounds fit ``target_epsilon``); :func:`decline_reason`
+enforces the budget before any step; :func:`dp_sgd` wires Opacus (hooks mode,
+Poisson sampling) around a model, optimizer and loader and records the steps taken in
+the client's :class:`PersistentAccountant`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from opacus import PrivacyEngine
+from opacus.accountants.utils import get_noise_multiplier
+from opacus.optimizers import DPOptimizer
+from torch.utils.data import DataLoader
+
+from .accountant import PersistentAccountant
+
+
+@dataclass(frozen=True)
+class DPSettings:
+    """Record-level DP settings of a client (``noise_multiplier`` 0: calibrate it to
+    ``target_epsilon`` over ``planned_rounds``; ``target_epsilon`` 0: no budget).
+    """
+
+    noise_multiplier: float = 0.0
+    target_epsilon: float = 8.0
+    target_delta: float = 1e-5
+    max_grad_norm: float = 1.0
+    accountant: str = "rdp"
+    planned_rounds: int = 1
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """What one round of local DP-SGD will do."""
+
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+
+
+def plan_round(settings: DPSettings, num_examples: int, batch_size: int, epochs: int) -> RoundPlan:
+    """Sampling rate ``1/ceil(N/B)`` (Poisson, expected batch ~B), ``epochs/q`` steps, and
+    the noise multiplier (given, or the smallest that fits all planned rounds).
+    """
+    batches = max(1, math.ceil(num_examples / batch_size))
+    sample_rate, steps = 1.0 / batches, epochs * batches
+    sigma = settings.noise_multiplier
+    if sigma == 0.0:
+        sigma = get_noise_multiplier(
+            target_epsilon=settings.target_epsilon,
+            target_delta=settings.target_delta,
+            sample_rate=sample_rate,
+            steps=steps * settings.planned_rounds,
+            accountant=settings.accountant,
+        )
+    return RoundPlan(sigma, sample_rate, steps)
+
+
+def decline_reason(settings: DPSettings, plan: RoundPlan, accountant: PersistentAccountant) -> str | None:
+    """Why this round must not run (it would exceed the budget), or None."""
+    if settings.target_epsilon <= 0.0:
+        return None
+    after = accountant.epsilon_after(plan.noise_multiplier, plan.sample_rate, plan.steps, settings.target_delta)
+    if after > settings.target_epsilon * 1.001:
+        spent = accountant.epsilon(settings.target_delta)
+        return (
+            f"privacy budget: epsilon {spent:.3f} spent, this round would reach {after:.3f} "
+            f"> target-epsilon {settings.target_epsilon:g} (delta {settings.target_delta:g})"
+        )
+    return None
+
+
+@contextmanager
+def dp_sgd(
+    module: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader,
+    plan: RoundPlan,
+    max_grad_norm: float,
+    accountant: PersistentAccountant,
+) -> Iterator[tuple[DPOptimizer, DataLoader]]:
+    """Make training private for the duration of the block.
+
+    Per-sample gradient hooks are attached to ``module`` (only to submodules with
+    trainable parameters) and removed on exit; every optimizer step is recorded in
+    ``accountant``. ``loader`` must have ``ceil(N / B)`` batches so that the sample
+    rate equals ``plan.sample_rate``.
+    """
+    engine = PrivacyEngine(accountant=accountant.mechanism)
+    engine.accountant.history = list(accountant.history)
+    hooks, dp_optimizer, dp_loader = engine.make_private(
+        module=module,
+        optimizer=optimizer,
+        data_loader=loader,
+        noise_multiplier=plan.noise_multiplier,
+        max_grad_norm=max_grad_norm,
+        poisson_sampling=True,
+        grad_sample_mode="hooks",
+        wrap_model=False,
+    )
+    if not math.isclose(1.0 / len(dp_loader), plan.sample_rate):
+        hooks.cleanup()
+        raise ValueError(f"loader has {len(dp_loader)} batches; the plan's sample rate is {plan.sample_rate}")
+    try:
+        yield dp_optimizer, dp_loader
+    finally:
+        hooks.cleanup()
+        accountant.history = list(engine.accountant.history)

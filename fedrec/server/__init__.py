@@ -1,0 +1,1 @@
+"""The fedrec ServerApp: strategy wiring, measurement, results."""

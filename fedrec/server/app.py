@@ -1,0 +1,226 @@
+"""The fedrec ``ServerApp``: FedAvg over LoRA adapters, measured and recorded.
+
+The server starts from a seeded LoRA initialisation, runs a Message-API strategy
+through a :class:`RecordingGrid` (bytes of every message), evaluates centrally after
+each round when asked, and writes the results folder (design §7).
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, MessageType, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+
+from ..config import FedRecConfig
+from ..data.federation import load_split
+from ..metrics import auc_from_histograms
+from ..models.adapter import adapter_to_arrays, load_adapter_arrays, save_adapter
+from ..settings import data_settings, scorer_for
+from ..simulation.baselines import preference_baselines
+from ..strategies import FedAvgLoRA
+from .evaluation import CentralEvaluator
+from .recording_grid import Exchange, RecordingGrid
+from .results import ResultsWriter
+
+PACKAGES = ("fedrec", "flwr", "torch", "transformers", "peft", "opacus")
+
+
+def summarize_round(server_round: int, exchanges: list[Exchange], seconds: float) -> dict[str, Any]:
+    """One line of ``rounds.jsonl`` from the messages of a round (design §7)."""
+    sent = [e for e in exchanges if e.direction == "down" and e.message_type == MessageType.TRAIN]
+    replies = [e for e in exchanges if e.direction == "up" and e.message_type == MessageType.TRAIN]
+    trained = [e for e in replies if e.error is None and not e.metrics.get("declined", 0)]
+    declined = [e for e in replies if e.error is None and e.metrics.get("declined", 0)]
+    examples = sum(int(e.metrics["num-examples"]) for e in trained)
+    epsilons = [float(e.metrics["epsilon"]) for e in trained if "epsilon" in e.metrics]
+    evaluated = [
+        e for e in exchanges if e.direction == "up" and e.message_type == MessageType.EVALUATE and e.error is None
+    ]
+    record: dict[str, Any] = {
+        "round": server_round,
+        "clients_sampled": len(sent),
+        "clients_ok": len(trained),
+        "clients_declined": len(declined),
+        "clients_failed": len(sent) - len(trained) - len(declined),
+        "train_loss": (
+            sum(float(e.metrics["train_loss"]) * int(e.metrics["num-examples"]) for e in trained) / examples
+            if examples
+            else None
+        ),
+        "train_examples": examples,
+        "epsilon_max": max(epsilons) if epsilons else None,
+        "epsilon_median": statistics.median(epsilons) if epsilons else None,
+        "delta": max((float(e.metrics["delta"]) for e in trained if "delta" in e.metrics), default=None),
+        "bytes_down": sum(e.num_bytes for e in exchanges if e.direction == "down"),
+        "bytes_up": sum(e.num_bytes for e in exchanges if e.direction == "up"),
+        "seconds": seconds,
+    }
+    if evaluated:
+        pos = [sum(h) for h in zip(*(e.metrics["pos-hist"] for e in evaluated), strict=True)]
+        neg = [sum(h) for h in zip(*(e.metrics["neg-hist"] for e in evaluated), strict=True)]
+        record["auc_federated"] = auc_from_histograms(pos, neg)
+    return record
+
+
+class RoundRecorder:
+    """``evaluate_fn`` of ``Strategy.start``: called with the global adapter before
+    round 1 and after every round, it evaluates centrally (if configured), turns the
+    round's recorded messages into a ``rounds.jsonl`` line and prints progress.
+    """
+
+    def __init__(
+        self,
+        writer: ResultsWriter,
+        grid: RecordingGrid,
+        evaluator: Callable[[ArrayRecord], dict[str, float]] | None,
+        num_rounds: int,
+    ) -> None:
+        self.writer, self.grid, self.evaluator, self.num_rounds = writer, grid, evaluator, num_rounds
+        self.latest_arrays: ArrayRecord | None = None
+        self.node_epsilon: dict[int, float] = {}
+        self._last = time.perf_counter()
+
+    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        """Record round ``server_round`` (0: the initial adapter)."""
+        self.latest_arrays = arrays
+        exchanges = self.grid.take()
+        for e in exchanges:
+            if e.direction == "up" and e.error is None and "epsilon" in e.metrics:
+                self.node_epsilon[e.node_id] = float(e.metrics["epsilon"])
+        metrics = self.evaluator(arrays) if self.evaluator is not None else {}
+        now = time.perf_counter()
+        record = summarize_round(server_round, exchanges, now - self._last)
+        self._last = now
+        record["auc"] = metrics.get("auc")
+        record["eval_loss"] = metrics.get("loss")
+        self.writer.append_round(record)
+        print(progress_line(record, self.num_rounds), flush=True)
+        return MetricRecord({k: v for k, v in metrics.items() if v is not None}) if metrics else None
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def progress_line(record: Mapping[str, Any], num_rounds: int) -> str:
+    """A one-line report of a finished round."""
+    return (
+        f"[fedrec] round {record['round']}/{num_rounds}  auc {_fmt(record.get('auc'), '.4f')}  "
+        f"loss {_fmt(record.get('train_loss'), '.4f')}  eps max {_fmt(record.get('epsilon_max'), '.2f')}  "
+        f"clients ok/declined/failed {record['clients_ok']}/{record['clients_declined']}/{record['clients_failed']}  "
+        f"bytes up {record['bytes_up']:,} down {record['bytes_down']:,}  {record['seconds']:.1f}s"
+    )
+
+
+def default_out_dir() -> Path:
+    """``runs/<UTC timestamp>`` under the working directory."""
+    return Path("runs") / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+
+
+def run_server(grid: Grid, cfg: FedRecConfig) -> dict[str, Any]:
+    """Run the federation described by ``cfg`` on ``grid``; returns the summary."""
+    started = time.perf_counter()
+    random.seed(cfg.seed)  # Flower's node sampling uses the random module
+    writer = ResultsWriter(cfg.out or default_out_dir(), cfg.to_run_config())
+    print(f"[fedrec] results folder: {writer.folder}", flush=True)
+    scorer = scorer_for(cfg)
+    scorer.reset_adapter(cfg.seed)
+    initial = adapter_to_arrays(scorer)
+    central = load_split(data_settings(cfg))
+    evaluator = CentralEvaluator(scorer, central, cfg.physical_batch_size) if cfg.central_eval else None
+    baselines = preference_baselines(central.split, central.test_examples(), cfg.like_threshold)
+    recording = RecordingGrid(grid)
+    recorder = RoundRecorder(writer, recording, evaluator, cfg.num_server_rounds)
+    strategy = FedAvgLoRA(
+        fraction_train=cfg.fraction_train,
+        fraction_evaluate=cfg.fraction_evaluate,
+        min_train_nodes=1,
+        min_evaluate_nodes=1,
+        min_available_nodes=cfg.num_clients,
+    )
+    shared = {"backbone": cfg.backbone, "backbone-fingerprint": scorer.fingerprint}
+    strategy.start(
+        grid=recording,
+        initial_arrays=initial,
+        num_rounds=cfg.num_server_rounds,
+        timeout=cfg.round_timeout,
+        train_config=ConfigRecord(dict(shared)),
+        evaluate_config=ConfigRecord(dict(shared)),
+        evaluate_fn=recorder,
+    )
+    final = recorder.latest_arrays if recorder.latest_arrays is not None else initial
+    load_adapter_arrays(scorer, final, "final adapter")
+    save_adapter(scorer, writer.folder / "adapter")
+    summary = build_summary(
+        cfg, writer.rounds, recorder.node_epsilon, baselines, scorer, initial, time.perf_counter() - started
+    )
+    writer.write_summary(summary)
+    writer.write_plots()
+    return summary
+
+
+def build_summary(
+    cfg: FedRecConfig,
+    rounds: list[dict[str, Any]],
+    node_epsilon: Mapping[int, float],
+    baselines: Mapping[str, float],
+    scorer: Any,
+    adapter: ArrayRecord,
+    seconds: float,
+) -> dict[str, Any]:
+    """``summary.json`` (design §7)."""
+    first, last = rounds[0], rounds[-1]
+    epsilons = list(node_epsilon.values())
+    full_model = sum(p.numel() * p.element_size() for n, p in scorer.named_parameters() if "lora_" not in n)
+    up, down = sum(r["bytes_up"] for r in rounds), sum(r["bytes_down"] for r in rounds)
+    return {
+        "rounds": len(rounds) - 1,
+        "metrics": {"auc": last.get("auc"), "loss": last.get("eval_loss"), "auc_federated": last.get("auc_federated")},
+        "initial_metrics": {"auc": first.get("auc"), "loss": first.get("eval_loss")},
+        "eval_examples": len(load_split(data_settings(cfg)).test_examples()) if cfg.central_eval else 0,
+        "baselines": dict(baselines),
+        "dp": cfg.dp,
+        "epsilon": {
+            "max": max(epsilons) if epsilons else None,
+            "median": statistics.median(epsilons) if epsilons else None,
+            "target": cfg.target_epsilon if cfg.dp else None,
+        },
+        "delta": cfg.target_delta if cfg.dp else None,
+        "bytes": {
+            "up": up,
+            "down": down,
+            "total": up + down,
+            "adapter": adapter.count_bytes(),
+            "full_model": full_model,
+            "adapter_to_full_model": adapter.count_bytes() / full_model,
+        },
+        "backbone": {"name": cfg.backbone, "fingerprint": scorer.fingerprint},
+        "seconds": seconds,
+        "versions": {name: version(name) for name in PACKAGES},
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def build_server_app(run_config: Mapping[str, Any] | None = None) -> ServerApp:
+    """A ServerApp reading its settings from ``run_config`` when given, else from
+    Flower's ``context.run_config`` (as under ``flwr run``).
+    """
+    app = ServerApp()
+
+    @app.main()
+    def _main(grid: Grid, context: Context) -> None:
+        run_server(grid, FedRecConfig.from_mapping(run_config if run_config is not None else context.run_config))
+
+    return app
+
+
+app = build_server_app()

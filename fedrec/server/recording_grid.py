@@ -1,0 +1,94 @@
+"""A ``Grid`` wrapper that measures every message (design §6).
+
+It forwards all calls to the real grid and records, for each message sent or
+received, its type, node, serialized content size and reply metrics. Any strategy's
+``start(grid=RecordingGrid(grid), ...)`` is measured without changing the strategy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from flwr.app import Message, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+
+
+def content_bytes(content: RecordDict) -> int:
+    """Serialized size of a message's records (as Flower's comms mods count it)."""
+    return sum(record.count_bytes() for record in content.values())
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One message: ``direction`` is ``down`` (to a node) or ``up`` (a reply)."""
+
+    direction: str
+    message_type: str
+    node_id: int
+    num_bytes: int
+    error: str | None = None
+    metrics: dict[str, object] = field(default_factory=dict)
+    configs: dict[str, object] = field(default_factory=dict)
+
+
+class RecordingGrid(Grid):
+    """Delegates to ``grid`` and keeps an :class:`Exchange` per message."""
+
+    def __init__(self, grid: Grid) -> None:
+        self._grid = grid
+        self._pending: list[Exchange] = []
+
+    def take(self) -> list[Exchange]:
+        """The exchanges since the last call."""
+        taken, self._pending = self._pending, []
+        return taken
+
+    # --- recording ---
+    def _record_sent(self, messages: Iterable[Message]) -> list[Message]:
+        messages = list(messages)
+        for msg in messages:
+            self._pending.append(
+                Exchange("down", msg.metadata.message_type, msg.metadata.dst_node_id, content_bytes(msg.content))
+            )
+        return messages
+
+    def _record_replies(self, replies: Iterable[Message]) -> list[Message]:
+        replies = list(replies)
+        for msg in replies:
+            meta = msg.metadata
+            if msg.has_error():
+                self._pending.append(Exchange("up", meta.message_type, meta.src_node_id, 0, msg.error.reason))
+                continue
+            metrics = {k: v for rec in msg.content.metric_records.values() for k, v in rec.items()}
+            configs = {k: v for rec in msg.content.config_records.values() for k, v in rec.items()}
+            self._pending.append(
+                Exchange("up", meta.message_type, meta.src_node_id, content_bytes(msg.content), None, metrics, configs)
+            )
+        return replies
+
+    # --- Grid interface ---
+    def set_run(self, run: Run) -> None:  # noqa: D102
+        self._grid.set_run(run)
+
+    @property
+    def run(self) -> Run:  # noqa: D102
+        return self._grid.run
+
+    def create_message(  # noqa: D102
+        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
+    ) -> Message:
+        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:  # noqa: D102
+        return self._grid.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # noqa: D102
+        return self._grid.push_messages(self._record_sent(messages))
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # noqa: D102
+        return self._record_replies(self._grid.pull_messages(message_ids))
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:  # noqa: D102
+        return self._record_replies(self._grid.send_and_receive(self._record_sent(messages), timeout=timeout))

@@ -1,0 +1,107 @@
+"""The results folder of a run (design §7): ``config.toml``, ``rounds.jsonl``,
+``summary.json``, ``adapter/`` and ``plots/``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+RESULT_FILES = ("config.toml", "rounds.jsonl", "summary.json")
+
+
+class ResultsFolderError(ValueError):
+    """The results folder cannot be used (it already holds a run)."""
+
+
+def json_safe(value: Any) -> Any:
+    """Replace non-finite floats (epsilon of a non-private run is infinite) by None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and a rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ResultsWriter:
+    """Creates the folder (refusing one that already holds a run) and writes into it."""
+
+    def __init__(self, folder: str | Path, run_config: Mapping[str, Any]) -> None:
+        self.folder = Path(folder).expanduser().resolve()
+        existing = [name for name in RESULT_FILES if (self.folder / name).exists()]
+        if existing:
+            raise ResultsFolderError(f"{self.folder} already holds a run ({', '.join(existing)}); choose another --out")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.folder / "config.toml", tomli_w.dumps(dict(run_config)))
+        self.rounds: list[dict[str, Any]] = []
+
+    def append_round(self, record: Mapping[str, Any]) -> None:
+        """Add one line to ``rounds.jsonl`` (flushed at once)."""
+        self.rounds.append(dict(record))
+        with open(self.folder / "rounds.jsonl", "a") as handle:
+            handle.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
+
+    def write_summary(self, summary: Mapping[str, Any]) -> Path:
+        """Write ``summary.json`` atomically."""
+        path = self.folder / "summary.json"
+        write_atomic(path, json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n")
+        return path
+
+    def write_plots(self) -> list[Path]:
+        """PNGs of accuracy, epsilon and bytes per round, and accuracy vs epsilon."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        plots = self.folder / "plots"
+        plots.mkdir(exist_ok=True)
+        rounds = [r["round"] for r in self.rounds]
+
+        def series(key: str) -> list[float]:
+            return [math.nan if r.get(key) is None else float(r[key]) for r in self.rounds]
+
+        charts = {
+            "accuracy_vs_round.png": (rounds, series("auc"), "round", "AUC"),
+            "epsilon_vs_round.png": (rounds, series("epsilon_max"), "round", "epsilon (max over clients)"),
+            "accuracy_vs_epsilon.png": (series("epsilon_max"), series("auc"), "epsilon (max over clients)", "AUC"),
+            "bytes_per_round.png": (
+                rounds,
+                [u + d for u, d in zip(series("bytes_up"), series("bytes_down"), strict=True)],
+                "round",
+                "bytes (up + down)",
+            ),
+        }
+        written = []
+        for name, (x, y, xlabel, ylabel) in charts.items():
+            fig, ax = plt.subplots(figsize=(5, 3.5))
+            ax.plot(x, y, marker="o")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+            fig.tight_layout()
+            fig.savefig(plots / name, dpi=100)
+            plt.close(fig)
+            written.append(plots / name)
+        return written

@@ -1,0 +1,67 @@
+"""Settings objects of each component, derived from a :class:`FedRecConfig`."""
+
+from __future__ import annotations
+
+from .client.train import TrainSettings
+from .config import FedRecConfig
+from .data.federation import DataSettings
+from .models.registry import shared_scorer
+from .models.scorer import LoraSettings, PreferenceScorer
+from .privacy.dp import DPSettings
+
+
+def data_settings(cfg: FedRecConfig) -> DataSettings:
+    """What decides the examples and the clients' user groups."""
+    return DataSettings(
+        dataset=cfg.dataset,
+        items_path=cfg.items_path,
+        max_users=cfg.max_users,
+        like_threshold=cfg.like_threshold,
+        history_length=cfg.history_length,
+        test_interactions=cfg.test_interactions,
+        train_examples_per_user=cfg.train_examples_per_user,
+        partitioner=cfg.partitioner,
+        skew_alpha=cfg.skew_alpha,
+        eval_users=cfg.eval_users,
+        seed=cfg.seed,
+    )
+
+
+def lora_settings(cfg: FedRecConfig) -> LoraSettings:
+    """LoRA shape and placement; the server's initial adapter is drawn from ``seed``."""
+    return LoraSettings(
+        rank=cfg.lora_rank,
+        alpha=cfg.lora_alpha,
+        dropout=cfg.lora_dropout,
+        target_modules=tuple(cfg.lora_modules),
+        top_layers=cfg.lora_layers,
+        seed=cfg.seed,
+    )
+
+
+def dp_settings(cfg: FedRecConfig) -> DPSettings:
+    """Record-level DP of every client, calibrated over all server rounds."""
+    return DPSettings(
+        noise_multiplier=cfg.noise_multiplier,
+        target_epsilon=cfg.target_epsilon,
+        target_delta=cfg.target_delta,
+        max_grad_norm=cfg.max_grad_norm,
+        accountant=cfg.accountant,
+        planned_rounds=cfg.num_server_rounds,
+    )
+
+
+def train_settings(cfg: FedRecConfig, seed: int) -> TrainSettings:
+    """Local optimisation of one client in one round."""
+    return TrainSettings(
+        epochs=cfg.local_epochs,
+        batch_size=cfg.batch_size,
+        physical_batch_size=cfg.physical_batch_size,
+        learning_rate=cfg.learning_rate,
+        seed=seed,
+    )
+
+
+def scorer_for(cfg: FedRecConfig) -> PreferenceScorer:
+    """The process-wide scorer (backbone + LoRA) of this configuration."""
+    return shared_scorer(cfg.backbone, lora_settings(cfg), cfg.max_length, cfg.compute_dtype)

@@ -1,0 +1,1 @@
+"""The simulation harness: runs, baselines, reports."""

@@ -1,0 +1,100 @@
+import math
+
+import pytest
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedrec.client.app import PRIVACY_STATE_KEY, evaluate, train
+from fedrec.config import resolve_config
+from fedrec.models.adapter import adapter_to_arrays
+from fedrec.privacy.accountant import PersistentAccountant
+from fedrec.settings import scorer_for
+
+CFG = resolve_config("smoke", overrides={"num-server-rounds": 3})
+
+
+@pytest.fixture(autouse=True)
+def _task_identity():
+    """Messages are created inside a run; give this process one, as Flower's runtime does."""
+    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
+    yield
+    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+
+
+def _message(cfg, server_round: int, message_type: str = MessageType.TRAIN) -> Message:
+    scorer = scorer_for(cfg)
+    scorer.reset_adapter(cfg.seed)
+    config = ConfigRecord({"server-round": server_round, "backbone-fingerprint": scorer.fingerprint})
+    content = RecordDict({"arrays": adapter_to_arrays(scorer), "config": config})
+    return Message(content=content, dst_node_id=1, message_type=message_type)
+
+
+def _context(partition_id: int = 0) -> Context:
+    return Context(
+        run_id=1,
+        node_id=1,
+        node_config={"partition-id": partition_id, "num-partitions": 3},
+        state=RecordDict(),
+        run_config=CFG.to_run_config(),
+    )
+
+
+def test_train_reply_carries_adapter_and_privacy_metrics():
+    context = _context()
+    reply = train(_message(CFG, 1), context, CFG)
+    metrics = reply.content.metric_records["metrics"]
+    assert set(reply.content.array_records["arrays"].keys()) == set(adapter_to_arrays(scorer_for(CFG)).keys())
+    for key in ("num-examples", "train_loss", "epsilon", "delta", "noise_multiplier", "sample_rate", "steps"):
+        assert key in metrics
+    assert metrics["num-examples"] == 60 and metrics["declined"] == 0
+    ledger = PersistentAccountant.from_record(context.state.config_records[PRIVACY_STATE_KEY], "rdp")
+    assert metrics["epsilon"] == pytest.approx(ledger.epsilon(CFG.target_delta))
+    assert ledger.steps == metrics["steps"] > 0
+
+
+def test_epsilon_composes_over_the_rounds_a_client_joins():
+    context = _context()
+    first = train(_message(CFG, 1), context, CFG).content.metric_records["metrics"]
+    third = train(_message(CFG, 3), context, CFG).content.metric_records["metrics"]
+    one = PersistentAccountant("rdp", [(first["noise_multiplier"], first["sample_rate"], first["steps"])])
+    two = PersistentAccountant("rdp", [(first["noise_multiplier"], first["sample_rate"], first["steps"])] * 2)
+    assert first["epsilon"] == pytest.approx(one.epsilon(CFG.target_delta))
+    assert third["epsilon"] == pytest.approx(two.epsilon(CFG.target_delta))
+    assert third["epsilon"] > first["epsilon"]
+
+
+def test_client_at_its_budget_declines_with_a_reason():
+    cfg = CFG.replace(noise_multiplier=1.0, target_epsilon=100.0)
+    context = _context()
+    ok = train(_message(cfg, 1), context, cfg).content.metric_records["metrics"]
+    assert ok["declined"] == 0
+    cfg = cfg.replace(target_epsilon=round(ok["epsilon"] * 1.2, 3))  # one more round would exceed it
+    reply = train(_message(cfg, 2), context, cfg)
+    metrics = reply.content.metric_records["metrics"]
+    assert metrics["declined"] == 1 and metrics["num-examples"] == 0
+    assert not reply.content.array_records
+    assert f"target-epsilon {cfg.target_epsilon:g}" in reply.content.config_records["decline"]["reason"]
+    assert metrics["epsilon"] == pytest.approx(ok["epsilon"])  # nothing was spent
+
+
+def test_non_private_training_reports_infinite_epsilon():
+    cfg = CFG.replace(dp=False)
+    metrics = train(_message(cfg, 1), _context(), cfg).content.metric_records["metrics"]
+    assert math.isinf(metrics["epsilon"]) and metrics["noise_multiplier"] == 0.0
+
+
+def test_backbone_mismatch_is_refused():
+    message = _message(CFG, 1)
+    message.content.config_records["config"]["backbone-fingerprint"] = "0" * 16
+    with pytest.raises(ValueError, match="backbone mismatch"):
+        train(message, _context(), CFG)
+
+
+def test_evaluate_reports_auc_and_histograms():
+    reply = evaluate(_message(CFG, 1, MessageType.EVALUATE), _context(1), CFG)
+    metrics = reply.content.metric_records["metrics"]
+    assert metrics["num-examples"] == 10
+    assert sum(metrics["pos-hist"]) + sum(metrics["neg-hist"]) == 10
+    assert 0.0 <= metrics["auc"] <= 1.0 or math.isnan(metrics["auc"])

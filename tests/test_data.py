@@ -1,0 +1,136 @@
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fedrec.data.examples import split_examples
+from fedrec.data.federation import DataSettings, load_federated_data
+from fedrec.data.interactions import DataError, load_interaction_data
+from fedrec.data.prompts import render_preference_prompt
+from tests.conftest import write_planted_dataset
+
+
+@pytest.fixture(scope="module")
+def movielens():
+    return load_interaction_data("ml-100k")
+
+
+def test_bundled_movielens_loads(movielens):
+    assert len(movielens.interactions) == 100_000
+    assert movielens.interactions["user"].nunique() == 943
+    assert len(movielens.items) == 1682
+    assert movielens.titles()["1"] == "Toy Story (1995)"
+
+
+def test_split_has_no_leakage(movielens):
+    split = split_examples(movielens, history_length=5, test_interactions=2)
+    inter = movielens.interactions
+    for user in list(split.test)[:100]:
+        frame = inter[inter["user"] == user].sort_values("timestamp", kind="stable")
+        test_items = {ex.item for ex in split.test[user]}
+        assert len(test_items) == 2
+        test_times = frame[frame["item"].isin(test_items)]["timestamp"]
+        train_frame = frame[~frame["item"].isin(test_items)]
+        assert train_frame["timestamp"].max() <= test_times.min()
+        for ex in split.train[user]:
+            assert ex.item not in test_items
+            assert not test_items & {item for item, _ in ex.history}
+        for ex in split.test[user]:
+            assert not test_items & {item for item, _ in ex.history}
+            assert len(ex.history) == 5
+    assert not split.train_interactions.merge(
+        pd.DataFrame([(ex.user, ex.item) for exs in split.test.values() for ex in exs], columns=["user", "item"])
+    ).shape[0]
+
+
+def test_training_history_is_chronological_window(movielens):
+    split = split_examples(movielens, history_length=3)
+    user = "1"
+    frame = movielens.interactions[movielens.interactions["user"] == user].sort_values("timestamp", kind="stable")
+    order = frame["item"].tolist()
+    ex = split.train[user][0]
+    assert [item for item, _ in ex.history] == order[:3]
+    assert ex.item == order[3]
+    assert ex.label == int(frame.iloc[3]["rating"] > 3)
+
+
+@pytest.mark.parametrize("scheme,partitions", [("iid", 7), ("skewed", 5), ("user", 30)])
+def test_partitions_are_disjoint_and_cover_all_users(scheme, partitions):
+    data = load_federated_data(DataSettings(max_users=30, history_length=3, partitioner=scheme), partitions)
+    groups = [set(p) for p in data.partitions]
+    assert len(groups) == partitions
+    assert all(groups)
+    assert sum(len(g) for g in groups) == len(set().union(*groups)) == 30
+    assert set().union(*groups) == set(data.central.split.train)
+
+
+def test_user_partitioner_needs_one_client_per_user():
+    with pytest.raises(DataError, match="num-clients must be 30"):
+        load_federated_data(DataSettings(max_users=30, partitioner="user"), 4)
+
+
+def test_prompt_renders_history_and_target(movielens):
+    split = split_examples(movielens, history_length=2)
+    ex = split.test["1"][0]
+    text = render_preference_prompt(ex, movielens.titles())
+    titles = movielens.titles()
+    for item, liked in ex.history:
+        assert f"{titles[item]}: {'liked' if liked else 'disliked'}" in text
+    assert f"Will the user like {titles[ex.item]}?" in text
+
+
+def test_csv_dataset_loads(tmp_path):
+    inter, items = write_planted_dataset(tmp_path)
+    data = load_interaction_data(str(inter), str(items))
+    assert data.interactions["user"].nunique() == 40
+    assert data.titles()["0"] == "good film 0"
+
+
+def test_ml1m_folder_loads(tmp_path):
+    (tmp_path / "ratings.dat").write_text("1::10::5::978300760\n1::20::2::978300761\n2::10::4::978300762\n")
+    (tmp_path / "movies.dat").write_text("10::Heat (1995)::Action|Crime\n20::Babe (1995)::Children's|Comedy\n")
+    data = load_interaction_data(str(tmp_path))
+    assert len(data.interactions) == 3
+    assert data.items.set_index("item").loc["20", "genres"] == "Children's Comedy"
+
+
+def _write(tmp_path: Path, inter: str, items: str = "item,title\n1,A\n2,B\n") -> tuple[str, str]:
+    (tmp_path / "i.csv").write_text(inter)
+    (tmp_path / "items.csv").write_text(items)
+    return str(tmp_path / "i.csv"), str(tmp_path / "items.csv")
+
+
+@pytest.mark.parametrize(
+    "inter,items,message",
+    [
+        ("user,item,rating\n1,1,5\n", "item,title\n1,A\n", r"i\.csv: missing column\(s\) \['timestamp'\]"),
+        (
+            "user,item,rating,timestamp\n1,1,five,3\n",
+            "item,title\n1,A\n",
+            r"i\.csv: column 'rating' must be numeric; row 0 holds 'five'",
+        ),
+        ("", "item,title\n1,A\n", r"i\.csv is empty"),
+        ("user,item,rating,timestamp\n", "item,title\n1,A\n", r"i\.csv: no interactions"),
+        (
+            "user,item,rating,timestamp\n1,1,5,3\n1,1,4,4\n",
+            "item,title\n1,A\n",
+            r"i\.csv: 1 duplicate \(user, item\) pairs, e\.g\. user 1 item 1",
+        ),
+        ("user,item,rating,timestamp\n1,1,5,3\n", "item,title\n1,A\n1,B\n", r"items\.csv: 1 duplicate item ids"),
+        (
+            "user,item,rating,timestamp\n1,9,5,3\n",
+            "item,title\n1,A\n",
+            r"1 interactions name items missing from .*items\.csv, e\.g\. item 9",
+        ),
+        ("user,item,rating,timestamp\n1,1,5,3\n", "item,name\n1,A\n", r"items\.csv: missing column\(s\) \['title'\]"),
+    ],
+)
+def test_malformed_files_give_clear_errors(tmp_path, inter, items, message):
+    paths = _write(tmp_path, inter, items)
+    with pytest.raises(DataError, match=message):
+        load_interaction_data(*paths)
+
+
+def test_missing_dataset_path_is_named(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_interaction_data(str(tmp_path / "nope.csv"), "x.csv")

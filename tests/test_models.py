@@ -1,0 +1,137 @@
+import pytest
+import torch
+from flwr.app import ArrayRecord
+from peft import PeftModel
+
+from fedrec.models.adapter import (
+    AdapterMismatchError,
+    adapter_state,
+    adapter_to_arrays,
+    load_adapter_arrays,
+    load_adapter_folder,
+    save_adapter,
+)
+from fedrec.models.backbone import BackboneError, load_backbone
+from fedrec.models.scorer import PREFIX_CACHE
+from tests.conftest import tiny_scorer
+
+PROMPTS = ["A user rated these items: good film 2: liked. Will the user like bad film 3?", "short one"]
+
+
+def _perturb(scorer, seed=1):
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in scorer.trainable_parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+
+
+@pytest.mark.parametrize("spec", ["tiny-llama", "tiny-bert"])
+@pytest.mark.parametrize("top_layers", [0, 1])
+def test_split_forward_equals_full_forward(spec, top_layers):
+    scorer = tiny_scorer(top_layers=top_layers, spec=spec)
+    _perturb(scorer)
+    tokens = scorer.encode(PROMPTS)
+    split = scorer.score(tokens)
+    full = torch.tensor([scorer.full_forward_score(t) for t in tokens])
+    torch.testing.assert_close(split, full, atol=1e-4, rtol=1e-4)
+    assert scorer.split_layer == (1 if top_layers else 0)
+
+
+def test_lora_only_on_top_layers():
+    scorer = tiny_scorer(top_layers=1)
+    names = [n for n, p in scorer.named_parameters() if p.requires_grad]
+    assert names and all("layers.1." in n and "lora_" in n for n in names)
+
+
+def test_causal_score_is_yes_minus_no_logit(scorer):
+    tokens = scorer.encode(PROMPTS[:1])[0]
+    logits = scorer.peft(input_ids=torch.tensor([tokens])).logits[0, -1]
+    yes, no = scorer._answer_ids.tolist()
+    assert scorer.full_forward_score(tokens) == pytest.approx(float(logits[yes] - logits[no]), abs=1e-5)
+
+
+def test_prompt_is_truncated_from_the_oldest_content(scorer):
+    long = " ".join(f"word{i}" for i in range(500)) + " final question"
+    tokens = scorer.encode([long])[0]
+    assert len(tokens) == scorer.max_length
+    assert scorer.tokenizer.decode(tokens).rstrip().endswith("final question answer :")
+
+
+def test_adapter_round_trip_arrays_peft_folder(tmp_path):
+    source = tiny_scorer()
+    _perturb(source)
+    tokens = source.encode(PROMPTS)
+    expected = source.score(tokens)
+    arrays = adapter_to_arrays(source)
+    assert set(arrays.keys()) == set(adapter_state(source))
+    assert all("lora_" in k for k in arrays.keys())
+
+    target = tiny_scorer()
+    load_adapter_arrays(target, arrays)
+    torch.testing.assert_close(target.score(tokens), expected)
+
+    folder = save_adapter(target, tmp_path / "adapter")
+    assert (folder / "adapter_config.json").exists() and (folder / "adapter_model.safetensors").exists()
+    fresh = tiny_scorer()
+    load_adapter_folder(fresh, folder)
+    torch.testing.assert_close(fresh.score(tokens), expected)
+
+    # peft's own loader on a plain backbone gives the same logits
+    peft_model = PeftModel.from_pretrained(load_backbone("tiny-llama").model, folder)
+    logits = peft_model(input_ids=torch.tensor([tokens[0]])).logits[0, -1]
+    yes, no = source._answer_ids.tolist()
+    assert float(logits[yes] - logits[no]) == pytest.approx(float(expected[0]), abs=1e-4)
+
+
+def test_saving_replaces_folder_atomically(tmp_path, scorer):
+    folder = save_adapter(scorer, tmp_path / "adapter")
+    _perturb(scorer)
+    save_adapter(scorer, folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+
+
+@pytest.mark.parametrize(
+    "mutate,message",
+    [
+        (lambda sd: sd.pop(next(iter(sd))), "names differ"),
+        (lambda sd: sd.__setitem__("extra.weight", torch.zeros(2)), "names differ"),
+        (lambda sd: sd.__setitem__(next(iter(sd)), torch.zeros(3, 3)), "has shape"),
+        (lambda sd: sd.__setitem__(next(iter(sd)), sd[next(iter(sd))].double()), "has dtype"),
+        (lambda sd: sd[next(iter(sd))].fill_(float("nan")), "non-finite"),
+    ],
+)
+def test_mismatched_update_is_refused(scorer, mutate, message):
+    state = adapter_state(scorer)
+    before = adapter_state(scorer)
+    mutate(state)
+    with pytest.raises(AdapterMismatchError, match=message):
+        load_adapter_arrays(scorer, ArrayRecord(torch_state_dict=state), "client 7")
+    for name, tensor in adapter_state(scorer).items():
+        assert torch.equal(tensor, before[name])
+
+
+def test_prefix_cache_reuses_states(scorer):
+    tokens = scorer.encode(["cache me please"])
+    first = scorer.prefix_states(tokens)[0]
+    assert PREFIX_CACHE.get(scorer._cache_key(tokens[0])) is first
+    assert scorer.prefix_states(tokens)[0] is first
+
+
+def test_reset_adapter_is_deterministic(scorer):
+    scorer.reset_adapter(3)
+    a = adapter_state(scorer)
+    _perturb(scorer)
+    scorer.reset_adapter(3)
+    b = adapter_state(scorer)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(not v.any() for k, v in a.items() if "lora_B" in k)
+
+
+def test_unknown_backbone_is_refused():
+    with pytest.raises(BackboneError, match="unknown backbone 'gpt-17'"):
+        load_backbone("gpt-17")
+
+
+def test_too_many_lora_layers_is_refused():
+    with pytest.raises(BackboneError, match="lora-layers = 5 but the backbone has 2 layers"):
+        tiny_scorer(top_layers=5)

@@ -1,0 +1,155 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from opacus.accountants import PRVAccountant, RDPAccountant
+from opacus.utils.batch_memory_manager import BatchMemoryManager
+from torch.utils.data import DataLoader, TensorDataset
+
+from fedrec.client.train import PrivateTraining, TrainSettings, train_adapter
+from fedrec.data.examples import split_examples
+from fedrec.data.interactions import load_interaction_data
+from fedrec.data.prompts import render_preference_prompt
+from fedrec.metrics import roc_auc
+from fedrec.privacy.accountant import PersistentAccountant
+from fedrec.privacy.dp import DPSettings, decline_reason, dp_sgd, plan_round
+from tests.conftest import tiny_scorer, write_planted_dataset
+
+
+def _examples(scorer, n=48):
+    texts = [f"item {i} {'liked' if i % 2 else 'disliked'} now" for i in range(n)]
+    return scorer.prefix_states(scorer.encode(texts)), torch.tensor([i % 2 for i in range(n)])
+
+
+def test_dp_step_changes_only_lora_and_keeps_frozen_weights_bit_identical(scorer):
+    states, labels = _examples(scorer)
+    before = {n: p.detach().clone() for n, p in scorer.named_parameters()}
+    accountant = PersistentAccountant()
+    plan = plan_round(DPSettings(noise_multiplier=1.0), len(states), 16, 1)
+    result = train_adapter(
+        scorer, states, labels, TrainSettings(batch_size=16, learning_rate=1e-2), PrivateTraining(plan, 1.0, accountant)
+    )
+    assert result.steps == plan.steps == 3
+    lora = [n for n, _ in scorer.named_parameters() if "lora_" in n]
+    frozen = [n for n, _ in scorer.named_parameters() if "lora_" not in n]
+    assert lora and frozen
+    for name, param in scorer.named_parameters():
+        if name in lora:
+            assert not torch.equal(param, before[name]), f"LoRA tensor {name} did not change"
+        else:
+            assert torch.equal(param, before[name]), f"frozen tensor {name} changed"
+    # hooks and per-sample gradients are gone after training
+    assert not any(hasattr(p, "grad_sample") for p in scorer.parameters())
+    assert not any(m._forward_hooks for m in scorer.modules())
+
+
+def test_per_sample_gradients_exist_only_for_lora_parameters(scorer):
+    states, labels = _examples(scorer)
+    accountant = PersistentAccountant()
+    plan = plan_round(DPSettings(noise_multiplier=1.0), len(states), 16, 1)
+    optimizer = torch.optim.SGD(scorer.trainable_parameters(), lr=0.1)
+    loader = DataLoader(TensorDataset(torch.arange(len(states)), labels.float()), batch_size=16)
+    scorer.train()
+    with dp_sgd(scorer, optimizer, loader, plan, 1.0, accountant) as (dp_optimizer, dp_loader):
+        index, y = next(i for i in dp_loader if len(i[0]))
+        batch, mask = scorer.batch([states[i] for i in index.tolist()])
+        F.binary_cross_entropy_with_logits(scorer(batch, mask), y).backward()
+        with_samples = {n for n, p in scorer.named_parameters() if getattr(p, "grad_sample", None) is not None}
+        assert with_samples == {n for n, p in scorer.named_parameters() if "lora_" in n}
+        for name, p in scorer.named_parameters():
+            if name in with_samples:
+                assert p.grad_sample.shape == (len(index), *p.shape)
+        dp_optimizer.step()
+
+
+@pytest.mark.parametrize("mechanism,cls", [("rdp", RDPAccountant), ("prv", PRVAccountant)])
+def test_reported_epsilon_equals_opacus_accountant(scorer, mechanism, cls):
+    states, labels = _examples(scorer)
+    accountant = PersistentAccountant(mechanism)
+    plan = plan_round(DPSettings(noise_multiplier=0.8, accountant=mechanism), len(states), 8, 2)
+    train_adapter(scorer, states, labels, TrainSettings(batch_size=8, epochs=2), PrivateTraining(plan, 1.0, accountant))
+    reference = cls()
+    reference.history = [(0.8, 1 / 6, 12)]
+    assert accountant.history == [(0.8, pytest.approx(1 / 6), 12)]
+    assert accountant.epsilon(1e-5) == pytest.approx(reference.get_epsilon(delta=1e-5), rel=1e-6)
+
+
+def test_accountant_composes_across_rounds_and_survives_serialisation():
+    ledger = PersistentAccountant("rdp", [(1.0, 0.1, 30)])
+    restored = PersistentAccountant.from_record(ledger.to_record(), "rdp")
+    assert restored.history == ledger.history
+    one_round = restored.epsilon(1e-5)
+    restored.history.append((1.0, 0.1, 30))
+    reference = RDPAccountant()
+    reference.history = [(1.0, 0.1, 60)]
+    assert restored.epsilon(1e-5) == pytest.approx(reference.get_epsilon(1e-5), rel=1e-9)
+    assert restored.epsilon(1e-5) > one_round
+    with pytest.raises(ValueError, match="uses the 'rdp' accountant; the run asks for 'prv'"):
+        PersistentAccountant.from_record(ledger.to_record(), "prv")
+
+
+def test_noise_is_calibrated_to_the_budget_over_planned_rounds():
+    settings = DPSettings(target_epsilon=4.0, target_delta=1e-5, planned_rounds=3)
+    plan = plan_round(settings, num_examples=200, batch_size=50, epochs=1)
+    assert (plan.sample_rate, plan.steps) == (0.25, 4)
+    ledger = PersistentAccountant()
+    for _ in range(3):
+        assert decline_reason(settings, plan, ledger) is None
+        ledger.history.append((plan.noise_multiplier, plan.sample_rate, plan.steps))
+    assert 3.9 < ledger.epsilon(1e-5) <= 4.0 * 1.001
+    reason = decline_reason(settings, plan, ledger)
+    assert reason is not None and "target-epsilon 4" in reason
+
+
+def test_dp_run_learns_planted_structure(tmp_path):
+    """Record-level DP at epsilon 8 on a dataset whose items are either always liked
+    or never liked: the adapter must beat chance (0.5) by at least 0.25 AUC."""
+    inter, items = write_planted_dataset(tmp_path, users=60, per_user=14)
+    data = load_interaction_data(str(inter), str(items))
+    split = split_examples(data, history_length=2)
+    titles = data.titles()
+    train = [ex for exs in split.train.values() for ex in exs]
+    test = [ex for exs in split.test.values() for ex in exs]
+    scorer = tiny_scorer()
+    encode = lambda exs: scorer.encode([render_preference_prompt(ex, titles) for ex in exs])  # noqa: E731
+    states = scorer.prefix_states(encode(train))
+    labels = torch.tensor([ex.label for ex in train])
+    before = roc_auc([ex.label for ex in test], scorer.score(encode(test)).numpy())
+    settings = DPSettings(target_epsilon=8.0, target_delta=1e-5)
+    plan = plan_round(settings, len(states), batch_size=64, epochs=4)
+    accountant = PersistentAccountant()
+    train_adapter(
+        scorer,
+        states,
+        labels,
+        TrainSettings(epochs=4, batch_size=64, physical_batch_size=64, learning_rate=5e-2),
+        PrivateTraining(plan, 1.0, accountant),
+    )
+    auc = roc_auc([ex.label for ex in test], scorer.score(encode(test)).numpy())
+    assert accountant.epsilon(1e-5) <= 8.0 * 1.001
+    assert auc >= 0.75, f"DP run reached AUC {auc:.3f} (before training {before:.3f})"
+
+
+def test_empty_poisson_batches_still_step(scorer):
+    states, labels = _examples(scorer, n=30)
+    accountant = PersistentAccountant()
+    plan = plan_round(DPSettings(noise_multiplier=1.0), len(states), 1, 1)  # q = 1/30: many empty batches
+    result = train_adapter(scorer, states, labels, TrainSettings(batch_size=1), PrivateTraining(plan, 1.0, accountant))
+    assert result.steps == 30 and accountant.steps == 30
+    assert math.isfinite(accountant.epsilon(1e-5))
+
+
+def test_batch_memory_manager_splits_logical_batches(scorer):
+    states, labels = _examples(scorer, n=64)
+    accountant = PersistentAccountant()
+    plan = plan_round(DPSettings(noise_multiplier=1.0), len(states), 32, 1)
+    result = train_adapter(
+        scorer,
+        states,
+        labels,
+        TrainSettings(batch_size=32, physical_batch_size=8),
+        PrivateTraining(plan, 1.0, accountant),
+    )
+    assert result.steps == plan.steps == 2
+    assert BatchMemoryManager is not None

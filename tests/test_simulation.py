@@ -1,0 +1,105 @@
+"""Real Flower simulations (Ray backend) of the smoke preset."""
+
+import json
+
+import pytest
+from flwr.app import ConfigRecord
+from safetensors.torch import load_file
+
+from fedrec.config import resolve_config
+from fedrec.data.federation import load_federated_data
+from fedrec.models.adapter import adapter_to_arrays
+from fedrec.privacy.accountant import PersistentAccountant
+from fedrec.privacy.dp import plan_round
+from fedrec.settings import data_settings, dp_settings, scorer_for
+from fedrec.simulation.runner import simulate
+
+SUMMARY_KEYS = {"rounds", "metrics", "epsilon", "delta", "bytes", "seconds", "versions", "baselines"}
+ROUND_KEYS = {
+    "round",
+    "clients_sampled",
+    "clients_ok",
+    "clients_failed",
+    "train_loss",
+    "auc",
+    "epsilon_max",
+    "epsilon_median",
+    "delta",
+    "bytes_up",
+    "bytes_down",
+    "seconds",
+}
+
+
+def _rounds(out):
+    return [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    cfg = resolve_config("smoke", overrides={"out": str(tmp_path_factory.mktemp("smoke") / "run")})
+    out, summary = simulate(cfg)
+    return cfg, out, summary
+
+
+def test_results_folder_has_every_part(smoke_run):
+    cfg, out, summary = smoke_run
+    assert (out / "config.toml").read_text().count("=") == len(cfg.to_run_config())
+    assert SUMMARY_KEYS <= set(summary)
+    assert summary["rounds"] == 2
+    rounds = _rounds(out)
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    for r in rounds[1:]:
+        assert ROUND_KEYS <= set(r)
+        assert (r["clients_sampled"], r["clients_ok"], r["clients_failed"]) == (3, 3, 0)
+        assert 0.0 < r["epsilon_max"] <= cfg.target_epsilon * 1.001
+    assert rounds[2]["epsilon_max"] > rounds[1]["epsilon_max"]
+    assert summary["epsilon"]["max"] == pytest.approx(rounds[2]["epsilon_max"])
+    assert 0.0 <= summary["metrics"]["auc"] <= 1.0
+    assert {p.name for p in (out / "plots").iterdir()} == {
+        "accuracy_vs_round.png",
+        "epsilon_vs_round.png",
+        "accuracy_vs_epsilon.png",
+        "bytes_per_round.png",
+    }
+
+
+def test_only_the_adapter_crosses_the_wire(smoke_run):
+    cfg, out, summary = smoke_run
+    scorer = scorer_for(cfg)
+    adapter_bytes = adapter_to_arrays(scorer).count_bytes()
+    assert summary["bytes"]["adapter"] == adapter_bytes
+    saved = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    assert saved and all("lora_" in name for name in saved)
+    rounds = _rounds(out)
+    for r in rounds[1:]:
+        config = ConfigRecord(
+            {"backbone": cfg.backbone, "backbone-fingerprint": scorer.fingerprint, "server-round": r["round"]}
+        )
+        assert r["bytes_down"] == 3 * (adapter_bytes + config.count_bytes())
+        assert 3 * adapter_bytes < r["bytes_up"] < 3 * (adapter_bytes + 1024)
+    assert rounds[0]["bytes_up"] == rounds[0]["bytes_down"] == 0
+    assert rounds[1]["bytes_up"] == rounds[2]["bytes_up"]
+    assert summary["bytes"]["total"] == sum(r["bytes_up"] + r["bytes_down"] for r in rounds)
+    assert summary["bytes"]["full_model"] > 100 * adapter_bytes
+
+
+def test_clients_at_budget_decline_and_the_round_completes(tmp_path):
+    base = resolve_config("smoke", overrides={"noise-multiplier": 1.0, "num-server-rounds": 3})
+    data = load_federated_data(data_settings(base), base.num_clients)
+    plan = plan_round(dp_settings(base), len(data.train_examples(0)), base.batch_size, base.local_epochs)
+    ledger = PersistentAccountant("rdp", [(plan.noise_multiplier, plan.sample_rate, plan.steps)])
+    one, two = ledger.epsilon(1e-5), ledger.epsilon_after(plan.noise_multiplier, plan.sample_rate, plan.steps, 1e-5)
+    cfg = base.replace(target_epsilon=round((one + two) / 2, 4), out=str(tmp_path / "run"))
+    assert all(len(data.train_examples(i)) == len(data.train_examples(0)) for i in range(3))
+    out, summary = simulate(cfg)
+    rounds = _rounds(out)
+    assert [(r["clients_ok"], r["clients_declined"], r["clients_failed"]) for r in rounds[1:]] == [
+        (3, 0, 0),
+        (0, 3, 0),
+        (0, 3, 0),
+    ]
+    assert summary["epsilon"]["max"] == pytest.approx(one)
+    # the global adapter stays the round-1 aggregate: evaluation does not move
+    assert rounds[2]["auc"] == rounds[1]["auc"] == rounds[3]["auc"]
+    assert rounds[2]["bytes_up"] < rounds[1]["bytes_up"] / 10
