@@ -49,6 +49,7 @@ class FedRecConfig:
     lora_dropout: float = 0.0
     lora_target_modules: str = "q_proj,v_proj"
     lora_layers: int = 0  # LoRA on the top N transformer layers; 0 = all layers
+    lora_freeze_a: bool = False  # FFA-LoRA: A fixed at the shared seeded init, only B trained
     compute_dtype: str = "float32"  # autocast precision of the forward pass: float32 | bfloat16
     # local training
     local_epochs: int = 1

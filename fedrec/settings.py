@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 from .client.train import TrainSettings
 from .config import FedRecConfig
 from .data.federation import DataSettings
@@ -11,20 +13,8 @@ from .privacy.dp import DPSettings
 
 
 def data_settings(cfg: FedRecConfig) -> DataSettings:
-    """What decides the examples and the clients' user groups."""
-    return DataSettings(
-        dataset=cfg.dataset,
-        items_path=cfg.items_path,
-        max_users=cfg.max_users,
-        like_threshold=cfg.like_threshold,
-        history_length=cfg.history_length,
-        test_interactions=cfg.test_interactions,
-        train_examples_per_user=cfg.train_examples_per_user,
-        partitioner=cfg.partitioner,
-        skew_alpha=cfg.skew_alpha,
-        eval_users=cfg.eval_users,
-        seed=cfg.seed,
-    )
+    """What decides the examples and the clients' user groups (same-named keys)."""
+    return DataSettings(**{f.name: getattr(cfg, f.name) for f in fields(DataSettings)})
 
 
 def lora_settings(cfg: FedRecConfig) -> LoraSettings:
@@ -35,6 +25,7 @@ def lora_settings(cfg: FedRecConfig) -> LoraSettings:
         dropout=cfg.lora_dropout,
         target_modules=tuple(cfg.lora_modules),
         top_layers=cfg.lora_layers,
+        freeze_a=cfg.lora_freeze_a,
         seed=cfg.seed,
     )
 

@@ -69,14 +69,17 @@ def test_user_partitioner_needs_one_client_per_user():
         load_federated_data(DataSettings(max_users=30, partitioner="user"), 4)
 
 
-def test_prompt_renders_history_and_target(movielens):
-    split = split_examples(movielens, history_length=2)
-    ex = split.test["1"][0]
-    text = render_preference_prompt(ex, movielens.titles())
+def test_prompt_groups_history_and_asks_about_the_target(movielens):
+    split = split_examples(movielens, history_length=4)
+    ex = next(e for e in split.test.values() if {liked for _, liked in e[0].history} == {True, False})[0]
     titles = movielens.titles()
-    for item, liked in ex.history:
-        assert f"{titles[item]}: {'liked' if liked else 'disliked'}" in text
-    assert f"Will the user like {titles[ex.item]}?" in text
+    text = render_preference_prompt(ex, titles, "movies")
+    liked_line, disliked_line, question = text.split("\n")
+    liked = "; ".join(titles[i] for i, like in ex.history if like)
+    disliked = "; ".join(titles[i] for i, like in ex.history if not like)
+    assert liked_line == f"Movies the user liked: {liked}."
+    assert disliked_line == f"Movies the user disliked: {disliked}."
+    assert question == f"Will the user like {titles[ex.item]}? Answer Yes or No."
 
 
 def test_csv_dataset_loads(tmp_path):

@@ -153,3 +153,19 @@ def test_batch_memory_manager_splits_logical_batches(scorer):
     )
     assert result.steps == plan.steps == 2
     assert BatchMemoryManager is not None
+
+
+def test_frozen_a_factors_stay_fixed_and_get_no_per_sample_gradients():
+    scorer = tiny_scorer(freeze_a=True)
+    states, labels = _examples(scorer)
+    before = {n: p.detach().clone() for n, p in scorer.named_parameters()}
+    plan = plan_round(DPSettings(noise_multiplier=1.0), len(states), 16, 1)
+    train_adapter(
+        scorer,
+        states,
+        labels,
+        TrainSettings(batch_size=16, learning_rate=1e-2),
+        PrivateTraining(plan, 1.0, PersistentAccountant()),
+    )
+    for name, param in scorer.named_parameters():
+        assert torch.equal(param, before[name]) == ("lora_B" not in name), name

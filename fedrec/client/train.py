@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from opacus.utils.batch_memory_manager import BatchMemoryManager
 from torch.utils.data import DataLoader, TensorDataset
 
 from ..models.scorer import PreferenceScorer
 from ..privacy.accountant import PersistentAccountant
-from ..privacy.dp import RoundPlan, dp_sgd
+from ..privacy.dp import RoundPlan, dp_sgd, physical_batches
 
 
 @dataclass(frozen=True)
@@ -111,14 +111,15 @@ def _train_plain(scorer, states, optimizer, loader, settings, tracker) -> int:
 
 def _train_private(scorer, states, optimizer, loader, settings, private, tracker) -> int:
     steps_before = private.accountant.steps
+    # The cached states entering the first LoRA layer need no gradient; Opacus computes
+    # per-sample gradients from module outputs, which is what torch warns about.
+    warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed")
     with dp_sgd(scorer, optimizer, loader, private.plan, private.max_grad_norm, private.accountant) as (
         dp_optimizer,
         dp_loader,
     ):
         for _ in range(settings.epochs):
-            with BatchMemoryManager(
-                data_loader=dp_loader, max_physical_batch_size=settings.physical_batch_size, optimizer=dp_optimizer
-            ) as physical_loader:
+            with physical_batches(dp_loader, dp_optimizer, settings.physical_batch_size) as physical_loader:
                 for index, y in physical_loader:
                     dp_optimizer.zero_grad()
                     if len(index) == 0:

@@ -5,7 +5,7 @@ evaluation users. Built once per process and cached.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .examples import ExampleSplit, PreferenceExample, sample_users, split_examples
 from .interactions import InteractionData, load_interaction_data
@@ -45,7 +45,7 @@ class CentralSplit:
     def prompts(self, examples: list[PreferenceExample]) -> list[str]:
         """Rendered prompt text of each example."""
         titles = self.data.titles()
-        return [render_preference_prompt(ex, titles) for ex in examples]
+        return [render_preference_prompt(ex, titles, self.data.noun) for ex in examples]
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def load_split(settings: DataSettings) -> CentralSplit:
     if settings.max_users:
         all_users = sorted(data.interactions["user"].unique().tolist())
         keep = set(sample_users(all_users, settings.max_users, settings.seed))
-        data = InteractionData(data.interactions[data.interactions["user"].isin(keep)], data.items, data.name)
+        data = replace(data, interactions=data.interactions[data.interactions["user"].isin(keep)])
     split = split_examples(
         data,
         history_length=settings.history_length,

@@ -10,7 +10,7 @@ Face dataset id prefixed ``hf:`` (needs internet).
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -32,6 +32,7 @@ class InteractionData:
     interactions: pd.DataFrame
     items: pd.DataFrame
     name: str
+    noun: str = "items"  # what the items are called in prompts
 
     def titles(self) -> dict[str, str]:
         """Item id -> display title."""
@@ -49,7 +50,7 @@ def bundled_movielens_dir() -> Path:
 def load_interaction_data(dataset: str, items_path: str = "") -> InteractionData:
     """Load and validate a dataset named by ``dataset`` (see module docstring)."""
     if dataset == "ml-100k":
-        return _load_atomic_dir(bundled_movielens_dir(), "ml-100k")
+        return replace(_load_atomic_dir(bundled_movielens_dir(), "ml-100k"), noun="movies")
     if dataset.startswith("hf:"):
         return _load_hub(dataset[3:], items_path)
     path = Path(dataset).expanduser()
@@ -57,7 +58,7 @@ def load_interaction_data(dataset: str, items_path: str = "") -> InteractionData
         raise DataError(f"dataset {path} does not exist (nor is it 'ml-100k' or 'hf:<id>')")
     if path.is_dir():
         if (path / "ratings.dat").exists():
-            return _load_ml1m_dir(path)
+            return replace(_load_ml1m_dir(path), noun="movies")
         inter = sorted(path.glob("*.inter"))
         if len(inter) != 1:
             raise DataError(

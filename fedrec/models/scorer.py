@@ -41,6 +41,7 @@ class LoraSettings:
     dropout: float = 0.0
     target_modules: tuple[str, ...] = ("q_proj", "v_proj")
     top_layers: int = 0
+    freeze_a: bool = False
     seed: int = 0
 
 
@@ -119,6 +120,10 @@ class PreferenceScorer(nn.Module):
             self.peft: PeftModel = get_peft_model(base, config)
         except ValueError as err:
             raise BackboneError(f"cannot attach LoRA to {backbone.name}: {err}") from None
+        if lora.freeze_a:
+            for name, param in self.peft.named_parameters():
+                if "lora_A" in name:
+                    param.requires_grad_(False)
         self._trunk = trunk
         self._layers = layers
         if self.kind == "causal":

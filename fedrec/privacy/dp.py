@@ -18,6 +18,7 @@ import torch
 from opacus import PrivacyEngine
 from opacus.accountants.utils import get_noise_multiplier
 from opacus.optimizers import DPOptimizer
+from opacus.utils.batch_memory_manager import BatchMemoryManager
 from torch.utils.data import DataLoader
 
 from .accountant import PersistentAccountant
@@ -114,3 +115,10 @@ def dp_sgd(
     finally:
         hooks.cleanup()
         accountant.history = list(engine.accountant.history)
+
+
+def physical_batches(loader: DataLoader, optimizer: DPOptimizer, max_physical_batch_size: int) -> BatchMemoryManager:
+    """Split Poisson batches into physical batches of bounded size; the optimizer
+    steps once per logical batch (Opacus's ``BatchMemoryManager``).
+    """
+    return BatchMemoryManager(data_loader=loader, max_physical_batch_size=max_physical_batch_size, optimizer=optimizer)

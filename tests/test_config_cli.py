@@ -1,0 +1,57 @@
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from fedrec.cli import main
+from fedrec.config import PRESETS, ConfigError, FedRecConfig, parse_overrides, resolve_config
+
+
+def test_pyproject_app_config_is_the_demo_preset():
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert pyproject["tool"]["flwr"]["app"]["config"] == resolve_config("demo").to_run_config()
+    components = pyproject["tool"]["flwr"]["app"]["components"]
+    assert components == {"serverapp": "fedrec.server.app:app", "clientapp": "fedrec.client.app:app"}
+
+
+def test_presets_resolve_and_round_trip():
+    for name in PRESETS:
+        cfg = resolve_config(name)
+        assert FedRecConfig.from_mapping(cfg.to_run_config()) == cfg
+
+
+def test_overrides_file_then_set(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('num-clients = 7\nbackbone = "minilm"\n')
+    cfg = resolve_config("smoke", path, parse_overrides(["num-clients=9", "dp=false", "target-epsilon=3"]))
+    assert (cfg.num_clients, cfg.backbone, cfg.dp, cfg.target_epsilon) == (9, "minilm", False, 3.0)
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"num-clientz": 3}, "unknown config key 'num-clientz'"),
+        ({"num-clients": "many"}, "config key 'num-clients' expects int, got 'many'"),
+        ({"num-clients": 0}, "'num-clients' must be > 0"),
+        ({"partitioner": "random"}, "'partitioner' must be one of user, iid, skewed"),
+        ({"fraction-train": 1.5}, "'fraction-train' must be in"),
+        ({"target-epsilon": 0.0}, "set 'target-epsilon' > 0 or 'noise-multiplier' > 0"),
+    ],
+)
+def test_bad_config_is_refused_with_the_key_named(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve_config("smoke", overrides=overrides)
+
+
+def test_cli_prints_config_and_rejects_bad_keys(capsys):
+    assert main(["config", "--preset", "smoke", "--set", "num-clients=5"]) == 0
+    assert tomllib.loads(capsys.readouterr().out)["num-clients"] == 5
+    assert main(["simulate", "--preset", "smoke", "--set", "bogus=1"]) == 2
+    assert "unknown config key 'bogus'" in capsys.readouterr().err
+
+
+def test_bad_config_file_is_named(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("num-clients = [")
+    with pytest.raises(ConfigError, match=r"bad\.toml is not valid TOML"):
+        resolve_config("smoke", path)
