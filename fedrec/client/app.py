@@ -44,9 +44,9 @@ def node_data(cfg: FedRecConfig, context: Context) -> tuple[FederatedData, int]:
 
 
 def _states_and_labels(
-    scorer: PreferenceScorer, data: FederatedData, examples: list[PreferenceExample], batch_size: int
+    scorer: PreferenceScorer, data: FederatedData, examples: list[PreferenceExample]
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
-    states = scorer.prefix_states(scorer.encode(data.prompts(examples)), batch_size=batch_size)
+    states = scorer.prefix_states(scorer.encode(data.prompts(examples)))
     return states, torch.tensor([ex.label for ex in examples])
 
 
@@ -86,13 +86,13 @@ def train(message: Message, context: Context, cfg: FedRecConfig) -> Message:
         }
         if reason is not None:
             return _declined(message, reason, privacy_metrics)
-        states, labels = _states_and_labels(scorer, data, examples, cfg.physical_batch_size)
+        states, labels = _states_and_labels(scorer, data, examples)
         result = train_adapter(scorer, states, labels, settings, PrivateTraining(plan, cfg.max_grad_norm, accountant))
         context.state[PRIVACY_STATE_KEY] = accountant.to_record()
         privacy_metrics["epsilon"] = accountant.epsilon(privacy.target_delta)
         metrics |= privacy_metrics
     else:
-        states, labels = _states_and_labels(scorer, data, examples, cfg.physical_batch_size)
+        states, labels = _states_and_labels(scorer, data, examples)
         result = train_adapter(scorer, states, labels, settings)
         metrics |= {
             "epsilon": math.inf,

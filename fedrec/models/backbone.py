@@ -33,6 +33,7 @@ from transformers import (
     LlamaForCausalLM,
     PreTrainedTokenizerBase,
 )
+from transformers.utils import logging as hf_logging
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -133,6 +134,7 @@ def _tiny_model(name: str, seed: int = 0) -> tuple[nn.Module, PreTrainedTokenize
 
 
 def _load_folder(folder: Path | str) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    hf_logging.disable_progress_bar()  # one bar per client process would flood the round display
     config = AutoConfig.from_pretrained(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if config.is_encoder_decoder:
