@@ -1,0 +1,148 @@
+"""Examples/s of one client's local epoch with and without DP-SGD, and peak memory.
+
+Each (backbone, mode) runs in a fresh process (so peak RSS is its own), modes
+interleaved and repeated; the report gives medians and the DP / non-DP ratio measured
+side by side in this run. The frozen-prefix pass (computed once per example, shared
+by both modes) is timed separately.
+
+    python benchmarks/train_throughput.py                 # tiny-llama and smollm2
+    python benchmarks/train_throughput.py --backbones tiny-llama --examples 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import platform
+import resource
+import statistics
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def _worker(backbone: str, private: bool, examples: int, top_layers: int, compute_dtype: str, queue: mp.Queue) -> None:
+    import torch
+
+    from fedrec.client.train import PrivateTraining, TrainSettings, train_adapter
+    from fedrec.data.federation import DataSettings, load_federated_data
+    from fedrec.models.backbone import load_backbone
+    from fedrec.models.scorer import LoraSettings, PreferenceScorer
+    from fedrec.privacy.accountant import PersistentAccountant
+    from fedrec.privacy.dp import DPSettings, plan_round
+
+    modules = ("query", "value") if backbone in ("tiny-bert", "minilm") else ("q_proj", "v_proj")
+    tiny = backbone.startswith("tiny")
+    scorer = PreferenceScorer(
+        load_backbone(backbone),
+        LoraSettings(target_modules=modules, top_layers=0 if tiny else top_layers),
+        max_length=256,
+        compute_dtype=getattr(torch, compute_dtype),
+    )
+    if torch.cuda.is_available():
+        scorer.to("cuda")
+    data = load_federated_data(DataSettings(history_length=10, train_examples_per_user=4), 1)
+    chosen = data.train_examples(0)[:examples]
+    tokens = scorer.encode(data.prompts(chosen))
+    started = time.perf_counter()
+    states = scorer.prefix_states(tokens, batch_size=16)
+    prefix_seconds = time.perf_counter() - started
+    labels = torch.tensor([ex.label for ex in chosen])
+    settings = TrainSettings(epochs=1, batch_size=64, physical_batch_size=32, learning_rate=1e-3)
+    private_training = None
+    if private:
+        plan = plan_round(DPSettings(noise_multiplier=1.0), len(states), settings.batch_size, 1)
+        private_training = PrivateTraining(plan, 1.0, PersistentAccountant())
+    started = time.perf_counter()
+    result = train_adapter(scorer, states, labels, settings, private_training)
+    seconds = time.perf_counter() - started
+    queue.put(
+        {
+            "examples_per_s": result.examples / seconds,
+            "prefix_examples_per_s": len(states) / prefix_seconds,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "mean_tokens": sum(map(len, tokens)) / len(tokens),
+            "trainable_params": sum(p.numel() for p in scorer.trainable_parameters()),
+        }
+    )
+
+
+def measure(backbone: str, private: bool, examples: int, top_layers: int, compute_dtype: str) -> dict:
+    """One run in a fresh process."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_worker, args=(backbone, private, examples, top_layers, compute_dtype, queue))
+    proc.start()
+    result = queue.get(timeout=3600)
+    proc.join()
+    return result
+
+
+def _machine() -> str:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.processor() or platform.machine()}, {mp.cpu_count()} CPUs, {gpu}, torch {torch.__version__}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbones", default="tiny-llama,smollm2")
+    parser.add_argument("--examples", type=int, default=192)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--lora-layers", type=int, default=2, help="LoRA on the top N layers of real backbones")
+    parser.add_argument("--compute-dtype", default="bfloat16")
+    parser.add_argument("--out", default=str(RESULTS / "train_throughput.json"))
+    args = parser.parse_args()
+    rows = []
+    for backbone in args.backbones.split(","):
+        runs: dict[bool, list[dict]] = {False: [], True: []}
+        for _ in range(args.repeats):
+            for private in (False, True):  # interleaved, side by side
+                runs[private].append(measure(backbone, private, args.examples, args.lora_layers, args.compute_dtype))
+        plain = statistics.median(r["examples_per_s"] for r in runs[False])
+        dp = statistics.median(r["examples_per_s"] for r in runs[True])
+        rows.append(
+            {
+                "backbone": backbone,
+                "examples": args.examples,
+                "mean_tokens": runs[False][0]["mean_tokens"],
+                "trainable_params": runs[False][0]["trainable_params"],
+                "prefix_examples_per_s": statistics.median(
+                    r["prefix_examples_per_s"] for r in runs[False] + runs[True]
+                ),
+                "train_examples_per_s": plain,
+                "dp_train_examples_per_s": dp,
+                "dp_over_plain": dp / plain,
+                "peak_rss_mb": max(r["peak_rss_mb"] for r in runs[False]),
+                "dp_peak_rss_mb": max(r["peak_rss_mb"] for r in runs[True]),
+            }
+        )
+    report = {
+        "command": "python benchmarks/train_throughput.py "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"),
+        "machine": _machine(),
+        "lora_layers": args.lora_layers,
+        "compute_dtype": args.compute_dtype,
+        "rows": rows,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(
+        f"{'backbone':<11} {'tokens':>6} {'params':>8} {'prefix ex/s':>11} {'train ex/s':>10} "
+        f"{'DP ex/s':>8} {'DP/plain':>8} {'RSS MB':>7} {'DP RSS MB':>9}"
+    )
+    for r in rows:
+        print(
+            f"{r['backbone']:<11} {r['mean_tokens']:>6.0f} {r['trainable_params']:>8} "
+            f"{r['prefix_examples_per_s']:>11.1f} {r['train_examples_per_s']:>10.1f} "
+            f"{r['dp_train_examples_per_s']:>8.1f} {r['dp_over_plain']:>8.2f} {r['peak_rss_mb']:>7.0f} "
+            f"{r['dp_peak_rss_mb']:>9.0f}"
+        )
+    print(f"written: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
