@@ -196,7 +196,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "target-epsilon": 50.0,
         "client-cpus": 1.0,
     },
-    # The README's main job: bundled SmolLM2-135M on MovieLens-100K, about 10 minutes on
+    # The README's main job: bundled SmolLM2-135M on MovieLens-100K, about 14 minutes on
     # a 2-core CPU at epsilon = 8. DP-tuned: few noisy parameters (FFA-LoRA rank 2 on the
     # top 2 layers), a large expected batch (sampling rate 1/4), clip 0.5, high lr.
     "demo": {

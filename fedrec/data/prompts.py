@@ -2,8 +2,8 @@
 
 Liked and disliked history items are listed in two groups, which makes the user's
 like rate explicit in the text: with SmolLM2's chat template this lifts zero-shot AUC
-on MovieLens-100K from 0.45 (one line per item with a mark) to 0.58, with shorter
-prompts.
+on MovieLens-100K (10 history items) from 0.45 (one line per item with a mark) to
+0.58, with shorter prompts.
 """
 
 from __future__ import annotations
