@@ -113,11 +113,14 @@ def _train_private(scorer, states, optimizer, loader, settings, private, tracker
     steps_before = private.accountant.steps
     # The cached states entering the first LoRA layer need no gradient; Opacus computes
     # per-sample gradients from module outputs, which is what torch warns about.
-    warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed")
-    with dp_sgd(scorer, optimizer, loader, private.plan, private.max_grad_norm, private.accountant) as (
-        dp_optimizer,
-        dp_loader,
+    with (
+        warnings.catch_warnings(),
+        dp_sgd(scorer, optimizer, loader, private.plan, private.max_grad_norm, private.accountant) as (
+            dp_optimizer,
+            dp_loader,
+        ),
     ):
+        warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed")
         for _ in range(settings.epochs):
             with physical_batches(dp_loader, dp_optimizer, settings.physical_batch_size) as physical_loader:
                 for index, y in physical_loader:
