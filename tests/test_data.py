@@ -54,6 +54,25 @@ def test_training_history_is_chronological_window(movielens):
     assert ex.label == int(frame.iloc[3]["rating"] > 3)
 
 
+def test_blocks_of_targets_share_the_history_before_them(movielens):
+    sliding = split_examples(movielens, history_length=3, test_interactions=1)
+    blocked = split_examples(movielens, history_length=3, test_interactions=1, targets_per_history=4)
+    inter = movielens.interactions
+    for user in ["1", "2", "7"]:
+        order = inter[inter["user"] == user].sort_values("timestamp", kind="stable")["item"].tolist()
+        n_train = len(order) - 1
+        examples = blocked.train[user]
+        assert [ex.item for ex in examples] == order[n_train - len(examples) : n_train]
+        assert len(sliding.train[user]) - 3 <= len(examples) <= len(sliding.train[user])
+        for k, ex in enumerate(reversed(examples)):
+            anchor = n_train - (k // 4 + 1) * 4
+            assert [item for item, _ in ex.history] == order[anchor - 3 : anchor]
+            assert order.index(ex.item) >= anchor
+        assert len({ex.history for ex in examples[-4:]}) == 1
+    with pytest.raises(ValueError, match="targets-per-history must be at least 1"):
+        split_examples(movielens, history_length=3, targets_per_history=0)
+
+
 @pytest.mark.parametrize("scheme,partitions", [("iid", 7), ("skewed", 5), ("user", 30)])
 def test_partitions_are_disjoint_and_cover_all_users(scheme, partitions):
     data = load_federated_data(DataSettings(max_users=30, history_length=3, partitioner=scheme), partitions)

@@ -12,7 +12,7 @@ from fedrec.models.adapter import (
     save_adapter,
 )
 from fedrec.models.backbone import BackboneError, load_backbone
-from fedrec.models.scorer import PREFIX_CACHE
+from fedrec.models.scorer import PREFIX_CACHE, shared_prefix_groups
 from tests.conftest import tiny_scorer
 
 PROMPTS = ["A user rated these items: good film 2: liked. Will the user like bad film 3?", "short one"]
@@ -35,6 +35,43 @@ def test_split_forward_equals_full_forward(spec, top_layers):
     full = torch.tensor([scorer.full_forward_score(t) for t in tokens])
     torch.testing.assert_close(split, full, atol=1e-4, rtol=1e-4)
     assert scorer.split_layer == (1 if top_layers else 0)
+
+
+@pytest.mark.parametrize("top_layers", [0, 1, 2])
+def test_last_position_top_layer_equals_the_full_top_layer(top_layers):
+    scorer = tiny_scorer(top_layers=top_layers)
+    assert scorer.last_position_top_layer
+    _perturb(scorer)
+    states = scorer.prefix_states(scorer.encode(PROMPTS))
+    batch, mask = scorer.batch(states)
+    fast = scorer(batch, mask)
+    scorer.last_position_top_layer = False
+    torch.testing.assert_close(fast, scorer(batch, mask), atol=1e-5, rtol=1e-5)
+
+
+def test_shared_prefix_groups():
+    lists = [[1, 2, 3, 4, 9], [5, 6], [1, 2, 3, 4, 8, 7], [1, 2, 3, 5], [1, 2, 3, 4]]
+    groups = shared_prefix_groups(lists, min_shared=4)
+    assert sorted((n, sorted(m)) for n, m in groups) == [(2, [1]), (4, [0, 2]), (4, [3]), (4, [4])]
+    groups = shared_prefix_groups(lists, min_shared=3)  # [1, 2, 3, 4] keeps one token of its own
+    assert sorted((n, sorted(m)) for n, m in groups) == [(2, [1]), (3, [0, 2, 3, 4])]
+    assert sorted(m for _, ms in shared_prefix_groups(lists, min_shared=None) for m in ms) == [0, 1, 2, 3, 4]
+    assert all(n < min(len(lists[i]) for i in m) for n, m in groups if len(m) > 1)
+
+
+def test_shared_prefixes_give_the_same_states_as_separate_prompts():
+    scorer = tiny_scorer(top_layers=1)
+    history = "liked: alpha beta gamma delta; disliked: epsilon zeta eta."
+    texts = [f"{history} Will the user like item {k}{' x' * k}?" for k in range(5)] + ["a lone prompt", "b"]
+    tokens = scorer.encode(texts)
+    assert [len(m) for _, m in shared_prefix_groups(tokens, 8) if len(m) > 1] == [5]
+    shared = scorer.prefix_states(tokens, batch_size=3, min_shared_tokens=8)
+    for t in tokens:
+        PREFIX_CACHE.drop(scorer._cache_key(t))
+    separate = scorer.prefix_states(tokens, min_shared_tokens=10**6)
+    for a, b, t in zip(shared, separate, tokens, strict=True):
+        assert a.shape == b.shape and a.shape[0] == len(t)
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
 def test_lora_only_on_top_layers():

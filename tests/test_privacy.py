@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from opacus import GradSampleModule
 from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.utils.batch_memory_manager import BatchMemoryManager
 from torch.utils.data import DataLoader, TensorDataset
@@ -61,6 +62,30 @@ def test_per_sample_gradients_exist_only_for_lora_parameters(scorer):
             if name in with_samples:
                 assert p.grad_sample.shape == (len(index), *p.shape)
         dp_optimizer.step()
+
+
+@pytest.mark.parametrize("top_layers", [0, 1])
+def test_per_sample_gradients_equal_each_examples_own_gradient(top_layers):
+    scorer = tiny_scorer(top_layers=top_layers, freeze_a=True)
+    with torch.no_grad():
+        for p in scorer.trainable_parameters():
+            p.normal_(0.0, 0.3)
+    texts = ["short", "a much longer prompt about several liked and disliked items", "medium sized prompt"]
+    states, labels = scorer.prefix_states(scorer.encode(texts)), torch.tensor([1.0, 0.0, 1.0])
+    params = dict((n, p) for n, p in scorer.named_parameters() if p.requires_grad)
+    scorer.train()
+    expected = []
+    for state, y in zip(states, labels, strict=True):
+        loss = F.binary_cross_entropy_with_logits(scorer(*scorer.batch([state])), y[None])
+        expected.append(dict(zip(params, torch.autograd.grad(loss, list(params.values())), strict=True)))
+    hooked = GradSampleModule(scorer, loss_reduction="mean")
+    try:
+        F.binary_cross_entropy_with_logits(scorer(*scorer.batch(states)), labels).backward()
+        for name, p in params.items():
+            for i, grads in enumerate(expected):
+                torch.testing.assert_close(p.grad_sample[i], grads[name], atol=1e-5, rtol=1e-4)
+    finally:
+        hooked._close()
 
 
 @pytest.mark.parametrize("mechanism,cls", [("rdp", RDPAccountant), ("prv", PRVAccountant)])

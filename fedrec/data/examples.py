@@ -46,12 +46,18 @@ def split_examples(
     test_interactions: int = 1,
     like_threshold: float = 3.0,
     train_examples_per_user: int = 0,
+    targets_per_history: int = 1,
 ) -> ExampleSplit:
     """Split each user's interactions chronologically and build examples.
 
     Training examples need ``history_length`` earlier training interactions;
-    ``train_examples_per_user`` > 0 keeps each user's most recent ones only.
+    ``train_examples_per_user`` > 0 keeps each user's most recent ones only. With
+    ``targets_per_history`` = m > 1, consecutive blocks of m targets (counted back from
+    the latest) share the history that precedes the block, so their prompts share a
+    prefix that the scorer computes once.
     """
+    if targets_per_history < 1:
+        raise ValueError(f"targets-per-history must be at least 1, got {targets_per_history}")
     inter = data.interactions
     order = np.lexsort((np.arange(len(inter)), inter["timestamp"].to_numpy(), inter["user"].to_numpy()))
     inter = inter.iloc[order]
@@ -64,9 +70,13 @@ def split_examples(
         n_train = max(len(items) - test_interactions, 0)
         train_rows.append(frame.iloc[:n_train])
         seq = list(zip(items, liked, strict=True))
+        anchors = {
+            i: n_train - ((n_train - 1 - i) // targets_per_history + 1) * targets_per_history for i in range(n_train)
+        }
         user_train = [
-            PreferenceExample(str(user), items[i], int(liked[i]), tuple(seq[i - history_length : i]))
+            PreferenceExample(str(user), items[i], int(liked[i]), tuple(seq[anchors[i] - history_length : anchors[i]]))
             for i in range(history_length, n_train)
+            if anchors[i] >= history_length
         ]
         if train_examples_per_user:
             user_train = user_train[-train_examples_per_user:]

@@ -24,6 +24,7 @@ class DataSettings:
     history_length: int = 10
     test_interactions: int = 1
     train_examples_per_user: int = 0
+    targets_per_history: int = 1
     partitioner: str = "iid"
     skew_alpha: float = 0.5
     eval_users: int = 300
@@ -87,6 +88,7 @@ def load_split(settings: DataSettings) -> CentralSplit:
         test_interactions=settings.test_interactions,
         like_threshold=settings.like_threshold,
         train_examples_per_user=settings.train_examples_per_user,
+        targets_per_history=settings.targets_per_history,
     )
     return CentralSplit(data, split, sample_users(split.users, settings.eval_users, settings.seed))
 

@@ -24,11 +24,14 @@ import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
+from transformers.cache_utils import DynamicCache
+from transformers.masking_utils import create_causal_mask
 
 from .backbone import Backbone, BackboneError
 
 ANSWER_SYSTEM_PROMPT = "You are a recommender system."
 PREFIX_BATCH_SIZE = 16  # prompts per frozen-prefix forward
+MIN_SHARED_TOKENS = 32  # shortest leading run of tokens worth computing once for several prompts
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,15 @@ class EncoderWithHead(nn.Module):
         self.encoder = encoder
         self.head = nn.Linear(encoder.config.hidden_size, 1)
         self.config = encoder.config
+
+
+@dataclass(frozen=True)
+class _Parts:
+    """The transformer trunk, its layer list, and the trunk above the split layer."""
+
+    trunk: nn.Module
+    layers: nn.ModuleList
+    tail: nn.Module
 
 
 class _StopForward(Exception):
@@ -125,14 +137,18 @@ class PreferenceScorer(nn.Module):
             for name, param in self.peft.named_parameters():
                 if "lora_A" in name:
                     param.requires_grad_(False)
-        self._trunk = trunk
-        self._layers = layers
-        if self.kind == "causal":
-            self._tail = _view(trunk, layers_path, nn.ModuleList(list(layers)[self.split_layer :]))
-        else:
-            tail = _view(trunk, layers_path, nn.ModuleList(list(layers)[self.split_layer :]))
-            self._tail = _view(tail, "embeddings", _PassThrough())
+        tail = _view(trunk, layers_path, nn.ModuleList(list(layers)[self.split_layer :]))
+        if self.kind == "encoder":
+            tail = _view(tail, "embeddings", _PassThrough())
+        # Views into ``self.peft``, kept out of the module tree: a submodule reachable by
+        # several paths would get Opacus's per-sample hooks once per path, multiplying
+        # its per-sample gradients.
+        self._parts = _Parts(trunk, layers, tail)
         self._build_prompt_template()
+        top = layers[-1]
+        self.last_position_top_layer = self.kind == "causal" and all(
+            hasattr(top, name) for name in ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
+        )
         self.eval()
         self._check_split()
 
@@ -211,30 +227,91 @@ class PreferenceScorer(nn.Module):
         device = self._device()
         ids, mask = self._pad([torch.tensor(t) for t in token_lists], value=self.tokenizer.pad_token_id or 0)
         ids, mask = ids.to(device), mask.to(device)
+        states = self._run_to_split(input_ids=ids, attention_mask=mask, position_ids=self._positions(mask))
+        lengths = mask.sum(-1).tolist()
+        if self.kind == "causal":
+            return [states[i, states.shape[1] - n :].clone() for i, n in enumerate(lengths)]
+        return [states[i, :n].clone() for i, n in enumerate(lengths)]
+
+    @torch.no_grad()
+    def _shared_prefix_batch(
+        self, shared: list[list[int]], suffixes: list[list[list[int]]], batch_size: int
+    ) -> list[torch.Tensor]:
+        """Split-layer states of ``shared[g] + suffix`` for every suffix of every group
+        ``g``: each shared prefix runs once, its keys and values serve its suffixes.
+        """
+        device = self._device()
+        ids, mask = self._pad([torch.tensor(t) for t in shared], value=self.tokenizer.pad_token_id or 0)
+        ids, mask = ids.to(device), mask.to(device)
+        cache = DynamicCache(config=self._parts.trunk.config)
+        shared_states = self._run_to_split(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=self._positions(mask),
+            past_key_values=cache,
+            use_cache=True,
+        )
+        rows = [(g, suffix) for g, group in enumerate(suffixes) for suffix in group]
+        out = []
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            index = torch.tensor([g for g, _ in chunk], device=device)
+            s_ids, s_mask = self._pad([torch.tensor(t) for _, t in chunk], value=self.tokenizer.pad_token_id or 0)
+            s_ids, s_mask = s_ids.to(device), s_mask.to(device)
+            past = DynamicCache(
+                ddp_cache_data=[(layer.keys[index], layer.values[index]) for layer in cache.layers[: self.split_layer]]
+            )
+            positions = mask.sum(-1)[index, None] + (s_mask.cumsum(-1) - 1).clamp(min=0)
+            states = self._run_to_split(
+                input_ids=s_ids,
+                attention_mask=torch.cat([mask[index], s_mask], dim=-1),
+                position_ids=positions,
+                past_key_values=past,
+                use_cache=True,
+            )
+            for row, (g, suffix) in enumerate(chunk):
+                n_shared = len(shared[g])
+                out.append(
+                    torch.cat(
+                        [
+                            shared_states[g, shared_states.shape[1] - n_shared :],
+                            states[row, states.shape[1] - len(suffix) :],
+                        ]
+                    ).clone()
+                )
+        return out
+
+    def _run_to_split(self, **inputs: object) -> torch.Tensor:
+        """Run the frozen trunk up to the split layer; its input states, float32 on CPU."""
         captured: list[torch.Tensor] = []
 
         def capture(_module: nn.Module, args: tuple, kwargs: dict) -> None:
             captured.append(args[0] if args else kwargs["hidden_states"])
             raise _StopForward
 
-        handle = self._layers[self.split_layer].register_forward_pre_hook(capture, with_kwargs=True)
+        device = self._device()
+        handle = self._parts.layers[self.split_layer].register_forward_pre_hook(capture, with_kwargs=True)
         try:
             with torch.autocast(device.type, dtype=self.compute_dtype, enabled=self.compute_dtype != torch.float32):
-                self._trunk(input_ids=ids, attention_mask=mask, position_ids=self._positions(mask))
+                self._parts.trunk(**inputs)
         except _StopForward:
             pass
         finally:
             handle.remove()
-        states = captured[0].float().cpu()
-        lengths = mask.sum(-1).tolist()
-        if self.kind == "causal":
-            return [states[i, states.shape[1] - n :].clone() for i, n in enumerate(lengths)]
-        return [states[i, :n].clone() for i, n in enumerate(lengths)]
+        return captured[0].float().cpu()
 
-    def prefix_states(self, token_lists: list[list[int]], batch_size: int = PREFIX_BATCH_SIZE) -> list[torch.Tensor]:
+    def prefix_states(
+        self,
+        token_lists: list[list[int]],
+        batch_size: int = PREFIX_BATCH_SIZE,
+        min_shared_tokens: int = MIN_SHARED_TOKENS,
+    ) -> list[torch.Tensor]:
         """Input of the split layer for each prompt (frozen; cached per process).
-        Prompts are batched by length; on CPU small batches are fastest (batch 16 ran
-        1.6-1.9x faster than 128 with SmolLM2).
+
+        Prompts that share a leading run of at least ``min_shared_tokens`` tokens (a
+        user's questions about several items after one history) have it computed once
+        and reuse its keys and values. Prompts are batched by length; on CPU small
+        batches are fastest (batch 16 ran 1.6-1.9x faster than 128 with SmolLM2).
         """
         out: dict[int, torch.Tensor] = {}
         missing = []
@@ -244,12 +321,24 @@ class PreferenceScorer(nn.Module):
                 missing.append(i)
             else:
                 out[i] = hit
-        missing.sort(key=lambda i: len(token_lists[i]))
-        for start in range(0, len(missing), batch_size):
-            chunk = missing[start : start + batch_size]
+        can_share = self.kind == "causal" and self.split_layer > 0
+        groups = shared_prefix_groups([token_lists[i] for i in missing], min_shared_tokens if can_share else None)
+        singles = sorted((missing[g[1][0]] for g in groups if len(g[1]) == 1), key=lambda i: len(token_lists[i]))
+        for start in range(0, len(singles), batch_size):
+            chunk = singles[start : start + batch_size]
             for i, state in zip(chunk, self._prefix_batch([token_lists[i] for i in chunk]), strict=True):
-                PREFIX_CACHE.put(self._cache_key(token_lists[i]), state)
                 out[i] = state
+        multi = sorted((g for g in groups if len(g[1]) > 1), key=lambda g: g[0])
+        for start in range(0, len(multi), batch_size):
+            chunk = multi[start : start + batch_size]
+            members = [[missing[j] for j in g[1]] for g in chunk]
+            shared = [token_lists[m[0]][:n] for (n, _), m in zip(chunk, members, strict=True)]
+            suffixes = [[token_lists[i][n:] for i in m] for (n, _), m in zip(chunk, members, strict=True)]
+            states = self._shared_prefix_batch(shared, suffixes, batch_size)
+            for i, state in zip((i for m in members for i in m), states, strict=True):
+                out[i] = state
+        for i in missing:
+            PREFIX_CACHE.put(self._cache_key(token_lists[i]), out[i])
         return [out[i] for i in range(len(token_lists))]
 
     def _cache_key(self, tokens: list[int]) -> str:
@@ -259,15 +348,39 @@ class PreferenceScorer(nn.Module):
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Preference logits of a padded batch of split-layer states ``[B, T, d]``."""
         with torch.autocast(states.device.type, dtype=self.compute_dtype, enabled=self.compute_dtype != torch.float32):
-            hidden = self._tail(inputs_embeds=states, attention_mask=mask, position_ids=self._positions(mask))
-        hidden = hidden.last_hidden_state.float()
+            if self.kind == "causal" and self.last_position_top_layer:
+                last = self._last_hidden(states, mask).float()
+            else:
+                hidden = self._parts.tail(inputs_embeds=states, attention_mask=mask, position_ids=self._positions(mask))
+                hidden = hidden.last_hidden_state.float()
+                last = hidden[:, -1]
         if self.kind == "causal":
-            weight = self.peft.get_output_embeddings().weight[self._answer_ids.to(hidden.device)]
-            logits = F.linear(hidden[:, -1], weight)
+            weight = self.peft.get_output_embeddings().weight[self._answer_ids.to(last.device)]
+            logits = F.linear(last, weight)
             return logits[:, 0] - logits[:, 1]
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
         return self.peft.base_model.model.head(pooled).squeeze(-1)
+
+    def _last_hidden(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Final-norm hidden state at the last position. The top layer's attention runs
+        over every position (its keys and values need them) but its residual stream and
+        MLP only at the last one, the only position the answer reads.
+        """
+        trunk, layers = self._parts.trunk, self._parts.layers[self.split_layer :]
+        positions = self._positions(mask)
+        causal = create_causal_mask(
+            config=trunk.config, inputs_embeds=states, attention_mask=mask, past_key_values=None, position_ids=positions
+        )
+        rotary = trunk.rotary_emb(states, position_ids=positions)
+        hidden = states
+        for layer in layers[:-1]:
+            hidden = layer(hidden, attention_mask=causal, position_embeddings=rotary, position_ids=positions)
+        top = layers[-1]
+        attended = top.self_attn(top.input_layernorm(hidden), attention_mask=causal, position_embeddings=rotary)[0]
+        last = hidden[:, -1] + attended[:, -1]
+        last = last + top.mlp(top.post_attention_layernorm(last))
+        return trunk.norm(last)
 
     def batch(self, states: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Pad cached states into a batch on the model's device."""
@@ -300,19 +413,36 @@ class PreferenceScorer(nn.Module):
         return float(model.head(hidden.mean(1)).squeeze())
 
     def _check_split(self) -> None:
-        tokens = self.encode(["A user rated these items: a, b. Will the user like c? Answer Yes or No."])[0]
-        dtype, self.compute_dtype = self.compute_dtype, torch.float32
-        try:
-            split = float(self.score([tokens], batch_size=1)[0])
-            full = self.full_forward_score(tokens)
-        finally:
-            PREFIX_CACHE.drop(self._cache_key(tokens))
-            self.compute_dtype = dtype
-        if abs(split - full) > 1e-3 * max(1.0, abs(full)):
+        """Verify on a padded batch that the split forward reproduces the model's own;
+        the last-position top layer is used only where it does.
+        """
+        prompts = ["Liked: a, b. Will the user like c? Answer Yes or No.", "Liked: d. Will the user like e?"]
+        token_lists = self.encode(prompts)
+        if self.last_position_top_layer and self._split_error(token_lists) is not None:
+            self.last_position_top_layer = False
+        error = self._split_error(token_lists)
+        if error is not None:
             raise BackboneError(
                 f"{self.backbone_name}: the split at layer {self.split_layer} does not reproduce the "
-                f"model's forward ({split:.5f} vs {full:.5f}); this architecture is not supported"
+                f"model's forward ({error}); this architecture is not supported"
             )
+
+    def _split_error(self, token_lists: list[list[int]]) -> str | None:
+        """How the split scores of ``token_lists`` differ from the full forward's, or None."""
+        dtype, self.compute_dtype = self.compute_dtype, torch.float32
+        try:
+            split = self.score(token_lists, batch_size=len(token_lists)).tolist()
+            full = [self.full_forward_score(tokens) for tokens in token_lists]
+        except (RuntimeError, TypeError, AttributeError) as err:
+            return f"{type(err).__name__}: {err}"
+        finally:
+            for tokens in token_lists:
+                PREFIX_CACHE.drop(self._cache_key(tokens))
+            self.compute_dtype = dtype
+        for s, f in zip(split, full, strict=True):
+            if abs(s - f) > 1e-3 * max(1.0, abs(f)):
+                return f"{s:.5f} vs {f:.5f}"
+        return None
 
     def _device(self) -> torch.device:
         return next(self.peft.parameters()).device
@@ -329,6 +459,33 @@ class PreferenceScorer(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The adapter's parameters (LoRA factors, and the head for encoders)."""
         return [p for p in self.parameters() if p.requires_grad]
+
+
+def shared_prefix_groups(token_lists: list[list[int]], min_shared: int | None) -> list[tuple[int, list[int]]]:
+    """Group prompts that share a leading run of at least ``min_shared`` tokens, as
+    ``(shared length, indices)``; every member keeps at least one token of its own.
+    ``min_shared`` None puts every prompt in its own group.
+    """
+    if min_shared is None:
+        return [(len(t), [i]) for i, t in enumerate(token_lists)]
+    groups: list[tuple[int, list[int]]] = []
+    for i in sorted(range(len(token_lists)), key=lambda i: token_lists[i]):
+        tokens = token_lists[i]
+        if groups:
+            shared, members = groups[-1]
+            first = token_lists[members[0]]
+            common = _common_prefix_length(first, tokens)
+            common = min(common, shared if len(members) > 1 else len(first) - 1, len(tokens) - 1)
+            if common >= min_shared:
+                groups[-1] = (common, [*members, i])
+                continue
+        groups.append((len(tokens), [i]))
+    return groups
+
+
+def _common_prefix_length(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    return next((k for k in range(n) if a[k] != b[k]), n)
 
 
 class PrefixCache:
