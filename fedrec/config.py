@@ -12,6 +12,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from .privacy.secagg import SecAggSettings
+
 
 class ConfigError(ValueError):
     """A configuration key or value is invalid."""
@@ -64,6 +66,15 @@ class FedRecConfig:
     target_delta: float = 1e-5
     max_grad_norm: float = 1.0
     accountant: str = "rdp"  # rdp | prv
+    # secure aggregation (SecAgg+; see fedrec.privacy.secagg)
+    secure_aggregation: bool = False
+    num_shares: int = 5  # neighbourhood size: each client's secrets are shared among this many nodes
+    reconstruction_threshold: int = 3  # shares needed to reconstruct a secret
+    clipping_range: float = 4.0  # bound on each weighted update value (num-examples / max-weight) * (local - global)
+    quantization_range: int = 4_194_304  # 2**22 levels over [-clipping-range, clipping-range]
+    modulus_range: int = 4_294_967_296  # 2**32: arithmetic of the masked sum
+    max_weight: float = 10_000.0  # largest num-examples a client may report
+    secagg_timeout: float = 600.0  # seconds per key/unmask stage (the training stage uses round-timeout)
     # server
     central_eval: bool = True
     out: str = ""
@@ -112,6 +123,24 @@ class FedRecConfig:
             raise ConfigError("with dp = true, set 'target-epsilon' > 0 or 'noise-multiplier' > 0")
         if not self.lora_modules:
             raise ConfigError("config key 'lora-target-modules' names no module")
+        if self.secure_aggregation:
+            try:
+                self.secagg_settings.check(self.num_clients)
+            except ValueError as err:
+                raise ConfigError(f"secure aggregation: {err}") from None
+
+    @property
+    def secagg_settings(self) -> SecAggSettings:
+        """SecAgg+ parameters from the same-named keys."""
+        return SecAggSettings(
+            num_shares=self.num_shares,
+            reconstruction_threshold=self.reconstruction_threshold,
+            clipping_range=self.clipping_range,
+            quantization_range=self.quantization_range,
+            modulus_range=self.modulus_range,
+            max_weight=self.max_weight,
+            timeout=self.secagg_timeout,
+        )
 
     @property
     def lora_modules(self) -> list[str]:
@@ -219,6 +248,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "max-grad-norm": 0.125,
         "target-epsilon": 8.0,
         "client-cpus": 2.0,  # one client process: its frozen-prefix cache serves every client
+        "secure-aggregation": True,
     },
     # Benchmark settings for one GPU.
     "full": {
@@ -237,6 +267,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "max-grad-norm": 0.125,
         "client-cpus": 2.0,
         "client-gpus": 0.25,
+        "secure-aggregation": True,
     },
 }
 

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from flwr.app import ConfigRecord
 from safetensors.torch import load_file
 
@@ -103,3 +104,23 @@ def test_clients_at_budget_decline_and_the_round_completes(tmp_path):
     # the global adapter stays the round-1 aggregate: evaluation does not move
     assert rounds[2]["auc"] == rounds[1]["auc"] == rounds[3]["auc"]
     assert rounds[2]["bytes_up"] < rounds[1]["bytes_up"] / 10
+
+
+def test_secure_aggregation_gives_the_plain_runs_adapter(smoke_run, tmp_path):
+    cfg, plain_out, plain = smoke_run
+    secure_cfg = cfg.replace(secure_aggregation=True, max_weight=100.0, out=str(tmp_path / "secure"))
+    out, summary = simulate(secure_cfg)
+    plain_adapter = load_file(str(plain_out / "adapter" / "adapter_model.safetensors"))
+    secure_adapter = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    assert plain_adapter.keys() == secure_adapter.keys()
+    for name, tensor in plain_adapter.items():
+        torch.testing.assert_close(secure_adapter[name], tensor, atol=2e-3, rtol=1e-3)
+    assert any(not torch.equal(secure_adapter[n], t) for n, t in plain_adapter.items())  # it really was quantized
+    rounds = _rounds(out)
+    for r in rounds[1:]:
+        assert (r["clients_sampled"], r["clients_ok"], r["clients_failed"]) == (3, 3, 0)
+        assert set(r["bytes_by_stage"]) == {"setup", "share-keys", "collect-masked", "unmask"}
+        assert r["bytes_up"] == sum(s["up"] for s in r["bytes_by_stage"].values())
+        assert r["bytes_down"] == sum(s["down"] for s in r["bytes_by_stage"].values())
+        assert r["secagg_clipped"] == 0 and r["secagg_failure"] is None
+    assert summary["epsilon"]["max"] == pytest.approx(plain["epsilon"]["max"])

@@ -27,6 +27,7 @@ from ..models.adapter import adapter_to_arrays, load_adapter_arrays
 from ..models.scorer import PreferenceScorer
 from ..privacy.accountant import PersistentAccountant
 from ..privacy.dp import decline_reason, plan_round
+from ..privacy.secagg_mod import secagg_mod
 from ..settings import data_settings, dp_settings, scorer_for, train_settings
 from .train import PrivateTraining, train_adapter
 
@@ -143,9 +144,10 @@ def evaluate(message: Message, context: Context, cfg: FedRecConfig) -> Message:
 
 def build_client_app(run_config: Mapping[str, Any] | None = None) -> ClientApp:
     """A ClientApp reading its settings from ``run_config`` when given, else from
-    Flower's ``context.run_config`` (as under ``flwr run``).
+    Flower's ``context.run_config`` (as under ``flwr run``). Its SecAgg+ mod answers
+    the protocol stages when the server runs secure aggregation and is inert otherwise.
     """
-    app = ClientApp()
+    app = ClientApp(mods=[secagg_mod])
 
     def config_of(context: Context) -> FedRecConfig:
         return FedRecConfig.from_mapping(run_config if run_config is not None else context.run_config)

@@ -24,20 +24,25 @@ from ..config import FedRecConfig
 from ..data.federation import load_split
 from ..metrics import auc_from_histograms
 from ..models.adapter import adapter_to_arrays, load_adapter_arrays, save_adapter
+from ..privacy.secagg import STAGE_COLLECT, STAGE_SETUP
 from ..settings import data_settings, scorer_for
 from ..simulation.baselines import preference_baselines
 from ..strategies import FedAvgLoRA
 from .evaluation import CentralEvaluator
 from .recording_grid import Exchange, RecordingGrid
 from .results import ResultsWriter
+from .secagg_grid import SecAggGrid, require_linear_strategy
 
 PACKAGES = ("fedrec", "flwr", "torch", "transformers", "peft", "opacus")
 
 
 def summarize_round(server_round: int, exchanges: list[Exchange], seconds: float) -> dict[str, Any]:
     """One line of ``rounds.jsonl`` from the messages of a round (design §7)."""
-    sent = [e for e in exchanges if e.direction == "down" and e.message_type == MessageType.TRAIN]
-    replies = [e for e in exchanges if e.direction == "up" and e.message_type == MessageType.TRAIN]
+    train = [e for e in exchanges if e.message_type == MessageType.TRAIN]
+    # Under secure aggregation a client is sampled by the setup stage and reports its
+    # training in the clear beside its masked input.
+    sent = [e for e in train if e.direction == "down" and e.stage in (None, STAGE_SETUP)]
+    replies = [e for e in train if e.direction == "up" and e.stage in (None, STAGE_COLLECT)]
     trained = [e for e in replies if e.error is None and not e.metrics.get("declined", 0)]
     declined = [e for e in replies if e.error is None and e.metrics.get("declined", 0)]
     examples = sum(int(e.metrics["num-examples"]) for e in trained)
@@ -64,6 +69,16 @@ def summarize_round(server_round: int, exchanges: list[Exchange], seconds: float
         "bytes_up": sum(e.num_bytes for e in exchanges if e.direction == "up"),
         "seconds": seconds,
     }
+    stages = sorted({e.stage for e in exchanges if e.stage is not None})
+    if stages:
+        record["bytes_by_stage"] = {
+            stage: {
+                direction: sum(e.num_bytes for e in exchanges if e.stage == stage and e.direction == direction)
+                for direction in ("down", "up")
+            }
+            for stage in stages
+        }
+        record["secagg_clipped"] = sum(int(e.metrics.get("secagg-clipped", 0)) for e in trained)
     if evaluated:
         pos = [sum(h) for h in zip(*(e.metrics["pos-hist"] for e in evaluated), strict=True)]
         neg = [sum(h) for h in zip(*(e.metrics["neg-hist"] for e in evaluated), strict=True)]
@@ -83,8 +98,11 @@ class RoundRecorder:
         grid: RecordingGrid,
         evaluator: Callable[[ArrayRecord], dict[str, float]] | None,
         num_rounds: int,
+        secure: SecAggGrid | None = None,
     ) -> None:
         self.writer, self.grid, self.evaluator, self.num_rounds = writer, grid, evaluator, num_rounds
+        self.secure = secure
+        self._failures_seen = 0
         self.latest_arrays: ArrayRecord | None = None
         self.node_epsilon: dict[int, float] = {}
         self._last = time.perf_counter()
@@ -100,6 +118,10 @@ class RoundRecorder:
         now = time.perf_counter()
         record = summarize_round(server_round, exchanges, now - self._last)
         self._last = now
+        if self.secure is not None and server_round > 0:
+            failures = self.secure.failures[self._failures_seen :]
+            self._failures_seen = len(self.secure.failures)
+            record["secagg_failure"] = failures[-1][1] if failures else None
         record["auc"] = metrics.get("auc")
         record["eval_loss"] = metrics.get("loss")
         self.writer.append_round(record)
@@ -139,7 +161,6 @@ def run_server(grid: Grid, cfg: FedRecConfig) -> dict[str, Any]:
     evaluator = CentralEvaluator(scorer, central, cfg.physical_batch_size) if cfg.central_eval else None
     baselines = preference_baselines(central.split, central.test_examples(), cfg.like_threshold)
     recording = RecordingGrid(grid)
-    recorder = RoundRecorder(writer, recording, evaluator, cfg.num_server_rounds)
     strategy = FedAvgLoRA(
         fraction_train=cfg.fraction_train,
         fraction_evaluate=cfg.fraction_evaluate,
@@ -147,9 +168,14 @@ def run_server(grid: Grid, cfg: FedRecConfig) -> dict[str, Any]:
         min_evaluate_nodes=1,
         min_available_nodes=cfg.num_clients,
     )
+    secure = None
+    if cfg.secure_aggregation:
+        require_linear_strategy(strategy)
+        secure = SecAggGrid(recording, cfg.secagg_settings, seed=cfg.seed)
+    recorder = RoundRecorder(writer, recording, evaluator, cfg.num_server_rounds, secure)
     shared = {"backbone": cfg.backbone, "backbone-fingerprint": scorer.fingerprint}
     strategy.start(
-        grid=recording,
+        grid=secure or recording,
         initial_arrays=initial,
         num_rounds=cfg.num_server_rounds,
         timeout=cfg.round_timeout,

@@ -12,7 +12,15 @@ from dataclasses import dataclass, field
 
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
+
+from ..privacy.secagg import SECAGG_RECORD
+from .delegating_grid import DelegatingGrid
+
+
+def secagg_stage(content: RecordDict) -> str | None:
+    """The SecAgg+ stage a message belongs to, or None."""
+    record = content.config_records.get(SECAGG_RECORD)
+    return None if record is None else str(record["stage"])
 
 
 def content_bytes(content: RecordDict) -> int:
@@ -31,13 +39,14 @@ class Exchange:
     error: str | None = None
     metrics: dict[str, object] = field(default_factory=dict)
     configs: dict[str, object] = field(default_factory=dict)
+    stage: str | None = None  # the secure-aggregation stage, if the message is one
 
 
-class RecordingGrid(Grid):
+class RecordingGrid(DelegatingGrid):
     """Delegates to ``grid`` and keeps an :class:`Exchange` per message."""
 
     def __init__(self, grid: Grid) -> None:
-        self._grid = grid
+        super().__init__(grid)
         self._pending: list[Exchange] = []
 
     def take(self) -> list[Exchange]:
@@ -50,7 +59,13 @@ class RecordingGrid(Grid):
         messages = list(messages)
         for msg in messages:
             self._pending.append(
-                Exchange("down", msg.metadata.message_type, msg.metadata.dst_node_id, content_bytes(msg.content))
+                Exchange(
+                    "down",
+                    msg.metadata.message_type,
+                    msg.metadata.dst_node_id,
+                    content_bytes(msg.content),
+                    stage=secagg_stage(msg.content),
+                )
             )
         return messages
 
@@ -64,26 +79,20 @@ class RecordingGrid(Grid):
             metrics = {k: v for rec in msg.content.metric_records.values() for k, v in rec.items()}
             configs = {k: v for rec in msg.content.config_records.values() for k, v in rec.items()}
             self._pending.append(
-                Exchange("up", meta.message_type, meta.src_node_id, content_bytes(msg.content), None, metrics, configs)
+                Exchange(
+                    "up",
+                    meta.message_type,
+                    meta.src_node_id,
+                    content_bytes(msg.content),
+                    None,
+                    metrics,
+                    configs,
+                    secagg_stage(msg.content),
+                )
             )
         return replies
 
-    # --- Grid interface ---
-    def set_run(self, run: Run) -> None:  # noqa: D102
-        self._grid.set_run(run)
-
-    @property
-    def run(self) -> Run:  # noqa: D102
-        return self._grid.run
-
-    def create_message(  # noqa: D102
-        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
-    ) -> Message:
-        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:  # noqa: D102
-        return self._grid.get_node_ids()
-
+    # --- recorded calls ---
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # noqa: D102
         return self._grid.push_messages(self._record_sent(messages))
 

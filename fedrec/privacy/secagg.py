@@ -1,0 +1,246 @@
+"""SecAgg+ (Bell et al., CCS 2020) building blocks shared by the client mod and the
+server's grid: settings, the communication graph, key agreement, the mask PRG,
+quantization and the server's unmasking.
+
+What is summed is each client's weighted update ``r * (local - global)`` with
+``r = num-examples / max-weight`` (at most 1), clipped to ``[-clipping-range,
+clipping-range]``, stochastically rounded onto ``0..quantization-range`` and prefixed by
+the quantized weight ``round(r * quantization-range)``. Each of the ``n`` survivors
+contributes at most ``quantization-range`` per coordinate, so the sum is exact modulo
+``modulus-range`` whenever ``n * quantization-range < modulus-range`` (checked at
+start-up, and again on the unmasked sum). Against plain FedAvg of the same unclipped
+updates, the error per coordinate is at most ``n * (2 * clipping-range + max|update|) /
+(quantization-range * sum(r))``: one rounding step per client, plus the rounding of
+each weight to a multiple of ``1 / quantization-range``.
+
+Cryptography comes from ``cryptography`` (X25519, HKDF-SHA256, ChaCha20) and Flower's
+public helpers (Shamir shares over pycryptodome, Fernet channel encryption). Masks are
+ChaCha20 key streams: Flower's ``pseudo_rand_gen`` folds its seed to 32 bits and uses
+NumPy's Mersenne Twister, which is not a cryptographic PRG.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from flwr.app import ConfigRecord
+from flwr.common.secure_aggregation.crypto.shamir import combine_shares, create_shares
+
+SECAGG_RECORD = "secagg"  # name of the ConfigRecord that carries a protocol stage
+MASKED_RECORD = "masked"  # name of the ArrayRecord that carries a masked vector
+WEIGHT_KEY = "__weight__"  # first entry of a masked vector: the quantized weight
+
+STAGE_SETUP = "setup"
+STAGE_SHARE_KEYS = "share-keys"
+STAGE_COLLECT = "collect-masked"
+STAGE_UNMASK = "unmask"
+
+
+def stage_record(stage: str, values: Mapping[str, object]) -> ConfigRecord:
+    """A stage's ``secagg`` record. Empty lists are left out (Flower cannot size them);
+    readers use ``record.get(key, [])``.
+    """
+    return ConfigRecord({"stage": stage, **{k: v for k, v in values.items() if not (isinstance(v, list) and not v)}})
+
+
+class SecAggError(RuntimeError):
+    """A round of secure aggregation cannot complete (named reason)."""
+
+
+@dataclass(frozen=True)
+class SecAggSettings:
+    """SecAgg+ parameters (config keys of the same names, kebab-case)."""
+
+    num_shares: int = 5
+    reconstruction_threshold: int = 3
+    clipping_range: float = 4.0
+    quantization_range: int = 1 << 22
+    modulus_range: int = 1 << 32
+    max_weight: float = 10_000.0
+    timeout: float = 600.0
+
+    def check(self, num_clients: int) -> None:
+        """Refuse settings under which ``num_clients`` survivors could overflow or the
+        graph cannot reconstruct anything.
+        """
+        if self.modulus_range & (self.modulus_range - 1) or not 2 <= self.modulus_range <= 1 << 32:
+            raise ValueError(f"modulus-range must be a power of two in [2, 2**32], got {self.modulus_range}")
+        if num_clients * self.quantization_range >= self.modulus_range:
+            raise ValueError(
+                f"{num_clients} clients x quantization-range {self.quantization_range} >= modulus-range "
+                f"{self.modulus_range}: the masked sum could wrap; lower quantization-range or raise modulus-range"
+            )
+        if self.num_shares < 3:
+            raise ValueError(f"num-shares must be at least 3, got {self.num_shares}")
+        if not 2 <= self.reconstruction_threshold <= self.num_shares:
+            raise ValueError(
+                f"reconstruction-threshold must be in [2, num-shares = {self.num_shares}], "
+                f"got {self.reconstruction_threshold}"
+            )
+        if self.clipping_range <= 0 or self.max_weight <= 0 or self.timeout <= 0:
+            raise ValueError("clipping-range, max-weight and secagg-timeout must be > 0")
+
+    def threshold_for(self, group_size: int) -> int:
+        """Shares needed to reconstruct a secret shared among ``group_size`` nodes."""
+        return min(self.reconstruction_threshold, group_size)
+
+
+def neighbours(node_ids: Sequence[int], num_shares: int) -> dict[int, list[int]]:
+    """The SecAgg+ communication graph: nodes on a ring (in the given order), each
+    linked to itself and its ``(num_shares - 1) // 2`` nearest on either side (every
+    node when ``num_shares`` covers them all). Each node's secrets are shared among
+    its neighbourhood.
+    """
+    n = len(node_ids)
+    half = (num_shares - 1) // 2
+    if 2 * half + 1 >= n:
+        return {node: sorted(node_ids) for node in node_ids}
+    return {node: sorted(node_ids[(i + k) % n] for k in range(-half, half + 1)) for i, node in enumerate(node_ids)}
+
+
+# ---- keys --------------------------------------------------------------------------
+def new_private_key() -> bytes:
+    """A fresh X25519 private key, raw bytes."""
+    return X25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+
+
+def public_key(private: bytes) -> bytes:
+    """The raw X25519 public key of ``private``."""
+    return (
+        X25519PrivateKey.from_private_bytes(private)
+        .public_key()
+        .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    )
+
+
+def agreed_key(private: bytes, peer_public: bytes) -> bytes:
+    """32 bytes both ends derive: HKDF-SHA256 of the X25519 shared secret."""
+    secret = X25519PrivateKey.from_private_bytes(private).exchange(X25519PublicKey.from_public_bytes(peer_public))
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"fedrec-secagg").derive(secret)
+
+
+def channel_key(private: bytes, peer_public: bytes) -> bytes:
+    """A Fernet key for the encrypted channel between two nodes."""
+    return base64.urlsafe_b64encode(agreed_key(private, peer_public))
+
+
+def share_secret(secret: bytes, threshold: int, num: int) -> list[bytes]:
+    """Shamir shares of ``secret`` (any ``threshold`` of the ``num`` reconstruct it)."""
+    return create_shares(secret, threshold, num)
+
+
+def reconstruct_secret(shares: Sequence[bytes]) -> bytes:
+    """The secret from enough Shamir shares."""
+    return combine_shares(list(shares))
+
+
+# ---- masks and quantization ---------------------------------------------------------
+def prg_mask(seed: bytes, modulus: int, shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
+    """Uniform integers in ``[0, modulus)`` (a power of two <= 2**32) from a ChaCha20
+    key stream of the 32-byte ``seed``, one array per shape.
+    """
+    sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
+    stream = Cipher(algorithms.ChaCha20(seed, b"\0" * 16), mode=None).encryptor()
+    words = np.frombuffer(stream.update(b"\0" * (4 * sum(sizes))), dtype="<u4").astype(np.int64)
+    words &= modulus - 1
+    out, start = [], 0
+    for shape, size in zip(shapes, sizes, strict=True):
+        out.append(words[start : start + size].reshape(shape))
+        start += size
+    return out
+
+
+@dataclass(frozen=True)
+class QuantizedUpdate:
+    """A client's quantized weighted update and how many values were clipped."""
+
+    vectors: list[np.ndarray]  # quantized weight first, then one array per tensor
+    clipped: int
+
+
+def quantize_update(
+    deltas: Sequence[np.ndarray], weight: float, settings: SecAggSettings, rng: np.random.Generator
+) -> QuantizedUpdate:
+    """Weight, clip, and stochastically round ``deltas`` onto ``0..quantization-range``."""
+    ratio = weight / settings.max_weight
+    if not 0.0 <= ratio <= 1.0:
+        raise SecAggError(f"weight {weight:g} is outside [0, max-weight = {settings.max_weight:g}]")
+    q_weight = round(ratio * settings.quantization_range)
+    scale = q_weight / settings.quantization_range  # the weight the server will see
+    c, levels = settings.clipping_range, settings.quantization_range
+    vectors, clipped = [np.array([q_weight], dtype=np.int64)], 0
+    for delta in deltas:
+        weighted = np.asarray(delta, dtype=np.float64) * scale
+        if not np.isfinite(weighted).all():
+            raise SecAggError("the update holds non-finite values")
+        clipped += int((np.abs(weighted) > c).sum())
+        position = (np.clip(weighted, -c, c) + c) * (levels / (2 * c))
+        low = np.floor(position)
+        vectors.append((low + (rng.random(position.shape) < position - low)).astype(np.int64))
+    return QuantizedUpdate(vectors, clipped)
+
+
+def mask_vectors(
+    vectors: Sequence[np.ndarray],
+    self_seed: bytes,
+    pair_seeds: Mapping[int, bytes],
+    own_id: int,
+    modulus: int,
+) -> list[np.ndarray]:
+    """Add the self mask and, per neighbour, +mask (own id larger) or -mask, mod ``modulus``."""
+    shapes = [v.shape for v in vectors]
+    out = [v + m for v, m in zip(vectors, prg_mask(self_seed, modulus, shapes), strict=True)]
+    for peer, seed in pair_seeds.items():
+        sign = 1 if own_id > peer else -1
+        out = [v + sign * m for v, m in zip(out, prg_mask(seed, modulus, shapes), strict=True)]
+    return [v & (modulus - 1) for v in out]
+
+
+def unmask_sum(
+    masked: Mapping[int, Sequence[np.ndarray]],
+    self_seeds: Mapping[int, bytes],
+    dropped_pair_seeds: Mapping[tuple[int, int], bytes],
+    modulus: int,
+) -> list[np.ndarray]:
+    """Sum of the survivors' quantized vectors: the masked vectors' sum minus each
+    survivor's self mask, with the masks survivors shared with dropped nodes undone.
+    ``dropped_pair_seeds[(survivor, dropped)]`` is their pairwise seed.
+    """
+    first = next(iter(masked.values()))
+    shapes = [v.shape for v in first]
+    total = [np.zeros(s, dtype=np.int64) for s in shapes]
+    for vectors in masked.values():
+        total = [(t + v) & (modulus - 1) for t, v in zip(total, vectors, strict=True)]
+    for seed in self_seeds.values():
+        total = [(t - m) & (modulus - 1) for t, m in zip(total, prg_mask(seed, modulus, shapes), strict=True)]
+    for (survivor, dropped), seed in dropped_pair_seeds.items():
+        sign = 1 if survivor > dropped else -1
+        total = [(t - sign * m) & (modulus - 1) for t, m in zip(total, prg_mask(seed, modulus, shapes), strict=True)]
+    return total
+
+
+def dequantize_mean(total: Sequence[np.ndarray], num_clients: int, settings: SecAggSettings) -> list[np.ndarray]:
+    """The weighted mean update from the unmasked sum of ``num_clients`` vectors; a sum
+    outside ``[0, num_clients * quantization-range]`` means a wrapped or corrupted input.
+    """
+    bound = num_clients * settings.quantization_range
+    for v in total:
+        if (v < 0).any() or (v > bound).any():
+            raise SecAggError(
+                f"the unmasked sum leaves [0, {bound}] (overflow or a corrupted masked input); round discarded"
+            )
+    q_weight = int(total[0][0])
+    if q_weight == 0:
+        raise SecAggError("the securely summed weight is 0: no survivor trained")
+    c, levels = settings.clipping_range, settings.quantization_range
+    weight = q_weight / levels
+    return [(v.astype(np.float64) * (2 * c / levels) - num_clients * c) / weight for v in total[1:]]

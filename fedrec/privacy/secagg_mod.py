@@ -1,0 +1,187 @@
+"""Client side of SecAgg+: a Flower mod around the ClientApp's ``@app.train``.
+
+The server drives four stages with train messages that carry a ``secagg`` config
+record; messages without it pass straight to the app. The node's keys, self-mask seed
+and the shares it holds live in ``context.state`` between stages of one round.
+
+1. ``setup``: make two X25519 key pairs (channel, mask) and a self-mask seed; reply the
+   public keys.
+2. ``share-keys``: Shamir-share the self-mask seed and the mask private key among the
+   neighbourhood; reply each neighbour's shares encrypted for it.
+3. ``collect-masked``: keep the shares addressed to this node, run the app's train
+   handler on the global adapter, and reply the masked, quantized, weighted update
+   ``local - global`` (metrics stay in the clear). A declining app sends a zero update
+   of weight 0, so the protocol still completes.
+4. ``unmask``: reply the self-mask seed shares of survivors and the mask-key shares of
+   dropped nodes, never both for one node.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common.secure_aggregation.crypto.symmetric_encryption import decrypt, encrypt
+from flwr.common.secure_aggregation.secaggplus_utils import (
+    share_keys_plaintext_concat,
+    share_keys_plaintext_separate,
+)
+
+from .secagg import (
+    MASKED_RECORD,
+    SECAGG_RECORD,
+    STAGE_COLLECT,
+    STAGE_SETUP,
+    STAGE_SHARE_KEYS,
+    STAGE_UNMASK,
+    WEIGHT_KEY,
+    SecAggError,
+    SecAggSettings,
+    agreed_key,
+    channel_key,
+    mask_vectors,
+    new_private_key,
+    public_key,
+    quantize_update,
+    share_secret,
+    stage_record,
+)
+
+STATE_KEY = "secagg-state"
+
+
+def secagg_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Run the SecAgg+ stage a message asks for; pass other messages to the app."""
+    if msg.metadata.message_type != "train" or SECAGG_RECORD not in msg.content.config_records:
+        return call_next(msg, context)
+    stage_config = msg.content.config_records[SECAGG_RECORD]
+    stage = str(stage_config["stage"])
+    node_id = msg.metadata.dst_node_id
+    if stage == STAGE_SETUP:
+        reply = _setup(context, int(stage_config["round"]))
+    else:
+        state = context.state.config_records.get(STATE_KEY)
+        if state is None or state["round"] != stage_config["round"]:
+            raise SecAggError(f"stage {stage} of round {stage_config['round']} without this round's setup")
+        if stage == STAGE_SHARE_KEYS:
+            reply = _share_keys(state, stage_config, node_id)
+        elif stage == STAGE_COLLECT:
+            return _collect_masked(msg, context, call_next, state, stage_config, node_id)
+        elif stage == STAGE_UNMASK:
+            reply = _unmask(state, stage_config)
+            del context.state.config_records[STATE_KEY]
+        else:
+            raise SecAggError(f"unknown secure-aggregation stage {stage!r}")
+    return Message(content=RecordDict({SECAGG_RECORD: reply}), reply_to=msg)
+
+
+def _setup(context: Context, server_round: int) -> ConfigRecord:
+    channel, mask = new_private_key(), new_private_key()
+    context.state[STATE_KEY] = ConfigRecord(
+        {"round": server_round, "channel-sk": channel, "mask-sk": mask, "seed": os.urandom(32)}
+    )
+    return stage_record(STAGE_SETUP, {"channel-pk": public_key(channel), "mask-pk": public_key(mask)})
+
+
+def _share_keys(state: ConfigRecord, config: ConfigRecord, node_id: int) -> ConfigRecord:
+    nodes = [int(n) for n in config["nodes"]]
+    channel_pks, mask_pks = list(config["channel-pks"]), list(config["mask-pks"])
+    if node_id not in nodes or len(set(nodes)) != len(nodes) or not len(nodes) == len(channel_pks) == len(mask_pks):
+        raise SecAggError(f"node {node_id}: malformed neighbourhood {nodes}")
+    own = nodes.index(node_id)
+    if channel_pks[own] != public_key(state["channel-sk"]) or mask_pks[own] != public_key(state["mask-sk"]):
+        raise SecAggError(f"node {node_id}: the server relayed public keys that are not this node's")
+    threshold = int(config["threshold"])
+    seed_shares = share_secret(state["seed"], threshold, len(nodes))
+    key_shares = share_secret(state["mask-sk"], threshold, len(nodes))
+    state["peers"], state["peer-channel-pks"], state["peer-mask-pks"] = nodes, channel_pks, mask_pks
+    state["share-srcs"], state["seed-shares"], state["key-shares"] = [node_id], [seed_shares[own]], [key_shares[own]]
+    destinations, ciphertexts = [], []
+    for i, peer in enumerate(nodes):
+        if peer != node_id:
+            plaintext = share_keys_plaintext_concat(node_id, peer, seed_shares[i], key_shares[i])
+            destinations.append(peer)
+            ciphertexts.append(encrypt(channel_key(state["channel-sk"], channel_pks[i]), plaintext))
+    return stage_record(STAGE_SHARE_KEYS, {"dst": destinations, "ciphertexts": ciphertexts})
+
+
+def _collect_masked(
+    msg: Message,
+    context: Context,
+    call_next: ClientAppCallable,
+    state: ConfigRecord,
+    config: ConfigRecord,
+    node_id: int,
+) -> Message:
+    peers = [int(n) for n in state["peers"]]
+    for src, ciphertext in zip(config.get("srcs", []), config.get("ciphertexts", []), strict=True):
+        src = int(src)
+        if src not in peers or src == node_id:
+            raise SecAggError(f"node {node_id}: shares from {src}, which is not a neighbour")
+        plaintext = decrypt(channel_key(state["channel-sk"], state["peer-channel-pks"][peers.index(src)]), ciphertext)
+        actual_src, dst, seed_share, key_share = share_keys_plaintext_separate(plaintext)
+        if (actual_src, dst) != (src, node_id):
+            raise SecAggError(f"node {node_id}: a share relayed from {src} was made by {actual_src} for {dst}")
+        state["share-srcs"] = [*state["share-srcs"], src]
+        state["seed-shares"] = [*state["seed-shares"], seed_share]
+        state["key-shares"] = [*state["key-shares"], key_share]
+    settings = SecAggSettings(
+        clipping_range=float(config["clipping-range"]),
+        quantization_range=int(config["quantization-range"]),
+        modulus_range=int(config["modulus-range"]),
+        max_weight=float(config["max-weight"]),
+    )
+    del msg.content.config_records[SECAGG_RECORD]
+    global_arrays = msg.content.array_records["arrays"]
+    reply = call_next(msg, context)
+    if reply.has_error():
+        return reply
+    trained = reply.content.array_records.get("arrays")
+    metrics = {k: v for record in reply.content.metric_records.values() for k, v in record.items()}
+    names = list(global_arrays.keys())
+    if trained is None:  # the app declined: a zero update of weight 0 keeps the protocol whole
+        deltas, weight = [np.zeros(global_arrays[n].shape) for n in names], 0.0
+    else:
+        if list(trained.keys()) != names:
+            raise SecAggError(f"node {node_id}: the trained adapter's tensors differ from the global adapter's")
+        deltas = [trained[n].numpy().astype(np.float64) - global_arrays[n].numpy() for n in names]
+        weight = float(metrics["num-examples"])
+    update = quantize_update(deltas, weight, settings, np.random.default_rng())
+    pair_seeds = {
+        src: agreed_key(state["mask-sk"], state["peer-mask-pks"][peers.index(src)])
+        for src in map(int, state["share-srcs"])
+        if src != node_id
+    }
+    masked = mask_vectors(update.vectors, state["seed"], pair_seeds, node_id, settings.modulus_range)
+    dtype = np.uint32 if settings.modulus_range <= 1 << 32 else np.uint64
+    vectors = ArrayRecord({name: Array(v.astype(dtype)) for name, v in zip([WEIGHT_KEY, *names], masked, strict=True)})
+    content = RecordDict(
+        {
+            MASKED_RECORD: vectors,
+            "metrics": MetricRecord({**metrics, "secagg-clipped": update.clipped}),
+            SECAGG_RECORD: stage_record(STAGE_COLLECT, {}),
+        }
+    )
+    for name, record in reply.content.config_records.items():
+        content[name] = record
+    return Message(content=content, reply_to=msg)
+
+
+def _unmask(state: ConfigRecord, config: ConfigRecord) -> ConfigRecord:
+    active, dead = {int(n) for n in config.get("active", [])}, {int(n) for n in config.get("dead", [])}
+    if active & dead:
+        raise SecAggError(f"nodes {sorted(active & dead)} are listed as both alive and dropped")
+    seed_nodes, seed_shares, key_nodes, key_shares = [], [], [], []
+    for src, seed_share, key_share in zip(state["share-srcs"], state["seed-shares"], state["key-shares"], strict=True):
+        if src in active:
+            seed_nodes.append(src)
+            seed_shares.append(seed_share)
+        elif src in dead:
+            key_nodes.append(src)
+            key_shares.append(key_share)
+    return stage_record(
+        STAGE_UNMASK,
+        {"seed-nodes": seed_nodes, "seed-shares": seed_shares, "key-nodes": key_nodes, "key-shares": key_shares},
+    )

@@ -1,0 +1,340 @@
+"""SecAgg+ on real Flower simulations: the secure aggregate equals FedAvg of the same
+updates, drop-outs are survived up to the threshold, and a round beyond it fails
+cleanly keeping the previous adapter.
+
+The test ClientApp's update is a fixed function of (trial seed, node id), so the test
+ServerApp can compute plain FedAvg of the very updates the clients mask.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyClientSideFixedClipping,
+    FedAdam,
+    FedAvg,
+    FedMedian,
+    Krum,
+)
+from flwr.simulation import run_simulation
+
+from fedrec.privacy.secagg import (
+    MASKED_RECORD,
+    SECAGG_RECORD,
+    STAGE_COLLECT,
+    STAGE_UNMASK,
+    SecAggSettings,
+    dequantize_mean,
+    mask_vectors,
+    neighbours,
+    prg_mask,
+    quantize_update,
+    unmask_sum,
+)
+from fedrec.privacy.secagg_mod import secagg_mod
+from fedrec.server.recording_grid import RecordingGrid
+from fedrec.server.secagg_grid import SecAggGrid, require_linear_strategy
+
+NUM_NODES = 20
+SETTINGS = SecAggSettings(num_shares=5, reconstruction_threshold=3, clipping_range=2.0, max_weight=1000.0)
+
+
+def client_update(seed: int, node_id: int, shapes: list[tuple[int, ...]]) -> tuple[list[np.ndarray], int]:
+    """The update and weight a node trains in a trial (known to the test oracle)."""
+    rng = np.random.default_rng([seed, node_id % (2**32)])
+    return [rng.uniform(-0.5, 0.5, s).astype(np.float32) for s in shapes], int(rng.integers(1, 1000))
+
+
+def _dropout_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Fail on purpose at a stage named in the message, as a crashing node would."""
+    stage = msg.content.config_records.get(SECAGG_RECORD, {}).get("stage")
+    config = msg.content.config_records.get("config", {})
+    drop = context.state.config_records.get("drop")
+    if stage == STAGE_UNMASK and drop is not None and msg.metadata.dst_node_id in drop["unmask"]:
+        raise RuntimeError("node fails after sending its masked input")
+    if stage == STAGE_COLLECT:
+        context.state["drop"] = ConfigRecord({"unmask": [int(n) for n in config.get("drop-at-unmask", [])] or [0]})
+        if msg.metadata.dst_node_id in [int(n) for n in config.get("drop-before-masked", [])]:
+            raise RuntimeError("node fails before sending its masked input")
+    return call_next(msg, context)
+
+
+client_app = ClientApp(mods=[_dropout_mod, secagg_mod])
+
+
+@client_app.train()
+def _train(msg: Message, context: Context) -> Message:
+    arrays = msg.content["arrays"]
+    shapes = [tuple(a.shape) for a in arrays.values()]
+    deltas, weight = client_update(int(msg.content["config"]["trial-seed"]), msg.metadata.dst_node_id, shapes)
+    trained = {k: Array(a.numpy() + d) for (k, a), d in zip(arrays.items(), deltas, strict=True)}
+    metrics = MetricRecord({"num-examples": weight, "train_loss": 0.5})
+    return Message(RecordDict({"arrays": ArrayRecord(trained), "metrics": metrics}), reply_to=msg)
+
+
+def _trials() -> list[dict]:
+    rng = np.random.default_rng(7)
+    trials = []
+    for k, size in enumerate([3, 4, 9, 20]):
+        shapes = [tuple(int(d) for d in rng.integers(1, 6, size=rng.integers(1, 3))) for _ in range(rng.integers(1, 4))]
+        trials.append({"name": f"clients-{size}", "size": size, "seed": 100 + k, "shapes": shapes})
+    trials.append({"name": "drop-before", "size": 9, "seed": 200, "shapes": [(4, 3)], "before": 2})
+    trials.append({"name": "drop-after", "size": 9, "seed": 201, "shapes": [(4, 3)], "after": 2})
+    trials.append({"name": "drop-both", "size": 12, "seed": 202, "shapes": [(5,)], "before": 1, "after": 1})
+    trials.append({"name": "beyond-threshold", "size": 6, "seed": 203, "shapes": [(5,)], "before": 4})
+    return trials
+
+
+def _server_app(out: Path) -> ServerApp:
+    app = ServerApp()
+
+    @app.main()
+    def _main(grid: Grid, context: Context) -> None:
+        deadline = time.monotonic() + 120
+        while len(nodes := sorted(grid.get_node_ids())) < NUM_NODES and time.monotonic() < deadline:
+            time.sleep(0.5)
+        results = {}
+        for trial in _trials():
+            rng = np.random.default_rng(trial["seed"])
+            chosen = [nodes[i] for i in rng.choice(len(nodes), size=trial["size"], replace=False)]
+            before = chosen[: trial.get("before", 0)]
+            after = chosen[len(before) : len(before) + trial.get("after", 0)]
+            current = [rng.normal(size=s).astype(np.float32) for s in trial["shapes"]]
+            arrays = ArrayRecord({f"t{i}": Array(a) for i, a in enumerate(current)})
+            config = ConfigRecord(
+                {"trial-seed": trial["seed"], "drop-before-masked": before or [0], "drop-at-unmask": after or [0]}
+            )
+            messages = [
+                grid.create_message(RecordDict({"arrays": arrays, "config": config}), MessageType.TRAIN, n, "1")
+                for n in chosen
+            ]
+            secure = SecAggGrid(grid, SETTINGS, seed=trial["seed"])
+            replies = list(secure.send_and_receive(messages, timeout=120))
+            ok = [r for r in replies if not r.has_error()]
+            survivors = [n for n in chosen if n not in before]
+            updates = [client_update(trial["seed"], n, trial["shapes"]) for n in survivors]
+            total = sum(w for _, w in updates)
+            expected = [c + sum(u[i] * w for u, w in updates) / total for i, c in enumerate(current)]
+            got = [ok[0].content["arrays"][f"t{i}"].numpy() for i in range(len(current))] if ok else None
+            bound = len(survivors) * (2 * SETTINGS.clipping_range + 0.5) / SETTINGS.quantization_range / (total / 1000)
+            bound += 1e-6  # float32 adapters
+            results[trial["name"]] = {
+                "replies": len(replies),
+                "ok": len(ok),
+                "survivors": len(survivors),
+                "identical": bool(ok)
+                and all(
+                    np.array_equal(r.content["arrays"][k].numpy(), ok[0].content["arrays"][k].numpy())
+                    for r in ok
+                    for k in arrays
+                ),
+                "max_error": None
+                if got is None
+                else max(float(np.abs(g - e).max()) for g, e in zip(got, expected, strict=True)),
+                "bound": bound,
+                "failures": secure.failures,
+                "dropped_at_unmask": sum(STAGE_UNMASK in reason for reason in secure.last_dropped.values()),
+                "errors": [r.error.reason for r in replies if r.has_error()],
+            }
+        # FedAvg through Strategy.start: a failed round keeps the previous adapter.
+        initial = ArrayRecord({"w": Array(np.ones(4, dtype=np.float32))})
+        secure = SecAggGrid(grid, SETTINGS, seed=1)
+        seen: dict[int, np.ndarray] = {}
+
+        def record(server_round: int, arrays: ArrayRecord) -> None:
+            seen[server_round] = arrays["w"].numpy().copy()
+
+        FedAvg(fraction_train=0.3, min_available_nodes=len(nodes)).start(
+            grid=secure,
+            initial_arrays=initial,
+            num_rounds=1,
+            train_config=ConfigRecord({"trial-seed": 5, "drop-before-masked": nodes, "drop-at-unmask": [0]}),
+            evaluate_fn=record,
+        )
+        results["strategy-failed-round"] = {
+            "kept": bool(np.array_equal(seen[1], initial["w"].numpy())),
+            "failures": secure.failures,
+        }
+        results["composition"] = _composition(grid, nodes)
+        results["privacy"] = _what_the_server_receives(grid, nodes)
+        out.write_text(json.dumps(results))
+
+    return app
+
+
+class CapturingGrid(RecordingGrid):
+    """Keeps every reply the server side receives."""
+
+    def __init__(self, grid: Grid) -> None:
+        super().__init__(grid)
+        self.received: list[Message] = []
+
+    def _record_replies(self, replies: Iterable[Message]) -> list[Message]:
+        replies = super()._record_replies(replies)
+        self.received.extend(replies)
+        return replies
+
+
+def _composition(grid: Grid, nodes: list[int]) -> dict[str, float]:
+    """FedAdam and a client-level DP wrapper, unchanged, over plain and secure grids."""
+    strategies = {
+        "fedadam": lambda: FedAdam(min_available_nodes=len(nodes), eta=0.05),
+        "dp-client-side-clipping": lambda: DifferentialPrivacyClientSideFixedClipping(
+            FedAvg(min_available_nodes=len(nodes)), noise_multiplier=0.5, clipping_norm=1.0, num_sampled_clients=20
+        ),
+    }
+    initial = ArrayRecord({"w": Array(np.zeros((6, 5), dtype=np.float32)), "b": Array(np.ones(3, dtype=np.float32))})
+    gaps = {}
+    for name, make in strategies.items():
+        finals = []
+        for wrapped in (grid, SecAggGrid(grid, SETTINGS, seed=3)):
+            np.random.seed(0)  # the DP wrapper's Gaussian noise
+            seen: dict[int, ArrayRecord] = {}
+            make().start(
+                grid=wrapped,
+                initial_arrays=initial,
+                num_rounds=1,
+                train_config=ConfigRecord({"trial-seed": 11, "drop-before-masked": [0], "drop-at-unmask": [0]}),
+                evaluate_fn=lambda r, arrays, seen=seen: seen.__setitem__(r, arrays),
+            )
+            finals.append(seen[1])
+        moved = max(float(np.abs(finals[0][k].numpy() - initial[k].numpy()).max()) for k in initial)
+        gap = max(float(np.abs(finals[0][k].numpy() - finals[1][k].numpy()).max()) for k in initial)
+        gaps[name] = {"moved": moved, "gap": gap}
+    return gaps
+
+
+def _what_the_server_receives(grid: Grid, nodes: list[int]) -> dict:
+    """Everything the server side receives in a secure round, against the updates."""
+    chosen, shape, seed = nodes[:8], (20, 20), 300
+    capture = CapturingGrid(grid)
+    current = ArrayRecord({"t0": Array(np.zeros(shape, dtype=np.float32))})
+    config = ConfigRecord({"trial-seed": seed, "drop-before-masked": [0], "drop-at-unmask": [0]})
+    messages = [
+        grid.create_message(RecordDict({"arrays": current, "config": config}), MessageType.TRAIN, n, "1")
+        for n in chosen
+    ]
+    SecAggGrid(capture, SETTINGS, seed=seed).send_and_receive(messages, timeout=120)
+    arrays_seen, correlations, mask_means = [], [], []
+    for reply in capture.received:
+        for name, record in reply.content.array_records.items():
+            arrays_seen.append(name)
+            masked = record["t0"].numpy().astype(np.float64).ravel()
+            update, _ = client_update(seed, reply.metadata.src_node_id, [shape])
+            correlations.append(abs(float(np.corrcoef(masked, update[0].ravel())[0, 1])))
+            mask_means.append(float(masked.mean() / SETTINGS.modulus_range))
+    return {"arrays_seen": arrays_seen, "correlations": correlations, "mask_means": mask_means}
+
+
+@pytest.fixture(scope="module")
+def secagg_results(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("secagg") / "results.json"
+    run_simulation(
+        server_app=_server_app(out),
+        client_app=client_app,
+        num_supernodes=NUM_NODES,
+        backend_config={"client_resources": {"num_cpus": 1}, "init_args": {"num_cpus": 2}},
+    )
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("trial", ["clients-3", "clients-4", "clients-9", "clients-20"])
+def test_secure_aggregate_equals_fedavg_of_the_same_updates(secagg_results, trial):
+    result = secagg_results[trial]
+    assert result["ok"] == result["replies"] == result["survivors"] and result["identical"]
+    assert result["max_error"] <= result["bound"], result
+
+
+@pytest.mark.parametrize("trial", ["drop-before", "drop-after", "drop-both"])
+def test_drop_outs_up_to_the_threshold_give_fedavg_of_the_survivors(secagg_results, trial):
+    result = secagg_results[trial]
+    assert not result["failures"]
+    before = {"drop-before": 2, "drop-after": 0, "drop-both": 1}[trial]
+    assert result["ok"] == result["survivors"] == result["replies"] - before
+    assert result["dropped_at_unmask"] == {"drop-before": 0, "drop-after": 2, "drop-both": 1}[trial]
+    assert result["max_error"] <= result["bound"], result
+
+
+def test_drop_outs_beyond_the_threshold_fail_the_round_with_a_reason(secagg_results):
+    result = secagg_results["beyond-threshold"]
+    assert result["ok"] == 0 and len(result["errors"]) == result["replies"]
+    assert "shares needed to reconstruct" in result["failures"][0][1]
+    kept = secagg_results["strategy-failed-round"]
+    assert kept["kept"] and kept["failures"]
+
+
+def test_masks_cancel_and_dropped_pair_masks_are_undone():
+    rng = np.random.default_rng(0)
+    settings = SecAggSettings(clipping_range=1.0, quantization_range=1 << 20, modulus_range=1 << 32, max_weight=10)
+    nodes = [11, 22, 33, 44]
+    seeds = {n: rng.bytes(32) for n in nodes}
+    pair = {(a, b): rng.bytes(32) for a in nodes for b in nodes if a < b}
+    pair_seed = {(a, b): pair[(min(a, b), max(a, b))] for a in nodes for b in nodes if a != b}
+    deltas = {n: [rng.uniform(-0.5, 0.5, (3, 2))] for n in nodes}
+    weights = {11: 2.0, 22: 5.0, 33: 1.0, 44: 7.0}
+    masked = {}
+    for n in nodes[:3]:  # node 44 shared keys but dropped before its masked input
+        update = quantize_update(deltas[n], weights[n], settings, rng)
+        masked[n] = mask_vectors(update.vectors, seeds[n], {p: pair_seed[(n, p)] for p in nodes if p != n}, n, 1 << 32)
+    dropped = {(n, 44): pair_seed[(n, 44)] for n in nodes[:3]}
+    total = unmask_sum(masked, {n: seeds[n] for n in nodes[:3]}, dropped, 1 << 32)
+    mean = dequantize_mean(total, 3, settings)[0]
+    expected = sum(deltas[n][0] * weights[n] for n in nodes[:3]) / sum(weights[n] for n in nodes[:3])
+    assert np.abs(mean - expected).max() < 3 * (2 * 1.0 + 0.5) / (1 << 20) / (8 / 10)
+
+
+def test_out_of_range_values_are_counted_and_a_wrapped_sum_is_refused():
+    settings = SecAggSettings(clipping_range=0.1, quantization_range=1 << 10, modulus_range=1 << 16, max_weight=1)
+    update = quantize_update([np.array([0.05, 0.5, -0.7])], 1.0, settings, np.random.default_rng(0))
+    assert update.clipped == 2
+    with pytest.raises(Exception, match="outside"):
+        quantize_update([np.zeros(2)], 2.0, settings, np.random.default_rng(0))
+    with pytest.raises(Exception, match="overflow or a corrupted masked input"):
+        dequantize_mean([np.array([5]), np.array([3 * (1 << 10)])], 2, settings)
+    with pytest.raises(ValueError, match="could wrap"):
+        settings.check(num_clients=64)
+
+
+def test_prg_masks_are_deterministic_uniform_and_seed_dependent():
+    a = prg_mask(b"k" * 32, 1 << 32, [(1000,)])[0]
+    assert np.array_equal(a, prg_mask(b"k" * 32, 1 << 32, [(1000,)])[0])
+    assert not np.array_equal(a, prg_mask(b"j" * 32, 1 << 32, [(1000,)])[0])
+    assert a.min() >= 0 and a.max() < 1 << 32 and 0.4 < a.mean() / (1 << 32) < 0.6
+
+
+def test_neighbourhoods_are_symmetric_rings():
+    graph = neighbours(list(range(10)), num_shares=5)
+    assert all(len(h) == 5 and n in h for n, h in graph.items())
+    assert all(n in graph[p] for n, h in graph.items() for p in h)
+    assert neighbours([1, 2, 3], 5) == {1: [1, 2, 3], 2: [1, 2, 3], 3: [1, 2, 3]}
+
+
+def test_server_side_receives_no_update_in_the_clear(secagg_results):
+    privacy = secagg_results["privacy"]
+    assert privacy["arrays_seen"] == [MASKED_RECORD] * 8  # the only arrays: one masked input per client
+    assert max(privacy["correlations"]) < 0.3  # 400 values each: masked inputs are unrelated to updates
+    assert all(0.4 < m < 0.6 for m in privacy["mask_means"])  # and spread over the whole ring
+
+
+@pytest.mark.parametrize("strategy", ["fedadam", "dp-client-side-clipping"])
+def test_linear_strategies_run_unchanged_on_secure_aggregation(secagg_results, strategy):
+    result = secagg_results["composition"][strategy]
+    assert result["moved"] > 1e-3  # the round really changed the model
+    assert result["gap"] < 1e-3  # and the secure run gives the plain run's model
+
+
+@pytest.mark.parametrize("strategy", [FedMedian(), Krum()])
+def test_strategies_needing_individual_updates_are_refused(strategy):
+    with pytest.raises(ValueError, match="needs each client's update"):
+        require_linear_strategy(strategy)
+    require_linear_strategy(FedAdam())
