@@ -145,13 +145,14 @@ def reconstruct_secret(shares: Sequence[bytes]) -> bytes:
 
 # ---- masks and quantization ---------------------------------------------------------
 def prg_mask(seed: bytes, modulus: int, shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
-    """Uniform integers in ``[0, modulus)`` (a power of two <= 2**32) from a ChaCha20
-    key stream of the 32-byte ``seed``, one array per shape.
+    """Uniform ``uint32`` words from a ChaCha20 key stream of the 32-byte ``seed``, one
+    array per shape; reduced mod ``modulus`` (a power of two <= 2**32) they are uniform.
+    Mask arithmetic runs in ``uint32``, whose wrap-around is arithmetic mod 2**32 and
+    hence mod ``modulus``; results are reduced once at the end (:func:`reduce`).
     """
     sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
     stream = Cipher(algorithms.ChaCha20(seed, b"\0" * 16), mode=None).encryptor()
-    words = np.frombuffer(stream.update(b"\0" * (4 * sum(sizes))), dtype="<u4").astype(np.int64)
-    words &= modulus - 1
+    words = np.frombuffer(stream.update(b"\0" * (4 * sum(sizes))), dtype="<u4")
     out, start = [], 0
     for shape, size in zip(shapes, sizes, strict=True):
         out.append(words[start : start + size].reshape(shape))
@@ -159,11 +160,16 @@ def prg_mask(seed: bytes, modulus: int, shapes: Sequence[tuple[int, ...]]) -> li
     return out
 
 
+def reduce(vectors: Sequence[np.ndarray], modulus: int) -> list[np.ndarray]:
+    """``uint32`` vectors mod ``modulus``."""
+    return [v & np.uint32(modulus - 1) for v in vectors] if modulus < 1 << 32 else list(vectors)
+
+
 @dataclass(frozen=True)
 class QuantizedUpdate:
     """A client's quantized weighted update and how many values were clipped."""
 
-    vectors: list[np.ndarray]  # quantized weight first, then one array per tensor
+    vectors: list[np.ndarray]  # uint32: quantized weight first, then one array per tensor
     clipped: int
 
 
@@ -177,15 +183,19 @@ def quantize_update(
     q_weight = round(ratio * settings.quantization_range)
     scale = q_weight / settings.quantization_range  # the weight the server will see
     c, levels = settings.clipping_range, settings.quantization_range
-    vectors, clipped = [np.array([q_weight], dtype=np.int64)], 0
+    vectors, clipped = [np.array([q_weight], dtype=np.uint32)], 0
     for delta in deltas:
-        weighted = np.asarray(delta, dtype=np.float64) * scale
-        if not np.isfinite(weighted).all():
+        position = np.asarray(delta, dtype=np.float64) * scale
+        if not np.isfinite(position).all():
             raise SecAggError("the update holds non-finite values")
-        clipped += int((np.abs(weighted) > c).sum())
-        position = (np.clip(weighted, -c, c) + c) * (levels / (2 * c))
+        clipped += int(np.count_nonzero(np.abs(position) > c))
+        np.clip(position, -c, c, out=position)
+        position += c
+        position *= levels / (2 * c)
         low = np.floor(position)
-        vectors.append((low + (rng.random(position.shape) < position - low)).astype(np.int64))
+        position -= low  # the fractional part: round up with that probability
+        low += rng.random(position.shape) < position
+        vectors.append(low.astype(np.uint32))
     return QuantizedUpdate(vectors, clipped)
 
 
@@ -200,9 +210,12 @@ def mask_vectors(
     shapes = [v.shape for v in vectors]
     out = [v + m for v, m in zip(vectors, prg_mask(self_seed, modulus, shapes), strict=True)]
     for peer, seed in pair_seeds.items():
-        sign = 1 if own_id > peer else -1
-        out = [v + sign * m for v, m in zip(out, prg_mask(seed, modulus, shapes), strict=True)]
-    return [v & (modulus - 1) for v in out]
+        for v, m in zip(out, prg_mask(seed, modulus, shapes), strict=True):
+            if own_id > peer:
+                v += m
+            else:
+                v -= m
+    return reduce(out, modulus)
 
 
 def unmask_sum(
@@ -211,21 +224,26 @@ def unmask_sum(
     dropped_pair_seeds: Mapping[tuple[int, int], bytes],
     modulus: int,
 ) -> list[np.ndarray]:
-    """Sum of the survivors' quantized vectors: the masked vectors' sum minus each
-    survivor's self mask, with the masks survivors shared with dropped nodes undone.
+    """Sum of the survivors' quantized vectors (``int64``): the masked vectors' sum minus
+    each survivor's self mask, with the masks survivors shared with dropped nodes undone.
     ``dropped_pair_seeds[(survivor, dropped)]`` is their pairwise seed.
     """
     first = next(iter(masked.values()))
     shapes = [v.shape for v in first]
-    total = [np.zeros(s, dtype=np.int64) for s in shapes]
+    total = [np.zeros(s, dtype=np.uint32) for s in shapes]
     for vectors in masked.values():
-        total = [(t + v) & (modulus - 1) for t, v in zip(total, vectors, strict=True)]
+        for t, v in zip(total, vectors, strict=True):
+            t += v.astype(np.uint32, copy=False)
     for seed in self_seeds.values():
-        total = [(t - m) & (modulus - 1) for t, m in zip(total, prg_mask(seed, modulus, shapes), strict=True)]
+        for t, m in zip(total, prg_mask(seed, modulus, shapes), strict=True):
+            t -= m
     for (survivor, dropped), seed in dropped_pair_seeds.items():
-        sign = 1 if survivor > dropped else -1
-        total = [(t - sign * m) & (modulus - 1) for t, m in zip(total, prg_mask(seed, modulus, shapes), strict=True)]
-    return total
+        for t, m in zip(total, prg_mask(seed, modulus, shapes), strict=True):
+            if survivor > dropped:
+                t -= m
+            else:
+                t += m
+    return [v.astype(np.int64) for v in reduce(total, modulus)]
 
 
 def dequantize_mean(total: Sequence[np.ndarray], num_clients: int, settings: SecAggSettings) -> list[np.ndarray]:

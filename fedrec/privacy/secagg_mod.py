@@ -155,8 +155,7 @@ def _collect_masked(
         if src != node_id
     }
     masked = mask_vectors(update.vectors, state["seed"], pair_seeds, node_id, settings.modulus_range)
-    dtype = np.uint32 if settings.modulus_range <= 1 << 32 else np.uint64
-    vectors = ArrayRecord({name: Array(v.astype(dtype)) for name, v in zip([WEIGHT_KEY, *names], masked, strict=True)})
+    vectors = ArrayRecord({name: Array(v) for name, v in zip([WEIGHT_KEY, *names], masked, strict=True)})
     content = RecordDict(
         {
             MASKED_RECORD: vectors,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from flwr.app import Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
 from ..privacy.secagg import SECAGG_RECORD
@@ -25,7 +25,13 @@ def secagg_stage(content: RecordDict) -> str | None:
 
 def content_bytes(content: RecordDict) -> int:
     """Serialized size of a message's records (as Flower's comms mods count it)."""
-    return sum(record.count_bytes() for record in content.values())
+    return sum(_record_bytes(record) for record in content.values())
+
+
+def _record_bytes(record: ArrayRecord | ConfigRecord | MetricRecord) -> int:
+    if isinstance(record, ConfigRecord):  # Flower cannot size empty lists; they carry no values
+        record = ConfigRecord({k: v for k, v in record.items() if not (isinstance(v, list) and not v)})
+    return record.count_bytes()
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ previous global adapter (it receives only error replies).
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable, Iterable
 from logging import ERROR, WARNING
 
@@ -95,6 +96,7 @@ class SecAggGrid(DelegatingGrid):
         self._round = 0
         self.failures: list[tuple[int, str]] = []  # (secure round, reason)
         self.last_dropped: dict[int, str] = {}  # node -> why it left the latest round
+        self.last_stage_seconds: dict[str, float] = {}
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         """Train messages run SecAgg+; anything else is forwarded unchanged."""
@@ -106,6 +108,7 @@ class SecAggGrid(DelegatingGrid):
         self._rng.shuffle(order)
         secure_round = _SecureRound(self._grid, self.settings, self._round, messages, order, timeout)
         self.last_dropped = secure_round.dropped
+        self.last_stage_seconds = secure_round.seconds
         try:
             return secure_round.run()
         except SecAggError as err:
@@ -135,6 +138,8 @@ class _SecureRound:
         self.group_id = messages[0].metadata.group_id
         self.hood = neighbours(ring_order, settings.num_shares)
         self.dropped: dict[int, str] = {}
+        self.seconds: dict[str, float] = {}  # wall time of each stage's exchange, and of unmasking
+        self.masked: dict[int, list[np.ndarray]] = {}  # checked masked inputs, weight first
         self.threshold: dict[int, int] = {}
         self.mask_pk: dict[int, bytes] = {}
         self.inbox: dict[int, tuple[list[int], list[bytes]]] = {}
@@ -189,8 +194,11 @@ class _SecureRound:
             lambda n: {"active": [p for p in hood1[n] if p in collected], "dead": [p for p in hood1[n] if p in dead]},
             self.settings.timeout,
         )
+        started = time.perf_counter()
         aggregate = self._aggregate(collected, dead, answers)
-        return self._replies(collected, aggregate)
+        replies = self._replies(collected, aggregate)
+        self.seconds["server-unmasking"] = time.perf_counter() - started
+        return replies
 
     def _stage(
         self,
@@ -209,7 +217,10 @@ class _SecureRound:
             content[SECAGG_RECORD] = stage_record(stage, {"round": self.round, **payload(node)})
             messages.append(self.grid.create_message(content, MessageType.TRAIN, node, self.group_id))
         answered: dict[int, Message] = {}
-        for reply in self.grid.send_and_receive(messages, timeout=timeout):
+        started = time.perf_counter()
+        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+        self.seconds[stage] = time.perf_counter() - started
+        for reply in replies:
             node = reply.metadata.src_node_id
             try:
                 if reply.has_error():
@@ -239,10 +250,11 @@ class _SecureRound:
         got = {k: tuple(v.shape) for k, v in masked.items()}
         if got != expected:
             raise SecAggError(f"masked input tensors {got} differ from the adapter's {expected}")
-        for name, array in masked.items():
-            values = array.numpy()
-            if values.dtype.kind != "u" or (values.size and int(values.max()) >= self.settings.modulus_range):
-                raise SecAggError(f"masked tensor {name!r} is not in [0, modulus-range)")
+        vectors = [masked[name].numpy() for name in expected]
+        for name, values in zip(expected, vectors, strict=True):
+            if values.dtype != np.uint32 or (values.size and int(values.max()) >= self.settings.modulus_range):
+                raise SecAggError(f"masked tensor {name!r} is not uint32 in [0, modulus-range)")
+        self.masked[reply.metadata.src_node_id] = vectors
 
     def _aggregate(self, collected: dict[int, Message], dead: list[int], answers: dict[int, Message]) -> ArrayRecord:
         """Reconstruct the survivors' self-mask seeds and the dropped nodes' mask keys,
@@ -266,10 +278,7 @@ class _SecureRound:
                 if node in self.inbox[survivor][0]:  # the survivor masked with this node
                     pair_seeds[(survivor, node)] = agreed_key(key, self.mask_pk[survivor])
         names = [WEIGHT_KEY, *self.requests[next(iter(collected))].content["arrays"].keys()]
-        masked = {
-            n: [reply.content.array_records[MASKED_RECORD][k].numpy().astype(np.int64) for k in names]
-            for n, reply in collected.items()
-        }
+        masked = {node: self.masked[node] for node in collected}
         total = unmask_sum(masked, seeds, pair_seeds, self.settings.modulus_range)
         mean = dequantize_mean(total, len(collected), self.settings)
         current = self.requests[next(iter(collected))].content["arrays"]

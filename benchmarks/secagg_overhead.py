@@ -1,0 +1,209 @@
+"""Round wall time and bytes of secure vs plain aggregation, and vs Flower's legacy
+``SecAggPlusWorkflow``, on the same adapter-sized vectors (real Flower simulations).
+
+For each client count, one simulation runs plain FedAvg and fedrec's SecAgg+
+(``SecAggGrid``) rounds interleaved through the Message-API ``FedAvg``; a second runs
+Flower's ``DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(...))`` with the legacy
+``secaggplus_mod``. Each client's "training" adds a fixed random update, so the
+rounds measure aggregation alone. Both protocols use 5 shares, threshold 3, and
+the same clipping/quantization/modulus ranges.
+
+    python benchmarks/secagg_overhead.py                       # 10, 50, 100 clients
+    python benchmarks/secagg_overhead.py --clients 10 --size 100000 --repeats 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.client import NumPyClient
+from flwr.client.mod import secaggplus_mod
+from flwr.clientapp import ClientApp
+from flwr.common import ndarrays_to_parameters
+from flwr.server import LegacyContext, ServerConfig
+from flwr.server.strategy import FedAvg as LegacyFedAvg
+from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+from flwr.simulation import run_simulation
+
+from fedrec.privacy.secagg import SecAggSettings
+from fedrec.privacy.secagg_mod import secagg_mod
+from fedrec.server.recording_grid import RecordingGrid
+from fedrec.server.secagg_grid import SecAggGrid
+
+RESULTS = Path(__file__).parent / "results"
+SETTINGS = SecAggSettings(num_shares=5, reconstruction_threshold=3, clipping_range=4.0, max_weight=1000.0)
+
+
+def _update(node_id: int, size: int) -> np.ndarray:
+    return np.random.default_rng(node_id % (2**32)).uniform(-0.01, 0.01, size).astype(np.float32)
+
+
+# ---- Message-API client (plain and fedrec SecAgg+) ----------------------------------
+message_client = ClientApp(mods=[secagg_mod])
+
+
+@message_client.train()
+def _train(msg: Message, context: Context) -> Message:
+    arrays = msg.content["arrays"]
+    weights = arrays["w"].numpy()
+    trained = ArrayRecord({"w": Array(weights + _update(msg.metadata.dst_node_id, weights.size))})
+    return Message(RecordDict({"arrays": trained, "metrics": MetricRecord({"num-examples": 100})}), reply_to=msg)
+
+
+def _wait_for_nodes(grid: Grid, count: int) -> list[int]:
+    deadline = time.monotonic() + 300
+    while len(nodes := list(grid.get_node_ids())) < count and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return nodes
+
+
+def message_api_server(clients: int, size: int, repeats: int, out: Path) -> ServerApp:
+    """Plain and secure FedAvg rounds, interleaved."""
+    app = ServerApp()
+
+    @app.main()
+    def _main(grid: Grid, context: Context) -> None:
+        _wait_for_nodes(grid, clients)
+        initial = ArrayRecord({"w": Array(np.zeros(size, dtype=np.float32))})
+        times: dict[str, list[float]] = {"plain": [], "fedrec-secagg": []}
+        sizes: dict[str, int] = {}
+        FedAvg(fraction_evaluate=0.0, min_available_nodes=clients).start(  # warm-up: actors start, imports load
+            grid=grid, initial_arrays=initial, num_rounds=1, train_config=ConfigRecord()
+        )
+        for _ in range(repeats):
+            for mode in times:
+                recording = RecordingGrid(grid)
+                wrapped = SecAggGrid(recording, SETTINGS) if mode == "fedrec-secagg" else recording
+                started = time.perf_counter()
+                FedAvg(fraction_evaluate=0.0, min_available_nodes=clients).start(
+                    grid=wrapped, initial_arrays=initial, num_rounds=1, train_config=ConfigRecord()
+                )
+                times[mode].append(time.perf_counter() - started)
+                sizes[mode] = sum(e.num_bytes for e in recording.take())
+                if isinstance(wrapped, SecAggGrid):
+                    stages = wrapped.last_stage_seconds
+        out.write_text(json.dumps({"times": times, "bytes": sizes, "stage_seconds": stages}))
+
+    return app
+
+
+# ---- Flower's legacy SecAgg+ --------------------------------------------------------
+class _LegacyClient(NumPyClient):
+    def __init__(self, node_id: int) -> None:
+        self.node_id = node_id
+
+    def fit(self, parameters: list[np.ndarray], config: dict) -> tuple[list[np.ndarray], int, dict]:
+        return [parameters[0] + _update(self.node_id, parameters[0].size)], 100, {}
+
+
+legacy_client = ClientApp(client_fn=lambda context: _LegacyClient(context.node_id).to_client(), mods=[secaggplus_mod])
+
+
+def legacy_server(clients: int, size: int, repeats: int, out: Path) -> ServerApp:
+    """Flower's DefaultWorkflow with SecAggPlusWorkflow, one round per repeat."""
+    app = ServerApp()
+
+    @app.main()
+    def _main(grid: Grid, context: Context) -> None:
+        _wait_for_nodes(grid, clients)
+        times, num_bytes = [], 0
+        for repeat in range(repeats + 1):  # the first round warms up and is not timed
+            strategy = LegacyFedAvg(
+                fraction_fit=1.0,
+                fraction_evaluate=0.0,
+                min_available_clients=clients,
+                initial_parameters=ndarrays_to_parameters([np.zeros(size, dtype=np.float32)]),
+            )
+            legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=1), strategy=strategy)
+            workflow = DefaultWorkflow(
+                fit_workflow=SecAggPlusWorkflow(
+                    num_shares=SETTINGS.num_shares,
+                    reconstruction_threshold=SETTINGS.reconstruction_threshold,
+                    max_weight=SETTINGS.max_weight,
+                    clipping_range=SETTINGS.clipping_range,
+                    quantization_range=SETTINGS.quantization_range,
+                    modulus_range=SETTINGS.modulus_range,
+                )
+            )
+            recording = RecordingGrid(grid)
+            started = time.perf_counter()
+            workflow(recording, legacy)
+            if repeat:
+                times.append(time.perf_counter() - started)
+            num_bytes = sum(e.num_bytes for e in recording.take())
+        out.write_text(
+            json.dumps({"times": {"flower-legacy-secaggplus": times}, "bytes": {"flower-legacy-secaggplus": num_bytes}})
+        )
+
+    return app
+
+
+def _simulate(server: ServerApp, client: ClientApp, clients: int) -> None:
+    run_simulation(
+        server_app=server,
+        client_app=client,
+        num_supernodes=clients,
+        backend_config={"client_resources": {"num_cpus": 1}, "init_args": {"num_cpus": 2}},
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, nargs="+", default=[10, 50, 100])
+    parser.add_argument("--size", type=int, default=500_000, help="floats per client vector")
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    rows = []
+    for clients in args.clients:
+        scratch = RESULTS / f".secagg_{clients}.json"
+        _simulate(message_api_server(clients, args.size, args.repeats, scratch), message_client, clients)
+        measured = json.loads(scratch.read_text())
+        _simulate(legacy_server(clients, args.size, args.repeats, scratch), legacy_client, clients)
+        legacy = json.loads(scratch.read_text())
+        scratch.unlink()
+        seconds = {k: statistics.median(v) for k, v in {**measured["times"], **legacy["times"]}.items()}
+        sizes = {**measured["bytes"], **legacy["bytes"]}
+        rows.append(
+            {
+                "clients": clients,
+                "seconds": seconds,
+                "bytes": sizes,
+                "fedrec_stage_seconds": measured["stage_seconds"],
+                "secure_over_plain": seconds["fedrec-secagg"] / seconds["plain"],
+                "legacy_over_plain": seconds["flower-legacy-secaggplus"] / seconds["plain"],
+                "secure_over_legacy": seconds["fedrec-secagg"] / seconds["flower-legacy-secaggplus"],
+                "bytes_secure_over_plain": sizes["fedrec-secagg"] / sizes["plain"],
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    report = {
+        "vector_floats": args.size,
+        "repeats": args.repeats,
+        "settings": SETTINGS.__dict__,
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "rows": rows,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "secagg_overhead.json").write_text(json.dumps(report, indent=2))
+    header = ["clients", "plain s", "fedrec SecAgg+ s", "Flower legacy SecAgg+ s", "secure/plain", "secure/legacy"]
+    print("| " + " | ".join([*header, "bytes secure/plain"]) + " |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        s = r["seconds"]
+        print(
+            f"| {r['clients']} | {s['plain']:.2f} | {s['fedrec-secagg']:.2f} | {s['flower-legacy-secaggplus']:.2f} "
+            f"| {r['secure_over_plain']:.2f} | {r['secure_over_legacy']:.2f} | {r['bytes_secure_over_plain']:.3f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
