@@ -18,6 +18,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
+from flwr.common import Metadata
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import (
     DifferentialPrivacyClientSideFixedClipping,
@@ -338,3 +339,12 @@ def test_strategies_needing_individual_updates_are_refused(strategy):
     with pytest.raises(ValueError, match="needs each client's update"):
         require_linear_strategy(strategy)
     require_linear_strategy(FedAdam())
+
+
+def test_secure_grid_refuses_a_round_whose_sum_could_wrap():
+    settings = SecAggSettings(quantization_range=1 << 20, modulus_range=1 << 21)
+    messages = [
+        Message(RecordDict(), metadata=Metadata(0, "", 0, n, "", "1", 0.0, 60.0, MessageType.TRAIN)) for n in (1, 2, 3)
+    ]
+    with pytest.raises(ValueError, match=r"3 clients x quantization-range .* could wrap"):
+        SecAggGrid(grid=None, settings=settings).send_and_receive(messages)

@@ -87,6 +87,25 @@ class SecAggSettings:
         if self.clipping_range <= 0 or self.max_weight <= 0 or self.timeout <= 0:
             raise ValueError("clipping-range, max-weight and secagg-timeout must be > 0")
 
+    def masking_values(self) -> dict[str, float | int]:
+        """What a client needs to quantize and mask (sent with the collect stage)."""
+        return {
+            "clipping-range": self.clipping_range,
+            "quantization-range": self.quantization_range,
+            "modulus-range": self.modulus_range,
+            "max-weight": self.max_weight,
+        }
+
+    @classmethod
+    def from_masking_values(cls, values: Mapping[str, object]) -> SecAggSettings:
+        """The client's view of the settings, from :meth:`masking_values`."""
+        return cls(
+            clipping_range=float(values["clipping-range"]),
+            quantization_range=int(values["quantization-range"]),
+            modulus_range=int(values["modulus-range"]),
+            max_weight=float(values["max-weight"]),
+        )
+
     def threshold_for(self, group_size: int) -> int:
         """Shares needed to reconstruct a secret shared among ``group_size`` nodes."""
         return min(self.reconstruction_threshold, group_size)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.secure_aggregation.crypto.symmetric_encryption import decrypt, encrypt
 from flwr.common.secure_aggregation.secaggplus_utils import (
@@ -54,7 +54,7 @@ STATE_KEY = "secagg-state"
 
 def secagg_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Run the SecAgg+ stage a message asks for; pass other messages to the app."""
-    if msg.metadata.message_type != "train" or SECAGG_RECORD not in msg.content.config_records:
+    if msg.metadata.message_type != MessageType.TRAIN or SECAGG_RECORD not in msg.content.config_records:
         return call_next(msg, context)
     stage_config = msg.content.config_records[SECAGG_RECORD]
     stage = str(stage_config["stage"])
@@ -116,6 +116,7 @@ def _collect_masked(
     node_id: int,
 ) -> Message:
     peers = [int(n) for n in state["peers"]]
+    srcs, seed_shares, key_shares = list(state["share-srcs"]), list(state["seed-shares"]), list(state["key-shares"])
     for src, ciphertext in zip(config.get("srcs", []), config.get("ciphertexts", []), strict=True):
         src = int(src)
         if src not in peers or src == node_id:
@@ -124,15 +125,11 @@ def _collect_masked(
         actual_src, dst, seed_share, key_share = share_keys_plaintext_separate(plaintext)
         if (actual_src, dst) != (src, node_id):
             raise SecAggError(f"node {node_id}: a share relayed from {src} was made by {actual_src} for {dst}")
-        state["share-srcs"] = [*state["share-srcs"], src]
-        state["seed-shares"] = [*state["seed-shares"], seed_share]
-        state["key-shares"] = [*state["key-shares"], key_share]
-    settings = SecAggSettings(
-        clipping_range=float(config["clipping-range"]),
-        quantization_range=int(config["quantization-range"]),
-        modulus_range=int(config["modulus-range"]),
-        max_weight=float(config["max-weight"]),
-    )
+        srcs.append(src)
+        seed_shares.append(seed_share)
+        key_shares.append(key_share)
+    state["share-srcs"], state["seed-shares"], state["key-shares"] = srcs, seed_shares, key_shares
+    settings = SecAggSettings.from_masking_values(config)
     del msg.content.config_records[SECAGG_RECORD]
     global_arrays = msg.content.array_records["arrays"]
     reply = call_next(msg, context)
@@ -150,9 +147,7 @@ def _collect_masked(
         weight = float(metrics["num-examples"])
     update = quantize_update(deltas, weight, settings, np.random.default_rng())
     pair_seeds = {
-        src: agreed_key(state["mask-sk"], state["peer-mask-pks"][peers.index(src)])
-        for src in map(int, state["share-srcs"])
-        if src != node_id
+        src: agreed_key(state["mask-sk"], state["peer-mask-pks"][peers.index(src)]) for src in srcs if src != node_id
     }
     masked = mask_vectors(update.vectors, state["seed"], pair_seeds, node_id, settings.modulus_range)
     vectors = ArrayRecord({name: Array(v) for name, v in zip([WEIGHT_KEY, *names], masked, strict=True)})

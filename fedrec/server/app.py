@@ -7,6 +7,7 @@ each round when asked, and writes the results folder (design §7).
 
 from __future__ import annotations
 
+import logging
 import random
 import statistics
 import time
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MessageType, MetricRecord
 from flwr.serverapp import Grid, ServerApp
+from flwr.supercore import log
 
 from ..config import FedRecConfig
 from ..data.federation import load_split
@@ -122,6 +124,13 @@ class RoundRecorder:
             failures = self.secure.failures[self._failures_seen :]
             self._failures_seen = len(self.secure.failures)
             record["secagg_failure"] = failures[-1][1] if failures else None
+            if record.get("secagg_clipped"):
+                log(
+                    logging.WARNING,
+                    "round %d: %d update values exceeded clipping-range and were clipped before secure aggregation",
+                    server_round,
+                    record["secagg_clipped"],
+                )
         record["auc"] = metrics.get("auc")
         record["eval_loss"] = metrics.get("loss")
         self.writer.append_round(record)

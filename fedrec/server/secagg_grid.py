@@ -103,6 +103,7 @@ class SecAggGrid(DelegatingGrid):
         messages = list(messages)
         if not messages or any(m.metadata.message_type != MessageType.TRAIN for m in messages):
             return self._grid.send_and_receive(messages, timeout=timeout)
+        self.settings.check(len(messages))  # no sum of this many inputs may wrap
         self._round += 1
         order = [m.metadata.dst_node_id for m in messages]
         self._rng.shuffle(order)
@@ -175,10 +176,7 @@ class _SecureRound:
             lambda n: {
                 "srcs": inbox[n][0],
                 "ciphertexts": inbox[n][1],
-                "clipping-range": self.settings.clipping_range,
-                "quantization-range": self.settings.quantization_range,
-                "modulus-range": self.settings.modulus_range,
-                "max-weight": self.settings.max_weight,
+                **self.settings.masking_values(),
             },
             self.timeout,
             carry_request=True,
