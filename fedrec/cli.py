@@ -34,7 +34,18 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--verbose", action="store_true", help="Flower's debug logging")
     show = commands.add_parser("config", help="print the resolved configuration as TOML")
     _add_config_args(show)
+    bench = commands.add_parser("benchmark", help="run a benchmark suite and write report.md")
+    bench.add_argument("--suite", required=True, help="suite name, e.g. strategies")
+    bench.add_argument("--out", required=True, help="folder of the suite's runs and report (reused on restart)")
     args = parser.parse_args(argv)
+    if args.command == "benchmark":
+        from .simulation.benchmark import SUITES, run_suite
+
+        if args.suite not in SUITES:
+            print(f"fedrec: unknown suite '{args.suite}' (choose from {', '.join(SUITES)})", file=sys.stderr)
+            return 2
+        print(f"\nreport: {run_suite(args.suite, args.out)}")
+        return 0
     try:
         overrides = parse_overrides(args.overrides)
         if getattr(args, "out", None):

@@ -12,7 +12,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from .privacy.client_dp import ClientDPSettings
 from .privacy.secagg import SecAggSettings
+
+STRATEGIES = ("fedavg", "ffa-lora", "fedadam", "fedyogi", "fedavgm", "fedprox")
 
 
 class ConfigError(ValueError):
@@ -34,6 +37,14 @@ class FedRecConfig:
     client_cpus: float = 2.0
     client_gpus: float = 0.0
     seed: int = 42
+    # aggregation (see fedrec.strategies)
+    strategy: str = "fedavg"  # fedavg | ffa-lora | fedadam | fedyogi | fedavgm | fedprox
+    server_learning_rate: float = 0.0  # 0: the strategy's default (FedAdam 0.1, FedYogi 0.01, FedAvgM 1.0)
+    server_momentum: float = 0.9  # FedAvgM
+    server_beta1: float = 0.9  # FedAdam, FedYogi
+    server_beta2: float = 0.99  # FedAdam, FedYogi
+    server_tau: float = 1e-3  # FedAdam, FedYogi: adaptivity
+    proximal_mu: float = 0.01  # FedProx
     # data
     dataset: str = "ml-100k"
     items_path: str = ""
@@ -52,7 +63,8 @@ class FedRecConfig:
     lora_dropout: float = 0.0
     lora_target_modules: str = "q_proj,v_proj"
     lora_layers: int = 0  # LoRA on the top N transformer layers; 0 = all layers
-    lora_freeze_a: bool = False  # FFA-LoRA: A fixed at the shared seeded init, only B trained
+    lora_freeze_a: bool = False  # FFA-LoRA's frozen A under any strategy (strategy ffa-lora implies it)
+    lora_ranks: str = ""  # heterogeneous ranks, e.g. "4,8,16": client i gets rank i mod 3; needs a frozen A
     compute_dtype: str = "float32"  # autocast precision of the forward pass: float32 | bfloat16
     # local training
     local_epochs: int = 1
@@ -75,6 +87,11 @@ class FedRecConfig:
     modulus_range: int = 4_294_967_296  # 2**32: arithmetic of the masked sum
     max_weight: float = 10_000.0  # largest num-examples a client may report
     secagg_timeout: float = 600.0  # seconds per key/unmask stage (the training stage uses round-timeout)
+    # client-level differential privacy (see fedrec.privacy.client_dp)
+    client_dp: bool = False
+    client_dp_clip: float = 1.0  # L2 bound on each client's adapter update
+    client_dp_noise_multiplier: float = 1.0  # noise std on the sum of updates = multiplier * clip
+    client_dp_noise: str = "central"  # central: the server adds it | distributed: each client adds its share
     # server
     central_eval: bool = True
     out: str = ""
@@ -83,6 +100,8 @@ class FedRecConfig:
         _check_choice("partitioner", self.partitioner, ("user", "iid", "skewed"))
         _check_choice("accountant", self.accountant, ("rdp", "prv"))
         _check_choice("compute_dtype", self.compute_dtype, ("float32", "bfloat16"))
+        _check_choice("strategy", self.strategy, STRATEGIES)
+        _check_choice("client_dp_noise", self.client_dp_noise, ("central", "distributed"))
         positive = (
             "num_server_rounds",
             "num_clients",
@@ -97,6 +116,9 @@ class FedRecConfig:
             "max_length",
             "test_interactions",
             "targets_per_history",
+            "client_dp_clip",
+            "client_dp_noise_multiplier",
+            "server_tau",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -110,11 +132,14 @@ class FedRecConfig:
             "noise_multiplier",
             "client_gpus",
             "skew_alpha",
+            "server_learning_rate",
+            "server_momentum",
+            "proximal_mu",
         )
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ConfigError(f"config key '{_key(name)}' must be >= 0, got {getattr(self, name)}")
-        for name in ("fraction_train", "fraction_evaluate"):
+        for name in ("fraction_train", "fraction_evaluate", "server_beta1", "server_beta2"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"config key '{_key(name)}' must be in [0, 1]")
         if not 0.0 < self.target_delta < 1.0:
@@ -123,6 +148,15 @@ class FedRecConfig:
             raise ConfigError("with dp = true, set 'target-epsilon' > 0 or 'noise-multiplier' > 0")
         if not self.lora_modules:
             raise ConfigError("config key 'lora-target-modules' names no module")
+        try:
+            ranks = self.client_lora_ranks
+        except ValueError:
+            raise ConfigError(f"config key 'lora-ranks' must list positive integers, got '{self.lora_ranks}'") from None
+        if ranks and not self.freeze_lora_a:
+            raise ConfigError(
+                "heterogeneous 'lora-ranks' aggregate exactly only with A frozen: "
+                "use strategy = ffa-lora or set lora-freeze-a = true"
+            )
         if self.secure_aggregation:
             try:
                 self.secagg_settings.check(self.num_clients)
@@ -141,6 +175,38 @@ class FedRecConfig:
             max_weight=self.max_weight,
             timeout=self.secagg_timeout,
         )
+
+    @property
+    def client_dp_settings(self) -> ClientDPSettings:
+        """Client-level DP parameters from the ``client-dp-*`` keys."""
+        return ClientDPSettings(
+            clip=self.client_dp_clip,
+            noise_multiplier=self.client_dp_noise_multiplier,
+            distributed=self.client_dp_noise == "distributed",
+        )
+
+    @property
+    def freeze_lora_a(self) -> bool:
+        """Whether A stays at the shared seeded initialisation (FFA-LoRA): only B trains and travels."""
+        return self.lora_freeze_a or self.strategy == "ffa-lora"
+
+    @property
+    def client_lora_ranks(self) -> list[int]:
+        """Ranks assigned round-robin to clients (empty: every client has ``lora-rank``)."""
+        ranks = [int(r) for r in self.lora_ranks.split(",") if r.strip()]
+        if any(r <= 0 for r in ranks):
+            raise ValueError(self.lora_ranks)
+        return ranks
+
+    @property
+    def global_lora_rank(self) -> int:
+        """Rank of the global adapter: the largest client rank, else ``lora-rank``."""
+        return max(self.client_lora_ranks, default=self.lora_rank)
+
+    def client_lora_rank(self, partition_id: int) -> int:
+        """The LoRA rank of client ``partition_id``."""
+        ranks = self.client_lora_ranks
+        return ranks[partition_id % len(ranks)] if ranks else self.lora_rank
 
     @property
     def lora_modules(self) -> list[str]:
@@ -240,7 +306,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lora-rank": 2,
         "lora-alpha": 4.0,
         "lora-layers": 2,
-        "lora-freeze-a": True,
+        "strategy": "ffa-lora",
         "compute-dtype": "bfloat16",
         "batch-size": 180,
         "physical-batch-size": 32,  # 1.5x faster than 128 on the 2-core CPU (57 vs 38 examples/s)
@@ -259,7 +325,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lora-rank": 4,
         "lora-alpha": 8.0,
         "lora-layers": 4,
-        "lora-freeze-a": True,
+        "strategy": "ffa-lora",
         "compute-dtype": "bfloat16",
         "batch-size": 1024,
         "physical-batch-size": 128,

@@ -17,15 +17,21 @@ def data_settings(cfg: FedRecConfig) -> DataSettings:
     return DataSettings(**{f.name: getattr(cfg, f.name) for f in fields(DataSettings)})
 
 
-def lora_settings(cfg: FedRecConfig) -> LoraSettings:
-    """LoRA shape and placement; the server's initial adapter is drawn from ``seed``."""
+def lora_settings(cfg: FedRecConfig, rank: int | None = None) -> LoraSettings:
+    """LoRA shape and placement; the server's initial adapter is drawn from ``seed``.
+
+    ``rank`` below the global rank (heterogeneous ranks) keeps the global scale
+    ``alpha / rank``, so a client's adapter is a slice of the global one.
+    """
+    global_rank = cfg.global_lora_rank
+    rank = global_rank if rank is None else rank
     return LoraSettings(
-        rank=cfg.lora_rank,
-        alpha=cfg.lora_alpha,
+        rank=rank,
+        alpha=cfg.lora_alpha * rank / global_rank,
         dropout=cfg.lora_dropout,
         target_modules=tuple(cfg.lora_modules),
         top_layers=cfg.lora_layers,
-        freeze_a=cfg.lora_freeze_a,
+        freeze_a=cfg.freeze_lora_a,
         seed=cfg.seed,
     )
 
@@ -42,17 +48,18 @@ def dp_settings(cfg: FedRecConfig) -> DPSettings:
     )
 
 
-def train_settings(cfg: FedRecConfig, seed: int) -> TrainSettings:
+def train_settings(cfg: FedRecConfig, seed: int, proximal_mu: float = 0.0) -> TrainSettings:
     """Local optimisation of one client in one round."""
     return TrainSettings(
         epochs=cfg.local_epochs,
         batch_size=cfg.batch_size,
         physical_batch_size=cfg.physical_batch_size,
         learning_rate=cfg.learning_rate,
+        proximal_mu=proximal_mu,
         seed=seed,
     )
 
 
-def scorer_for(cfg: FedRecConfig) -> PreferenceScorer:
-    """The process-wide scorer (backbone + LoRA) of this configuration."""
-    return shared_scorer(cfg.backbone, lora_settings(cfg), cfg.max_length, cfg.compute_dtype)
+def scorer_for(cfg: FedRecConfig, rank: int | None = None) -> PreferenceScorer:
+    """The process-wide scorer (backbone + LoRA of ``rank``, default the global rank)."""
+    return shared_scorer(cfg.backbone, lora_settings(cfg, rank), cfg.max_length, cfg.compute_dtype)

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.supercore.task_identity import TaskIdentity
 
 from fedrec.models.backbone import load_backbone
 from fedrec.models.scorer import LoraSettings, PreferenceScorer
@@ -14,9 +16,10 @@ from fedrec.models.scorer import LoraSettings, PreferenceScorer
 TINY_LLAMA_LORA = LoraSettings(rank=4, alpha=8.0, target_modules=("q_proj", "v_proj"))
 
 
-def tiny_scorer(top_layers: int = 0, spec: str = "tiny-llama", **lora: object) -> PreferenceScorer:
+def tiny_scorer(top_layers: int = 0, spec: str = "tiny-llama", rank: int = 4, **lora: object) -> PreferenceScorer:
+    """A tiny random backbone with LoRA of ``rank`` and scale ``alpha / rank = 2``."""
     modules = ("q_proj", "v_proj") if spec == "tiny-llama" else ("query", "value")
-    settings = LoraSettings(rank=4, alpha=8.0, target_modules=modules, top_layers=top_layers, **lora)
+    settings = LoraSettings(rank=rank, alpha=2.0 * rank, target_modules=modules, top_layers=top_layers, **lora)
     return PreferenceScorer(load_backbone(spec), settings, max_length=96)
 
 
@@ -42,3 +45,12 @@ def write_planted_dataset(
     item_path = folder / "items.csv"
     pd.DataFrame({"item": range(items), "title": names}).to_csv(item_path, index=False)
     return inter, item_path
+
+
+@pytest.fixture
+def task_identity():
+    """Messages are created inside a run; give this process one, as Flower's runtime does."""
+    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
+    yield
+    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved

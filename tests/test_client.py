@@ -2,8 +2,6 @@ import math
 
 import pytest
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
-from flwr.common.constant import SUPERLINK_NODE_ID
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedrec.client.app import PRIVACY_STATE_KEY, evaluate, train
 from fedrec.config import resolve_config
@@ -14,13 +12,7 @@ from fedrec.settings import scorer_for
 CFG = resolve_config("smoke", overrides={"num-server-rounds": 3})
 
 
-@pytest.fixture(autouse=True)
-def _task_identity():
-    """Messages are created inside a run; give this process one, as Flower's runtime does."""
-    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
-    yield
-    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 def _message(cfg, server_round: int, message_type: str = MessageType.TRAIN) -> Message:

@@ -10,22 +10,24 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
 
 from ..config import FedRecConfig
 from ..data.examples import PreferenceExample
 from ..data.federation import FederatedData, load_federated_data
 from ..metrics import roc_auc, score_histograms
-from ..models.adapter import adapter_to_arrays, load_adapter_arrays
+from ..models.adapter import adapter_to_arrays, frozen_a_fingerprint, load_adapter_arrays, pad_to_rank
 from ..models.scorer import PreferenceScorer
 from ..privacy.accountant import PersistentAccountant
+from ..privacy.client_dp import client_dp_mod
 from ..privacy.dp import decline_reason, plan_round
 from ..privacy.secagg_mod import secagg_mod
 from ..settings import data_settings, dp_settings, scorer_for, train_settings
@@ -52,26 +54,42 @@ def _states_and_labels(
 
 
 def _check_backbone(message: Message, scorer: PreferenceScorer) -> None:
-    expected = message.content.config_records["config"].get("backbone-fingerprint")
+    config = message.content.config_records["config"]
+    expected = config.get("backbone-fingerprint")
     if expected is not None and expected != scorer.fingerprint:
         raise ValueError(
             f"backbone mismatch: the server's {expected}, this node's {scorer.fingerprint} ({scorer.backbone_name})"
         )
+    frozen_a = config.get("lora-a-fingerprint")
+    if frozen_a is not None:
+        rows = int(config["lora-a-rows"])
+        if frozen_a != frozen_a_fingerprint(scorer, rows):
+            raise ValueError(
+                "the frozen LoRA A differs from the server's (seed, rank or random generator differ): "
+                "FFA-LoRA needs the same A on every node"
+            )
 
 
 def train(message: Message, context: Context, cfg: FedRecConfig) -> Message:
     """One round of local training; see the module docstring."""
     started = time.perf_counter()
-    scorer = scorer_for(cfg)
-    _check_backbone(message, scorer)
-    load_adapter_arrays(scorer, message.content.array_records["arrays"], "global adapter")
     data, partition_id = node_data(cfg, context)
+    rank = cfg.client_lora_rank(partition_id)
+    scorer = scorer_for(cfg, rank)
+    _check_backbone(message, scorer)
+    global_arrays = message.content.array_records["arrays"]
+    load_adapter_arrays(scorer, global_arrays, "global adapter", rank if cfg.client_lora_ranks else None)
     examples = data.train_examples(partition_id)
-    server_round = int(message.content.config_records["config"]["server-round"])
+    config = message.content.config_records["config"]
+    server_round = int(config["server-round"])
     if not examples:
         return _declined(message, "no training examples on this node", {})
-    settings = train_settings(cfg, seed=cfg.seed * 1_000_003 + server_round * 1009 + partition_id)
-    metrics: dict[str, Any] = {"num-examples": len(examples), "declined": 0}
+    settings = train_settings(
+        cfg,
+        seed=cfg.seed * 1_000_003 + server_round * 1009 + partition_id,
+        proximal_mu=float(config.get("proximal-mu", 0.0)),
+    )
+    metrics: dict[str, Any] = {"num-examples": len(examples), "declined": 0, "lora-rank": rank}
     if cfg.dp:
         privacy = dp_settings(cfg)
         accountant = PersistentAccountant.from_record(
@@ -102,7 +120,14 @@ def train(message: Message, context: Context, cfg: FedRecConfig) -> Message:
             "sample_rate": min(1.0, cfg.batch_size / len(examples)),
         }
     metrics |= {"train_loss": result.loss, "steps": result.steps, "seconds": time.perf_counter() - started}
-    content = RecordDict({"arrays": adapter_to_arrays(scorer), "metrics": MetricRecord(metrics)})
+    trained = adapter_to_arrays(scorer)
+    if (cfg.secure_aggregation or cfg.client_dp) and rank < cfg.global_lora_rank:
+        # masked vectors must have one length, and client-level DP noise must cover
+        # every column: complete B with the global columns
+        full = {name: array.numpy() for name, array in global_arrays.items()}
+        padded = pad_to_rank({name: array.numpy() for name, array in trained.items()}, full, {rank})
+        trained = ArrayRecord({name: Array(values) for name, values in padded.items()})
+    content = RecordDict({"arrays": trained, "metrics": MetricRecord(metrics)})
     return Message(content=content, reply_to=message)
 
 
@@ -119,7 +144,7 @@ def evaluate(message: Message, context: Context, cfg: FedRecConfig) -> Message:
     Replies with the local AUC (NaN when one class only), the loss, and score
     histograms per label from which the server computes the pooled AUC.
     """
-    scorer = scorer_for(cfg)
+    scorer = scorer_for(cfg)  # the global adapter, at the global rank
     _check_backbone(message, scorer)
     load_adapter_arrays(scorer, message.content.array_records["arrays"], "global adapter")
     data, partition_id = node_data(cfg, context)
@@ -142,12 +167,14 @@ def evaluate(message: Message, context: Context, cfg: FedRecConfig) -> Message:
     return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=message)
 
 
-def build_client_app(run_config: Mapping[str, Any] | None = None) -> ClientApp:
+def build_client_app(run_config: Mapping[str, Any] | None = None, outer_mods: Sequence[Mod] = ()) -> ClientApp:
     """A ClientApp reading its settings from ``run_config`` when given, else from
     Flower's ``context.run_config`` (as under ``flwr run``). Its SecAgg+ mod answers
-    the protocol stages when the server runs secure aggregation and is inert otherwise.
+    the protocol stages when the server runs secure aggregation, its client-level DP
+    mod clips (and noises) the update when asked; both are inert otherwise.
+    ``outer_mods`` run before them (e.g. fault injection in tests).
     """
-    app = ClientApp(mods=[secagg_mod])
+    app = ClientApp(mods=[*outer_mods, secagg_mod, client_dp_mod])
 
     def config_of(context: Context) -> FedRecConfig:
         return FedRecConfig.from_mapping(run_config if run_config is not None else context.run_config)

@@ -17,13 +17,17 @@ from ..privacy.dp import RoundPlan, dp_sgd, physical_batches
 @dataclass(frozen=True)
 class TrainSettings:
     """Local optimisation: ``batch_size`` is the (expected) logical batch,
-    ``physical_batch_size`` bounds memory.
+    ``physical_batch_size`` bounds memory. ``proximal_mu`` > 0 (FedProx) follows every
+    optimizer step with ``w -= learning_rate * mu * (w - w_start)``: the proximal
+    term's gradient step, decoupled from the data gradient so that under DP-SGD it is
+    neither clipped nor noised (it does not depend on the data).
     """
 
     epochs: int = 1
     batch_size: int = 16
     physical_batch_size: int = 16
     learning_rate: float = 5e-4
+    proximal_mu: float = 0.0
     seed: int = 0
 
 
@@ -57,6 +61,8 @@ def train_adapter(
         raise ValueError(f"{len(states)} states but {len(labels)} labels")
     torch.manual_seed(settings.seed)
     optimizer = torch.optim.AdamW(scorer.trainable_parameters(), lr=settings.learning_rate, weight_decay=0.0)
+    if settings.proximal_mu > 0:
+        _add_proximal_step(optimizer, settings.learning_rate * settings.proximal_mu)
     dataset = TensorDataset(torch.arange(len(states)), labels.float())
     loader = DataLoader(
         dataset,
@@ -74,6 +80,19 @@ def train_adapter(
     finally:
         scorer.eval()
     return TrainResult(tracker.mean(), steps, tracker.count)
+
+
+def _add_proximal_step(optimizer: torch.optim.Optimizer, rate: float) -> None:
+    """After each real step of ``optimizer``, move its parameters towards their start."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    start = [p.detach().clone() for p in params]
+
+    def pull(*_: object) -> None:
+        with torch.no_grad():
+            for p, p0 in zip(params, start, strict=True):
+                p.sub_(rate * (p - p0))
+
+    optimizer.register_step_post_hook(pull)
 
 
 class _LossTracker:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -133,6 +134,7 @@ class PreferenceScorer(nn.Module):
             self.peft: PeftModel = get_peft_model(base, config)
         except ValueError as err:
             raise BackboneError(f"cannot attach LoRA to {backbone.name}: {err}") from None
+        self.reset_adapter(lora.seed)
         if lora.freeze_a:
             for name, param in self.peft.named_parameters():
                 if "lora_A" in name:
@@ -448,17 +450,37 @@ class PreferenceScorer(nn.Module):
         return next(self.peft.parameters()).device
 
     def reset_adapter(self, seed: int) -> None:
-        """Re-initialise the adapter as peft does (A random, B zero), from ``seed``."""
+        """Re-initialise the adapter from ``seed``: B zero, and A with peft's
+        distribution U(-1/sqrt(in), 1/sqrt(in)) drawn row by row from (seed, module,
+        row), so that every rank's A is a slice of a larger rank's (FFA-LoRA with
+        heterogeneous ranks) and the same on every machine.
+        """
         torch.manual_seed(seed)
-        for module in self.peft.modules():
+        for name, module in self.peft.named_modules():
             if isinstance(module, LoraLayer):
-                module.reset_lora_parameters("default", init_lora_weights=True)
+                lora_a, lora_b = module.lora_A["default"].weight, module.lora_B["default"].weight
+                with torch.no_grad():
+                    lora_a.copy_(seeded_rows(seed, name, *lora_a.shape))
+                    lora_b.zero_()
         if self.kind == "encoder":
             self.peft.base_model.model.head.modules_to_save["default"].reset_parameters()
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The adapter's parameters (LoRA factors, and the head for encoders)."""
         return [p for p in self.parameters() if p.requires_grad]
+
+
+def seeded_rows(seed: int, module_name: str, rows: int, columns: int) -> torch.Tensor:
+    """Rows ``U(-1/sqrt(columns), 1/sqrt(columns))``, row ``j`` drawn from its own
+    generator seeded by (seed, module name, j): independent of how many rows are asked.
+    """
+    bound = 1.0 / math.sqrt(columns)
+    out = torch.empty(rows, columns)
+    for j in range(rows):
+        digest = hashlib.sha256(f"{seed}/{module_name}/{j}".encode()).digest()
+        generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+        out[j].uniform_(-bound, bound, generator=generator)
+    return out
 
 
 def shared_prefix_groups(token_lists: list[list[int]], min_shared: int | None) -> list[tuple[int, list[int]]]:

@@ -65,6 +65,7 @@ class SecAggSettings:
     modulus_range: int = 1 << 32
     max_weight: float = 10_000.0
     timeout: float = 600.0
+    weight_key: str = "num-examples"  # the reply metric that weights a client's update
 
     def check(self, num_clients: int) -> None:
         """Refuse settings under which ``num_clients`` survivors could overflow or the
@@ -87,13 +88,14 @@ class SecAggSettings:
         if self.clipping_range <= 0 or self.max_weight <= 0 or self.timeout <= 0:
             raise ValueError("clipping-range, max-weight and secagg-timeout must be > 0")
 
-    def masking_values(self) -> dict[str, float | int]:
+    def masking_values(self) -> dict[str, float | int | str]:
         """What a client needs to quantize and mask (sent with the collect stage)."""
         return {
             "clipping-range": self.clipping_range,
             "quantization-range": self.quantization_range,
             "modulus-range": self.modulus_range,
             "max-weight": self.max_weight,
+            "weight-key": self.weight_key,
         }
 
     @classmethod
@@ -104,6 +106,7 @@ class SecAggSettings:
             quantization_range=int(values["quantization-range"]),
             modulus_range=int(values["modulus-range"]),
             max_weight=float(values["max-weight"]),
+            weight_key=str(values["weight-key"]),
         )
 
     def threshold_for(self, group_size: int) -> int:

@@ -144,7 +144,7 @@ def _collect_masked(
         if list(trained.keys()) != names:
             raise SecAggError(f"node {node_id}: the trained adapter's tensors differ from the global adapter's")
         deltas = [trained[n].numpy().astype(np.float64) - global_arrays[n].numpy() for n in names]
-        weight = float(metrics["num-examples"])
+        weight = float(metrics[settings.weight_key])
     update = quantize_update(deltas, weight, settings, np.random.default_rng())
     pair_seeds = {
         src: agreed_key(state["mask-sk"], state["peer-mask-pks"][peers.index(src)]) for src in srcs if src != node_id

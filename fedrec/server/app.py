@@ -7,6 +7,7 @@ each round when asked, and writes the results folder (design §7).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import statistics
@@ -25,11 +26,14 @@ from flwr.supercore import log
 from ..config import FedRecConfig
 from ..data.federation import load_split
 from ..metrics import auc_from_histograms
-from ..models.adapter import adapter_to_arrays, load_adapter_arrays, save_adapter
+from ..models.adapter import adapter_to_arrays, frozen_a_fingerprint, load_adapter_arrays, save_adapter
+from ..privacy.client_dp import NORM_KEY as UPDATE_NORM_KEY
+from ..privacy.client_dp import WEIGHT_KEY as CLIENT_DP_WEIGHT_KEY
 from ..privacy.secagg import STAGE_COLLECT, STAGE_SETUP
 from ..settings import data_settings, scorer_for
 from ..simulation.baselines import preference_baselines
-from ..strategies import FedAvgLoRA
+from ..strategies import build_strategy
+from .client_dp_grid import ClientDPGrid
 from .evaluation import CentralEvaluator
 from .recording_grid import Exchange, RecordingGrid
 from .results import ResultsWriter
@@ -81,6 +85,9 @@ def summarize_round(server_round: int, exchanges: list[Exchange], seconds: float
             for stage in stages
         }
         record["secagg_clipped"] = sum(int(e.metrics.get("secagg-clipped", 0)) for e in trained)
+    norms = [float(e.metrics[UPDATE_NORM_KEY]) for e in trained if UPDATE_NORM_KEY in e.metrics]
+    if norms:
+        record["update_norm_max"] = max(norms)
     if evaluated:
         pos = [sum(h) for h in zip(*(e.metrics["pos-hist"] for e in evaluated), strict=True)]
         neg = [sum(h) for h in zip(*(e.metrics["neg-hist"] for e in evaluated), strict=True)]
@@ -99,11 +106,13 @@ class RoundRecorder:
         writer: ResultsWriter,
         grid: RecordingGrid,
         evaluator: Callable[[ArrayRecord], dict[str, float]] | None,
-        num_rounds: int,
+        cfg: FedRecConfig,
         secure: SecAggGrid | None = None,
+        client_dp: ClientDPGrid | None = None,
     ) -> None:
-        self.writer, self.grid, self.evaluator, self.num_rounds = writer, grid, evaluator, num_rounds
-        self.secure = secure
+        self.writer, self.grid, self.evaluator, self.num_rounds = writer, grid, evaluator, cfg.num_server_rounds
+        self.delta = cfg.target_delta
+        self.secure, self.client_dp = secure, client_dp
         self._failures_seen = 0
         self.latest_arrays: ArrayRecord | None = None
         self.node_epsilon: dict[int, float] = {}
@@ -131,6 +140,9 @@ class RoundRecorder:
                     server_round,
                     record["secagg_clipped"],
                 )
+        if self.client_dp is not None and server_round > 0:
+            record["client_level_epsilon"] = self.client_dp.epsilon(self.delta)
+            record["client_noise_multiplier"] = self.client_dp.last_noise_multiplier
         record["auc"] = metrics.get("auc")
         record["eval_loss"] = metrics.get("loss")
         self.writer.append_round(record)
@@ -170,21 +182,23 @@ def run_server(grid: Grid, cfg: FedRecConfig) -> dict[str, Any]:
     evaluator = CentralEvaluator(scorer, central, cfg.physical_batch_size) if cfg.central_eval else None
     baselines = preference_baselines(central.split, central.test_examples(), cfg.like_threshold)
     recording = RecordingGrid(grid)
-    strategy = FedAvgLoRA(
-        fraction_train=cfg.fraction_train,
-        fraction_evaluate=cfg.fraction_evaluate,
-        min_train_nodes=1,
-        min_evaluate_nodes=1,
-        min_available_nodes=cfg.num_clients,
-    )
-    secure = None
+    strategy = build_strategy(cfg)
+    secure = client_dp = None
     if cfg.secure_aggregation:
         require_linear_strategy(strategy)
-        secure = SecAggGrid(recording, cfg.secagg_settings, seed=cfg.seed)
-    recorder = RoundRecorder(writer, recording, evaluator, cfg.num_server_rounds, secure)
-    shared = {"backbone": cfg.backbone, "backbone-fingerprint": scorer.fingerprint}
+        settings = cfg.secagg_settings
+        if cfg.client_dp:  # a client-level DP mean is unweighted: each survivor counts once
+            settings = dataclasses.replace(settings, max_weight=1.0, weight_key=CLIENT_DP_WEIGHT_KEY)
+        secure = SecAggGrid(recording, settings, seed=cfg.seed)
+    if cfg.client_dp:
+        client_dp = ClientDPGrid(secure or recording, cfg.client_dp_settings, secure is not None, seed=cfg.seed)
+    recorder = RoundRecorder(writer, recording, evaluator, cfg, secure, client_dp)
+    shared: dict[str, str | int] = {"backbone": cfg.backbone, "backbone-fingerprint": scorer.fingerprint}
+    if cfg.freeze_lora_a:  # A does not travel: every node must draw the same one
+        rows = min(cfg.client_lora_ranks, default=cfg.global_lora_rank)
+        shared |= {"lora-a-fingerprint": frozen_a_fingerprint(scorer, rows), "lora-a-rows": rows}
     strategy.start(
-        grid=secure or recording,
+        grid=client_dp or secure or recording,
         initial_arrays=initial,
         num_rounds=cfg.num_server_rounds,
         timeout=cfg.round_timeout,
@@ -198,6 +212,15 @@ def run_server(grid: Grid, cfg: FedRecConfig) -> dict[str, Any]:
     summary = build_summary(
         cfg, writer.rounds, recorder.node_epsilon, baselines, scorer, initial, time.perf_counter() - started
     )
+    if client_dp is not None:
+        summary["client_dp"] = {
+            "epsilon": client_dp.epsilon(cfg.target_delta),
+            "delta": cfg.target_delta,
+            "clip": cfg.client_dp_clip,
+            "noise_multiplier": cfg.client_dp_noise_multiplier,
+            "noise": cfg.client_dp_noise,
+            "releases": len(client_dp.accountant.history),
+        }
     writer.write_summary(summary)
     writer.write_plots()
     return summary

@@ -31,6 +31,12 @@ def summary_table(rounds: list[Mapping[str, Any]], summary: Mapping[str, Any]) -
         if summary["dp"]
         else "non-private (no DP): epsilon = infinity"
     )
+    client_dp = summary.get("client_dp")
+    if client_dp is not None:
+        privacy += (
+            f"\nclient-level DP ({client_dp['noise']} noise, clip {client_dp['clip']}, noise multiplier "
+            f"{client_dp['noise_multiplier']}): epsilon {client_dp['epsilon']:.3f}, delta {client_dp['delta']}"
+        )
     size = summary["bytes"]
     lines += [
         "",

@@ -1,69 +1,35 @@
-"""FedAvg over LoRA adapters (Message API), aware of clients that decline to train."""
+"""FedAvg over LoRA adapters, and FFA-LoRA (FedAvg over B with A frozen)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from logging import INFO
 
-import numpy as np
-from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
-from flwr.supercore import log
 
-from ..metrics import auc_from_histograms
-
-
-def is_declined(message: Message) -> bool:
-    """Whether a reply says the client declined this round (e.g. privacy budget)."""
-    if message.has_error():
-        return False
-    metrics = message.content.metric_records.get("metrics")
-    return metrics is not None and bool(metrics.get("declined", 0))
+from .aggregation import AdapterAggregation
 
 
-def decline_reason(message: Message) -> str:
-    """The reason a declining client gave."""
-    record = message.content.config_records.get("decline")
-    return str(record["reason"]) if record is not None else "no reason given"
+class FedAvgLoRA(AdapterAggregation, FedAvg):
+    """Flower's FedAvg over the adapter's tensors, weighted by ``num-examples``.
 
-
-def pooled_evaluation_metrics(records: list[RecordDict], weighted_by_key: str) -> MetricRecord:
-    """AUC pooled over all clients' held-out examples (from their score histograms),
-    and the example-weighted mean loss.
-    """
-    metrics = [next(iter(r.metric_records.values())) for r in records]
-    weights = np.array([float(m[weighted_by_key]) for m in metrics])
-    pos = np.sum([np.asarray(m["pos-hist"], dtype=float) for m in metrics], axis=0)
-    neg = np.sum([np.asarray(m["neg-hist"], dtype=float) for m in metrics], axis=0)
-    losses = np.array([float(m["loss"]) for m in metrics])
-    loss = float((weights * losses).sum() / weights.sum()) if weights.sum() else float("nan")
-    return MetricRecord({"auc": auc_from_histograms(pos, neg), "loss": loss, weighted_by_key: int(weights.sum())})
-
-
-class FedAvgLoRA(FedAvg):
-    """Flower's FedAvg over adapter tensors, weighted by ``num-examples``.
-
-    Replies of clients that declined the round carry no adapter and are left out of
-    the average (their reasons are logged); when every client declines, the global
-    adapter stays as it was. Evaluation metrics are pooled from score histograms.
+    Averaging A and B separately is not averaging their products ``B A``: the
+    aggregate is inexact whenever clients' A differ.
     """
 
-    def __init__(self, **kwargs: object) -> None:
-        kwargs.setdefault("evaluate_metrics_aggr_fn", pooled_evaluation_metrics)
-        super().__init__(**kwargs)
 
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Average the adapters of the clients that trained."""
-        replies = list(replies)
-        for msg in replies:
-            if is_declined(msg):
-                log(
-                    INFO,
-                    "\t> node %d declined round %d: %s",
-                    msg.metadata.src_node_id,
-                    server_round,
-                    decline_reason(msg),
-                )
-        return super().aggregate_train(server_round, [m for m in replies if not is_declined(m)])
+class FFALoRA(FedAvgLoRA):
+    """FFA-LoRA (Sun et al., ICLR 2024): A stays at the shared seeded initialisation
+    and only B is trained and sent, so the average of B is the average of the
+    products ``B A`` (exact) at half the bytes. Refuses an adapter in which A travels.
+    """
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Check that only B travels, then configure as FedAvg."""
+        trained_a = [name for name in arrays if "lora_A" in name]
+        if trained_a:
+            raise ValueError(f"FFA-LoRA trains only B, but the adapter sends A ({trained_a[0]}, ...): freeze A")
+        return super().configure_train(server_round, arrays, config, grid)

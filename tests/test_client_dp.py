@@ -1,0 +1,162 @@
+"""Client-level DP: clipping bounds each client's contribution, distributed noise
+shares, and the accountant against a direct RDP computation (real simulations).
+"""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.simulation import run_simulation
+from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+from opacus.accountants.rdp import RDPAccountant
+from safetensors.torch import load_file
+
+from fedrec.client.app import build_client_app
+from fedrec.config import ConfigError, resolve_config
+from fedrec.models.adapter import adapter_state
+from fedrec.privacy.client_dp import CLIP_KEY, NOISE_STD_KEY, NORM_KEY, ClientDPSettings, client_dp_mod, clip_update
+from fedrec.privacy.secagg import SECAGG_RECORD, STAGE_COLLECT
+from fedrec.server.app import build_server_app
+from fedrec.settings import scorer_for
+from fedrec.simulation.runner import backend_config, simulate
+
+pytestmark = pytest.mark.usefixtures("task_identity")
+
+
+def _direct_epsilon(noise_multipliers: list[float], delta: float) -> float:
+    """Gaussian mechanism per release, no sampling amplification, composed in RDP."""
+    orders = RDPAccountant.DEFAULT_ALPHAS
+    rdp = sum(compute_rdp(q=1.0, noise_multiplier=s, steps=1, orders=orders) for s in noise_multipliers)
+    return get_privacy_spent(orders=orders, rdp=rdp, delta=delta)[0]
+
+
+def test_clip_update_bounds_the_joint_norm():
+    deltas = [np.full((3, 4), 1.0), np.full(5, -2.0)]
+    clipped, norm = clip_update(deltas, 1.5)
+    assert norm == pytest.approx(math.sqrt(12 + 20))
+    assert math.sqrt(sum(float((c**2).sum()) for c in clipped)) == pytest.approx(1.5)
+    assert np.allclose(clipped[0] / clipped[0].max(), 1.0)  # the direction is kept
+    small, _ = clip_update([np.full(4, 0.1)], 1.5)
+    assert np.array_equal(small[0], np.full(4, 0.1))  # within the bound: unchanged
+
+
+def _train_message(noise_std: float, size: int) -> Message:
+    config = ConfigRecord({"server-round": 1, CLIP_KEY: 1.0, NOISE_STD_KEY: noise_std})
+    content = RecordDict({"arrays": ArrayRecord({"w": Array(np.zeros(size, np.float32))}), "config": config})
+    return Message(content=content, dst_node_id=1, message_type=MessageType.TRAIN)
+
+
+def _app_adding(delta: np.ndarray) -> ClientAppCallable:
+    def app(msg: Message, context: Context) -> Message:
+        start = msg.content["arrays"]["w"].numpy()
+        arrays = ArrayRecord({"w": Array((start + delta).astype(np.float32))})
+        return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": 7})}), reply_to=msg)
+
+    return app
+
+
+@pytest.mark.parametrize("noise_std", [0.0, 0.01])
+def test_client_mod_clips_the_update_and_adds_its_noise_share(noise_std):
+    size = 40_000
+    delta = np.random.default_rng(0).normal(0, 1, size)
+    delta *= 10.0 / np.linalg.norm(delta)
+    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    reply = client_dp_mod(_train_message(noise_std, size), context, _app_adding(delta))
+    released = reply.content["arrays"]["w"].numpy().astype(np.float64)
+    assert reply.content["metrics"][NORM_KEY] == pytest.approx(10.0, rel=1e-5)
+    residual = released - delta / 10.0
+    if noise_std == 0.0:
+        assert np.linalg.norm(released) == pytest.approx(1.0, rel=1e-5)
+        assert np.abs(residual).max() < 1e-6
+    else:
+        assert residual.std() == pytest.approx(noise_std, rel=0.03)
+        assert abs(residual.mean()) < 4 * noise_std / math.sqrt(size)
+
+
+def test_noise_shares_and_effective_multiplier():
+    central = ClientDPSettings(clip=0.5, noise_multiplier=2.0)
+    distributed = ClientDPSettings(clip=0.5, noise_multiplier=2.0, distributed=True)
+    assert central.client_noise_std(4) == 0.0 and central.effective_noise_multiplier(4, 2) == 2.0
+    assert distributed.client_noise_std(4) == pytest.approx(0.5)  # 4 shares of variance 0.25 = (2 * 0.5)^2
+    assert distributed.effective_noise_multiplier(4, 4) == pytest.approx(2.0)
+    assert distributed.effective_noise_multiplier(4, 2) == pytest.approx(2.0 * math.sqrt(0.5))
+
+
+def test_client_dp_settings_are_checked():
+    with pytest.raises(ConfigError, match="client-dp-noise"):
+        resolve_config("smoke", overrides={"client-dp": True, "client-dp-noise": "local"})
+    with pytest.raises(ConfigError, match="client-dp-clip"):
+        resolve_config("smoke", overrides={"client-dp": True, "client-dp-clip": 0.0})
+
+
+def _rounds(out):
+    return [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+
+
+def _adapter_change(cfg, out) -> float:
+    scorer = scorer_for(cfg)
+    scorer.reset_adapter(cfg.seed)
+    initial = adapter_state(scorer)
+    final = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    return math.sqrt(sum(float(((final[n] - initial[n]) ** 2).sum()) for n in initial))
+
+
+def test_central_client_dp_bounds_each_round_and_accounts_it(tmp_path):
+    clip, sigma = 1e-3, 1e-3  # noise far below the clip: what moves the adapter is the clipped mean
+    overrides = {"client-dp": True, "client-dp-clip": clip, "client-dp-noise-multiplier": sigma}
+    cfg = resolve_config("smoke", overrides={**overrides, "out": str(tmp_path / "run")})
+    out, summary = simulate(cfg)
+    rounds = _rounds(out)
+    assert [r["clients_ok"] for r in rounds[1:]] == [3, 3]
+    assert all(r["update_norm_max"] > 10 * clip for r in rounds[1:])  # clipping did bind
+    change = _adapter_change(cfg, out)
+    assert 0.5 * clip < change <= 2 * clip * 1.01  # two rounds, each moving the mean by at most the clip
+    for r in rounds[1:]:
+        assert r["client_noise_multiplier"] == sigma
+        assert r["client_level_epsilon"] == pytest.approx(_direct_epsilon([sigma] * r["round"], cfg.target_delta))
+    assert summary["client_dp"]["epsilon"] == pytest.approx(_direct_epsilon([sigma, sigma], cfg.target_delta))
+
+
+def _drop_partition_zero(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Partition 0 fails when asked for its masked input: it dropped after sharing keys."""
+    secagg = msg.content.config_records.get(SECAGG_RECORD)
+    if secagg is not None and secagg["stage"] == STAGE_COLLECT and int(context.node_config["partition-id"]) == 0:
+        raise RuntimeError("injected drop-out")
+    return call_next(msg, context)
+
+
+def test_distributed_noise_under_secure_aggregation_accounts_for_drop_outs(tmp_path):
+    sigma = 1.2
+    cfg = resolve_config(
+        "smoke",
+        overrides={
+            "client-dp": True,
+            "client-dp-clip": 0.01,
+            "client-dp-noise-multiplier": sigma,
+            "client-dp-noise": "distributed",
+            "secure-aggregation": True,
+            "reconstruction-threshold": 2,  # 3 clients: survive one drop-out
+            "out": str(tmp_path / "run"),
+        },
+    )
+    run_config = cfg.to_run_config()
+    run_simulation(
+        server_app=build_server_app(run_config),
+        client_app=build_client_app(run_config, outer_mods=[_drop_partition_zero]),
+        num_supernodes=cfg.num_clients,
+        backend_config=backend_config(cfg),
+    )
+    rounds = _rounds(tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    effective = sigma * math.sqrt(2 / 3)  # 2 of 3 noise shares survived
+    for r in rounds[1:]:
+        assert (r["clients_ok"], r["clients_failed"]) == (2, 1)
+        assert r["client_noise_multiplier"] == pytest.approx(effective)
+        assert r["secagg_failure"] is None and r["secagg_clipped"] == 0
+    assert summary["client_dp"]["epsilon"] == pytest.approx(_direct_epsilon([effective] * 2, cfg.target_delta))
+    assert _adapter_change(cfg, tmp_path / "run") > 0
+    assert torch.isfinite(torch.tensor(summary["metrics"]["auc"]))

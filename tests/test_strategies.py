@@ -1,0 +1,214 @@
+"""LoRA-aware strategies: exact aggregation (FFA-LoRA, heterogeneous ranks), FedProx,
+configuration, and each strategy in a real smoke simulation.
+"""
+
+import json
+
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from peft.tuners.lora import LoraLayer
+
+from fedrec.client.train import TrainSettings, train_adapter
+from fedrec.config import STRATEGIES, ConfigError, resolve_config
+from fedrec.models.adapter import AdapterMismatchError, adapter_to_arrays, load_adapter_arrays, wire_state
+from fedrec.settings import scorer_for
+from fedrec.simulation.runner import simulate
+from fedrec.strategies import FedAvgLoRA, FFALoRA, build_strategy
+from tests.conftest import tiny_scorer
+
+pytestmark = pytest.mark.usefixtures("task_identity")
+
+
+def _train_on(scorer, client: int, steps: int = 4) -> None:
+    """A few plain steps on client-specific data (different clients, different labels)."""
+    texts = [f"client {client} item {i} {'liked' if (i + client) % 3 else 'disliked'}" for i in range(16)]
+    labels = torch.tensor([float((i + client) % 3 != 0) for i in range(16)])
+    states = scorer.prefix_states(scorer.encode(texts))
+    train_adapter(scorer, states, labels, TrainSettings(epochs=steps, batch_size=16, learning_rate=5e-2, seed=client))
+
+
+def _products(scorer) -> dict[str, torch.Tensor]:
+    """Each LoRA module's weight update ``scale * B A``."""
+    return {
+        name: (m.scaling["default"] * m.lora_B["default"].weight @ m.lora_A["default"].weight).detach().clone()
+        for name, m in scorer.peft.named_modules()
+        if isinstance(m, LoraLayer)
+    }
+
+
+def _reply(arrays: ArrayRecord, examples: int) -> Message:
+    content = RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": examples})})
+    return Message(content=content, dst_node_id=1, message_type=MessageType.TRAIN)
+
+
+def _clients_then_aggregate(strategy, freeze_a: bool, weights=(3, 1)):
+    """Two clients train from one global adapter; returns the clients' and the aggregate's products."""
+    scorer = tiny_scorer(freeze_a=freeze_a)
+    scorer.reset_adapter(7)
+    global_arrays = adapter_to_arrays(scorer)
+    client_products, replies = [], []
+    for client, examples in enumerate(weights):
+        load_adapter_arrays(scorer, global_arrays)
+        _train_on(scorer, client)
+        client_products.append(_products(scorer))
+        replies.append(_reply(adapter_to_arrays(scorer), examples))
+    aggregate, _ = strategy.aggregate_train(1, replies)
+    load_adapter_arrays(scorer, aggregate)
+    return client_products, _products(scorer)
+
+
+def _weighted_mean(products, weights):
+    return {n: sum(w * p[n] for w, p in zip(weights, products, strict=True)) / sum(weights) for n in products[0]}
+
+
+def test_ffa_lora_aggregate_is_the_average_of_products_and_fedavg_lora_is_not():
+    ffa_clients, ffa_global = _clients_then_aggregate(FFALoRA(), freeze_a=True)
+    expected = _weighted_mean(ffa_clients, (3, 1))
+    for name, product in ffa_global.items():
+        torch.testing.assert_close(product, expected[name], atol=1e-6, rtol=1e-5)
+    assert any(not torch.allclose(ffa_clients[0][n], ffa_clients[1][n]) for n in expected)  # clients differ
+
+    avg_clients, avg_global = _clients_then_aggregate(FedAvgLoRA(), freeze_a=False)
+    expected = _weighted_mean(avg_clients, (3, 1))
+    gap = max(float((avg_global[n] - expected[n]).norm() / expected[n].norm()) for n in expected)
+    assert gap > 1e-3, "averaging A and B separately should miss the average of the products"
+
+
+def test_ffa_lora_sends_only_b_half_the_bytes():
+    full = wire_state(tiny_scorer())
+    ffa = wire_state(tiny_scorer(freeze_a=True))
+    assert ffa and all("lora_B" in name for name in ffa)
+    assert set(ffa) < set(full)
+    ratio = sum(t.numel() for t in ffa.values()) / sum(t.numel() for t in full.values())
+    assert 0.1 < ratio < 0.9
+    with pytest.raises(ValueError, match="FFA-LoRA trains only B"):
+        FFALoRA().configure_train(1, ArrayRecord(torch_state_dict=full), ConfigRecord(), grid=None)
+
+
+def test_heterogeneous_ranks_aggregate_to_the_average_of_products_and_bytes_scale_with_rank():
+    ranks, weights = (4, 8, 16), (5, 2, 3)
+    server = tiny_scorer(freeze_a=True, rank=16)
+    with torch.no_grad():  # a global adapter that already learned something
+        for name, param in server.peft.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn_like(param) * 0.05)
+    global_arrays = adapter_to_arrays(server)
+    before = _products(server)
+    strategy = FFALoRA(client_ranks=ranks)
+    strategy.global_arrays = global_arrays
+    replies, updates, sizes = [], [], {}
+    for client, (rank, examples) in enumerate(zip(ranks, weights, strict=True)):
+        scorer = tiny_scorer(freeze_a=True, rank=rank)
+        for name, m in scorer.peft.named_modules():  # the client's A is the global A's first rows
+            if isinstance(m, LoraLayer):
+                global_a = dict(server.peft.named_modules())[name].lora_A["default"].weight
+                assert torch.equal(m.lora_A["default"].weight, global_a[:rank])
+        load_adapter_arrays(scorer, global_arrays, rank=rank)
+        start = _products(scorer)
+        _train_on(scorer, client)
+        trained = adapter_to_arrays(scorer)
+        sizes[rank] = sum(a.numpy().nbytes for a in trained.values())
+        updates.append({n: p - start[n] for n, p in _products(scorer).items()})
+        replies.append(_reply(trained, examples))
+    assert sizes[8] == 2 * sizes[4] and sizes[16] == 4 * sizes[4]
+    aggregate, _ = strategy.aggregate_train(1, replies)
+    load_adapter_arrays(server, aggregate)
+    after = _products(server)
+    mean_update = _weighted_mean(updates, weights)
+    for name in before:
+        torch.testing.assert_close(after[name] - before[name], mean_update[name], atol=1e-6, rtol=1e-4)
+
+
+def test_a_reply_of_an_unconfigured_rank_is_refused():
+    server = tiny_scorer(freeze_a=True, rank=16)
+    strategy = FFALoRA(client_ranks=(8, 16))
+    strategy.global_arrays = adapter_to_arrays(server)
+    narrow = tiny_scorer(freeze_a=True, rank=4)
+    with pytest.raises(AdapterMismatchError, match="configured rank"):
+        strategy.aggregate_train(1, [_reply(adapter_to_arrays(narrow), 1)])
+
+
+def test_fedprox_keeps_the_adapter_closer_to_the_global_one():
+    distances = {}
+    for mu in (0.0, 5.0):
+        scorer = tiny_scorer()
+        scorer.reset_adapter(3)
+        start = {n: p.detach().clone() for n, p in scorer.named_parameters() if p.requires_grad}
+        texts = [f"item {i} {'liked' if i % 2 else 'disliked'}" for i in range(16)]
+        states = scorer.prefix_states(scorer.encode(texts))
+        labels = torch.tensor([float(i % 2) for i in range(16)])
+        settings = TrainSettings(epochs=6, batch_size=8, learning_rate=5e-2, proximal_mu=mu, seed=1)
+        train_adapter(scorer, states, labels, settings)
+        distances[mu] = sum(
+            float((p.detach() - start[n]).norm() ** 2) for n, p in scorer.named_parameters() if n in start
+        )
+    assert 0 < distances[5.0] < 0.8 * distances[0.0]
+
+
+def test_strategy_keys_build_the_named_strategy():
+    names = {s: type(build_strategy(resolve_config("smoke", overrides={"strategy": s}))).__name__ for s in STRATEGIES}
+    assert names == {
+        "fedavg": "FedAvgLoRA",
+        "ffa-lora": "FFALoRA",
+        "fedadam": "FedAdamLoRA",
+        "fedyogi": "FedYogiLoRA",
+        "fedavgm": "FedAvgMLoRA",
+        "fedprox": "FedProxLoRA",
+    }
+    adam = build_strategy(resolve_config("smoke", overrides={"strategy": "fedadam", "server-learning-rate": 0.02}))
+    assert adam.eta == 0.02
+    prox = build_strategy(resolve_config("smoke", overrides={"strategy": "fedprox", "proximal-mu": 0.5}))
+    assert prox.proximal_mu == 0.5
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"strategy": "krum"}, "'strategy' must be one of"),
+        ({"lora-ranks": "4,8"}, "aggregate exactly only with A frozen"),
+        ({"lora-ranks": "4,x", "strategy": "ffa-lora"}, "'lora-ranks' must list positive integers"),
+        ({"lora-ranks": "4,0", "strategy": "ffa-lora"}, "'lora-ranks' must list positive integers"),
+        ({"server-beta2": 1.5}, "'server-beta2' must be in"),
+        ({"proximal-mu": -1.0}, "'proximal-mu' must be >= 0"),
+    ],
+)
+def test_bad_strategy_settings_are_refused(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve_config("smoke", overrides=overrides)
+
+
+def _rounds(out):
+    return [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def fedavg_bytes_up(tmp_path_factory):
+    out, _ = simulate(resolve_config("smoke", overrides={"out": str(tmp_path_factory.mktemp("fedavg") / "run")}))
+    return _rounds(out)[1]["bytes_up"]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"strategy": "ffa-lora"},
+        {"strategy": "fedadam"},
+        {"strategy": "fedyogi"},
+        {"strategy": "fedavgm"},
+        {"strategy": "fedprox", "proximal-mu": 0.1},
+        {"strategy": "ffa-lora", "lora-ranks": "2,4,8"},
+        {"strategy": "fedadam", "secure-aggregation": True, "max-weight": 100.0},
+        {"strategy": "ffa-lora", "lora-ranks": "2,4,8", "secure-aggregation": True, "max-weight": 100.0},
+    ],
+    ids=lambda o: "-".join(str(v) for v in o.values()),
+)
+def test_each_strategy_runs_a_smoke_simulation(overrides, fedavg_bytes_up, tmp_path):
+    cfg = resolve_config("smoke", overrides={**overrides, "out": str(tmp_path / "run")})
+    out, summary = simulate(cfg)
+    rounds = _rounds(out)
+    assert [(r["clients_ok"], r["clients_failed"]) for r in rounds[1:]] == [(3, 0), (3, 0)]
+    assert rounds[2]["auc"] != rounds[0]["auc"], "the global adapter did not change"
+    ffa = cfg.freeze_lora_a
+    assert summary["bytes"]["adapter"] == adapter_to_arrays(scorer_for(cfg)).count_bytes()
+    if ffa and not cfg.client_lora_ranks and not cfg.secure_aggregation:
+        assert rounds[1]["bytes_up"] < 0.6 * fedavg_bytes_up  # only B travels
