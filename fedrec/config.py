@@ -55,6 +55,8 @@ class FedRecConfig:
     train_examples_per_user: int = 0
     targets_per_history: int = 1  # m > 1: blocks of m training targets share one history
     eval_users: int = 300
+    ranking_users: int = 0  # eval users (with a liked held-out item) ranked for HR@10/NDCG@10 each round; 0: off
+    ranking_negatives: int = 99  # unrated items sampled per ranking user (fixed seed)
     # model
     backbone: str = "smollm2"
     max_length: int = 256
@@ -116,6 +118,7 @@ class FedRecConfig:
             "max_length",
             "test_interactions",
             "targets_per_history",
+            "ranking_negatives",
             "client_dp_clip",
             "client_dp_noise_multiplier",
             "server_tau",
@@ -127,6 +130,7 @@ class FedRecConfig:
             "max_users",
             "train_examples_per_user",
             "eval_users",
+            "ranking_users",
             "lora_layers",
             "lora_dropout",
             "noise_multiplier",
@@ -285,6 +289,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "history-length": 3,
         "train-examples-per-user": 6,
         "eval-users": 30,
+        "ranking-users": 8,
+        "ranking-negatives": 49,
         "backbone": "tiny-llama",
         "max-length": 128,
         "batch-size": 8,

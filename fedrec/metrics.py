@@ -1,4 +1,4 @@
-"""Accuracy metrics of the preference task."""
+"""Accuracy metrics: AUC of the preference task; HR, NDCG, recall and coverage of ranking."""
 
 from __future__ import annotations
 
@@ -47,3 +47,33 @@ def auc_from_histograms(pos: Sequence[float], neg: Sequence[float]) -> float:
         return math.nan
     below = np.cumsum(n) - n  # negatives in strictly lower bins
     return float((p * (below + 0.5 * n)).sum() / (n_pos * n_neg))
+
+
+def target_rank(scores: Sequence[float] | np.ndarray, target: int = 0) -> int:
+    """0-based rank of ``scores[target]`` among all scores, ties counted against the
+    target (pessimistic: a constant scorer never looks good).
+    """
+    scores = np.asarray(scores, dtype=float)
+    if not np.isfinite(scores).all():
+        raise ValueError("ranking scores must be finite")
+    return int(np.sum(scores >= scores[target])) - 1
+
+
+def hit_rate_at_k(ranks: Sequence[int], k: int) -> float:
+    """Share of users whose target ranks in the top ``k`` (HR@K)."""
+    return float(np.mean(np.asarray(ranks) < k)) if len(ranks) else math.nan
+
+
+def ndcg_at_k(ranks: Sequence[int], k: int) -> float:
+    """Mean NDCG@K with one relevant item: ``1 / log2(rank + 2)`` if it ranks in the top ``k``."""
+    ranks = np.asarray(ranks, dtype=float)
+    if not len(ranks):
+        return math.nan
+    return float(np.mean(np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)))
+
+
+def catalog_coverage(top_lists: Sequence[Sequence[str]], catalog_size: int) -> float:
+    """Share of the catalog that appears in at least one user's top list."""
+    if catalog_size <= 0:
+        raise ValueError("catalog size must be positive")
+    return len({item for top in top_lists for item in top}) / catalog_size

@@ -8,6 +8,7 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from peft.tuners.lora import LoraLayer
+from safetensors.torch import load_file
 
 from fedrec.client.train import TrainSettings, train_adapter
 from fedrec.config import STRATEGIES, ConfigError, resolve_config
@@ -198,6 +199,9 @@ def fedavg_bytes_up(tmp_path_factory):
         {"strategy": "fedprox", "proximal-mu": 0.1},
         {"strategy": "ffa-lora", "lora-ranks": "2,4,8"},
         {"strategy": "fedadam", "secure-aggregation": True, "max-weight": 100.0},
+        {"strategy": "fedyogi", "secure-aggregation": True, "max-weight": 100.0},
+        {"strategy": "fedprox", "secure-aggregation": True, "max-weight": 100.0},
+        {"strategy": "fedavgm", "secure-aggregation": True, "client-dp": True, "client-dp-clip": 0.05},
         {"strategy": "ffa-lora", "lora-ranks": "2,4,8", "secure-aggregation": True, "max-weight": 100.0},
     ],
     ids=lambda o: "-".join(str(v) for v in o.values()),
@@ -207,8 +211,16 @@ def test_each_strategy_runs_a_smoke_simulation(overrides, fedavg_bytes_up, tmp_p
     out, summary = simulate(cfg)
     rounds = _rounds(out)
     assert [(r["clients_ok"], r["clients_failed"]) for r in rounds[1:]] == [(3, 0), (3, 0)]
-    assert rounds[2]["auc"] != rounds[0]["auc"], "the global adapter did not change"
-    ffa = cfg.freeze_lora_a
-    assert summary["bytes"]["adapter"] == adapter_to_arrays(scorer_for(cfg)).count_bytes()
-    if ffa and not cfg.client_lora_ranks and not cfg.secure_aggregation:
+    scorer = scorer_for(cfg)
+    scorer.reset_adapter(cfg.seed)
+    initial = wire_state(scorer)
+    final = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    assert any(not torch.equal(final[name], tensor) for name, tensor in initial.items()), "the adapter did not move"
+    assert all(torch.isfinite(t).all() and t.dtype == torch.float32 for t in final.values())
+    assert summary["bytes"]["adapter"] == adapter_to_arrays(scorer).count_bytes()
+    if cfg.freeze_lora_a and not cfg.client_lora_ranks and not cfg.secure_aggregation:
         assert rounds[1]["bytes_up"] < 0.6 * fedavg_bytes_up  # only B travels
+    if cfg.secure_aggregation:
+        assert all(r["secagg_failure"] is None for r in rounds[1:])
+    if cfg.client_dp:
+        assert rounds[2]["client_level_epsilon"] > rounds[1]["client_level_epsilon"] > 0

@@ -403,6 +403,54 @@ class PreferenceScorer(nn.Module):
         return torch.cat(scores) if scores else torch.empty(0)
 
     @torch.no_grad()
+    def score_candidates(self, token_lists: list[list[int]], batch_size: int = 32) -> torch.Tensor:
+        """Scores of prompts that differ only after a shared prefix (one user's history,
+        many candidate items): the prefix runs once through the whole model, adapter
+        included, and the candidate suffixes run in batches on copies of its key/value
+        cache. Equals :meth:`full_forward_score` of each prompt (up to float error).
+        """
+        if self.kind != "causal" or len(token_lists) < 2:
+            return self.score(token_lists, batch_size)
+        shared = min(len(t) for t in token_lists) - 1  # each prompt keeps a token of its own
+        for tokens in token_lists[1:]:
+            shared = min(shared, _common_prefix_length(token_lists[0], tokens))
+        if shared < 1:
+            return self.score(token_lists, batch_size)
+        was_training = self.training
+        self.eval()
+        device, trunk = self._device(), self._parts.trunk
+        pad = self.tokenizer.pad_token_id or 0
+        weight = self.peft.get_output_embeddings().weight[self._answer_ids.to(device)]
+        scores = []
+        with torch.autocast(device.type, dtype=self.compute_dtype, enabled=self.compute_dtype != torch.float32):
+            cache = DynamicCache(config=trunk.config)
+            trunk(
+                input_ids=torch.tensor([token_lists[0][:shared]], device=device), past_key_values=cache, use_cache=True
+            )
+            for start in range(0, len(token_lists), batch_size):
+                suffixes = [torch.tensor(t[shared:]) for t in token_lists[start : start + batch_size]]
+                lengths = torch.tensor([len(t) for t in suffixes], device=device)
+                ids = nn.utils.rnn.pad_sequence(suffixes, batch_first=True, padding_value=pad).to(device)
+                rows, width = ids.shape
+                suffix_mask = (torch.arange(width, device=device)[None] < lengths[:, None]).long()
+                index = torch.zeros(rows, dtype=torch.long, device=device)
+                past = DynamicCache(ddp_cache_data=[(layer.keys[index], layer.values[index]) for layer in cache.layers])
+                hidden = trunk(
+                    input_ids=ids,
+                    attention_mask=torch.cat(
+                        [torch.ones(rows, shared, dtype=torch.long, device=device), suffix_mask], 1
+                    ),
+                    position_ids=shared + torch.arange(width, device=device)[None].expand(rows, -1),
+                    past_key_values=past,
+                    use_cache=True,
+                ).last_hidden_state
+                last = hidden[torch.arange(rows, device=device), lengths - 1].float()
+                logits = F.linear(last, weight.float())
+                scores.append((logits[:, 0] - logits[:, 1]).cpu())
+        self.train(was_training)
+        return torch.cat(scores)
+
+    @torch.no_grad()
     def full_forward_score(self, tokens: list[int]) -> float:
         """Score one prompt with the model's own unsplit forward (for checks)."""
         ids = torch.tensor([tokens], device=self._device())

@@ -25,6 +25,7 @@ from flwr.supercore import log
 
 from ..config import FedRecConfig
 from ..data.federation import load_split
+from ..data.ranking import ranking_cases
 from ..metrics import auc_from_histograms
 from ..models.adapter import adapter_to_arrays, frozen_a_fingerprint, load_adapter_arrays, save_adapter
 from ..privacy.client_dp import NORM_KEY as UPDATE_NORM_KEY
@@ -32,6 +33,7 @@ from ..privacy.client_dp import WEIGHT_KEY as CLIENT_DP_WEIGHT_KEY
 from ..privacy.secagg import STAGE_COLLECT, STAGE_SETUP
 from ..settings import data_settings, scorer_for
 from ..simulation.baselines import preference_baselines
+from ..simulation.ranking import random_expectation, ranking_baselines
 from ..strategies import build_strategy
 from .client_dp_grid import ClientDPGrid
 from .evaluation import CentralEvaluator
@@ -39,6 +41,7 @@ from .recording_grid import Exchange, RecordingGrid
 from .results import ResultsWriter
 from .secagg_grid import SecAggGrid, require_linear_strategy
 
+RANKING_KEYS = ("hr@10", "ndcg@10", "ranking_users")
 PACKAGES = ("fedrec", "flwr", "torch", "transformers", "peft", "opacus")
 
 
@@ -145,6 +148,7 @@ class RoundRecorder:
             record["client_noise_multiplier"] = self.client_dp.last_noise_multiplier
         record["auc"] = metrics.get("auc")
         record["eval_loss"] = metrics.get("loss")
+        record |= {k: metrics[k] for k in RANKING_KEYS if k in metrics}
         self.writer.append_round(record)
         print(progress_line(record, self.num_rounds), flush=True)
         return MetricRecord({k: v for k, v in metrics.items() if v is not None}) if metrics else None
@@ -179,7 +183,14 @@ def run_server(grid: Grid, cfg: FedRecConfig) -> dict[str, Any]:
     scorer.reset_adapter(cfg.seed)
     initial = adapter_to_arrays(scorer)
     central = load_split(data_settings(cfg))
-    evaluator = CentralEvaluator(scorer, central, cfg.physical_batch_size) if cfg.central_eval else None
+    cases = (
+        ranking_cases(central.data, central.split, central.eval_users, cfg.ranking_negatives, cfg.seed)[
+            : cfg.ranking_users
+        ]
+        if cfg.ranking_users
+        else []
+    )
+    evaluator = CentralEvaluator(scorer, central, cfg.physical_batch_size, cases) if cfg.central_eval else None
     baselines = preference_baselines(central.split, central.test_examples(), cfg.like_threshold)
     recording = RecordingGrid(grid)
     strategy = build_strategy(cfg)
@@ -212,6 +223,12 @@ def run_server(grid: Grid, cfg: FedRecConfig) -> dict[str, Any]:
     summary = build_summary(
         cfg, writer.rounds, recorder.node_epsilon, baselines, scorer, initial, time.perf_counter() - started
     )
+    if cases:
+        summary["ranking_baselines"] = ranking_baselines(
+            central.split.train_interactions, cases, cfg.like_threshold, cfg.seed
+        )
+        summary["ranking_baselines"]["random"] = random_expectation(cfg.ranking_negatives + 1)
+        summary["ranking_candidates"] = cfg.ranking_negatives + 1
     if client_dp is not None:
         summary["client_dp"] = {
             "epsilon": client_dp.epsilon(cfg.target_delta),
@@ -242,8 +259,17 @@ def build_summary(
     up, down = sum(r["bytes_up"] for r in rounds), sum(r["bytes_down"] for r in rounds)
     return {
         "rounds": len(rounds) - 1,
-        "metrics": {"auc": last.get("auc"), "loss": last.get("eval_loss"), "auc_federated": last.get("auc_federated")},
-        "initial_metrics": {"auc": first.get("auc"), "loss": first.get("eval_loss")},
+        "metrics": {
+            "auc": last.get("auc"),
+            "loss": last.get("eval_loss"),
+            "auc_federated": last.get("auc_federated"),
+            **{k: last[k] for k in RANKING_KEYS if k in last},
+        },
+        "initial_metrics": {
+            "auc": first.get("auc"),
+            "loss": first.get("eval_loss"),
+            **{k: first[k] for k in RANKING_KEYS if k in first},
+        },
         "eval_examples": len(load_split(data_settings(cfg)).test_examples()) if cfg.central_eval else 0,
         "baselines": dict(baselines),
         "dp": cfg.dp,

@@ -49,4 +49,16 @@ def summary_table(rounds: list[Mapping[str, Any]], summary: Mapping[str, Any]) -
         "baselines on the same held-out interactions (AUC, no training, no privacy cost):",
     ]
     lines += [f"  {name:<16} {_cell(auc, '.4f')}" for name, auc in summary["baselines"].items()]
+    final, initial = summary["metrics"], summary["initial_metrics"]
+    if "hr@10" in final:
+        lines += [
+            "",
+            f"ranking ({final['ranking_users']} users, target among {summary['ranking_candidates']} candidates): "
+            f"HR@10 {final['hr@10']:.4f}, NDCG@10 {final['ndcg@10']:.4f} "
+            f"(round 0: {initial['hr@10']:.4f}, {initial['ndcg@10']:.4f})",
+            "ranking baselines on the same cases (HR@10, NDCG@10):",
+        ]
+        lines += [
+            f"  {name:<16} {m['hr@10']:.4f}  {m['ndcg@10']:.4f}" for name, m in summary["ranking_baselines"].items()
+        ]
     return "\n".join(lines)

@@ -1,0 +1,95 @@
+"""Ranking task: metrics against hand-computed values, prefix-cached candidate scoring
+against the naive per-candidate loop, ranking cases, and baselines on planted data.
+"""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from fedrec.data.examples import split_examples
+from fedrec.data.interactions import load_interaction_data
+from fedrec.data.ranking import ranking_cases
+from fedrec.metrics import catalog_coverage, hit_rate_at_k, ndcg_at_k, target_rank
+from fedrec.simulation.ranking import bpr_mf_ranks, popularity_ranks, random_expectation, ranking_metrics
+from tests.conftest import tiny_scorer
+
+
+def test_rank_metrics_match_hand_computed_values():
+    assert target_rank([0.9, 0.1, 0.5]) == 0
+    assert target_rank([0.5, 0.9, 0.5, 0.1]) == 2  # a tie counts against the target
+    assert target_rank([1.0, 1.0, 1.0]) == 2  # a constant scorer ranks the target last
+    ranks = [0, 3, 12]
+    assert hit_rate_at_k(ranks, 10) == pytest.approx(2 / 3)
+    assert ndcg_at_k(ranks, 10) == pytest.approx((1.0 + 1.0 / math.log2(5)) / 3)
+    assert ndcg_at_k([9], 10) == pytest.approx(1 / math.log2(11)) and ndcg_at_k([10], 10) == 0.0
+    assert catalog_coverage([["a", "b"], ["b", "c"]], 10) == pytest.approx(0.3)
+    assert random_expectation(100)["hr@10"] == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="finite"):
+        target_rank([0.1, float("nan")])
+
+
+@pytest.mark.parametrize("top_layers", [0, 1])
+def test_prefix_cached_candidate_scores_equal_the_naive_loop(top_layers):
+    scorer = tiny_scorer(top_layers=top_layers)
+    with torch.no_grad():  # a trained-looking adapter: B non-zero
+        for name, param in scorer.peft.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn_like(param) * 0.1)
+    history = "Items the user liked: film a; film b; film c. Items the user disliked: film d."
+    texts = [f"{history}\nWill the user like film {i}{' part two' * (i % 3)}? Answer Yes or No." for i in range(37)]
+    tokens = scorer.encode(texts)
+    cached = scorer.score_candidates(tokens, batch_size=8)
+    naive = torch.tensor([scorer.full_forward_score(t) for t in tokens])
+    torch.testing.assert_close(cached, naive, atol=1e-5, rtol=1e-5)  # tolerance: float32 summation order
+    assert naive.std() > 1e-4  # the candidates really score differently
+
+
+def _two_taste_dataset(users=60, items=40, per_user=14, seed=0):
+    """Users of taste 0 like (and only rate) even items, taste 1 odd items: every
+    item is equally popular, so only a personalised model can rank well.
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(users):
+        own = np.arange(u % 2, items, 2)
+        for t, item in enumerate(rng.choice(own, size=per_user, replace=False)):
+            rows.append({"user": str(u), "item": str(item), "rating": 5.0, "timestamp": t})
+    inter = pd.DataFrame(rows)
+    titles = pd.DataFrame({"item": [str(i) for i in range(items)], "title": [f"film {i}" for i in range(items)]})
+    return inter, titles
+
+
+def test_ranking_cases_hold_the_liked_held_out_item_and_unrated_negatives(tmp_path):
+    inter, titles = _two_taste_dataset()
+    inter.loc[inter["user"] == "3", "rating"] = 1.0  # user 3 dislikes everything: no case
+    inter.to_csv(tmp_path / "inter.csv", index=False)
+    titles.to_csv(tmp_path / "items.csv", index=False)
+    data = load_interaction_data(str(tmp_path / "inter.csv"), str(tmp_path / "items.csv"))
+    split = split_examples(data, history_length=5)
+    users = sorted(split.test)
+    cases = ranking_cases(data, split, users, num_negatives=9, seed=1)
+    assert "3" not in {c.user for c in cases} and len(cases) == len(users) - 1
+    for case in cases:
+        rated = set(inter.loc[inter["user"] == case.user, "item"])
+        assert case.candidates[0] == split.test[case.user][-1].item and case.candidates[0] in rated
+        assert len(set(case.candidates)) == 10 and not set(case.candidates[1:]) & rated
+        assert case.candidates[0] not in {item for item, _ in case.history}
+    assert ranking_cases(data, split, users, num_negatives=9, seed=1) == cases  # fixed seed
+    assert ranking_cases(data, split, users, num_negatives=9, seed=2) != cases
+
+
+def test_bpr_mf_learns_planted_tastes_that_popularity_cannot_see(tmp_path):
+    inter, titles = _two_taste_dataset()
+    inter.to_csv(tmp_path / "inter.csv", index=False)
+    titles.to_csv(tmp_path / "items.csv", index=False)
+    data = load_interaction_data(str(tmp_path / "inter.csv"), str(tmp_path / "items.csv"))
+    split = split_examples(data, history_length=5)
+    cases = ranking_cases(data, split, sorted(split.test), num_negatives=9, seed=0)
+    random_hr = random_expectation(10, k=3)["hr@3"]
+    mf = ranking_metrics(bpr_mf_ranks(split.train_interactions, cases, like_threshold=3.0, seed=0), k=3)
+    popular = ranking_metrics(popularity_ranks(split.train_interactions, cases), k=3)
+    assert mf["hr@3"] >= random_hr + 0.3, mf
+    assert mf["hr@3"] > popular["hr@3"] + 0.2, (mf, popular)
