@@ -13,7 +13,13 @@ from fedrec.data.examples import split_examples
 from fedrec.data.interactions import load_interaction_data
 from fedrec.data.ranking import ranking_cases
 from fedrec.metrics import catalog_coverage, hit_rate_at_k, ndcg_at_k, target_rank
-from fedrec.simulation.ranking import bpr_mf_ranks, popularity_ranks, random_expectation, ranking_metrics
+from fedrec.simulation.ranking import (
+    bpr_mf_ranks,
+    federated_mf_ranks,
+    popularity_ranks,
+    random_expectation,
+    ranking_metrics,
+)
 from tests.conftest import tiny_scorer
 
 
@@ -81,7 +87,7 @@ def test_ranking_cases_hold_the_liked_held_out_item_and_unrated_negatives(tmp_pa
     assert ranking_cases(data, split, users, num_negatives=9, seed=2) != cases
 
 
-def test_bpr_mf_learns_planted_tastes_that_popularity_cannot_see(tmp_path):
+def test_mf_baselines_learn_planted_tastes_that_popularity_cannot_see(tmp_path):
     inter, titles = _two_taste_dataset()
     inter.to_csv(tmp_path / "inter.csv", index=False)
     titles.to_csv(tmp_path / "items.csv", index=False)
@@ -89,7 +95,11 @@ def test_bpr_mf_learns_planted_tastes_that_popularity_cannot_see(tmp_path):
     split = split_examples(data, history_length=5)
     cases = ranking_cases(data, split, sorted(split.test), num_negatives=9, seed=0)
     random_hr = random_expectation(10, k=3)["hr@3"]
-    mf = ranking_metrics(bpr_mf_ranks(split.train_interactions, cases, like_threshold=3.0, seed=0), k=3)
-    popular = ranking_metrics(popularity_ranks(split.train_interactions, cases), k=3)
-    assert mf["hr@3"] >= random_hr + 0.3, mf
-    assert mf["hr@3"] > popular["hr@3"] + 0.2, (mf, popular)
+    train = split.train_interactions
+    mf = ranking_metrics(bpr_mf_ranks(train, cases, like_threshold=3.0, seed=0), k=3)
+    partitions = [[u for u in sorted(split.test) if int(u) % 3 == c] for c in range(3)]
+    fed = ranking_metrics(federated_mf_ranks(train, cases, partitions, like_threshold=3.0, seed=0), k=3)
+    popular = ranking_metrics(popularity_ranks(train, cases), k=3)
+    for learned in (mf, fed):
+        assert learned["hr@3"] >= random_hr + 0.3, learned
+        assert learned["hr@3"] > popular["hr@3"] + 0.2, (learned, popular)

@@ -58,7 +58,7 @@ def test_results_folder_has_every_part(smoke_run):
     assert summary["epsilon"]["max"] == pytest.approx(rounds[2]["epsilon_max"])
     assert 0.0 <= summary["metrics"]["auc"] <= 1.0
     assert all(0.0 <= r["hr@10"] <= 1.0 and r["ranking_users"] == cfg.ranking_users for r in rounds)
-    assert set(summary["ranking_baselines"]) == {"most-popular", "bpr-mf", "random"}
+    assert set(summary["ranking_baselines"]) == {"most-popular", "bpr-mf", "federated-mf", "random"}
     assert summary["ranking_candidates"] == cfg.ranking_negatives + 1
     assert {p.name for p in (out / "plots").iterdir()} == {
         "accuracy_vs_round.png",

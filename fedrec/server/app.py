@@ -24,7 +24,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
 from ..config import FedRecConfig
-from ..data.federation import load_split
+from ..data.federation import load_federated_data, load_split
 from ..data.ranking import ranking_cases
 from ..metrics import auc_from_histograms
 from ..models.adapter import adapter_to_arrays, frozen_a_fingerprint, load_adapter_arrays, save_adapter
@@ -224,8 +224,9 @@ def run_server(grid: Grid, cfg: FedRecConfig) -> dict[str, Any]:
         cfg, writer.rounds, recorder.node_epsilon, baselines, scorer, initial, time.perf_counter() - started
     )
     if cases:
+        partitions = load_federated_data(data_settings(cfg), cfg.num_clients).partitions
         summary["ranking_baselines"] = ranking_baselines(
-            central.split.train_interactions, cases, cfg.like_threshold, cfg.seed
+            central.split.train_interactions, cases, partitions, cfg.like_threshold, cfg.seed
         )
         summary["ranking_baselines"]["random"] = random_expectation(cfg.ranking_negatives + 1)
         summary["ranking_candidates"] = cfg.ranking_negatives + 1

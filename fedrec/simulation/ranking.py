@@ -4,7 +4,9 @@ case's candidates; HR@10 and NDCG@10 over the cases.
 The LLM scores a user's 100 candidate prompts with one pass over their shared history
 prefix (:meth:`PreferenceScorer.score_candidates`). The baselines see only training
 interactions: ``most-popular`` (number of training ratings) and ``bpr-mf`` (centralized
-matrix factorization with the BPR loss on training likes; Rendle et al., 2009).
+matrix factorization with the BPR loss on training likes; Rendle et al., 2009) and
+``federated-mf`` (the same model, user embeddings kept on the clients, item embeddings
+averaged by FedAvg).
 """
 
 from __future__ import annotations
@@ -45,54 +47,109 @@ def popularity_ranks(train: pd.DataFrame, cases: list[RankingCase]) -> list[int]
     return [target_rank([counts.get(item, 0) for item in case.candidates]) for case in cases]
 
 
-def bpr_mf_ranks(
-    train: pd.DataFrame,
-    cases: list[RankingCase],
-    like_threshold: float,
-    dim: int = 32,
-    epochs: int = 30,
-    learning_rate: float = 0.05,
-    weight_decay: float = 1e-4,
-    seed: int = 0,
-) -> list[int]:
-    """Ranks by a BPR matrix factorization trained on the training likes."""
-    users = sorted(set(train["user"]) | {c.user for c in cases})
-    items = sorted(set(train["item"]) | {i for c in cases for i in c.candidates})
-    user_index = {u: n for n, u in enumerate(users)}
-    item_index = {i: n for n, i in enumerate(items)}
-    likes = train[train["rating"] > like_threshold]
-    pos_u = torch.tensor([user_index[u] for u in likes["user"]])
-    pos_i = torch.tensor([item_index[i] for i in likes["item"]])
-    generator = torch.Generator().manual_seed(seed)
-    user_emb = torch.nn.Parameter(torch.randn(len(users), dim, generator=generator) * 0.1)
-    item_emb = torch.nn.Parameter(torch.randn(len(items), dim, generator=generator) * 0.1)
-    item_bias = torch.nn.Parameter(torch.zeros(len(items)))
-    optimizer = torch.optim.Adam([user_emb, item_emb, item_bias], lr=learning_rate, weight_decay=weight_decay)
-    for _ in range(epochs):
-        order = torch.randperm(len(pos_u), generator=generator)
-        for start in range(0, len(order), 1024):
-            batch = order[start : start + 1024]
-            u, i = pos_u[batch], pos_i[batch]
-            j = torch.randint(len(items), (len(batch),), generator=generator)
-            diff = (user_emb[u] * (item_emb[i] - item_emb[j])).sum(-1) + item_bias[i] - item_bias[j]
-            loss = -torch.nn.functional.logsigmoid(diff).mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    with torch.no_grad():
+class BPRModel:
+    """Matrix factorization ``u . i + b_i`` trained with the BPR loss on likes."""
+
+    def __init__(self, users: list[str], items: list[str], dim: int, seed: int) -> None:
+        self.user_index = {u: n for n, u in enumerate(users)}
+        self.item_index = {i: n for n, i in enumerate(items)}
+        self.generator = torch.Generator().manual_seed(seed)
+        self.user_emb = torch.nn.Parameter(torch.randn(len(users), dim, generator=self.generator) * 0.1)
+        self.item_emb = torch.nn.Parameter(torch.randn(len(items), dim, generator=self.generator) * 0.1)
+        self.item_bias = torch.nn.Parameter(torch.zeros(len(items)))
+
+    def fit(self, likes: pd.DataFrame, epochs: int, learning_rate: float, l2: float = 1e-4) -> None:
+        """``epochs`` passes of BPR (one uniformly sampled negative per like), with L2
+        on the rows of each batch only, so rows outside ``likes`` stay exactly as they are.
+        """
+        pos_u = torch.tensor([self.user_index[u] for u in likes["user"]], dtype=torch.long)
+        pos_i = torch.tensor([self.item_index[i] for i in likes["item"]], dtype=torch.long)
+        params = [self.user_emb, self.item_emb, self.item_bias]
+        optimizer = torch.optim.Adam(params, lr=learning_rate)
+        for _ in range(epochs):
+            order = torch.randperm(len(pos_u), generator=self.generator)
+            for start in range(0, len(order), 1024):
+                batch = order[start : start + 1024]
+                u, i = pos_u[batch], pos_i[batch]
+                j = torch.randint(len(self.item_index), (len(batch),), generator=self.generator)
+                diff = (self.user_emb[u] * (self.item_emb[i] - self.item_emb[j])).sum(-1)
+                diff = diff + self.item_bias[i] - self.item_bias[j]
+                rows = self.user_emb[u].square().sum(-1) + self.item_emb[i].square().sum(-1)
+                rows = rows + self.item_emb[j].square().sum(-1)
+                loss = -torch.nn.functional.logsigmoid(diff).mean() + l2 * rows.mean()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+
+    @torch.no_grad()
+    def ranks(self, cases: list[RankingCase]) -> list[int]:
+        """The target's rank in every case."""
         ranks = []
         for case in cases:
-            cand = torch.tensor([item_index[i] for i in case.candidates])
-            scores = item_emb[cand] @ user_emb[user_index[case.user]] + item_bias[cand]
+            cand = torch.tensor([self.item_index[i] for i in case.candidates])
+            scores = self.item_emb[cand] @ self.user_emb[self.user_index[case.user]] + self.item_bias[cand]
             ranks.append(target_rank(scores.numpy()))
-    return ranks
+        return ranks
 
 
-def ranking_baselines(train: pd.DataFrame, cases: list[RankingCase], like_threshold: float, seed: int) -> dict:
-    """HR@10 / NDCG@10 of each baseline on the cases."""
+def _ids(train: pd.DataFrame, cases: list[RankingCase]) -> tuple[list[str], list[str]]:
+    users = sorted(set(train["user"]) | {c.user for c in cases})
+    items = sorted(set(train["item"]) | {i for c in cases for i in c.candidates})
+    return users, items
+
+
+def bpr_mf_ranks(
+    train: pd.DataFrame, cases: list[RankingCase], like_threshold: float, dim: int = 32, epochs: int = 30, seed: int = 0
+) -> list[int]:
+    """Ranks by a centralized BPR matrix factorization of the training likes."""
+    model = BPRModel(*_ids(train, cases), dim=dim, seed=seed)
+    model.fit(train[train["rating"] > like_threshold], epochs=epochs, learning_rate=0.05)
+    return model.ranks(cases)
+
+
+def federated_mf_ranks(
+    train: pd.DataFrame,
+    cases: list[RankingCase],
+    partitions: list[list[str]],
+    like_threshold: float,
+    dim: int = 32,
+    rounds: int = 30,
+    seed: int = 0,
+) -> list[int]:
+    """Ranks by federated BPR-MF: each client keeps its users' embeddings and trains
+    one local epoch per round from the global item embeddings and biases, which the
+    server averages weighted by the clients' likes (FedAvg; no privacy mechanism).
+    """
+    model = BPRModel(*_ids(train, cases), dim=dim, seed=seed)
+    likes = train[train["rating"] > like_threshold]
+    client_likes = [likes[likes["user"].isin(set(users))] for users in partitions]
+    for _ in range(rounds):
+        start_emb, start_bias = model.item_emb.detach().clone(), model.item_bias.detach().clone()
+        total_emb, total_bias, total = torch.zeros_like(start_emb), torch.zeros_like(start_bias), 0
+        for client in client_likes:
+            if client.empty:
+                continue
+            with torch.no_grad():
+                model.item_emb.copy_(start_emb)
+                model.item_bias.copy_(start_bias)
+            model.fit(client, epochs=1, learning_rate=0.05)  # other clients' user rows get no gradient
+            total_emb += len(client) * model.item_emb.detach()
+            total_bias += len(client) * model.item_bias.detach()
+            total += len(client)
+        with torch.no_grad():
+            model.item_emb.copy_(total_emb / total)
+            model.item_bias.copy_(total_bias / total)
+    return model.ranks(cases)
+
+
+def ranking_baselines(
+    train: pd.DataFrame, cases: list[RankingCase], partitions: list[list[str]], like_threshold: float, seed: int
+) -> dict[str, dict[str, float]]:
+    """HR@10 / NDCG@10 of each baseline on the cases (federated MF over ``partitions``)."""
     return {
         "most-popular": ranking_metrics(popularity_ranks(train, cases)),
         "bpr-mf": ranking_metrics(bpr_mf_ranks(train, cases, like_threshold, seed=seed)),
+        "federated-mf": ranking_metrics(federated_mf_ranks(train, cases, partitions, like_threshold, seed=seed)),
     }
 
 
