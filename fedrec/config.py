@@ -55,7 +55,7 @@ class FedRecConfig:
     train_examples_per_user: int = 0
     targets_per_history: int = 1  # m > 1: blocks of m training targets share one history
     eval_users: int = 300
-    ranking_users: int = 0  # eval users (with a liked held-out item) ranked for HR@10/NDCG@10 each round; 0: off
+    ranking_users: int = 0  # eval users (with a liked held-out item) ranked for HR@10/NDCG@10 at rounds 0 and last
     ranking_negatives: int = 99  # unrated items sampled per ranking user (fixed seed)
     # model
     backbone: str = "smollm2"

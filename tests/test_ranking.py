@@ -11,11 +11,12 @@ import torch
 
 from fedrec.data.examples import split_examples
 from fedrec.data.interactions import load_interaction_data
-from fedrec.data.ranking import ranking_cases
+from fedrec.data.ranking import RankingCase, ranking_cases
 from fedrec.metrics import catalog_coverage, hit_rate_at_k, ndcg_at_k, target_rank
 from fedrec.simulation.ranking import (
-    bpr_mf_ranks,
-    federated_mf_ranks,
+    bpr_mf,
+    federated_mf,
+    full_catalog_metrics,
     popularity_ranks,
     random_expectation,
     ranking_metrics,
@@ -96,10 +97,26 @@ def test_mf_baselines_learn_planted_tastes_that_popularity_cannot_see(tmp_path):
     cases = ranking_cases(data, split, sorted(split.test), num_negatives=9, seed=0)
     random_hr = random_expectation(10, k=3)["hr@3"]
     train = split.train_interactions
-    mf = ranking_metrics(bpr_mf_ranks(train, cases, like_threshold=3.0, seed=0), k=3)
+    catalog = sorted(titles["item"])
+    mf = ranking_metrics(bpr_mf(train, cases, catalog, like_threshold=3.0, seed=0).ranks(cases), k=3)
     partitions = [[u for u in sorted(split.test) if int(u) % 3 == c] for c in range(3)]
-    fed = ranking_metrics(federated_mf_ranks(train, cases, partitions, like_threshold=3.0, seed=0), k=3)
+    fed_model = federated_mf(train, cases, catalog, partitions, like_threshold=3.0, seed=0)
+    fed = ranking_metrics(fed_model.ranks(cases), k=3)
     popular = ranking_metrics(popularity_ranks(train, cases), k=3)
     for learned in (mf, fed):
         assert learned["hr@3"] >= random_hr + 0.3, learned
         assert learned["hr@3"] > popular["hr@3"] + 0.2, (learned, popular)
+
+
+def test_full_catalog_metrics_exclude_rated_items_and_count_coverage():
+    items = ["a", "b", "c", "d", "e"]
+    cases = [RankingCase("u", ("c", "x"), ()), RankingCase("v", ("e", "x"), ())]
+    rated = {"u": {"a", "c"}, "v": {"e"}}
+    scores = {"u": np.array([9.0, 1.0, 5.0, 7.0, 0.0]), "v": np.array([3.0, 2.0, 1.0, 0.0, -1.0])}
+    metrics = full_catalog_metrics(scores.__getitem__, items, cases, rated)
+    # u: "a" is rated and skipped, "d" (7) beats the target "c" (5): rank 1; v: the target is last of 5: rank 4
+    assert metrics["recall@20"] == 1.0
+    # top-10 lists: u -> d, c, b, e; v -> a, b, c, d, e: the whole catalog
+    assert metrics["coverage@10"] == 1.0
+    narrow = full_catalog_metrics(scores.__getitem__, items, cases[:1], rated)
+    assert narrow["coverage@10"] == pytest.approx(4 / 5)

@@ -36,12 +36,14 @@ class CentralEvaluator:
         self.batch_size = batch_size
         self.ranker = LLMRanker(scorer, ranking_cases, central.prompts, batch_size) if ranking_cases else None
 
-    def __call__(self, arrays: ArrayRecord) -> dict[str, float]:
-        """AUC and log-loss of the adapter in ``arrays`` (and HR@10, NDCG@10 with ranking cases)."""
+    def __call__(self, arrays: ArrayRecord, rank: bool = True) -> dict[str, float]:
+        """AUC and log-loss of the adapter in ``arrays``, and HR@10, NDCG@10 when it has
+        ranking cases and ``rank`` is true.
+        """
         load_adapter_arrays(self.scorer, arrays, "global adapter")
         scores = self.scorer.score(self.tokens, batch_size=self.batch_size)
         loss = F.binary_cross_entropy_with_logits(scores, torch.tensor(self.labels, dtype=torch.float32))
         metrics = {"auc": roc_auc(self.labels, scores.numpy()), "loss": float(loss), "examples": len(self.labels)}
-        if self.ranker is not None:
+        if self.ranker is not None and rank:
             metrics |= ranking_metrics(self.ranker.ranks())
         return metrics

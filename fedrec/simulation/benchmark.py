@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import resolve_config
+from ..server.results import json_safe, write_atomic
 from .runner import simulate
 
 
@@ -52,6 +53,8 @@ _STRATEGY_POINTS = (
     ("FFA-LoRA ranks 2,4", {"strategy": "ffa-lora", "lora-ranks": "2,4"}),
 )
 
+_CPU_BASE = {"max-users": 300, "batch-size": 60, "ranking-users": 50}
+
 SUITES: dict[str, Suite] = {
     # CPU-sized: the demo (SmolLM2-135M, MovieLens-100K, 2 clients, 5 rounds, record-level
     # epsilon 8, SecAgg+) on the first 300 users, batch 60 (sampling rate ~0.13).
@@ -73,13 +76,40 @@ SUITES: dict[str, Suite] = {
         ),
         description="demo preset on 300 users (CPU-sized)",
     ),
-    # For tests: the tiny random model, seconds per point.
-    "strategies-smoke": Suite(
-        preset="smoke",
-        base={"num-server-rounds": 1},
+    # Privacy-utility on the 2-core CPU: the demo's FFA-LoRA at record-level epsilon 1, 3, 8
+    # and without DP, a centralized non-private LoRA (one client holding every user), and
+    # 4 clients at epsilon 8; preference AUC each round, HR@10/NDCG@10 of 50 users (100
+    # candidates each) at rounds 0 and 5.
+    "cpu": Suite(
+        preset="demo",
+        base=_CPU_BASE,
         points=(
-            Point("FedAvg-LoRA", {"strategy": "fedavg"}),
-            Point("FFA-LoRA, client-level DP", {"strategy": "ffa-lora", "client-dp": True}),
+            Point("FFA-LoRA, epsilon 1", {"target-epsilon": 1.0}),
+            Point("FFA-LoRA, epsilon 3", {"target-epsilon": 3.0}),
+            Point("FFA-LoRA, epsilon 8", {"target-epsilon": 8.0}),
+            Point("FFA-LoRA, no DP", {"dp": False, "learning-rate": NON_PRIVATE_LEARNING_RATE}),
+            Point(
+                "centralized LoRA, no DP",
+                {
+                    "num-clients": 1,
+                    "dp": False,
+                    "learning-rate": NON_PRIVATE_LEARNING_RATE,
+                    "secure-aggregation": False,
+                },
+            ),
+            Point("FFA-LoRA, epsilon 8, 4 clients", {"num-clients": 4}),
+        ),
+        description="demo preset on 300 users, ranking on 50 of them (CPU-sized)",
+    ),
+    # For tests: the tiny random model, two methods x two epsilons, seconds per point.
+    "smoke": Suite(
+        preset="smoke",
+        base={"num-server-rounds": 1, "ranking-users": 4},
+        points=(
+            Point("FedAvg-LoRA, epsilon 50", {"strategy": "fedavg"}),
+            Point("FedAvg-LoRA, no DP", {"strategy": "fedavg", "dp": False}),
+            Point("FFA-LoRA, epsilon 50, client-level DP", {"strategy": "ffa-lora", "client-dp": True}),
+            Point("FFA-LoRA, no DP", {"strategy": "ffa-lora", "dp": False}),
         ),
         description="tiny random model (tests)",
     ),
@@ -106,31 +136,39 @@ def run_suite(name: str, out: str | Path) -> Path:
             print(f"[fedrec benchmark] {i}/{len(suite.points)}: {point.label} (done before, kept)", flush=True)
         rows.append(_row(point, folder))
     results = {"suite": name, "description": suite.description, "machine": platform.machine(), "rows": rows}
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_atomic(out / "results.json", json.dumps(json_safe(results), indent=2) + "\n")
+    write_plots(rows, out / "plots")
     report = out / "report.md"
-    report.write_text(render_report(results))
-    print(strategy_table(rows))
+    write_atomic(report, render_report(results))
+    print(main_table(rows))
     return report
 
 
 def _row(point: Point, folder: Path) -> dict[str, Any]:
     summary = json.loads((folder / "summary.json").read_text())
-    rounds = [json.loads(line) for line in (folder / "rounds.jsonl").read_text().splitlines()][1:]
-    client_rounds = sum(r["clients_sampled"] for r in rounds)
+    rounds = [json.loads(line) for line in (folder / "rounds.jsonl").read_text().splitlines()]
+    client_rounds = sum(r["clients_sampled"] for r in rounds[1:])
     client_dp = summary.get("client_dp")
+    final = summary["metrics"]
     return {
         "method": point.label,
         "folder": folder.name,
         "overrides": dict(point.overrides),
-        "auc": summary["metrics"]["auc"],
+        "auc": final["auc"],
         "initial_auc": summary["initial_metrics"]["auc"],
+        "hr@10": final.get("hr@10"),
+        "ndcg@10": final.get("ndcg@10"),
         "epsilon": summary["epsilon"]["max"] if summary["dp"] else None,
         "client_epsilon": client_dp["epsilon"] if client_dp else None,
         "bytes_up_per_client_round": summary["bytes"]["up"] / client_rounds if client_rounds else 0,
         "bytes_total": summary["bytes"]["total"],
         "adapter_to_full_model": summary["bytes"]["adapter_to_full_model"],
         "seconds": summary["seconds"],
+        "auc_by_round": [r.get("auc") for r in rounds],
+        "bytes_up_by_round": [r["bytes_up"] for r in rounds],
         "baselines": summary["baselines"],
+        "ranking_baselines": summary.get("ranking_baselines", {}),
+        "ranking_users": final.get("ranking_users"),
     }
 
 
@@ -138,40 +176,97 @@ def _cell(value: float | None, spec: str, none: str = "-") -> str:
     return none if value is None else format(value, spec)
 
 
-def strategy_table(rows: list[Mapping[str, Any]]) -> str:
+def main_table(rows: list[Mapping[str, Any]]) -> str:
     """The main table, in Markdown."""
     lines = [
-        "| method | final AUC | round-0 AUC | record-level ε | client-level ε | bytes up / client-round "
-        "| bytes total | seconds |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | AUC | round-0 AUC | HR@10 | NDCG@10 | record-level ε | client-level ε "
+        "| bytes up / client-round | bytes total | adapter / backbone | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['method']} | {r['auc']:.4f} | {r['initial_auc']:.4f} | {_cell(r['epsilon'], '.2f', '∞')} "
+            f"| {r['method']} | {r['auc']:.4f} | {r['initial_auc']:.4f} | {_cell(r['hr@10'], '.3f')} "
+            f"| {_cell(r['ndcg@10'], '.3f')} | {_cell(r['epsilon'], '.2f', '∞')} "
             f"| {_cell(r['client_epsilon'], '.2f', '∞')} | {r['bytes_up_per_client_round']:,.0f} "
-            f"| {r['bytes_total']:,} | {r['seconds']:.0f} |"
+            f"| {r['bytes_total']:,} | {r['adapter_to_full_model']:.4%} | {r['seconds']:.0f} |"
         )
     return "\n".join(lines)
 
 
 def render_report(results: Mapping[str, Any]) -> str:
-    """``report.md``: the table, the baselines on the same split, and the runs."""
+    """``report.md``: the main table, the baselines on the same split, plots and runs."""
     rows = results["rows"]
-    baselines = rows[0]["baselines"] if rows else {}
     lines = [
         f"# fedrec benchmark: {results['suite']}",
         "",
-        f"{results['description']}; machine {results['machine']}. AUC on the same held-out interactions for "
-        "every row; epsilon at delta 1e-5 (record-level: Opacus per client, max over clients; client-level: "
-        "the server's RDP accountant); ∞ = no DP of that kind.",
+        f"{results['description']}; machine {results['machine']}. Every row is evaluated on the same held-out "
+        "interactions (AUC) and ranking cases (HR@10, NDCG@10: the held-out liked item among 99 unrated ones); "
+        "epsilon at delta 1e-5 (record-level: Opacus per client, max over clients; client-level: the server's "
+        "RDP accountant); ∞ = no DP of that kind.",
         "",
-        strategy_table(rows),
+        main_table(rows),
         "",
-        "Baselines on the same held-out interactions (no training, no privacy cost): "
-        + ", ".join(f"{name} {auc:.4f}" for name, auc in baselines.items()),
+    ]
+    if rows:
+        lines += [
+            "Preference baselines (AUC; no training, no privacy cost): "
+            + ", ".join(f"{name} {auc:.4f}" for name, auc in rows[0]["baselines"].items()),
+            "",
+        ]
+        if rows[0]["ranking_baselines"]:
+            lines += ["| ranking baseline | HR@10 | NDCG@10 |", "|---|---|---|"]
+            lines += [
+                f"| {name} | {m['hr@10']:.3f} | {m['ndcg@10']:.3f} |"
+                for name, m in rows[0]["ranking_baselines"].items()
+            ]
+            lines.append("")
+    lines += [
+        "Plots: `plots/accuracy_vs_epsilon.png`, `plots/accuracy_vs_round.png`, `plots/bytes_per_round.png`.",
         "",
         "Run folders (config.toml, rounds.jsonl, summary.json, adapter/, plots/): "
         + ", ".join(f"`{r['folder']}`" for r in rows),
         "",
     ]
     return "\n".join(lines)
+
+
+def write_plots(rows: list[Mapping[str, Any]], folder: Path) -> list[Path]:
+    """Accuracy vs epsilon, accuracy vs round and bytes per round of every row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    private = [r for r in rows if r["epsilon"] is not None]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([r["epsilon"] for r in private], [r["auc"] for r in private], "o", label="AUC")
+    if any(r["hr@10"] is not None for r in private):
+        ax.plot([r["epsilon"] for r in private], [r["hr@10"] for r in private], "s", label="HR@10")
+    for r in rows:
+        if r["epsilon"] is None:
+            ax.axhline(r["auc"], linestyle="--", linewidth=0.8, label=f"{r['method']} (AUC, no DP)")
+    ax.set(xlabel="record-level epsilon (max over clients)", ylabel="accuracy", title="accuracy vs epsilon")
+    ax.legend(fontsize=6)
+    written.append(_save(fig, folder / "accuracy_vs_epsilon.png"))
+    for key, name, label in (
+        ("auc_by_round", "accuracy_vs_round.png", "AUC"),
+        ("bytes_up_by_round", "bytes_per_round.png", "bytes up"),
+    ):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for r in rows:
+            ax.plot(range(len(r[key])), r[key], marker="o", label=r["method"])
+        ax.set(xlabel="round", ylabel=label, title=f"{label} per round")
+        ax.legend(fontsize=6)
+        written.append(_save(fig, folder / name))
+    return written
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from ..data.ranking import RankingCase
-from ..metrics import hit_rate_at_k, ndcg_at_k, target_rank
+from ..metrics import catalog_coverage, hit_rate_at_k, ndcg_at_k, target_rank
 from ..models.scorer import PreferenceScorer
 
 K = 10
@@ -82,6 +82,11 @@ class BPRModel:
                 optimizer.step()
 
     @torch.no_grad()
+    def item_scores(self, user: str) -> np.ndarray:
+        """The user's score of every item (in the order of ``item_index``)."""
+        return (self.item_emb @ self.user_emb[self.user_index[user]] + self.item_bias).numpy()
+
+    @torch.no_grad()
     def ranks(self, cases: list[RankingCase]) -> list[int]:
         """The target's rank in every case."""
         ranks = []
@@ -92,35 +97,34 @@ class BPRModel:
         return ranks
 
 
-def _ids(train: pd.DataFrame, cases: list[RankingCase]) -> tuple[list[str], list[str]]:
+def _ids(train: pd.DataFrame, cases: list[RankingCase], catalog: list[str]) -> tuple[list[str], list[str]]:
     users = sorted(set(train["user"]) | {c.user for c in cases})
-    items = sorted(set(train["item"]) | {i for c in cases for i in c.candidates})
-    return users, items
+    return users, sorted(set(catalog) | set(train["item"]) | {i for c in cases for i in c.candidates})
 
 
-def bpr_mf_ranks(
-    train: pd.DataFrame, cases: list[RankingCase], like_threshold: float, dim: int = 32, epochs: int = 30, seed: int = 0
-) -> list[int]:
-    """Ranks by a centralized BPR matrix factorization of the training likes."""
-    model = BPRModel(*_ids(train, cases), dim=dim, seed=seed)
-    model.fit(train[train["rating"] > like_threshold], epochs=epochs, learning_rate=0.05)
-    return model.ranks(cases)
+def bpr_mf(
+    train: pd.DataFrame, cases: list[RankingCase], catalog: list[str], like_threshold: float, seed: int = 0
+) -> BPRModel:
+    """A centralized BPR matrix factorization of the training likes."""
+    model = BPRModel(*_ids(train, cases, catalog), dim=32, seed=seed)
+    model.fit(train[train["rating"] > like_threshold], epochs=30, learning_rate=0.05)
+    return model
 
 
-def federated_mf_ranks(
+def federated_mf(
     train: pd.DataFrame,
     cases: list[RankingCase],
+    catalog: list[str],
     partitions: list[list[str]],
     like_threshold: float,
-    dim: int = 32,
     rounds: int = 30,
     seed: int = 0,
-) -> list[int]:
+) -> BPRModel:
     """Ranks by federated BPR-MF: each client keeps its users' embeddings and trains
     one local epoch per round from the global item embeddings and biases, which the
     server averages weighted by the clients' likes (FedAvg; no privacy mechanism).
     """
-    model = BPRModel(*_ids(train, cases), dim=dim, seed=seed)
+    model = BPRModel(*_ids(train, cases, catalog), dim=32, seed=seed)
     likes = train[train["rating"] > like_threshold]
     client_likes = [likes[likes["user"].isin(set(users))] for users in partitions]
     for _ in range(rounds):
@@ -139,18 +143,59 @@ def federated_mf_ranks(
         with torch.no_grad():
             model.item_emb.copy_(total_emb / total)
             model.item_bias.copy_(total_bias / total)
-    return model.ranks(cases)
+    return model
+
+
+def full_catalog_metrics(
+    item_scores: Callable[[str], np.ndarray], items: list[str], cases: list[RankingCase], rated: dict[str, set[str]]
+) -> dict[str, float]:
+    """Recall@20 (the target among every item the user did not rate) and coverage@10
+    (share of the catalog in some user's top 10) of a scorer of all ``items``.
+    """
+    index = {item: n for n, item in enumerate(items)}
+    names = np.array(items)
+    ranks, tops = [], []
+    for case in cases:
+        scores = item_scores(case.user)
+        target = index[case.candidates[0]]
+        allowed = np.ones(len(items), dtype=bool)
+        allowed[[index[i] for i in rated.get(case.user, set()) if i in index]] = False
+        ranks.append(target_rank(np.concatenate([[scores[target]], scores[allowed]])))
+        allowed[target] = True
+        candidates = np.flatnonzero(allowed)
+        tops.append(names[candidates[np.argsort(-scores[candidates], kind="stable")[:K]]].tolist())
+    return {"recall@20": hit_rate_at_k(ranks, 20), "coverage@10": catalog_coverage(tops, len(items))}
 
 
 def ranking_baselines(
-    train: pd.DataFrame, cases: list[RankingCase], partitions: list[list[str]], like_threshold: float, seed: int
+    train: pd.DataFrame,
+    cases: list[RankingCase],
+    catalog: list[str],
+    rated: dict[str, set[str]],
+    partitions: list[list[str]],
+    like_threshold: float,
+    seed: int,
 ) -> dict[str, dict[str, float]]:
-    """HR@10 / NDCG@10 of each baseline on the cases (federated MF over ``partitions``)."""
-    return {
-        "most-popular": ranking_metrics(popularity_ranks(train, cases)),
-        "bpr-mf": ranking_metrics(bpr_mf_ranks(train, cases, like_threshold, seed=seed)),
-        "federated-mf": ranking_metrics(federated_mf_ranks(train, cases, partitions, like_threshold, seed=seed)),
+    """HR@10 / NDCG@10 on the cases, and Recall@20 / coverage@10 over the whole catalog,
+    of each baseline (federated MF over ``partitions``). ``rated``: every item each user
+    rated (never recommended, except the held-out target).
+    """
+    counts = train["item"].value_counts().to_dict()
+    popularity = np.array([counts.get(item, 0) for item in catalog], dtype=float)
+    results = {
+        "most-popular": ranking_metrics(popularity_ranks(train, cases))
+        | full_catalog_metrics(lambda _: popularity, catalog, cases, rated)
     }
+    models = {
+        "bpr-mf": bpr_mf(train, cases, catalog, like_threshold, seed),
+        "federated-mf": federated_mf(train, cases, catalog, partitions, like_threshold, seed=seed),
+    }
+    for name, model in models.items():
+        items = sorted(model.item_index, key=model.item_index.get)
+        results[name] = ranking_metrics(model.ranks(cases)) | full_catalog_metrics(
+            model.item_scores, items, cases, rated
+        )
+    return results
 
 
 def random_expectation(num_candidates: int, k: int = K) -> dict[str, float]:
