@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--backbone", default="smollm2")
     parser.add_argument("--users", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--out", default=str(RESULTS / "ranking_speed.json"))
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -45,7 +46,9 @@ def main() -> None:
     cases = ranking_cases(central.data, central.split, central.eval_users, 99, cfg.seed)[: args.users]
     modules = ("query", "value") if args.backbone in ("tiny-bert", "minilm") else ("q_proj", "v_proj")
     scorer = PreferenceScorer(
-        load_backbone(args.backbone), LoraSettings(rank=2, alpha=4.0, target_modules=modules, top_layers=2)
+        load_backbone(args.backbone),
+        LoraSettings(rank=2, alpha=4.0, target_modules=modules, top_layers=2),
+        compute_dtype=getattr(torch, args.compute_dtype),
     )
     with torch.no_grad():
         for name, param in scorer.peft.named_parameters():
@@ -65,6 +68,7 @@ def main() -> None:
         max_diff = max(max_diff, float((cached - naive).abs().max()))
     result = {
         "backbone": args.backbone,
+        "compute_dtype": args.compute_dtype,
         "users": len(cases),
         "candidates_per_user": 100,
         "mean_prompt_tokens": sum(tokens_per_prompt) / len(tokens_per_prompt),

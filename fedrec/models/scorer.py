@@ -427,8 +427,9 @@ class PreferenceScorer(nn.Module):
             trunk(
                 input_ids=torch.tensor([token_lists[0][:shared]], device=device), past_key_values=cache, use_cache=True
             )
-            for start in range(0, len(token_lists), batch_size):
-                suffixes = [torch.tensor(t[shared:]) for t in token_lists[start : start + batch_size]]
+            order = sorted(range(len(token_lists)), key=lambda i: len(token_lists[i]))  # batches of like length
+            for start in range(0, len(order), batch_size):
+                suffixes = [torch.tensor(token_lists[i][shared:]) for i in order[start : start + batch_size]]
                 lengths = torch.tensor([len(t) for t in suffixes], device=device)
                 ids = nn.utils.rnn.pad_sequence(suffixes, batch_first=True, padding_value=pad).to(device)
                 rows, width = ids.shape
@@ -448,14 +449,20 @@ class PreferenceScorer(nn.Module):
                 logits = F.linear(last, weight.float())
                 scores.append((logits[:, 0] - logits[:, 1]).cpu())
         self.train(was_training)
-        return torch.cat(scores)
+        result = torch.empty(len(token_lists))
+        result[torch.tensor(order)] = torch.cat(scores)
+        return result
 
     @torch.no_grad()
     def full_forward_score(self, tokens: list[int]) -> float:
-        """Score one prompt with the model's own unsplit forward (for checks)."""
+        """Score one prompt with the model's own unsplit forward (for checks), under
+        the same autocast as the other paths.
+        """
         ids = torch.tensor([tokens], device=self._device())
         if self.kind == "causal":
-            logits = self.peft(input_ids=ids, logits_to_keep=1).logits[0, -1]
+            autocast = self.compute_dtype != torch.float32
+            with torch.autocast(ids.device.type, dtype=self.compute_dtype, enabled=autocast):
+                logits = self.peft(input_ids=ids, logits_to_keep=1).logits[0, -1].float()
             answer = logits[self._answer_ids.to(logits.device)]
             return float(answer[0] - answer[1])
         model = self.peft.base_model.model
