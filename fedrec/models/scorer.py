@@ -447,7 +447,7 @@ class PreferenceScorer(nn.Module):
                 ).last_hidden_state
                 last = hidden[torch.arange(rows, device=device), lengths - 1].float()
                 logits = F.linear(last, weight.float())
-                scores.append((logits[:, 0] - logits[:, 1]).cpu())
+                scores.append((logits[:, 0] - logits[:, 1]).float().cpu())
         self.train(was_training)
         result = torch.empty(len(token_lists))
         result[torch.tensor(order)] = torch.cat(scores)
