@@ -53,7 +53,7 @@ _STRATEGY_POINTS = (
     ("FFA-LoRA ranks 2,4", {"strategy": "ffa-lora", "lora-ranks": "2,4"}),
 )
 
-_CPU_BASE = {"max-users": 300, "batch-size": 60, "ranking-users": 50}
+_CPU_BASE = {"max-users": 300, "batch-size": 60, "ranking-users": 20}
 
 SUITES: dict[str, Suite] = {
     # CPU-sized: the demo (SmolLM2-135M, MovieLens-100K, 2 clients, 5 rounds, record-level
@@ -78,7 +78,7 @@ SUITES: dict[str, Suite] = {
     ),
     # Privacy-utility on the 2-core CPU: the demo's FFA-LoRA at record-level epsilon 1, 3, 8
     # and without DP, a centralized non-private LoRA (one client holding every user), and
-    # 4 clients at epsilon 8; preference AUC each round, HR@10/NDCG@10 of 50 users (100
+    # 4 clients at epsilon 8; preference AUC each round, HR@10/NDCG@10 of 20 users (100
     # candidates each) at rounds 0 and 5.
     "cpu": Suite(
         preset="demo",
@@ -99,7 +99,7 @@ SUITES: dict[str, Suite] = {
             ),
             Point("FFA-LoRA, epsilon 8, 4 clients", {"num-clients": 4}),
         ),
-        description="demo preset on 300 users, ranking on 50 of them (CPU-sized)",
+        description="demo preset on 300 users, ranking on 20 of them (CPU-sized)",
     ),
     # For tests: the tiny random model, two methods x two epsilons, seconds per point.
     "smoke": Suite(
