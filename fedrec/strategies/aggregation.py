@@ -6,7 +6,7 @@ evaluation metrics from score histograms.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from logging import INFO
+from logging import INFO, WARNING
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -14,7 +14,7 @@ from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from ..metrics import auc_from_histograms
-from ..models.adapter import pad_to_rank
+from ..models.adapter import AdapterMismatchError, pad_to_rank
 
 
 def is_declined(message: Message) -> bool:
@@ -51,7 +51,8 @@ class AdapterAggregation:
     logged); when every client declines, the strategy keeps the global adapter. With
     ``client_ranks`` (heterogeneous ranks, A frozen), a reply whose LoRA B has only a
     client rank's columns is completed with the global adapter's other columns, so
-    the weighted average is that of the clients' products ``B A`` (exact).
+    the weighted average is that of the clients' products ``B A`` (exact); a reply of
+    any other shape is left out with a logged reason.
     """
 
     def __init__(self, *, client_ranks: Iterable[int] = (), **kwargs: object) -> None:
@@ -81,8 +82,13 @@ class AdapterAggregation:
                     server_round,
                     decline_reason(msg),
                 )
+            elif self.client_ranks and not msg.has_error():
+                try:
+                    trained.append(self._full_rank(msg))
+                except AdapterMismatchError as err:
+                    log(WARNING, "\t> node %d left out of round %d: %s", msg.metadata.src_node_id, server_round, err)
             else:
-                trained.append(self._full_rank(msg) if self.client_ranks and not msg.has_error() else msg)
+                trained.append(msg)
         arrays, metrics = super().aggregate_train(server_round, trained)
         return self._in_global_dtypes(arrays), metrics
 
