@@ -125,3 +125,21 @@ def test_full_catalog_metrics_exclude_rated_items_and_count_coverage():
     assert metrics["coverage@10"] == 1.0
     narrow = full_catalog_metrics(scores.__getitem__, items, cases[:1], rated)
     assert narrow["coverage@10"] == pytest.approx(4 / 5)
+
+
+def test_bfloat16_candidate_scores_are_not_quantized():
+    """Under bf16 autocast the answer logits are projected in float32: large logits
+    keep their differences (in bf16 a logit near 10 is resolved only to 0.06).
+    """
+    scorer = tiny_scorer()
+    scorer.compute_dtype = torch.bfloat16
+    with torch.no_grad():
+        scorer.peft.get_output_embeddings().weight.mul_(200.0)
+    texts = [
+        f"Items the user liked: film a; film b.\nWill the user like film {i}? Answer Yes or No." for i in range(40)
+    ]
+    tokens = scorer.encode(texts)
+    cached = scorer.score_candidates(tokens, batch_size=8)
+    naive = torch.tensor([scorer.full_forward_score(t) for t in tokens])
+    assert cached.abs().max() > 1.0
+    assert len(set(cached.tolist())) == len(tokens) and len(set(naive.tolist())) == len(tokens)

@@ -446,8 +446,7 @@ class PreferenceScorer(nn.Module):
                     use_cache=True,
                 ).last_hidden_state
                 last = hidden[torch.arange(rows, device=device), lengths - 1].float()
-                logits = F.linear(last, weight.float())
-                scores.append((logits[:, 0] - logits[:, 1]).float().cpu())
+                scores.append(self._answer_margin(last, weight))
         self.train(was_training)
         result = torch.empty(len(token_lists))
         result[torch.tensor(order)] = torch.cat(scores)
@@ -462,12 +461,20 @@ class PreferenceScorer(nn.Module):
         if self.kind == "causal":
             autocast = self.compute_dtype != torch.float32
             with torch.autocast(ids.device.type, dtype=self.compute_dtype, enabled=autocast):
-                logits = self.peft(input_ids=ids, logits_to_keep=1).logits[0, -1].float()
-            answer = logits[self._answer_ids.to(logits.device)]
-            return float(answer[0] - answer[1])
+                last = self._parts.trunk(input_ids=ids).last_hidden_state[:, -1].float()
+            weight = self.peft.get_output_embeddings().weight[self._answer_ids.to(ids.device)]
+            return float(self._answer_margin(last, weight)[0])
         model = self.peft.base_model.model
         hidden = model.encoder(input_ids=ids).last_hidden_state
         return float(model.head(hidden.mean(1)).squeeze())
+
+    def _answer_margin(self, last: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """``logit(Yes) - logit(No)`` from final hidden states, projected in float32
+        outside autocast (a bfloat16 logit near 10 is only resolved to 0.06).
+        """
+        with torch.autocast(last.device.type, enabled=False):
+            logits = F.linear(last.float(), weight.float())
+        return (logits[:, 0] - logits[:, 1]).cpu()
 
     def _check_split(self) -> None:
         """Verify on a padded batch that the split forward reproduces the model's own;
