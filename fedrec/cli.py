@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     show = commands.add_parser("config", help="print the resolved configuration as TOML")
     _add_config_args(show)
     bench = commands.add_parser("benchmark", help="run a benchmark suite and write report.md")
-    bench.add_argument("--suite", required=True, help="suite name: cpu, strategies or smoke")
+    bench.add_argument("--suite", required=True, help="suite name: cpu, sweeps, strategies or smoke")
     bench.add_argument("--out", required=True, help="folder of the suite's runs and report (reused on restart)")
     args = parser.parse_args(argv)
     if args.command == "benchmark":

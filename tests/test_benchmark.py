@@ -5,7 +5,8 @@ and plots, and a restart keeps finished points.
 import json
 
 from fedrec.cli import main
-from fedrec.simulation.benchmark import SUITES
+from fedrec.config import resolve_config
+from fedrec.simulation.benchmark import SUITES, eta_note
 
 
 def test_smoke_suite_writes_report_and_plots_and_restart_skips_finished_points(tmp_path, capsys):
@@ -39,3 +40,18 @@ def test_smoke_suite_writes_report_and_plots_and_restart_skips_finished_points(t
 def test_unknown_suite_is_refused(capsys):
     assert main(["benchmark", "--suite", "nope", "--out", "x"]) == 2
     assert "unknown suite 'nope'" in capsys.readouterr().err
+
+
+def test_every_suite_point_resolves_to_a_valid_config():
+    for name, suite in SUITES.items():
+        labels = [p.label for p in suite.points]
+        assert len(set(labels)) == len(labels), name
+        for point in suite.points:
+            cfg = resolve_config(suite.preset, overrides={**suite.base, **point.overrides})
+            if cfg.partitioner == "user":
+                assert cfg.num_clients == cfg.max_users, point.label  # one client per user
+
+
+def test_eta_note_extrapolates_the_mean_point_time():
+    assert eta_note([], 3) == ""
+    assert eta_note([60.0, 180.0], 3) == " (4.0 min so far, about 6 min left)"

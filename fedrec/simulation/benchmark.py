@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import platform
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,13 @@ _STRATEGY_POINTS = (
 )
 
 _CPU_BASE = {"max-users": 300, "batch-size": 60, "ranking-users": 20}
+_PER_USER = {
+    "partitioner": "user",
+    "num-clients": 300,
+    "fraction-train": 0.1,
+    "dp": False,
+    "learning-rate": NON_PRIVATE_LEARNING_RATE,
+}
 
 SUITES: dict[str, Suite] = {
     # CPU-sized: the demo (SmolLM2-135M, MovieLens-100K, 2 clients, 5 rounds, record-level
@@ -101,6 +109,30 @@ SUITES: dict[str, Suite] = {
         ),
         description="demo preset on 300 users, ranking on 20 of them (CPU-sized)",
     ),
+    # The other sweeps of the CPU-sized setting: clients per round (8 clients, batch 15 so
+    # the sampling rate stays ~0.13), per-user clients (each user's device is a client;
+    # client-level DP is then user-level DP) against the grouped reference, and LoRA rank.
+    "sweeps": Suite(
+        preset="demo",
+        base=_CPU_BASE,
+        points=(
+            Point("2 clients, epsilon 8 (reference)", {}),
+            *(
+                Point(
+                    f"8 clients, {n} per round, epsilon 8",
+                    {"num-clients": 8, "batch-size": 15, "fraction-train": n / 8},
+                )
+                for n in (8, 4, 2)
+            ),
+            Point("per-user clients, 30 per round, no DP", _PER_USER),
+            Point(
+                "per-user clients, 30 per round, user-level DP",
+                {**_PER_USER, "client-dp": True, "client-dp-clip": 0.5, "client-dp-noise-multiplier": 1.0},
+            ),
+            *(Point(f"LoRA rank {rank}, epsilon 8", {"lora-rank": rank, "lora-alpha": 2.0 * rank}) for rank in (8, 32)),
+        ),
+        description="demo preset on 300 users: clients per round, per-user clients, LoRA rank (CPU-sized)",
+    ),
     # For tests: the tiny random model, two methods x two epsilons, seconds per point.
     "smoke": Suite(
         preset="smoke",
@@ -125,15 +157,18 @@ def run_suite(name: str, out: str | Path) -> Path:
     if name not in SUITES:
         raise ValueError(f"unknown suite '{name}' (choose from {', '.join(SUITES)})")
     suite, out = SUITES[name], Path(out).expanduser().resolve()
-    rows = []
+    rows, run_seconds = [], []
     for i, point in enumerate(suite.points, 1):
         folder = out / _slug(point.label)
+        head = f"[fedrec benchmark] {i}/{len(suite.points)}: {point.label}"
         if not (folder / "summary.json").exists():
-            print(f"[fedrec benchmark] {i}/{len(suite.points)}: {point.label}", flush=True)
+            print(f"{head}{eta_note(run_seconds, len(suite.points) - i + 1)}", flush=True)
             cfg = resolve_config(suite.preset, overrides={**suite.base, **point.overrides, "out": str(folder)})
+            started = time.perf_counter()
             simulate(cfg)
+            run_seconds.append(time.perf_counter() - started)
         else:
-            print(f"[fedrec benchmark] {i}/{len(suite.points)}: {point.label} (done before, kept)", flush=True)
+            print(f"{head} (done before, kept)", flush=True)
         rows.append(_row(point, folder))
     results = {"suite": name, "description": suite.description, "machine": platform.machine(), "rows": rows}
     write_atomic(out / "results.json", json.dumps(json_safe(results), indent=2) + "\n")
@@ -142,6 +177,14 @@ def run_suite(name: str, out: str | Path) -> Path:
     write_atomic(report, render_report(results))
     print(main_table(rows))
     return report
+
+
+def eta_note(run_seconds: list[float], remaining: int) -> str:
+    """``(elapsed, about N min left)`` from the points run so far; empty before the first."""
+    if not run_seconds:
+        return ""
+    left = sum(run_seconds) / len(run_seconds) * remaining
+    return f" ({sum(run_seconds) / 60:.1f} min so far, about {left / 60:.0f} min left)"
 
 
 def _row(point: Point, folder: Path) -> dict[str, Any]:
@@ -246,7 +289,7 @@ def write_plots(rows: list[Mapping[str, Any]], folder: Path) -> list[Path]:
         ax.plot([r["epsilon"] for r in private], [r["hr@10"] for r in private], "s", label="HR@10")
     for r in rows:
         if r["epsilon"] is None:
-            ax.axhline(r["auc"], linestyle="--", linewidth=0.8, label=f"{r['method']} (AUC, no DP)")
+            ax.axhline(r["auc"], linestyle="--", linewidth=0.8, label=f"{r['method']} (AUC, no record-level DP)")
     ax.set(xlabel="record-level epsilon (max over clients)", ylabel="accuracy", title="accuracy vs epsilon")
     ax.legend(fontsize=6)
     written.append(_save(fig, folder / "accuracy_vs_epsilon.png"))
