@@ -97,6 +97,8 @@ class FedRecConfig:
     # server
     central_eval: bool = True
     out: str = ""
+    resume: bool = False  # continue the run in `out` from its checkpoint (see fedrec.server.checkpoint)
+    client_state_dir: str = ""  # simulation: per-partition ledger folders under it (a node's `state-dir` wins)
 
     def __post_init__(self) -> None:
         _check_choice("partitioner", self.partitioner, ("user", "iid", "skewed"))

@@ -1,12 +1,13 @@
+import json
 import math
 
 import pytest
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 
-from fedrec.client.app import PRIVACY_STATE_KEY, evaluate, train
+from fedrec.client.app import LEDGER_FILE, PRIVACY_STATE_KEY, evaluate, train
 from fedrec.config import resolve_config
 from fedrec.models.adapter import adapter_to_arrays
-from fedrec.privacy.accountant import PersistentAccountant
+from fedrec.privacy.accountant import LedgerError, PersistentAccountant, load_ledger
 from fedrec.settings import scorer_for
 
 CFG = resolve_config("smoke", overrides={"num-server-rounds": 3})
@@ -23,11 +24,11 @@ def _message(cfg, server_round: int, message_type: str = MessageType.TRAIN) -> M
     return Message(content=content, dst_node_id=1, message_type=message_type)
 
 
-def _context(partition_id: int = 0) -> Context:
+def _context(partition_id: int = 0, **node_config) -> Context:
     return Context(
         run_id=1,
         node_id=1,
-        node_config={"partition-id": partition_id, "num-partitions": 3},
+        node_config={"partition-id": partition_id, "num-partitions": 3, **node_config},
         state=RecordDict(),
         run_config=CFG.to_run_config(),
     )
@@ -69,6 +70,41 @@ def test_client_at_its_budget_declines_with_a_reason():
     assert not reply.content.array_records
     assert f"target-epsilon {cfg.target_epsilon:g}" in reply.content.config_records["decline"]["reason"]
     assert metrics["epsilon"] == pytest.approx(ok["epsilon"])  # nothing was spent
+
+
+def test_a_restarted_node_continues_its_budget_from_its_ledger_file(tmp_path):
+    state_dir = tmp_path / "node-0"
+    first = train(_message(CFG, 1), _context(0, **{"state-dir": str(state_dir)}), CFG)
+    spent = first.content.metric_records["metrics"]["epsilon"]
+    ledger = load_ledger(state_dir / LEDGER_FILE, "rdp")
+    assert spent > 0 and ledger.epsilon(CFG.target_delta) == pytest.approx(spent)
+    # a restart: a fresh context (empty state), the same folder on disk
+    second = train(_message(CFG, 2), _context(0, **{"state-dir": str(state_dir)}), CFG)
+    again = second.content.metric_records["metrics"]["epsilon"]
+    fresh = train(_message(CFG, 2), _context(0), CFG).content.metric_records["metrics"]["epsilon"]
+    assert again > spent and fresh == pytest.approx(spent)  # without the file the budget would have restarted
+    assert load_ledger(state_dir / LEDGER_FILE, "rdp").epsilon(CFG.target_delta) == pytest.approx(again)
+    assert [p.name for p in state_dir.iterdir()] == [LEDGER_FILE]  # no temporary files left behind
+
+
+def test_a_node_whose_ledger_file_is_spent_declines_after_a_restart(tmp_path):
+    cfg = CFG.replace(noise_multiplier=1.0, target_epsilon=100.0)
+    node_config = {"state-dir": str(tmp_path)}
+    ok = train(_message(cfg, 1), _context(0, **node_config), cfg).content.metric_records["metrics"]
+    cfg = cfg.replace(target_epsilon=round(ok["epsilon"] * 1.2, 3))
+    reply = train(_message(cfg, 2), _context(0, **node_config), cfg)
+    assert reply.content.metric_records["metrics"]["declined"] == 1
+
+
+def test_a_corrupt_or_foreign_ledger_file_is_refused_and_kept(tmp_path):
+    path = tmp_path / LEDGER_FILE
+    path.write_text("{not json")
+    with pytest.raises(LedgerError, match="cannot be read"):
+        train(_message(CFG, 1), _context(0, **{"state-dir": str(tmp_path)}), CFG)
+    assert path.read_text() == "{not json"
+    path.write_text(json.dumps({"mechanism": "prv", "history": [[1.0, 0.1, 10]]}))
+    with pytest.raises(LedgerError, match="'prv' accountant"):
+        load_ledger(path, "rdp")
 
 
 def test_non_private_training_reports_infinite_epsilon():

@@ -2,8 +2,10 @@
 
 The node's interactions never leave it: it receives the global adapter, trains it
 with DP-SGD (Opacus) on its own examples, and replies with the adapter and metrics.
-Its privacy ledger lives in ``context.state`` so epsilon composes across rounds; a
-round that would exceed ``target-epsilon`` is declined with a reason.
+Its privacy ledger lives in ``context.state`` so epsilon composes across rounds, and,
+when the node config sets ``state-dir``, in a file there, so that a restarted node
+continues its budget; a round's spend is written before it trains. A round that would
+exceed ``target-epsilon`` is declined with a reason.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,7 +29,7 @@ from ..data.federation import FederatedData, load_federated_data
 from ..metrics import roc_auc, score_histograms
 from ..models.adapter import adapter_to_arrays, frozen_a_fingerprint, load_adapter_arrays, pad_to_rank
 from ..models.scorer import PreferenceScorer
-from ..privacy.accountant import PersistentAccountant
+from ..privacy.accountant import PersistentAccountant, load_ledger, save_ledger
 from ..privacy.client_dp import client_dp_mod
 from ..privacy.dp import decline_reason, plan_round
 from ..privacy.secagg_mod import secagg_mod
@@ -34,6 +37,8 @@ from ..settings import data_settings, dp_settings, scorer_for, train_settings
 from .train import PrivateTraining, train_adapter
 
 PRIVACY_STATE_KEY = "privacy"
+STATE_DIR_KEY = "state-dir"  # node config: a folder on the node's disk for its privacy ledger
+LEDGER_FILE = "privacy-ledger.json"
 
 
 def node_data(cfg: FedRecConfig, context: Context) -> tuple[FederatedData, int]:
@@ -44,6 +49,35 @@ def node_data(cfg: FedRecConfig, context: Context) -> tuple[FederatedData, int]:
     except KeyError as err:
         raise ValueError(f"node config lacks {err}; set partition-id and num-partitions") from None
     return load_federated_data(data_settings(cfg), num_partitions), partition_id
+
+
+def ledger_path(context: Context, cfg: FedRecConfig) -> Path | None:
+    """The node's ledger file: in its node config's ``state-dir``, else (simulation) in
+    ``client-state-dir/partition-<id>``; None: ``context.state`` only.
+    """
+    folder = context.node_config.get(STATE_DIR_KEY)
+    if folder:
+        return Path(str(folder)).expanduser() / LEDGER_FILE
+    if cfg.client_state_dir:
+        partition = int(context.node_config["partition-id"])
+        return Path(cfg.client_state_dir).expanduser() / f"partition-{partition}" / LEDGER_FILE
+    return None
+
+
+def load_privacy_ledger(context: Context, cfg: FedRecConfig, mechanism: str) -> PersistentAccountant:
+    """The node's ledger: from its file when it has one, else from ``context.state``."""
+    path = ledger_path(context, cfg)
+    if path is not None:
+        return load_ledger(path, mechanism)
+    return PersistentAccountant.from_record(context.state.config_records.get(PRIVACY_STATE_KEY), mechanism)
+
+
+def store_privacy_ledger(context: Context, cfg: FedRecConfig, accountant: PersistentAccountant) -> None:
+    """Keep the ledger in ``context.state`` and, when configured, in its file (atomically)."""
+    context.state[PRIVACY_STATE_KEY] = accountant.to_record()
+    path = ledger_path(context, cfg)
+    if path is not None:
+        save_ledger(path, accountant)
 
 
 def _states_and_labels(
@@ -92,9 +126,7 @@ def train(message: Message, context: Context, cfg: FedRecConfig) -> Message:
     metrics: dict[str, Any] = {"num-examples": len(examples), "declined": 0, "lora-rank": rank}
     if cfg.dp:
         privacy = dp_settings(cfg)
-        accountant = PersistentAccountant.from_record(
-            context.state.config_records.get(PRIVACY_STATE_KEY), privacy.accountant
-        )
+        accountant = load_privacy_ledger(context, cfg, privacy.accountant)
         plan = plan_round(privacy, len(examples), cfg.batch_size, cfg.local_epochs)
         reason = decline_reason(privacy, plan, accountant)
         privacy_metrics = {
@@ -105,9 +137,12 @@ def train(message: Message, context: Context, cfg: FedRecConfig) -> Message:
         }
         if reason is not None:
             return _declined(message, reason, privacy_metrics)
+        # spend first: a node that fails while training has still used its data
+        planned = (plan.noise_multiplier, plan.sample_rate, plan.steps)
+        store_privacy_ledger(context, cfg, PersistentAccountant(accountant.mechanism, [*accountant.history, planned]))
         states, labels = _states_and_labels(scorer, data, examples)
         result = train_adapter(scorer, states, labels, settings, PrivateTraining(plan, cfg.max_grad_norm, accountant))
-        context.state[PRIVACY_STATE_KEY] = accountant.to_record()
+        store_privacy_ledger(context, cfg, accountant)
         privacy_metrics["epsilon"] = accountant.epsilon(privacy.target_delta)
         metrics |= privacy_metrics
     else:

@@ -2,12 +2,18 @@
 
 Opacus accountants keep ``history``: a list of ``(noise_multiplier, sample_rate,
 steps)``. :class:`PersistentAccountant` stores that list in a Flower ``ConfigRecord``
-(kept in ``context.state``), so epsilon composes over every round the client joins.
+(kept in ``context.state``), so epsilon composes over every round the client joins;
+:func:`save_ledger` / :func:`load_ledger` keep it in a file on the node's disk, so a
+restarted node continues its budget instead of starting a new one.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from flwr.app import ConfigRecord
 from opacus.accountants import create_accountant
@@ -74,3 +80,45 @@ class PersistentAccountant:
             )
         sigmas, rates, steps = (list(record[k]) for k in ("noise-multipliers", "sample-rates", "steps"))
         return cls(mechanism, [(float(s), float(q), int(n)) for s, q, n in zip(sigmas, rates, steps, strict=True)])
+
+
+class LedgerError(ValueError):
+    """A privacy ledger file cannot be read: the node must not train on a guess."""
+
+
+def save_ledger(path: str | Path, accountant: PersistentAccountant) -> None:
+    """Write the ledger to ``path`` atomically (a synced temporary file, then a rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps({"mechanism": accountant.mechanism, "history": [list(h) for h in accountant.history]})
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_ledger(path: str | Path, mechanism: str) -> PersistentAccountant:
+    """The ledger saved at ``path`` (a new one if there is no file). A corrupt file or
+    another mechanism's ledger is refused: deleting it would reset the node's budget.
+    """
+    path = Path(path)
+    if not path.exists():
+        return PersistentAccountant(mechanism)
+    try:
+        data = json.loads(path.read_text())
+        stored = data["mechanism"]
+        history = [(float(s), float(q), int(n)) for s, q, n in data["history"]]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise LedgerError(
+            f"privacy ledger {path} cannot be read ({type(err).__name__}: {err}); refusing to train, "
+            "since starting a new ledger would reset this node's privacy budget"
+        ) from None
+    if stored != mechanism:
+        raise LedgerError(f"privacy ledger {path} uses the '{stored}' accountant; the run asks for '{mechanism}'")
+    return PersistentAccountant(mechanism, history)
