@@ -55,6 +55,7 @@ def _clients_then_aggregate(strategy, freeze_a: bool, weights=(3, 1)):
         _train_on(scorer, client)
         client_products.append(_products(scorer))
         replies.append(_reply(adapter_to_arrays(scorer), examples))
+    strategy.global_arrays = global_arrays  # what configure_train remembers
     aggregate, _ = strategy.aggregate_train(1, replies)
     load_adapter_arrays(scorer, aggregate)
     return client_products, _products(scorer)

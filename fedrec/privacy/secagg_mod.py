@@ -141,7 +141,7 @@ def _collect_masked(
     if trained is None:  # the app declined: a zero update of weight 0 keeps the protocol whole
         deltas, weight = [np.zeros(global_arrays[n].shape) for n in names], 0.0
     else:
-        if list(trained.keys()) != names:
+        if [(n, tuple(trained[n].shape)) for n in trained] != [(n, tuple(global_arrays[n].shape)) for n in names]:
             raise SecAggError(f"node {node_id}: the trained adapter's tensors differ from the global adapter's")
         deltas = [trained[n].numpy().astype(np.float64) - global_arrays[n].numpy() for n in names]
         weight = float(metrics[settings.weight_key])

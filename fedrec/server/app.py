@@ -12,7 +12,7 @@ import logging
 import random
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MessageType, MetricRecord
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
 from ..config import FedRecConfig
@@ -35,6 +36,15 @@ from ..settings import data_settings, scorer_for
 from ..simulation.baselines import preference_baselines
 from ..simulation.ranking import random_expectation, ranking_baselines
 from ..strategies import build_strategy
+from .checkpoint import (
+    ServerCheckpoint,
+    python_random_state,
+    read_checkpoint,
+    restore_strategy_state,
+    set_python_random_state,
+    strategy_state,
+    write_checkpoint,
+)
 from .client_dp_grid import ClientDPGrid
 from .evaluation import CentralEvaluator
 from .recording_grid import Exchange, RecordingGrid
@@ -45,14 +55,27 @@ RANKING_KEYS = ("hr@10", "ndcg@10", "ranking_users")
 PACKAGES = ("fedrec", "flwr", "torch", "transformers", "peft", "opacus")
 
 
-def summarize_round(server_round: int, exchanges: list[Exchange], seconds: float) -> dict[str, Any]:
-    """One line of ``rounds.jsonl`` from the messages of a round (design §7)."""
+def summarize_round(
+    server_round: int,
+    exchanges: list[Exchange],
+    seconds: float,
+    excluded: Mapping[int, str] | None = None,
+    dropped: Collection[int] = (),
+) -> dict[str, Any]:
+    """One line of ``rounds.jsonl`` from the messages of a round (design §7);
+    ``excluded``: nodes whose update the strategy left out, and why; ``dropped``: nodes
+    that secure aggregation dropped after they replied (counted as failed).
+    """
+    excluded = excluded or {}
     train = [e for e in exchanges if e.message_type == MessageType.TRAIN]
     # Under secure aggregation a client is sampled by the setup stage and reports its
     # training in the clear beside its masked input.
     sent = [e for e in train if e.direction == "down" and e.stage in (None, STAGE_SETUP)]
-    replies = [e for e in train if e.direction == "up" and e.stage in (None, STAGE_COLLECT)]
-    trained = [e for e in replies if e.error is None and not e.metrics.get("declined", 0)]
+    replies = [
+        e for e in train if e.direction == "up" and e.stage in (None, STAGE_COLLECT) and e.node_id not in dropped
+    ]
+    answered = [e for e in replies if e.error is None and not e.metrics.get("declined", 0)]
+    trained = [e for e in answered if e.node_id not in excluded]
     declined = [e for e in replies if e.error is None and e.metrics.get("declined", 0)]
     examples = sum(int(e.metrics["num-examples"]) for e in trained)
     epsilons = [float(e.metrics["epsilon"]) for e in trained if "epsilon" in e.metrics]
@@ -64,7 +87,8 @@ def summarize_round(server_round: int, exchanges: list[Exchange], seconds: float
         "clients_sampled": len(sent),
         "clients_ok": len(trained),
         "clients_declined": len(declined),
-        "clients_failed": len(sent) - len(trained) - len(declined),
+        "clients_excluded": len(answered) - len(trained),
+        "clients_failed": len(sent) - len(answered) - len(declined),
         "train_loss": (
             sum(float(e.metrics["train_loss"]) * int(e.metrics["num-examples"]) for e in trained) / examples
             if examples
@@ -78,6 +102,8 @@ def summarize_round(server_round: int, exchanges: list[Exchange], seconds: float
         "bytes_up": sum(e.num_bytes for e in exchanges if e.direction == "up"),
         "seconds": seconds,
     }
+    if excluded:
+        record["excluded"] = {str(node): reason for node, reason in sorted(excluded.items())}
     stages = sorted({e.stage for e in exchanges if e.stage is not None})
     if stages:
         record["bytes_by_stage"] = {
@@ -112,18 +138,29 @@ class RoundRecorder:
         cfg: FedRecConfig,
         secure: SecAggGrid | None = None,
         client_dp: ClientDPGrid | None = None,
+        excluded: Mapping[int, Mapping[int, str]] | None = None,
+        start_round: int = 0,
+        checkpoint: Callable[[int, ArrayRecord], None] | None = None,
     ) -> None:
         self.writer, self.grid, self.evaluator, self.num_rounds = writer, grid, evaluator, cfg.num_server_rounds
         self.delta = cfg.target_delta
         self.secure, self.client_dp = secure, client_dp
+        self.excluded = excluded if excluded is not None else {}  # round -> node -> reason (the strategy's)
+        self.start_round, self.checkpoint = start_round, checkpoint
         self._failures_seen = 0
         self.latest_arrays: ArrayRecord | None = None
         self.node_epsilon: dict[int, float] = {}
         self._last = time.perf_counter()
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        """Record round ``server_round`` (0: the initial adapter)."""
+        """Record round ``start_round + server_round`` (0: the initial adapter), then
+        checkpoint. Flower counts a resumed run's rounds from 1: the round it resumes
+        after was recorded before the interruption.
+        """
         self.latest_arrays = arrays
+        if server_round == 0 and self.start_round:
+            return None
+        server_round += self.start_round
         exchanges = self.grid.take()
         for e in exchanges:
             if e.direction == "up" and e.error is None and "epsilon" in e.metrics:
@@ -132,12 +169,15 @@ class RoundRecorder:
         rank = server_round in (0, self.num_rounds)
         metrics = self.evaluator(arrays, rank) if self.evaluator is not None else {}
         now = time.perf_counter()
-        record = summarize_round(server_round, exchanges, now - self._last)
+        dropped = self.secure.last_dropped if self.secure is not None and server_round > 0 else {}
+        record = summarize_round(server_round, exchanges, now - self._last, self.excluded.get(server_round), dropped)
         self._last = now
         if self.secure is not None and server_round > 0:
             failures = self.secure.failures[self._failures_seen :]
             self._failures_seen = len(self.secure.failures)
             record["secagg_failure"] = failures[-1][1] if failures else None
+            if self.secure.last_dropped:
+                record["secagg_dropped"] = {str(n): why for n, why in sorted(self.secure.last_dropped.items())}
             if record.get("secagg_clipped"):
                 log(
                     logging.WARNING,
@@ -152,8 +192,45 @@ class RoundRecorder:
         record["eval_loss"] = metrics.get("loss")
         record |= {k: metrics[k] for k in RANKING_KEYS if k in metrics}
         self.writer.append_round(record)
+        if self.checkpoint is not None:
+            self.checkpoint(server_round, arrays)
         print(progress_line(record, self.num_rounds), flush=True)
         return MetricRecord({k: v for k, v in metrics.items() if v is not None}) if metrics else None
+
+
+class ServerState:
+    """The state a checkpoint carries besides the adapter: the strategy's optimizer,
+    the random generators (Flower's node sampling, SecAgg+'s ring order, client-level
+    DP noise), the secure-aggregation round counter and the client-level accountant.
+    """
+
+    def __init__(self, strategy: Strategy, secure: SecAggGrid | None, client_dp: ClientDPGrid | None) -> None:
+        self.strategy, self.secure, self.client_dp = strategy, secure, client_dp
+
+    def checkpoint(self, server_round: int, arrays: ArrayRecord, node_epsilon: Mapping[int, float]) -> ServerCheckpoint:
+        """Everything needed to continue after ``server_round``."""
+        generators: dict[str, Any] = {"python": python_random_state()}
+        state: dict[str, Any] = {"node_epsilon": {str(n): e for n, e in node_epsilon.items()}}
+        if self.secure is not None:
+            generators["secagg"] = python_random_state(self.secure.rng)
+            state["secagg_round"] = self.secure.round
+        if self.client_dp is not None:
+            generators["client_dp"] = self.client_dp.rng.bit_generator.state
+            state["client_dp_history"] = [list(h) for h in self.client_dp.accountant.history]
+        return ServerCheckpoint(server_round, arrays, strategy_state(self.strategy), generators, state)
+
+    def restore(self, checkpoint: ServerCheckpoint) -> None:
+        """Continue from ``checkpoint`` (of a run with the same settings)."""
+        restore_strategy_state(self.strategy, checkpoint.strategy_state)
+        set_python_random_state(checkpoint.generators["python"])
+        if self.secure is not None:
+            set_python_random_state(checkpoint.generators["secagg"], self.secure.rng)
+            self.secure.round = int(checkpoint.state["secagg_round"])
+        if self.client_dp is not None:
+            self.client_dp.rng.bit_generator.state = checkpoint.generators["client_dp"]
+            self.client_dp.accountant.history = [
+                (float(s), float(q), int(n)) for s, q, n in checkpoint.state["client_dp_history"]
+            ]
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -165,7 +242,8 @@ def progress_line(record: Mapping[str, Any], num_rounds: int) -> str:
     return (
         f"[fedrec] round {record['round']}/{num_rounds}  auc {_fmt(record.get('auc'), '.4f')}  "
         f"loss {_fmt(record.get('train_loss'), '.4f')}  eps max {_fmt(record.get('epsilon_max'), '.2f')}  "
-        f"clients ok/declined/failed {record['clients_ok']}/{record['clients_declined']}/{record['clients_failed']}  "
+        f"clients ok/declined/excluded/failed {record['clients_ok']}/{record['clients_declined']}/"
+        f"{record['clients_excluded']}/{record['clients_failed']}  "
         f"bytes up {record['bytes_up']:,} down {record['bytes_down']:,}  {record['seconds']:.1f}s"
     )
 
@@ -179,7 +257,12 @@ def run_server(grid: Grid, cfg: FedRecConfig) -> dict[str, Any]:
     """Run the federation described by ``cfg`` on ``grid``; returns the summary."""
     started = time.perf_counter()
     random.seed(cfg.seed)  # Flower's node sampling uses the random module
-    writer = ResultsWriter(cfg.out or default_out_dir(), cfg.to_run_config())
+    if cfg.resume and not cfg.out:
+        raise ValueError("resume needs the run's folder: set out")
+    resumed = read_checkpoint(cfg.out) if cfg.resume else None
+    writer = ResultsWriter(
+        cfg.out or default_out_dir(), cfg.to_run_config(), resumed.round if resumed is not None else None
+    )
     print(f"[fedrec] results folder: {writer.folder}", flush=True)
     scorer = scorer_for(cfg)
     scorer.reset_adapter(cfg.seed)
@@ -205,15 +288,29 @@ def run_server(grid: Grid, cfg: FedRecConfig) -> dict[str, Any]:
         secure = SecAggGrid(recording, settings, seed=cfg.seed)
     if cfg.client_dp:
         client_dp = ClientDPGrid(secure or recording, cfg.client_dp_settings, secure is not None, seed=cfg.seed)
-    recorder = RoundRecorder(writer, recording, evaluator, cfg, secure, client_dp)
+    servers = ServerState(strategy, secure, client_dp)
+    if resumed is not None:
+        servers.restore(resumed)
+        print(f"[fedrec] resuming after round {resumed.round} of {cfg.num_server_rounds}", flush=True)
+    start_round = resumed.round if resumed is not None else 0
+
+    def checkpoint(server_round: int, arrays: ArrayRecord) -> None:
+        write_checkpoint(writer.folder, servers.checkpoint(server_round, arrays, recorder.node_epsilon))
+
+    recorder = RoundRecorder(
+        writer, recording, evaluator, cfg, secure, client_dp, strategy.excluded, start_round, checkpoint
+    )
+    if resumed is not None:
+        recorder.node_epsilon = {int(n): float(e) for n, e in resumed.state["node_epsilon"].items()}
+    strategy.round_offset = start_round
     shared: dict[str, str | int] = {"backbone": cfg.backbone, "backbone-fingerprint": scorer.fingerprint}
     if cfg.freeze_lora_a:  # A does not travel: every node must draw the same one
         rows = min(cfg.client_lora_ranks, default=cfg.global_lora_rank)
         shared |= {"lora-a-fingerprint": frozen_a_fingerprint(scorer, rows), "lora-a-rows": rows}
     strategy.start(
         grid=client_dp or secure or recording,
-        initial_arrays=initial,
-        num_rounds=cfg.num_server_rounds,
+        initial_arrays=resumed.arrays if resumed is not None else initial,
+        num_rounds=cfg.num_server_rounds - start_round,
         timeout=cfg.round_timeout,
         train_config=ConfigRecord(dict(shared)),
         evaluate_config=ConfigRecord(dict(shared)),

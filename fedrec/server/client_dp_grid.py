@@ -39,7 +39,7 @@ class ClientDPGrid(DelegatingGrid):
         self.summed_securely = summed_securely
         self.accountant = PersistentAccountant("rdp")
         self.last_noise_multiplier: float | None = None  # of the latest release; None: nothing released
-        self._rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng(seed)
 
     def epsilon(self, delta: float) -> float:
         """Client-level epsilon of every release so far."""
@@ -66,7 +66,7 @@ class ClientDPGrid(DelegatingGrid):
         sigma = self.settings.effective_noise_multiplier(sampled, survivors)
         if not self.settings.distributed:
             std = self.settings.noise_multiplier * self.settings.clip / survivors
-            mean = {name: d + self._rng.normal(0.0, std, d.shape) for name, d in mean.items()}
+            mean = {name: d + self.rng.normal(0.0, std, d.shape) for name, d in mean.items()}
         self.accountant.history.append((sigma, 1.0, 1))
         self.last_noise_multiplier = sigma
         log(

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import tempfile
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -44,17 +45,55 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-class ResultsWriter:
-    """Creates the folder (refusing one that already holds a run) and writes into it."""
+def check_resumable(folder: str | Path, run_config: Mapping[str, Any]) -> None:
+    """Refuse to resume a finished run, or one whose ``config.toml`` differs from
+    ``run_config`` (``resume`` aside).
+    """
+    folder = Path(folder)
+    if (folder / "summary.json").exists():
+        raise ResultsFolderError(f"{folder} holds a finished run (summary.json); nothing to resume")
+    try:
+        stored = tomllib.loads((folder / "config.toml").read_text())
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise ResultsFolderError(f"{folder} cannot be resumed: {err}") from None
+    keys = (stored.keys() | run_config.keys()) - {"resume"}
+    differ = sorted(k for k in keys if stored.get(k) != run_config.get(k))
+    if differ:
+        raise ResultsFolderError(f"{folder} was run with other settings ({', '.join(differ)}); cannot resume")
 
-    def __init__(self, folder: str | Path, run_config: Mapping[str, Any]) -> None:
+
+class ResultsWriter:
+    """Creates the folder (refusing one that already holds a run) and writes into it.
+
+    ``resume_after``: reopen a run's folder to continue after that round; its
+    ``config.toml`` must match ``run_config`` (``resume`` aside), and ``rounds.jsonl``
+    keeps rounds up to ``resume_after`` (later lines, of a round the checkpoint does
+    not hold, are dropped).
+    """
+
+    def __init__(self, folder: str | Path, run_config: Mapping[str, Any], resume_after: int | None = None) -> None:
         self.folder = Path(folder).expanduser().resolve()
+        self.rounds: list[dict[str, Any]] = []
+        if resume_after is not None:
+            self._reopen(dict(run_config), resume_after)
+            return
         existing = [name for name in RESULT_FILES if (self.folder / name).exists()]
         if existing:
             raise ResultsFolderError(f"{self.folder} already holds a run ({', '.join(existing)}); choose another --out")
         self.folder.mkdir(parents=True, exist_ok=True)
         write_atomic(self.folder / "config.toml", tomli_w.dumps(dict(run_config)))
-        self.rounds: list[dict[str, Any]] = []
+
+    def _reopen(self, run_config: dict[str, Any], resume_after: int) -> None:
+        check_resumable(self.folder, run_config)
+        try:
+            lines = (self.folder / "rounds.jsonl").read_text().splitlines()
+        except OSError as err:
+            raise ResultsFolderError(f"{self.folder} cannot be resumed: {err}") from None
+        rounds = [json.loads(line) for line in lines if line.strip()]
+        self.rounds = [r for r in rounds if r["round"] <= resume_after]
+        if [r["round"] for r in self.rounds] != list(range(resume_after + 1)):
+            raise ResultsFolderError(f"{self.folder}/rounds.jsonl lacks rounds up to {resume_after}; cannot resume")
+        write_atomic(self.folder / "rounds.jsonl", "".join(json.dumps(r, allow_nan=False) + "\n" for r in self.rounds))
 
     def append_round(self, record: Mapping[str, Any]) -> None:
         """Add one line to ``rounds.jsonl`` (flushed at once)."""

@@ -92,8 +92,8 @@ class SecAggGrid(DelegatingGrid):
     def __init__(self, grid: Grid, settings: SecAggSettings, seed: int = 0) -> None:
         super().__init__(grid)
         self.settings = settings
-        self._rng = random.Random(seed)
-        self._round = 0
+        self.rng = random.Random(seed)
+        self.round = 0
         self.failures: list[tuple[int, str]] = []  # (secure round, reason)
         self.last_dropped: dict[int, str] = {}  # node -> why it left the latest round
         self.last_stage_seconds: dict[str, float] = {}
@@ -104,17 +104,17 @@ class SecAggGrid(DelegatingGrid):
         if not messages or any(m.metadata.message_type != MessageType.TRAIN for m in messages):
             return self._grid.send_and_receive(messages, timeout=timeout)
         self.settings.check(len(messages))  # no sum of this many inputs may wrap
-        self._round += 1
+        self.round += 1
         order = [m.metadata.dst_node_id for m in messages]
-        self._rng.shuffle(order)
-        secure_round = _SecureRound(self._grid, self.settings, self._round, messages, order, timeout)
+        self.rng.shuffle(order)
+        secure_round = _SecureRound(self._grid, self.settings, self.round, messages, order, timeout)
         self.last_dropped = secure_round.dropped
         self.last_stage_seconds = secure_round.seconds
         try:
             return secure_round.run()
         except SecAggError as err:
-            log(ERROR, "secure aggregation round %d failed: %s", self._round, err)
-            self.failures.append((self._round, str(err)))
+            log(ERROR, "secure aggregation round %d failed: %s", self.round, err)
+            self.failures.append((self.round, str(err)))
             return [_error_reply(m, f"secure aggregation failed: {err}") for m in messages]
 
 
@@ -247,7 +247,11 @@ class _SecureRound:
         expected = {WEIGHT_KEY: (1,), **{k: tuple(v.shape) for k, v in request.content["arrays"].items()}}
         got = {k: tuple(v.shape) for k, v in masked.items()}
         if got != expected:
-            raise SecAggError(f"masked input tensors {got} differ from the adapter's {expected}")
+            wrong = {k: got.get(k) for k in expected.keys() | got.keys() if got.get(k) != expected.get(k)}
+            raise SecAggError(
+                f"masked input tensors differ from the adapter's: {dict(sorted(wrong.items())[:3])} "
+                f"(expected {dict(sorted((k, expected.get(k)) for k in wrong)[:3])})"
+            )
         vectors = [masked[name].numpy() for name in expected]
         for name, values in zip(expected, vectors, strict=True):
             if values.dtype != np.uint32 or (values.size and int(values.max()) >= self.settings.modulus_range):

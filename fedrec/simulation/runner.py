@@ -10,8 +10,10 @@ from typing import Any
 from flwr.simulation import run_simulation
 
 from ..client.app import build_client_app
-from ..config import FedRecConfig
+from ..config import FedRecConfig, read_config_file
 from ..server.app import build_server_app, default_out_dir
+from ..server.checkpoint import read_checkpoint
+from ..server.results import check_resumable
 
 
 def backend_config(cfg: FedRecConfig) -> dict[str, Any]:
@@ -30,8 +32,11 @@ def backend_config(cfg: FedRecConfig) -> dict[str, Any]:
 def simulate(cfg: FedRecConfig, verbose: bool = False) -> tuple[Path, dict[str, Any]]:
     """Run a federated simulation; returns the results folder and its summary."""
     out = Path(cfg.out or default_out_dir()).expanduser().resolve()
-    cfg = cfg.replace(out=str(out))
+    cfg = cfg.replace(out=str(out), client_state_dir=cfg.client_state_dir or str(out / "nodes"))
     run_config = cfg.to_run_config()
+    if cfg.resume:  # refuse before the engine starts
+        check_resumable(out, run_config)
+        read_checkpoint(out)
     run_simulation(
         server_app=build_server_app(run_config),
         client_app=build_client_app(run_config),
@@ -43,3 +48,10 @@ def simulate(cfg: FedRecConfig, verbose: bool = False) -> tuple[Path, dict[str, 
     if not summary_path.exists():
         raise RuntimeError(f"the simulation ended without writing {summary_path}; see the log above")
     return out, json.loads(summary_path.read_text())
+
+
+def resume(run_folder: str | Path, verbose: bool = False) -> tuple[Path, dict[str, Any]]:
+    """Continue an interrupted simulation from its checkpoint, with its own settings."""
+    folder = Path(run_folder).expanduser().resolve()
+    cfg = FedRecConfig.from_mapping(read_config_file(folder / "config.toml"))
+    return simulate(cfg.replace(out=str(folder), resume=True), verbose)

@@ -21,6 +21,7 @@ def build_strategy(cfg: FedRecConfig) -> Strategy:
         "min_evaluate_nodes": 1,
         "min_available_nodes": cfg.num_clients,
         "client_ranks": cfg.client_lora_ranks,
+        "max_weight": cfg.max_weight,
     }
     adaptive = {"beta_1": cfg.server_beta1, "beta_2": cfg.server_beta2, "tau": cfg.server_tau}
     if cfg.server_learning_rate:
