@@ -6,6 +6,7 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 
 from fedrec.client.app import LEDGER_FILE, PRIVACY_STATE_KEY, evaluate, train
 from fedrec.config import resolve_config
+from fedrec.data.interactions import DataError, load_interaction_data
 from fedrec.models.adapter import adapter_to_arrays
 from fedrec.privacy.accountant import LedgerError, PersistentAccountant, load_ledger
 from fedrec.settings import scorer_for
@@ -126,3 +127,17 @@ def test_evaluate_reports_auc_and_histograms():
     assert metrics["num-examples"] == 10
     assert sum(metrics["pos-hist"]) + sum(metrics["neg-hist"]) == 10
     assert 0.0 <= metrics["auc"] <= 1.0 or math.isnan(metrics["auc"])
+
+
+def test_a_node_trains_on_its_own_data_file_and_a_bad_file_is_named(tmp_path):
+    ratings = load_interaction_data("ml-100k").interactions
+    mine = ratings[ratings["user"].isin(["1", "2"])]
+    path = tmp_path / "my-interactions.csv"
+    mine.to_csv(path, index=False)
+    reply = train(_message(CFG, 1), _context(**{"data-path": str(path)}), CFG)
+    metrics = reply.content.metric_records["metrics"]
+    assert metrics["declined"] == 0 and metrics["num-examples"] == 2 * CFG.train_examples_per_user
+    bad = tmp_path / "bad.csv"
+    bad.write_text("user,item,rating,timestamp\n1,1,great,0\n")
+    with pytest.raises(DataError, match=r"bad\.csv: column 'rating' must be numeric"):
+        train(_message(CFG, 1), _context(**{"data-path": str(bad)}), CFG)

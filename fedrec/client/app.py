@@ -25,7 +25,7 @@ from flwr.clientapp.typing import Mod
 
 from ..config import FedRecConfig
 from ..data.examples import PreferenceExample
-from ..data.federation import FederatedData, load_federated_data
+from ..data.federation import FederatedData, load_federated_data, load_node_data
 from ..metrics import roc_auc, score_histograms
 from ..models.adapter import adapter_to_arrays, frozen_a_fingerprint, load_adapter_arrays, pad_to_rank
 from ..models.scorer import PreferenceScorer
@@ -37,17 +37,23 @@ from ..settings import data_settings, dp_settings, scorer_for, train_settings
 from .train import PrivateTraining, train_adapter
 
 PRIVACY_STATE_KEY = "privacy"
+DATA_PATH_KEY = "data-path"  # node config: the node's own interactions file
 STATE_DIR_KEY = "state-dir"  # node config: a folder on the node's disk for its privacy ledger
 LEDGER_FILE = "privacy-ledger.json"
 
 
 def node_data(cfg: FedRecConfig, context: Context) -> tuple[FederatedData, int]:
-    """Dataset view and partition id of the node (from its node config)."""
+    """Dataset view and partition id of the node, from its node config: ``data-path``
+    (its own interactions file), else ``partition-id`` of ``num-partitions`` (trials).
+    """
+    data_path = context.node_config.get(DATA_PATH_KEY)
+    if data_path:
+        return load_node_data(data_settings(cfg), str(data_path)), 0
     try:
         partition_id = int(context.node_config["partition-id"])
         num_partitions = int(context.node_config["num-partitions"])
     except KeyError as err:
-        raise ValueError(f"node config lacks {err}; set partition-id and num-partitions") from None
+        raise ValueError(f"node config lacks {err}; set data-path, or partition-id and num-partitions") from None
     return load_federated_data(data_settings(cfg), num_partitions), partition_id
 
 
@@ -59,7 +65,7 @@ def ledger_path(context: Context, cfg: FedRecConfig) -> Path | None:
     if folder:
         return Path(str(folder)).expanduser() / LEDGER_FILE
     if cfg.client_state_dir:
-        partition = int(context.node_config["partition-id"])
+        partition = int(context.node_config.get("partition-id", context.node_id))
         return Path(cfg.client_state_dir).expanduser() / f"partition-{partition}" / LEDGER_FILE
     return None
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from .examples import ExampleSplit, PreferenceExample, sample_users, split_examples
-from .interactions import InteractionData, load_interaction_data
+from .interactions import InteractionData, load_interaction_data, read_table, validate
 from .partition import partition_users
 from .prompts import render_preference_prompt
 
@@ -82,7 +83,12 @@ def load_split(settings: DataSettings) -> CentralSplit:
         all_users = sorted(data.interactions["user"].unique().tolist())
         keep = set(sample_users(all_users, settings.max_users, settings.seed))
         data = replace(data, interactions=data.interactions[data.interactions["user"].isin(keep)])
-    split = split_examples(
+    split = _split(data, settings)
+    return CentralSplit(data, split, sample_users(split.users, settings.eval_users, settings.seed))
+
+
+def _split(data: InteractionData, settings: DataSettings) -> ExampleSplit:
+    return split_examples(
         data,
         history_length=settings.history_length,
         test_interactions=settings.test_interactions,
@@ -90,7 +96,6 @@ def load_split(settings: DataSettings) -> CentralSplit:
         train_examples_per_user=settings.train_examples_per_user,
         targets_per_history=settings.targets_per_history,
     )
-    return CentralSplit(data, split, sample_users(split.users, settings.eval_users, settings.seed))
 
 
 @functools.lru_cache(maxsize=4)
@@ -102,3 +107,16 @@ def load_federated_data(settings: DataSettings, num_partitions: int) -> Federate
         central.split, users, num_partitions, settings.partitioner, settings.seed, settings.skew_alpha
     )
     return FederatedData(central, partitions)
+
+
+@functools.lru_cache(maxsize=4)
+def load_node_data(settings: DataSettings, data_path: str) -> FederatedData:
+    """A deployed node's own interactions file (``user,item,rating,timestamp``; node
+    config ``data-path``) as one partition, its items checked against the run's catalog.
+    """
+    catalog = load_interaction_data(settings.dataset, settings.items_path)
+    path = Path(data_path).expanduser()
+    data = validate(read_table(path), catalog.items, str(path), f"the catalog of '{settings.dataset}'")
+    data = replace(data, noun=catalog.noun)
+    split = _split(data, settings)
+    return FederatedData(CentralSplit(data, split, split.users), [sorted(split.train)])

@@ -68,10 +68,11 @@ def load_interaction_data(dataset: str, items_path: str = "") -> InteractionData
         return _load_atomic_dir(path, inter[0].stem)
     if not items_path:
         raise DataError(f"dataset {path}: set 'items-path' to the item table (item,title[,genres])")
-    return validate(_read_table(path), _read_table(Path(items_path).expanduser()), str(path), items_path)
+    return validate(read_table(path), read_table(Path(items_path).expanduser()), str(path), items_path)
 
 
-def _read_table(path: Path) -> pd.DataFrame:
+def read_table(path: Path) -> pd.DataFrame:
+    """A CSV, TSV or Parquet table; a missing, empty or unparsable file is a ``DataError``."""
     if not path.exists():
         raise DataError(f"{path} does not exist")
     try:
@@ -120,7 +121,7 @@ def _load_hub(dataset_id: str, items_path: str) -> InteractionData:
 
     frame = load_dataset(dataset_id, split="train").to_pandas()
     if items_path:
-        items = _read_table(Path(items_path).expanduser())
+        items = read_table(Path(items_path).expanduser())
     elif "title" in frame.columns:
         items = frame[["item", "title"]].drop_duplicates("item")
     else:
