@@ -1,9 +1,11 @@
-"""Fault injection in real Flower simulations: a crashing client and faulty updates
-(non-finite, mis-shaped, oversized, malformed) are left out of the round with a
-logged reason, and the round aggregates the others.
+"""Fault injection in real Flower simulations: a crashing client, a client that hangs
+past the round timeout and faulty updates (non-finite, mis-shaped, oversized,
+malformed) are left out of the round with a logged reason; the round aggregates the
+others.
 """
 
 import json
+import time
 
 import numpy as np
 import torch
@@ -34,7 +36,8 @@ def _corrupt(arrays: ArrayRecord, how: str) -> ArrayRecord:
     return ArrayRecord({name: Array(v) for name, v in values.items()})
 
 
-FAULTS = {0: "crash", 1: "nan", 2: "wrong-shape", 3: "oversized", 4: "malformed"}
+FAULTS = {0: "crash", 1: "nan", 2: "wrong-shape", 3: "oversized", 4: "malformed", 5: "hang"}
+ROUND_TIMEOUT = 40.0  # seconds; the tiny model's honest clients answer in a few
 
 
 def _faulty_partitions(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -42,6 +45,8 @@ def _faulty_partitions(msg: Message, context: Context, call_next: ClientAppCalla
     fault = FAULTS.get(int(context.node_config["partition-id"]))
     if fault == "crash":
         raise RuntimeError("injected crash")
+    if fault == "hang":
+        time.sleep(3 * ROUND_TIMEOUT)  # the simulation ends (and stops this actor) before it wakes
     reply = call_next(msg, context)
     if fault in ("nan", "wrong-shape", "oversized"):
         reply.content["arrays"] = _corrupt(reply.content["arrays"], fault)
@@ -75,11 +80,13 @@ def _run(cfg, mod) -> None:
 
 def test_faulty_clients_are_left_out_with_a_reason_and_the_round_completes(tmp_path):
     out = tmp_path / "run"
-    cfg = resolve_config("smoke", overrides={"num-clients": 7, "num-server-rounds": 1, "out": str(out)})
+    overrides = {"num-clients": 8, "num-server-rounds": 1, "round-timeout": ROUND_TIMEOUT, "out": str(out)}
+    cfg = resolve_config("smoke", overrides=overrides)
     _run(cfg, _faulty_partitions)
     round_1 = _rounds(out)[1]
-    assert (round_1["clients_sampled"], round_1["clients_ok"]) == (7, 2)
-    assert (round_1["clients_failed"], round_1["clients_excluded"]) == (1, 4)
+    assert (round_1["clients_sampled"], round_1["clients_ok"]) == (8, 2)
+    assert (round_1["clients_failed"], round_1["clients_excluded"]) == (2, 4)  # the crash and the hang
+    assert len(round_1["no_reply"]) == 1  # the hang
     reasons = sorted(round_1["excluded"].values())
     assert len(reasons) == 4
     assert any("non-finite" in r for r in reasons)

@@ -104,6 +104,10 @@ def summarize_round(
     }
     if excluded:
         record["excluded"] = {str(node): reason for node, reason in sorted(excluded.items())}
+    answered_nodes = {e.node_id for e in train if e.direction == "up"}
+    silent = sorted({e.node_id for e in sent} - answered_nodes)
+    if silent:
+        record["no_reply"] = silent  # within the round timeout
     stages = sorted({e.stage for e in exchanges if e.stage is not None})
     if stages:
         record["bytes_by_stage"] = {
@@ -185,6 +189,8 @@ class RoundRecorder:
                     server_round,
                     record["secagg_clipped"],
                 )
+        if record.get("no_reply"):
+            log(logging.WARNING, "round %d: no reply in time from nodes %s", server_round, record["no_reply"])
         if self.client_dp is not None and server_round > 0:
             record["client_level_epsilon"] = self.client_dp.epsilon(self.delta)
             record["client_noise_multiplier"] = self.client_dp.last_noise_multiplier
