@@ -1,0 +1,163 @@
+"""On-device recommendations (``fedrec recommend``): the ranking against the scorer's own
+forward on the training prompt, history files, the CLI table, and clear errors.
+"""
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import tomli_w
+import torch
+
+from fedrec.cli import main
+from fedrec.config import resolve_config
+from fedrec.data.examples import PreferenceExample
+from fedrec.data.interactions import load_interaction_data
+from fedrec.data.prompts import render_preference_prompt
+from fedrec.models.adapter import save_adapter
+from fedrec.recommend import RecommendError, load_history, recommend
+from fedrec.settings import scorer_for
+from tests.conftest import write_planted_dataset
+
+# rank 4 and seed 3: a shared scorer of its own, so the adapters loaded here reach no other test
+OVERRIDES = {"lora-rank": 4, "lora-alpha": 8.0, "seed": 3}
+# oldest first by timestamp: 2, 0, 4, 6 (the prompt keeps the last history-length = 3)
+HISTORY = pd.DataFrame({"item": [0, 2, 4, 6], "rating": [1.0, 5.0, 4.0, 2.0], "timestamp": [20, 10, 30, 40]})
+
+
+def save_run(folder: Path, cfg, seed: int) -> Path:
+    """A run folder: ``config.toml`` and an adapter with B drawn from ``seed``."""
+    scorer = scorer_for(cfg)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in scorer.peft.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+    folder.mkdir(parents=True)
+    (folder / "config.toml").write_text(tomli_w.dumps(cfg.to_run_config()))
+    return save_adapter(scorer, folder / "adapter")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The planted dataset's config and two run folders with different adapters."""
+    root = tmp_path_factory.mktemp("recommend")
+    inter, items = write_planted_dataset(root)
+    cfg = resolve_config("smoke", overrides={**OVERRIDES, "dataset": str(inter), "items-path": str(items)})
+    history = root / "history.csv"
+    HISTORY.to_csv(history, index=False)
+    return cfg, save_run(root / "run1", cfg, seed=1), save_run(root / "run2", cfg, seed=2), history
+
+
+def test_recommendations_are_the_catalog_minus_history_scored_on_the_training_prompt(runs):
+    cfg, adapter, _, history = runs
+    found = recommend(adapter, history, k=5)
+    scores = [r.score for r in found]
+    assert len(found) == 5 and scores == sorted(scores, reverse=True)
+    assert not {r.item for r in found} & {"0", "2", "4", "6"}
+    data = load_interaction_data(cfg.dataset, cfg.items_path)
+    titles = data.titles()
+    assert all(r.title == titles[r.item] for r in found)
+    everything = recommend(adapter, history, k=100)
+    assert sorted(r.item for r in everything) == sorted(set(titles) - {"0", "2", "4", "6"})  # the whole rest
+    recent = (("0", False), ("4", True), ("6", False))  # chronological, last 3, liked when rating > 3
+    scorer = scorer_for(cfg)  # holds the adapter recommend() loaded
+    for r in found:
+        prompt = render_preference_prompt(PreferenceExample("u", r.item, 0, recent), titles, data.noun)
+        # tolerance: float32 summation order of the cached-prefix batch vs the model's own forward
+        assert r.score == pytest.approx(scorer.full_forward_score(scorer.encode([prompt])[0]), abs=1e-4)
+
+
+def test_a_different_adapter_changes_the_scores(runs):
+    _, adapter1, adapter2, history = runs
+    first = {r.item: r.score for r in recommend(adapter1, history, k=100)}
+    second = {r.item: r.score for r in recommend(adapter2, history, k=100)}
+    assert first.keys() == second.keys()
+    assert max(abs(first[i] - second[i]) for i in first) > 1e-2
+
+
+def test_history_files_csv_tsv_and_json_lines_load_alike(runs, tmp_path):
+    cfg = runs[0]
+    data = load_interaction_data(cfg.dataset, cfg.items_path)
+    HISTORY.to_csv(tmp_path / "h.tsv", sep="\t", index=False)
+    HISTORY.to_json(tmp_path / "h.jsonl", orient="records", lines=True)
+    loaded = [load_history(path, data) for path in (runs[3], tmp_path / "h.tsv", tmp_path / "h.jsonl")]
+    assert loaded[0]["item"].tolist() == ["2", "0", "4", "6"]  # sorted by timestamp
+    for other in loaded[1:]:
+        pd.testing.assert_frame_equal(other, loaded[0])
+    HISTORY[["item", "rating"]].to_csv(tmp_path / "order.csv", index=False)
+    assert load_history(tmp_path / "order.csv", data)["item"].tolist() == ["0", "2", "4", "6"]  # file order
+
+
+def test_candidates_keeps_the_most_rated_unrated_items(runs):
+    cfg, adapter, _, history = runs
+    data = load_interaction_data(cfg.dataset, cfg.items_path)
+    counts = data.interactions["item"].value_counts()
+    unrated = counts.drop(["0", "2", "4", "6"])
+    found = recommend(adapter, history, k=100, candidates=3)
+    assert len(found) == 3 and min(counts[r.item] for r in found) >= unrated.sort_values().iloc[-3]
+
+
+def test_cli_prints_a_table_of_k_titles_from_movielens(runs, tmp_path, capsys):
+    cfg = runs[0].replace(dataset="ml-100k", items_path="")
+    adapter = save_run(tmp_path / "run", cfg, seed=1)
+    history = tmp_path / "history.csv"
+    history.write_text("item,rating\n1,5\n50,5\n181,4\n121,2\n")  # Toy Story, Star Wars, Return of the Jedi, ...
+    assert (
+        main(["recommend", "--adapter", str(adapter), "--history", str(history), "-k", "4", "--candidates", "40"]) == 0
+    )
+    header, *rows = capsys.readouterr().out.strip().splitlines()
+    assert header.split() == ["rank", "item", "title", "score"]
+    titles = load_interaction_data("ml-100k").titles()
+    assert len(rows) == 4
+    for rank, row in enumerate(rows, start=1):
+        number, item, *_ = row.split()
+        assert number == str(rank) and titles[item] in row and item not in ("1", "50", "181", "121")
+        float(row.split()[-1])
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+BAD_INPUTS = {
+    "missing adapter folder": (lambda a, h, t: (t / "nowhere" / "adapter", h), r"adapter folder .*nowhere.* does not"),
+    "no config beside the adapter": (
+        lambda a, h, t: (Path(shutil.copytree(a, t / "lonely" / "adapter")), h),
+        r"lonely/config.toml does not exist",
+    ),
+    "unknown item": (
+        lambda a, h, t: (a, _write(t / "h.csv", "item,rating\n2,5\n999,4\n")),
+        r"h.csv: 1 interactions name items missing from .*item 999",
+    ),
+    "malformed rating": (
+        lambda a, h, t: (a, _write(t / "h.csv", "item,rating\n2,5\n4,great\n")),
+        r"h.csv: column 'rating' must be numeric; row 1 holds 'great'",
+    ),
+    "empty history": (lambda a, h, t: (a, _write(t / "h.jsonl", "")), r"h.jsonl is empty"),
+    "no header": (
+        lambda a, h, t: (a, _write(t / "h.csv", "2,5\n4,1\n")),
+        r"h.csv: missing column\(s\) \['item', 'rating'\]",
+    ),
+    "missing history": (lambda a, h, t: (a, t / "absent.csv"), r"absent.csv does not exist"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_inputs_give_an_error_naming_the_path_and_problem(runs, tmp_path, case):
+    make, message = BAD_INPUTS[case]
+    adapter, history = make(runs[1], runs[3], tmp_path)
+    with pytest.raises(RecommendError, match=message):
+        recommend(adapter, history)
+
+
+def test_an_adapter_of_another_shape_is_refused(runs, tmp_path, capsys):
+    cfg, adapter, _, history = runs
+    config = _write(tmp_path / "rank2.toml", tomli_w.dumps(cfg.replace(lora_rank=2).to_run_config()))
+    with pytest.raises(RecommendError, match=r"adapter.*lora_A.weight' has shape \(4, 32\), expected \(2, 32\)"):
+        recommend(adapter, history, config=config)
+    assert main(["recommend", "--adapter", str(adapter), "--history", str(history), "--config", str(config)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("fedrec: ") and "has shape" in error and error.count("\n") == 1
