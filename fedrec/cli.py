@@ -9,6 +9,9 @@ import sys
 import tomli_w
 
 from .config import PRESETS, ConfigError, parse_overrides, resolve_config
+from .deploy import add_deploy_parser, run_deploy
+from .server.checkpoint import CheckpointError
+from .server.results import ResultsFolderError
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -32,12 +35,40 @@ def main(argv: list[str] | None = None) -> int:
     _add_config_args(sim)
     sim.add_argument("--out", help="results folder (default: runs/<timestamp>)")
     sim.add_argument("--verbose", action="store_true", help="Flower's debug logging")
+    sim.add_argument(
+        "--resume", metavar="RUN", help="continue the interrupted run in folder RUN from its checkpoint, as configured"
+    )
     show = commands.add_parser("config", help="print the resolved configuration as TOML")
     _add_config_args(show)
     bench = commands.add_parser("benchmark", help="run a benchmark suite and write report.md")
     bench.add_argument("--suite", required=True, help="suite name: cpu, sweeps, strategies or smoke")
     bench.add_argument("--out", required=True, help="folder of the suite's runs and report (reused on restart)")
+    rec = commands.add_parser("recommend", help="rank the catalog for one user from a local history, on this machine")
+    rec.add_argument("--adapter", required=True, help="a run's adapter folder (runs/<run>/adapter)")
+    rec.add_argument("--history", required=True, help="CSV/TSV or JSON-lines file of item,rating[,timestamp]")
+    rec.add_argument("-k", type=int, default=10, help="number of recommendations (default: 10)")
+    rec.add_argument("--config", help="the run's config file (default: config.toml beside the adapter folder)")
+    rec.add_argument(
+        "--candidates",
+        type=int,
+        default=0,
+        metavar="N",
+        help="score the N most-rated unrated items only (default: all)",
+    )
+    add_deploy_parser(commands)
     args = parser.parse_args(argv)
+    if args.command == "deploy":
+        return run_deploy(args)
+    if args.command == "recommend":
+        from .recommend import RecommendError, format_recommendations, recommend
+
+        try:
+            found = recommend(args.adapter, args.history, args.k, args.config, args.candidates)
+        except RecommendError as err:
+            print(f"fedrec: {err}", file=sys.stderr)
+            return 2
+        print(format_recommendations(found))
+        return 0
     if args.command == "benchmark":
         from .simulation.benchmark import SUITES, run_suite
 
@@ -58,9 +89,16 @@ def main(argv: list[str] | None = None) -> int:
         print(tomli_w.dumps(cfg.to_run_config()), end="")
         return 0
     from .simulation.report import summary_table
-    from .simulation.runner import simulate
+    from .simulation.runner import resume, simulate
 
-    out, summary = simulate(cfg, verbose=args.verbose)
+    if args.resume:
+        try:
+            out, summary = resume(args.resume, verbose=args.verbose)
+        except (ConfigError, ResultsFolderError, CheckpointError) as err:
+            print(f"fedrec: {err}", file=sys.stderr)
+            return 2
+    else:
+        out, summary = simulate(cfg, verbose=args.verbose)
     rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     print()
     print(summary_table(rounds, summary))

@@ -14,6 +14,7 @@ import pytest
 from flwr.app import Array, ArrayRecord
 from safetensors.torch import load_file
 
+from fedrec.cli import main
 from fedrec.config import resolve_config
 from fedrec.server.checkpoint import CheckpointError, ServerCheckpoint, read_checkpoint, write_checkpoint
 from fedrec.server.results import ResultsFolderError
@@ -103,3 +104,8 @@ def test_resume_refuses_a_run_with_other_settings(tmp_path):
     (out / "summary.moved").rename(out / "summary.json")
     with pytest.raises(ResultsFolderError, match="finished run"):
         resume(out)
+
+
+def test_cli_resume_of_a_folder_without_a_run_is_refused(tmp_path, capsys):
+    assert main(["simulate", "--resume", str(tmp_path)]) == 2
+    assert "config.toml does not exist" in capsys.readouterr().err

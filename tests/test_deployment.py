@@ -1,0 +1,253 @@
+"""Deployment on real Flower processes on 127.0.0.1: a SuperLink with TLS and SuperNode
+authentication, SuperNodes with registered keys, `flwr run` of the app; an unregistered
+SuperNode is turned away. Every process is stopped by its PID, and none is left behind.
+"""
+
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
+from test_flwr_run import SMOKE
+
+from fedrec.cli import main
+from fedrec.deploy import (
+    CA_CERT,
+    SERVER_CERT,
+    node_key_names,
+    superlink_command,
+    supernode_command,
+    write_trial_credentials,
+)
+
+ROOT = Path(__file__).parents[1]
+VENV_BIN = Path(sys.executable).parent
+CONNECTION = "fedrec-test"
+NUM_NODES = 3
+ROGUE = NUM_NODES  # key pair node-3 is never registered
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _env(flwr_home: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # Flower starts its helpers from PATH
+        "FLWR_HOME": str(flwr_home),
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+    }
+
+
+def _wait_for(condition, seconds: float, what: str, interval: float = 1.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {seconds:.0f} s waiting for {what}")
+
+
+def _processes_with(marker: str) -> list[int]:
+    """PIDs of this user's live processes whose environment mentions ``marker``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if marker.encode() in (entry / "environ").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+class Processes:
+    """Long-running Flower processes of a test, each logging to its own file."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.running: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, command: list[str]) -> subprocess.Popen:
+        home = self.folder / f"home-{name}"
+        home.mkdir()
+        with open(self.log(name), "wb") as log:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=_env(home), cwd=self.folder)
+        self.running[name] = process
+        return process
+
+    def log(self, name: str) -> Path:
+        return self.folder / f"{name}.log"
+
+    def stop_all(self) -> None:
+        """SIGTERM each by PID, SIGKILL what is left after 30 s; then check that no helper
+        process (SuperExec, ServerApp, ClientApp) of this folder outlives them.
+        """
+        for process in self.running.values():
+            if process.poll() is None:
+                os.kill(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for process in self.running.values():
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.kill(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+        marker = f"FLWR_HOME={self.folder}"
+        try:
+            _wait_for(lambda: not _processes_with(marker), 30, "Flower's helper processes to exit")
+        finally:
+            for pid in _processes_with(marker):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _flwr(args: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run([str(VENV_BIN / "flwr"), *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _nodes(fed: SimpleNamespace) -> list[dict]:
+    result = _flwr(["supernode", "list", CONNECTION, "--format", "json"], fed.cli_env, 60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(result.stdout)["nodes"]
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory):
+    """A TLS SuperLink with node authentication, 3 registered SuperNodes online."""
+    folder = tmp_path_factory.mktemp("deploy")
+    certs = folder / "certs"
+    write_trial_credentials(certs, num_nodes=NUM_NODES + 1)
+    link_port, *runtime_ports = _free_ports(NUM_NODES + 2)
+    address = f"127.0.0.1:{link_port}"
+    fed = SimpleNamespace(
+        folder=folder, certs=certs, address=address, runtime_ports=runtime_ports, cli_env=_env(folder / "home-cli")
+    )
+    fed.processes = Processes(folder)
+    try:
+        link = fed.processes.start("superlink", superlink_command(certs, "127.0.0.1", link_port))
+        tls = ssl.create_default_context(cafile=str(certs / CA_CERT))  # verifies the certificate and its SAN
+
+        def healthy() -> bool:
+            assert link.poll() is None, fed.processes.log("superlink").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"https://{address}/health", context=tls, timeout=2) as response:
+                    return response.status == 200
+            except OSError:
+                return False
+
+        _wait_for(healthy, 60, "the SuperLink's HTTPS endpoint")
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("FLWR_HOME", fed.cli_env["FLWR_HOME"])
+            assert main(["deploy", "connection", CONNECTION, "--certs", str(certs), "--superlink", address]) == 0
+        fed.node_ids = set()
+        for i in range(NUM_NODES):
+            public_key = certs / node_key_names(i)[1]
+            result = _flwr(["supernode", "register", str(public_key), CONNECTION, "--format", "json"], fed.cli_env, 60)
+            assert result.returncode == 0, result.stdout + result.stderr
+            fed.node_ids.add(str(json.loads(result.stdout)["node-id"]))
+        for i in range(NUM_NODES):
+            command = supernode_command(
+                address, i, NUM_NODES, certs / CA_CERT, certs / node_key_names(i)[0], runtime_ports[i]
+            )
+            fed.processes.start(f"supernode-{i}", command)
+        _wait_for(
+            lambda: sum(node["status"] == "online" for node in _nodes(fed)) == NUM_NODES, 90, "3 SuperNodes online"
+        )
+        yield fed
+    finally:
+        fed.processes.stop_all()
+
+
+def test_unregistered_supernode_is_rejected(federation):
+    fed = federation
+    key = fed.certs / node_key_names(ROGUE)[0]
+    rogue = fed.processes.start(
+        "rogue", supernode_command(fed.address, 0, NUM_NODES, fed.certs / CA_CERT, key, fed.runtime_ports[ROGUE])
+    )
+    _wait_for(lambda: rogue.poll() is not None, 60, "the unregistered SuperNode to give up")
+    log = fed.processes.log("rogue").read_text()
+    assert rogue.returncode != 0, log
+    assert "Failed to initialize the connection to the SuperLink" in log, log
+    assert "No SuperNode found with the given public key" in fed.processes.log("superlink").read_text()
+    nodes = _nodes(fed)
+    assert {node["node-id"] for node in nodes} == fed.node_ids
+    assert all(node["status"] == "online" for node in nodes)
+
+
+def test_flwr_run_over_tls_with_authenticated_supernodes(federation):
+    fed = federation
+    out = fed.folder / "run"
+    pyproject = (ROOT / "pyproject.toml").read_bytes()
+    overrides = f"num-server-rounds=2 num-clients=3 secure-aggregation=true dp=true out='{out}'"  # later wins
+    result = subprocess.run(
+        [str(VENV_BIN / "flwr"), "run", str(ROOT), CONNECTION, "-c", SMOKE, "-c", overrides, "--stream"],
+        env=fed.cli_env,
+        cwd=fed.folder,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert (out / "summary.json").exists(), result.stdout[-3000:] + result.stderr[-3000:]
+    assert (ROOT / "pyproject.toml").read_bytes() == pyproject
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds"] == 2 and summary["dp"] and summary["epsilon"]["max"] > 0
+    rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert all(r["clients_ok"] == r["clients_sampled"] == 3 for r in rounds[1:])
+    assert all("bytes_by_stage" in r for r in rounds[1:])  # the rounds ran SecAgg+
+    assert "secure-aggregation = true" in (out / "config.toml").read_text()
+
+
+def test_trial_credentials_and_commands(tmp_path, capsys):
+    certs = tmp_path / "certs"
+    assert main(["deploy", "certs", str(certs), "--nodes", "1", "--host", "fedrec.example"]) == 0
+    assert main(["deploy", "certs", str(certs)]) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err
+    ca = x509.load_pem_x509_certificate((certs / CA_CERT).read_bytes())
+    server = x509.load_pem_x509_certificate((certs / SERVER_CERT).read_bytes())
+    server.verify_directly_issued_by(ca)
+    names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {str(ip) for ip in names.get_values_for_type(x509.IPAddress)} == {"127.0.0.1"}
+    assert set(names.get_values_for_type(x509.DNSName)) == {"localhost", "fedrec.example"}
+    private_name, public_name = node_key_names(0)
+    assert isinstance(load_ssh_private_key((certs / private_name).read_bytes(), None), ec.EllipticCurvePrivateKey)
+    assert isinstance(load_ssh_public_key((certs / public_name).read_bytes()).curve, ec.SECP384R1)
+    modes = {path.name: path.stat().st_mode & 0o777 for path in certs.iterdir()}
+    assert modes == {"ca.crt": 0o644, "ca.key": 0o600, "server.crt": 0o644, "server.key": 0o600} | {
+        private_name: 0o600,
+        public_name: 0o644,
+    }
+
+    assert main(["deploy", "superlink", "--certs", str(certs), "--port", "9999"]) == 0
+    printed = capsys.readouterr()
+    assert "--enable-supernode-auth" in printed.out and "--disable-runtime-dependency-installation" in printed.out
+    assert "WARNING" not in printed.err
+    assert main(["deploy", "superlink", "--insecure"]) == 0
+    printed = capsys.readouterr()
+    assert "--insecure" in printed.out and "--enable-supernode-auth" not in printed.out
+    assert "WARNING: insecure mode" in printed.err
+    node = ["deploy", "supernode", "--superlink", "127.0.0.1:9999", "--num-partitions", "3"]
+    assert main([*node, "--certs", str(certs), "--partition-id", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert f"--auth-supernode-private-key {certs / private_name}" in printed
+    assert "'partition-id=0 num-partitions=3'" in printed and "--allow-runtime-dependency-installation" not in printed
+    assert main([*node, "--insecure", "--partition-id", "3"]) == 2  # partition ids are 0, 1, 2
