@@ -1,5 +1,5 @@
 """The benchmark harness: the smoke suite runs end to end, writes report.md, results
-and plots, and a restart keeps finished points.
+and plots, and a restart keeps finished points and resumes an interrupted one.
 """
 
 import json
@@ -35,6 +35,12 @@ def test_smoke_suite_writes_report_and_plots_and_restart_skips_finished_points(t
     assert main(["benchmark", "--suite", "smoke", "--out", str(out)]) == 0
     assert capsys.readouterr().out.count("(done before, kept)") == len(labels)
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/summary.json")} == summaries
+    interrupted = next(iter(summaries))  # as if killed after its last checkpoint, before the summary
+    finished = json.loads(interrupted.read_text())
+    interrupted.unlink()
+    assert main(["benchmark", "--suite", "smoke", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.count("(resumed)") == 1
+    assert json.loads(interrupted.read_text())["metrics"] == finished["metrics"]
 
 
 def test_unknown_suite_is_refused(capsys):

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key, l
 from test_flwr_run import SMOKE
 
 from fedrec.cli import main
+from fedrec.client.app import LEDGER_FILE
 from fedrec.deploy import (
     CA_CERT,
     SERVER_CERT,
@@ -30,6 +31,7 @@ from fedrec.deploy import (
     supernode_command,
     write_trial_credentials,
 )
+from fedrec.privacy.accountant import load_ledger
 
 ROOT = Path(__file__).parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -164,10 +166,19 @@ def federation(tmp_path_factory):
             result = _flwr(["supernode", "register", str(public_key), CONNECTION, "--format", "json"], fed.cli_env, 60)
             assert result.returncode == 0, result.stdout + result.stderr
             fed.node_ids.add(str(json.loads(result.stdout)["node-id"]))
-        for i in range(NUM_NODES):
-            command = supernode_command(
-                address, i, NUM_NODES, certs / CA_CERT, certs / node_key_names(i)[0], runtime_ports[i]
+        fed.supernode_commands = [
+            supernode_command(
+                address,
+                i,
+                NUM_NODES,
+                certs / CA_CERT,
+                certs / node_key_names(i)[0],
+                runtime_ports[i],
+                [f"state-dir='{folder / f'node-{i}'}'"],  # the node's privacy ledger on its disk
             )
+            for i in range(NUM_NODES)
+        ]
+        for i, command in enumerate(fed.supernode_commands):
             fed.processes.start(f"supernode-{i}", command)
         _wait_for(
             lambda: sum(node["status"] == "online" for node in _nodes(fed)) == NUM_NODES, 90, "3 SuperNodes online"
@@ -193,13 +204,20 @@ def test_unregistered_supernode_is_rejected(federation):
     assert all(node["status"] == "online" for node in nodes)
 
 
-def test_flwr_run_over_tls_with_authenticated_supernodes(federation):
-    fed = federation
-    out = fed.folder / "run"
-    pyproject = (ROOT / "pyproject.toml").read_bytes()
-    overrides = f"num-server-rounds=2 num-clients=3 secure-aggregation=true dp=true out='{out}'"  # later wins
+def _flwr_run(fed: SimpleNamespace, out: Path, overrides: str) -> None:
+    """`flwr run` of the smoke settings plus ``overrides``; its results folder must appear."""
     result = subprocess.run(
-        [str(VENV_BIN / "flwr"), "run", str(ROOT), CONNECTION, "-c", SMOKE, "-c", overrides, "--stream"],
+        [
+            str(VENV_BIN / "flwr"),
+            "run",
+            str(ROOT),
+            CONNECTION,
+            "-c",
+            SMOKE,
+            "-c",
+            f"{overrides} out='{out}'",
+            "--stream",
+        ],
         env=fed.cli_env,
         cwd=fed.folder,
         capture_output=True,
@@ -207,6 +225,13 @@ def test_flwr_run_over_tls_with_authenticated_supernodes(federation):
         timeout=600,
     )
     assert (out / "summary.json").exists(), result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def test_flwr_run_over_tls_with_authenticated_supernodes(federation):
+    fed = federation
+    out = fed.folder / "run"
+    pyproject = (ROOT / "pyproject.toml").read_bytes()
+    _flwr_run(fed, out, "num-server-rounds=2 num-clients=3 secure-aggregation=true dp=true")  # later -c wins
     assert (ROOT / "pyproject.toml").read_bytes() == pyproject
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rounds"] == 2 and summary["dp"] and summary["epsilon"]["max"] > 0
@@ -215,6 +240,33 @@ def test_flwr_run_over_tls_with_authenticated_supernodes(federation):
     assert all(r["clients_ok"] == r["clients_sampled"] == 3 for r in rounds[1:])
     assert all("bytes_by_stage" in r for r in rounds[1:])  # the rounds ran SecAgg+
     assert "secure-aggregation = true" in (out / "config.toml").read_text()
+
+
+def test_a_restarted_supernode_continues_its_privacy_budget(federation):
+    fed = federation
+    ledger = fed.folder / "node-0" / LEDGER_FILE
+    delta = 1e-5
+    if not ledger.exists():  # run alone: spend some budget first
+        _flwr_run(fed, fed.folder / "first", "num-server-rounds=1 num-clients=3 secure-aggregation=false")
+    spent = load_ledger(ledger, "rdp")
+    node = fed.processes.running.pop("supernode-0")
+    os.kill(node.pid, signal.SIGTERM)  # restart node 0 by its PID, with the same key and disk
+    node.wait(timeout=30)
+    fed.processes.start("supernode-0-restarted", fed.supernode_commands[0])
+    _wait_for(lambda: sum(n["status"] == "online" for n in _nodes(fed)) == NUM_NODES, 90, "node 0 back online")
+    out = fed.folder / "after-restart"
+    # the earlier run spent its budget (epsilon 50): this one has a larger budget and a fixed noise
+    _flwr_run(
+        fed,
+        out,
+        "num-server-rounds=1 num-clients=3 secure-aggregation=false noise-multiplier=2.0 target-epsilon=1000.0",
+    )
+    after = load_ledger(ledger, "rdp")
+    round_1 = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()][1]
+    assert round_1["clients_ok"] == NUM_NODES  # the restarted node trained
+    # a node that had lost its ledger would hold this round's steps only (never more than before)
+    assert after.steps > spent.steps and after.epsilon(delta) > spent.epsilon(delta)
+    assert round_1["epsilon_max"] >= after.epsilon(delta) - 1e-9  # node 0 reported its continued epsilon
 
 
 def test_trial_credentials_and_commands(tmp_path, capsys):

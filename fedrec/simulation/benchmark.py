@@ -1,8 +1,9 @@
 """Benchmark suites: several runs on the same data, seeds and budget, one table.
 
 Each point of a suite is an ordinary run folder (design §7) under ``--out``; a point
-whose folder already holds ``summary.json`` is not run again, so an interrupted suite
-restarted with the same ``--out`` continues where it stopped. ``report.md`` and
+whose folder already holds ``summary.json`` is not run again, and an interrupted one
+resumes from its checkpoint, so a suite restarted with the same ``--out`` continues
+where it stopped. ``report.md`` and
 ``results.json`` summarise every point.
 """
 
@@ -17,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import resolve_config
+from ..server.checkpoint import CHECKPOINT_DIR
 from ..server.results import json_safe, write_atomic
-from .runner import simulate
+from .runner import resume, simulate
 
 
 @dataclass(frozen=True)
@@ -163,10 +165,14 @@ def run_suite(name: str, out: str | Path) -> Path:
         folder = out / _slug(point.label)
         head = f"[fedrec benchmark] {i}/{len(suite.points)}: {point.label}"
         if not (folder / "summary.json").exists():
-            print(f"{head}{eta_note(run_seconds, len(suite.points) - i + 1)}", flush=True)
-            cfg = resolve_config(suite.preset, overrides={**suite.base, **point.overrides, "out": str(folder)})
             started = time.perf_counter()
-            simulate(cfg)
+            if (folder / CHECKPOINT_DIR).exists():  # interrupted: continue from its last round
+                print(f"{head} (resumed){eta_note(run_seconds, len(suite.points) - i + 1)}", flush=True)
+                resume(folder)
+            else:
+                print(f"{head}{eta_note(run_seconds, len(suite.points) - i + 1)}", flush=True)
+                cfg = resolve_config(suite.preset, overrides={**suite.base, **point.overrides, "out": str(folder)})
+                simulate(cfg)
             run_seconds.append(time.perf_counter() - started)
         else:
             print(f"{head} (done before, kept)", flush=True)
