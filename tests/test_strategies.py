@@ -192,7 +192,8 @@ def _rounds(out):
 
 @pytest.fixture(scope="module")
 def fedavg_bytes_up(tmp_path_factory):
-    out, _ = simulate(resolve_config("smoke", overrides={"out": str(tmp_path_factory.mktemp("fedavg") / "run")}))
+    overrides = {"ranking-users": 0, "out": str(tmp_path_factory.mktemp("fedavg") / "run")}
+    out, _ = simulate(resolve_config("smoke", overrides=overrides))
     return _rounds(out)[1]["bytes_up"]
 
 
@@ -214,7 +215,7 @@ def fedavg_bytes_up(tmp_path_factory):
     ids=lambda o: "-".join(str(v) for v in o.values()),
 )
 def test_each_strategy_runs_a_smoke_simulation(overrides, fedavg_bytes_up, tmp_path):
-    cfg = resolve_config("smoke", overrides={**overrides, "out": str(tmp_path / "run")})
+    cfg = resolve_config("smoke", overrides={**overrides, "ranking-users": 0, "out": str(tmp_path / "run")})
     out, summary = simulate(cfg)
     rounds = _rounds(out)
     assert [(r["clients_ok"], r["clients_failed"]) for r in rounds[1:]] == [(3, 0), (3, 0)]
