@@ -294,14 +294,14 @@ def run_server(grid: Grid, cfg: FedRecConfig) -> dict[str, Any]:
         secure = SecAggGrid(recording, settings, seed=cfg.seed)
     if cfg.client_dp:
         client_dp = ClientDPGrid(secure or recording, cfg.client_dp_settings, secure is not None, seed=cfg.seed)
-    servers = ServerState(strategy, secure, client_dp)
+    server_state = ServerState(strategy, secure, client_dp)
     if resumed is not None:
-        servers.restore(resumed)
+        server_state.restore(resumed)
         print(f"[fedrec] resuming after round {resumed.round} of {cfg.num_server_rounds}", flush=True)
     start_round = resumed.round if resumed is not None else 0
 
     def checkpoint(server_round: int, arrays: ArrayRecord) -> None:
-        write_checkpoint(writer.folder, servers.checkpoint(server_round, arrays, recorder.node_epsilon))
+        write_checkpoint(writer.folder, server_state.checkpoint(server_round, arrays, recorder.node_epsilon))
 
     recorder = RoundRecorder(
         writer, recording, evaluator, cfg, secure, client_dp, strategy.excluded, start_round, checkpoint
