@@ -10,14 +10,14 @@ restarted node continues its budget instead of starting a new one.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from flwr.app import ConfigRecord
 from opacus.accountants import create_accountant
 from opacus.accountants.accountant import IAccountant
+
+from ..files import write_atomic
 
 MECHANISMS = ("rdp", "prv")
 
@@ -90,17 +90,9 @@ def save_ledger(path: str | Path, accountant: PersistentAccountant) -> None:
     """Write the ledger to ``path`` atomically (a synced temporary file, then a rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps({"mechanism": accountant.mechanism, "history": [list(h) for h in accountant.history]})
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(
+        path, json.dumps({"mechanism": accountant.mechanism, "history": [list(h) for h in accountant.history]})
+    )
 
 
 def load_ledger(path: str | Path, mechanism: str) -> PersistentAccountant:

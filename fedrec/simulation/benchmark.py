@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import resolve_config
+from ..files import write_atomic
 from ..server.checkpoint import CHECKPOINT_DIR
-from ..server.results import json_safe, write_atomic
+from ..server.results import json_safe
 from .runner import resume, simulate
 
 
