@@ -1,6 +1,7 @@
 """Deployment on real Flower processes on 127.0.0.1: a SuperLink with TLS and SuperNode
 authentication, SuperNodes with registered keys, `flwr run` of the app; an unregistered
-SuperNode is turned away. Every process is stopped by its PID, and none is left behind.
+SuperNode is turned away; a killed ServerApp resumes while a restarted SuperNode keeps its
+budget. Every process is stopped by its PID, and none is left behind.
 """
 
 import json
@@ -15,10 +16,12 @@ import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
+from safetensors.torch import load_file
 from test_flwr_run import SMOKE
 
 from fedrec.cli import main
@@ -32,6 +35,7 @@ from fedrec.deploy import (
     write_trial_credentials,
 )
 from fedrec.privacy.accountant import load_ledger
+from fedrec.server.checkpoint import CheckpointError, read_checkpoint
 
 ROOT = Path(__file__).parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -82,6 +86,17 @@ def _processes_with(marker: str) -> list[int]:
     return found
 
 
+def _command_lines(pids: list[int]) -> dict[int, str]:
+    """The command line of each of ``pids`` that still runs."""
+    lines = {}
+    for pid in pids:
+        try:
+            lines[pid] = (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+    return lines
+
+
 class Processes:
     """Long-running Flower processes of a test, each logging to its own file."""
 
@@ -101,22 +116,27 @@ class Processes:
         return self.folder / f"{name}.log"
 
     def stop_all(self) -> None:
-        """SIGTERM each by PID, SIGKILL what is left after 30 s; then check that no helper
-        process (SuperExec, ServerApp, ClientApp) of this folder outlives them.
+        """SIGTERM the SuperNodes by PID, then the SuperLink, each SIGKILLed if still
+        running after 30 s; then check that no helper process (SuperExec, ServerApp,
+        ClientApp) of this folder outlives them.
         """
-        for process in self.running.values():
-            if process.poll() is None:
-                os.kill(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        for process in self.running.values():
-            try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.kill(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
+        nodes = [p for name, p in self.running.items() if name != "superlink"]
+        for group in (nodes, [p for name, p in self.running.items() if name == "superlink"]):
+            for process in group:
+                if process.poll() is None:
+                    os.kill(process.pid, signal.SIGTERM)
+            deadline = time.monotonic() + 30
+            for process in group:
+                try:
+                    process.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    os.kill(process.pid, signal.SIGKILL)
+                    process.wait(timeout=10)
         marker = f"FLWR_HOME={self.folder}"
         try:
-            _wait_for(lambda: not _processes_with(marker), 30, "Flower's helper processes to exit")
+            _wait_for(lambda: not _processes_with(marker), 60, "Flower's helper processes to exit")
+        except AssertionError as timed_out:
+            raise AssertionError(f"{timed_out}: still running {_command_lines(_processes_with(marker))}") from None
         finally:
             for pid in _processes_with(marker):
                 os.kill(pid, signal.SIGKILL)
@@ -204,69 +224,108 @@ def test_unregistered_supernode_is_rejected(federation):
     assert all(node["status"] == "online" for node in nodes)
 
 
-def _flwr_run(fed: SimpleNamespace, out: Path, overrides: str) -> None:
-    """`flwr run` of the smoke settings plus ``overrides``; its results folder must appear."""
+# fixed noise: the nodes' ledgers span runs, so a noise calibrated to the remaining budget would differ between runs
+RUN = "num-server-rounds=2 num-clients=3 secure-aggregation=true dp=true noise-multiplier=1.0 target-epsilon=1000.0"
+
+
+def _flwr_run(fed: SimpleNamespace, out: Path, overrides: str, wait: bool = True) -> subprocess.CompletedProcess:
+    """`flwr run` of the smoke settings plus ``overrides`` (later ``-c`` wins); with
+    ``wait`` it streams the run's logs until the end, and its results folder must appear.
+    """
+    command = [str(VENV_BIN / "flwr"), "run", str(ROOT), CONNECTION, "-c", SMOKE, "-c", f"{overrides} out='{out}'"]
     result = subprocess.run(
-        [
-            str(VENV_BIN / "flwr"),
-            "run",
-            str(ROOT),
-            CONNECTION,
-            "-c",
-            SMOKE,
-            "-c",
-            f"{overrides} out='{out}'",
-            "--stream",
-        ],
+        [*command, "--stream"] if wait else command,
         env=fed.cli_env,
         cwd=fed.folder,
         capture_output=True,
         text=True,
         timeout=600,
     )
-    assert (out / "summary.json").exists(), result.stdout[-3000:] + result.stderr[-3000:]
+    if wait:
+        assert (out / "summary.json").exists(), result.stdout[-3000:] + result.stderr[-3000:]
+    else:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def _rounds(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
 
 
 def test_flwr_run_over_tls_with_authenticated_supernodes(federation):
     fed = federation
     out = fed.folder / "run"
     pyproject = (ROOT / "pyproject.toml").read_bytes()
-    _flwr_run(fed, out, "num-server-rounds=2 num-clients=3 secure-aggregation=true dp=true")  # later -c wins
+    _flwr_run(fed, out, RUN)
     assert (ROOT / "pyproject.toml").read_bytes() == pyproject
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rounds"] == 2 and summary["dp"] and summary["epsilon"]["max"] > 0
-    rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    rounds = _rounds(out)
     assert [r["round"] for r in rounds] == [0, 1, 2]
     assert all(r["clients_ok"] == r["clients_sampled"] == 3 for r in rounds[1:])
     assert all("bytes_by_stage" in r for r in rounds[1:])  # the rounds ran SecAgg+
     assert "secure-aggregation = true" in (out / "config.toml").read_text()
 
 
-def test_a_restarted_supernode_continues_its_privacy_budget(federation):
+def _server_app_pids(fed: SimpleNamespace) -> list[int]:
+    """PIDs of the ServerApp processes that the SuperLink started."""
+    processes = _command_lines(_processes_with(f"FLWR_HOME={fed.folder / 'home-superlink'}"))
+    return [pid for pid, command in processes.items() if "flwr-serverapp" in command]
+
+
+def _checkpointed_round(out: Path) -> int:
+    try:
+        return read_checkpoint(out).round
+    except (CheckpointError, OSError):  # none yet, or being swapped in
+        return 0
+
+
+def test_a_killed_server_resumes_and_a_restarted_supernode_keeps_its_budget(federation):
+    """The ServerApp process is SIGKILLed after round 1 and SuperNode 0 is restarted by
+    its PID before the run resumes: the resumed run ends with the uninterrupted run's
+    adapter, and node 0's epsilon continues from its on-disk ledger.
+    """
     fed = federation
+    reference = fed.folder / "run"
+    if not (reference / "summary.json").exists():  # run alone
+        _flwr_run(fed, reference, RUN)
+    out = fed.folder / "killed"
+    _flwr_run(fed, out, RUN, wait=False)
+    _wait_for(lambda: _checkpointed_round(out) >= 1, 420, "the checkpoint of round 1", interval=0.5)
+    (server_app,) = _server_app_pids(fed)
+    os.kill(server_app, signal.SIGKILL)
+    _wait_for(lambda: not _server_app_pids(fed), 30, "the ServerApp to die")
+    assert read_checkpoint(out).round == 1 and not (out / "summary.json").exists()
+    after_round_1 = {name: array.numpy() for name, array in read_checkpoint(out).arrays.items()}
+
     ledger = fed.folder / "node-0" / LEDGER_FILE
-    delta = 1e-5
-    if not ledger.exists():  # run alone: spend some budget first
-        _flwr_run(fed, fed.folder / "first", "num-server-rounds=1 num-clients=3 secure-aggregation=false")
     spent = load_ledger(ledger, "rdp")
     node = fed.processes.running.pop("supernode-0")
     os.kill(node.pid, signal.SIGTERM)  # restart node 0 by its PID, with the same key and disk
     node.wait(timeout=30)
     fed.processes.start("supernode-0-restarted", fed.supernode_commands[0])
     _wait_for(lambda: sum(n["status"] == "online" for n in _nodes(fed)) == NUM_NODES, 90, "node 0 back online")
-    out = fed.folder / "after-restart"
-    # the earlier run spent its budget (epsilon 50): this one has a larger budget and a fixed noise
-    _flwr_run(
-        fed,
-        out,
-        "num-server-rounds=1 num-clients=3 secure-aggregation=false noise-multiplier=2.0 target-epsilon=1000.0",
-    )
+
+    _flwr_run(fed, out, f"{RUN} resume=true")
+    want, got = _rounds(reference), _rounds(out)
+    assert [r["round"] for r in got] == [0, 1, 2]
+    assert got[2]["clients_ok"] == NUM_NODES  # the restarted node trained in round 2
+    for reference_round, resumed_round in zip(want, got, strict=True):
+        assert resumed_round["auc"] == pytest.approx(reference_round["auc"], abs=1e-4)
+    final = read_checkpoint(out)
+    assert final.round == 2
+    moved = max(float(np.abs(final.arrays[name].numpy() - before).max()) for name, before in after_round_1.items())
+    assert moved > 1e-2
+    wanted = load_file(str(reference / "adapter" / "adapter_model.safetensors"))
+    resumed = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    for name, tensor in wanted.items():
+        np.testing.assert_allclose(resumed[name].numpy(), tensor.numpy(), atol=1e-6)
+
     after = load_ledger(ledger, "rdp")
-    round_1 = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()][1]
-    assert round_1["clients_ok"] == NUM_NODES  # the restarted node trained
-    # a node that had lost its ledger would hold this round's steps only (never more than before)
+    delta = 1e-5
+    # a node that had lost its ledger would hold round 2's steps only (never more than before)
     assert after.steps > spent.steps and after.epsilon(delta) > spent.epsilon(delta)
-    assert round_1["epsilon_max"] >= after.epsilon(delta) - 1e-9  # node 0 reported its continued epsilon
+    assert got[2]["epsilon_max"] >= after.epsilon(delta) - 1e-9  # node 0 reported its continued epsilon
 
 
 def test_trial_credentials_and_commands(tmp_path, capsys):

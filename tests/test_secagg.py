@@ -40,6 +40,7 @@ from fedrec.privacy.secagg import (
     neighbours,
     prg_mask,
     quantize_update,
+    rounding_generator,
     unmask_sum,
 )
 from fedrec.privacy.secagg_mod import secagg_mod
@@ -304,6 +305,19 @@ def test_out_of_range_values_are_counted_and_a_wrapped_sum_is_refused():
         dequantize_mean([np.array([5]), np.array([3 * (1 << 10)])], 2, settings)
     with pytest.raises(ValueError, match="could wrap"):
         settings.check(num_clients=64)
+
+
+def test_rounding_is_unbiased_and_the_same_for_the_same_update():
+    settings = SecAggSettings(clipping_range=1.0, quantization_range=16, modulus_range=1 << 16, max_weight=1)
+    update = [np.full(20_000, 0.03)]  # level (0.03 + 1) * 16 / 2 = 8.24: 9 with probability 0.24
+
+    def rounded(deltas: list[np.ndarray]) -> np.ndarray:
+        return quantize_update(deltas, 1.0, settings, rounding_generator(deltas, 1.0)).vectors[1]
+
+    first = rounded(update)
+    assert set(np.unique(first)) == {8, 9} and first.mean() == pytest.approx(8.24, abs=0.015)  # 5 sigma
+    np.testing.assert_array_equal(rounded(update), first)  # a repeated (or resumed) run rounds alike
+    assert not np.array_equal(rounded([update[0] + 1e-12]), first)  # another update: other draws
 
 
 def test_prg_masks_are_deterministic_uniform_and_seed_dependent():

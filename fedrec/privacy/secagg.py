@@ -11,7 +11,9 @@ contributes at most ``quantization-range`` per coordinate, so the sum is exact m
 start-up, and again on the unmasked sum). Against plain FedAvg of the same unclipped
 updates, the error per coordinate is at most ``n * (2 * clipping-range + max|update|) /
 (quantization-range * sum(r))``: one rounding step per client, plus the rounding of
-each weight to a multiple of ``1 / quantization-range``.
+each weight to a multiple of ``1 / quantization-range``. The rounding is drawn from a
+generator seeded by the update itself (:func:`rounding_generator`), so a run repeated
+with the same seeds (or resumed from a checkpoint) aggregates to the same adapter.
 
 Cryptography comes from ``cryptography`` (X25519, HKDF-SHA256, ChaCha20) and Flower's
 public helpers (Shamir shares over pycryptodome, Fernet channel encryption). Masks are
@@ -22,6 +24,7 @@ NumPy's Mersenne Twister, which is not a cryptographic PRG.
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -193,6 +196,17 @@ class QuantizedUpdate:
 
     vectors: list[np.ndarray]  # uint32: quantized weight first, then one array per tensor
     clipped: int
+
+
+def rounding_generator(deltas: Sequence[np.ndarray], weight: float) -> np.random.Generator:
+    """The generator of one update's stochastic rounding, seeded by SHA-256 of the update
+    and its weight: the same update rounds the same way, different updates independently.
+    The rounding is not a privacy mechanism; the masks hide the result.
+    """
+    digest = hashlib.sha256(np.float64(weight).tobytes())
+    for delta in deltas:
+        digest.update(np.ascontiguousarray(delta, dtype=np.float64).tobytes())
+    return np.random.default_rng(int.from_bytes(digest.digest(), "little"))
 
 
 def quantize_update(

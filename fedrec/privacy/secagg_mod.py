@@ -45,6 +45,7 @@ from .secagg import (
     new_private_key,
     public_key,
     quantize_update,
+    rounding_generator,
     share_secret,
     stage_record,
 )
@@ -145,7 +146,7 @@ def _collect_masked(
             raise SecAggError(f"node {node_id}: the trained adapter's tensors differ from the global adapter's")
         deltas = [trained[n].numpy().astype(np.float64) - global_arrays[n].numpy() for n in names]
         weight = float(metrics[settings.weight_key])
-    update = quantize_update(deltas, weight, settings, np.random.default_rng())
+    update = quantize_update(deltas, weight, settings, rounding_generator(deltas, weight))
     pair_seeds = {
         src: agreed_key(state["mask-sk"], state["peer-mask-pks"][peers.index(src)]) for src in srcs if src != node_id
     }
