@@ -4,10 +4,12 @@ import math
 import pytest
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 
-from fedrec.client.app import LEDGER_FILE, PRIVACY_STATE_KEY, evaluate, train
+from fedrec.client.app import LEDGER_FILE, PREFIX_CACHE_DIR, PRIVACY_STATE_KEY, evaluate, train
 from fedrec.config import resolve_config
 from fedrec.data.interactions import DataError, load_interaction_data
+from fedrec.models import scorer as scorer_module
 from fedrec.models.adapter import adapter_to_arrays
+from fedrec.models.scorer import PreferenceScorer, PrefixCache
 from fedrec.privacy.accountant import LedgerError, PersistentAccountant, load_ledger
 from fedrec.settings import scorer_for
 
@@ -85,7 +87,46 @@ def test_a_restarted_node_continues_its_budget_from_its_ledger_file(tmp_path):
     fresh = train(_message(CFG, 2), _context(0), CFG).content.metric_records["metrics"]["epsilon"]
     assert again > spent and fresh == pytest.approx(spent)  # without the file the budget would have restarted
     assert load_ledger(state_dir / LEDGER_FILE, "rdp").epsilon(CFG.target_delta) == pytest.approx(again)
-    assert [p.name for p in state_dir.iterdir()] == [LEDGER_FILE]  # no temporary files left behind
+    assert sorted(p.name for p in state_dir.iterdir()) == sorted([LEDGER_FILE, PREFIX_CACHE_DIR])  # no temporary files
+
+
+def test_a_restarted_node_loads_its_prefix_states_from_disk(tmp_path, monkeypatch):
+    """Each call below starts with an empty in-memory cache, as a fresh ClientApp process does."""
+    trunk_runs = []
+    run_to_split = PreferenceScorer._run_to_split
+
+    def counted(self, **inputs):
+        trunk_runs.append(1)
+        return run_to_split(self, **inputs)
+
+    monkeypatch.setattr(PreferenceScorer, "_run_to_split", counted)
+
+    def fresh_process(call, *args):
+        monkeypatch.setattr(scorer_module, "PREFIX_CACHE", PrefixCache(1 << 30))
+        trunk_runs.clear()
+        return call(*args).content
+
+    node = {"state-dir": str(tmp_path)}
+    fresh_process(train, _message(CFG, 1), _context(0, **node), CFG)
+    assert trunk_runs and len(list((tmp_path / PREFIX_CACHE_DIR).iterdir())) == 1
+    stored = fresh_process(train, _message(CFG, 2), _context(0, **node), CFG)
+    assert not trunk_runs  # the frozen trunk did not run again
+    computed = fresh_process(train, _message(CFG, 2), _context(0), CFG)  # no state-dir: computed
+    assert trunk_runs
+    for name, array in computed.array_records["arrays"].items():
+        assert (stored.array_records["arrays"][name].numpy() == array.numpy()).all()
+
+    first = fresh_process(evaluate, _message(CFG, 2, MessageType.EVALUATE), _context(0, **node), CFG)
+    assert trunk_runs and len(list((tmp_path / PREFIX_CACHE_DIR).iterdir())) == 2  # the test prompts
+    again = fresh_process(evaluate, _message(CFG, 2, MessageType.EVALUATE), _context(0, **node), CFG)
+    assert not trunk_runs and again.metric_records["metrics"]["pos-hist"] == first.metric_records["metrics"]["pos-hist"]
+
+    for path in (tmp_path / PREFIX_CACHE_DIR).iterdir():
+        path.write_bytes(b"damaged")
+    fresh_process(train, _message(CFG, 3), _context(0, **node), CFG)
+    assert trunk_runs  # recomputed, and stored again
+    fresh_process(train, _message(CFG, 3), _context(0, **node), CFG)
+    assert not trunk_runs
 
 
 def test_a_node_whose_ledger_file_is_spent_declines_after_a_restart(tmp_path):

@@ -12,6 +12,7 @@ from fedrec.models.adapter import (
     save_adapter,
 )
 from fedrec.models.backbone import BackboneError, load_backbone
+from fedrec.models.prefix_store import PrefixStore
 from fedrec.models.scorer import PREFIX_CACHE, shared_prefix_groups
 from tests.conftest import tiny_scorer
 
@@ -152,6 +153,23 @@ def test_prefix_cache_reuses_states(scorer):
     first = scorer.prefix_states(tokens)[0]
     assert PREFIX_CACHE.get(scorer._cache_key(tokens[0])) is first
     assert scorer.prefix_states(tokens)[0] is first
+
+
+def test_prefix_store_round_trip_damage_and_pruning(tmp_path):
+    store = PrefixStore(tmp_path / "store", max_files=2)
+    states = [torch.randn(n, 4) for n in (3, 1, 5)]
+    assert store.load(["a", "b", "c"]) is None
+    store.save(["a", "b", "c"], states)
+    loaded = store.load(["a", "b", "c"])
+    assert all(torch.equal(got, want) for got, want in zip(loaded, states, strict=True))
+    assert store.load(["a", "b"]) is None  # another prompt set, another file
+    store.path(["a", "b", "c"]).write_bytes(b"\x00" * 10)  # damaged: recomputed, not trusted
+    assert store.load(["a", "b", "c"]) is None
+    for keys in (["x"], ["y"], ["z"]):
+        store.save(keys, [torch.zeros(2, 4)])
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == sorted(
+        store.path(k).name for k in (["y"], ["z"])
+    )  # the two most recently used; no temporary files
 
 
 def test_reset_adapter_is_deterministic(scorer):

@@ -5,7 +5,9 @@ with DP-SGD (Opacus) on its own examples, and replies with the adapter and metri
 Its privacy ledger lives in ``context.state`` so epsilon composes across rounds, and,
 when the node config sets ``state-dir``, in a file there, so that a restarted node
 continues its budget; a round's spend is written before it trains. A round that would
-exceed ``target-epsilon`` is declined with a reason.
+exceed ``target-epsilon`` is declined with a reason. With ``state-dir`` the node also
+keeps its prompts' frozen-prefix states in ``state-dir/prefix-cache`` (a cache: a
+deployed node runs every message in a fresh process).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from ..data.examples import PreferenceExample
 from ..data.federation import FederatedData, load_federated_data, load_node_data
 from ..metrics import roc_auc, score_histograms
 from ..models.adapter import adapter_to_arrays, frozen_a_fingerprint, load_adapter_arrays, pad_to_rank
+from ..models.prefix_store import PrefixStore
 from ..models.scorer import PreferenceScorer
 from ..privacy.accountant import PersistentAccountant, load_ledger, save_ledger
 from ..privacy.client_dp import client_dp_mod
@@ -38,8 +41,9 @@ from .train import PrivateTraining, train_adapter
 
 PRIVACY_STATE_KEY = "privacy"
 DATA_PATH_KEY = "data-path"  # node config: the node's own interactions file
-STATE_DIR_KEY = "state-dir"  # node config: a folder on the node's disk for its privacy ledger
+STATE_DIR_KEY = "state-dir"  # node config: a folder on the node's disk (ledger, prefix cache)
 LEDGER_FILE = "privacy-ledger.json"
+PREFIX_CACHE_DIR = "prefix-cache"
 
 
 def node_data(cfg: FedRecConfig, context: Context) -> tuple[FederatedData, int]:
@@ -86,10 +90,16 @@ def store_privacy_ledger(context: Context, cfg: FedRecConfig, accountant: Persis
         save_ledger(path, accountant)
 
 
+def prefix_store(context: Context) -> PrefixStore | None:
+    """The node's on-disk prefix cache: ``state-dir/prefix-cache`` when it has a state-dir."""
+    folder = context.node_config.get(STATE_DIR_KEY)
+    return PrefixStore(Path(str(folder)) / PREFIX_CACHE_DIR) if folder else None
+
+
 def _states_and_labels(
-    scorer: PreferenceScorer, data: FederatedData, examples: list[PreferenceExample]
+    scorer: PreferenceScorer, data: FederatedData, examples: list[PreferenceExample], store: PrefixStore | None
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
-    states = scorer.prefix_states(scorer.encode(data.prompts(examples)))
+    states = scorer.prefix_states(scorer.encode(data.prompts(examples)), store=store)
     return states, torch.tensor([ex.label for ex in examples])
 
 
@@ -146,13 +156,13 @@ def train(message: Message, context: Context, cfg: FedRecConfig) -> Message:
         # spend first: a node that fails while training has still used its data
         planned = (plan.noise_multiplier, plan.sample_rate, plan.steps)
         store_privacy_ledger(context, cfg, PersistentAccountant(accountant.mechanism, [*accountant.history, planned]))
-        states, labels = _states_and_labels(scorer, data, examples)
+        states, labels = _states_and_labels(scorer, data, examples, prefix_store(context))
         result = train_adapter(scorer, states, labels, settings, PrivateTraining(plan, cfg.max_grad_norm, accountant))
         store_privacy_ledger(context, cfg, accountant)
         privacy_metrics["epsilon"] = accountant.epsilon(privacy.target_delta)
         metrics |= privacy_metrics
     else:
-        states, labels = _states_and_labels(scorer, data, examples)
+        states, labels = _states_and_labels(scorer, data, examples, prefix_store(context))
         result = train_adapter(scorer, states, labels, settings)
         metrics |= {
             "epsilon": math.inf,
@@ -190,7 +200,9 @@ def evaluate(message: Message, context: Context, cfg: FedRecConfig) -> Message:
     load_adapter_arrays(scorer, message.content.array_records["arrays"], "global adapter")
     data, partition_id = node_data(cfg, context)
     examples = data.test_examples(partition_id)
-    scores = scorer.score(scorer.encode(data.prompts(examples)), batch_size=cfg.physical_batch_size)
+    scores = scorer.score(
+        scorer.encode(data.prompts(examples)), batch_size=cfg.physical_batch_size, store=prefix_store(context)
+    )
     labels = np.array([ex.label for ex in examples])
     pos, neg = score_histograms(labels, scores.numpy())
     loss = (

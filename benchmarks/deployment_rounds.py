@@ -1,0 +1,136 @@
+"""Round wall time of a preset on real SuperNodes, with and without the nodes' on-disk
+prefix cache (node config ``state-dir``), measured side by side in one run.
+
+A Flower 1.41 SuperNode starts a fresh ClientApp process for every message, so without
+the cache every round recomputes the frozen prefix of all of the node's prompts. Each
+variant starts its own insecure SuperLink and SuperNodes on 127.0.0.1 (TLS and node
+authentication do not change round times measurably; they are tested in
+``tests/test_deployment.py``), submits ``flwr run`` and reads each round's seconds from
+``rounds.jsonl``. Every process is stopped by its process group.
+
+    python benchmarks/deployment_rounds.py                   # demo preset, 2 rounds per variant
+    python benchmarks/deployment_rounds.py --preset smoke --out /tmp/deployment
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import tomli_w
+import torch
+
+from fedrec.config import resolve_config
+from fedrec.deploy import superlink_command, supernode_command, write_connection
+
+ROOT = Path(__file__).parents[1]
+VENV_BIN = Path(sys.executable).parent
+CONNECTION = "fedrec-benchmark"
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports on 127.0.0.1 that are free now."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def run_variant(folder: Path, run_config: dict, num_nodes: int, prefix_cache: bool, limit: float) -> list[dict]:
+    """One SuperLink and ``num_nodes`` SuperNodes; returns the run's ``rounds.jsonl``."""
+    folder.mkdir(parents=True)
+    env = {
+        **os.environ,
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "FLWR_HOME": str(folder / "flwr-home"),
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+    }
+    link_port, *runtime_ports = free_ports(num_nodes + 1)
+    commands = {"superlink": superlink_command(None, "127.0.0.1", link_port)}
+    for i in range(num_nodes):
+        node_config = [f"state-dir='{folder / f'node-{i}'}'"] if prefix_cache else []
+        commands[f"supernode-{i}"] = supernode_command(
+            f"127.0.0.1:{link_port}", i, num_nodes, None, None, runtime_ports[i], node_config
+        )
+    processes = []
+    try:
+        for name, command in commands.items():
+            with open(folder / f"{name}.log", "wb") as log:
+                processes.append(
+                    subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                )
+        os.environ["FLWR_HOME"] = env["FLWR_HOME"]
+        write_connection(CONNECTION, f"127.0.0.1:{link_port}", None)
+        out = folder / "run"
+        config_file = folder / "run-config.toml"
+        config_file.write_text(tomli_w.dumps({**run_config, "out": str(out)}))
+        command = [str(VENV_BIN / "flwr"), "run", str(ROOT), CONNECTION, "--run-config", str(config_file), "--stream"]
+        with open(folder / "flwr-run.log", "wb") as log:
+            subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=limit, check=False)
+        if not (out / "summary.json").exists():
+            raise RuntimeError(f"the run did not finish; see {folder}/*.log")
+        return [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    finally:
+        for process in processes:  # each in its own group, with the helpers it started
+            os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for process in processes:
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="demo")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=None, help="working folder (default: a temporary one)")
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "deployment_rounds.json")
+    parser.add_argument("--limit", type=float, default=3600.0, help="seconds allowed per variant")
+    args = parser.parse_args()
+    if args.rounds < 2:
+        parser.error("--rounds must be at least 2: the cache serves the rounds after the first")
+    cfg = resolve_config(args.preset, overrides={"num-server-rounds": args.rounds, "ranking-users": 0})
+    work = args.out or Path(tempfile.mkdtemp(prefix="fedrec-deployment-"))
+    variants = {}
+    for name, prefix_cache in (("no-prefix-cache", False), ("prefix-cache", True)):
+        started = time.perf_counter()
+        rounds = run_variant(work / name, cfg.to_run_config(), cfg.num_clients, prefix_cache, args.limit)
+        variants[name] = {
+            "round_seconds": [r["seconds"] for r in rounds[1:]],
+            "auc": [r["auc"] for r in rounds],
+            "wall_seconds": time.perf_counter() - started,
+        }
+        print(f"{name}: rounds {', '.join(f'{s:.1f}' for s in variants[name]['round_seconds'])} s", flush=True)
+    without, with_cache = (sum(variants[n]["round_seconds"][1:]) / (args.rounds - 1) for n in variants)
+    results = {
+        "command": f"python benchmarks/deployment_rounds.py --preset {args.preset} --rounds {args.rounds}",
+        "preset": args.preset,
+        "nodes": cfg.num_clients,
+        "rounds": args.rounds,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
+        + (torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"),
+        "variants": variants,
+        "later_rounds_speedup": without / with_cache,
+    }
+    args.results.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"rounds after the first: {without:.1f} s without the cache, {with_cache:.1f} s with it", flush=True)
+
+
+if __name__ == "__main__":
+    main()
