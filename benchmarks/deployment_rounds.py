@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,35 +29,24 @@ import tomli_w
 import torch
 
 from fedrec.config import resolve_config
-from fedrec.deploy import superlink_command, supernode_command, write_connection
+from fedrec.deploy import (
+    flower_environment,
+    free_local_ports,
+    superlink_command,
+    supernode_command,
+    write_connection,
+)
 
 ROOT = Path(__file__).parents[1]
 VENV_BIN = Path(sys.executable).parent
 CONNECTION = "fedrec-benchmark"
 
 
-def free_ports(count: int) -> list[int]:
-    """Ports on 127.0.0.1 that are free now."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 def run_variant(folder: Path, run_config: dict, num_nodes: int, prefix_cache: bool, limit: float) -> list[dict]:
     """One SuperLink and ``num_nodes`` SuperNodes; returns the run's ``rounds.jsonl``."""
     folder.mkdir(parents=True)
-    env = {
-        **os.environ,
-        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "FLWR_HOME": str(folder / "flwr-home"),
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-    }
-    link_port, *runtime_ports = free_ports(num_nodes + 1)
+    env = flower_environment(folder / "flwr-home")
+    link_port, *runtime_ports = free_local_ports(num_nodes + 1)
     commands = {"superlink": superlink_command(None, "127.0.0.1", link_port)}
     for i in range(num_nodes):
         node_config = [f"state-dir='{folder / f'node-{i}'}'"] if prefix_cache else []

@@ -29,6 +29,7 @@ import datetime
 import ipaddress
 import os
 import shlex
+import socket
 import sys
 import tomllib
 from collections.abc import Iterable, Sequence
@@ -288,13 +289,32 @@ def write_connection(name: str, superlink: str, root_certificate: str | Path | N
     return path
 
 
-def exec_command(command: Sequence[str]) -> None:
-    """Replace this process with ``command``, with this interpreter's scripts folder first on
-    PATH (Flower starts ``flower-superexec`` and the app processes from PATH).
+def flower_environment(flwr_home: str | Path | None = None) -> dict[str, str]:
+    """The environment of this process with its interpreter's scripts folder first on PATH
+    (Flower starts ``flower-superexec`` and the app processes from PATH); with
+    ``flwr_home``, also ``FLWR_HOME`` and no update check (trial processes).
     """
-    scripts = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": os.pathsep.join([scripts, os.environ.get("PATH", "")])}
-    os.execvpe(command[0], list(command), env)
+    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    if flwr_home is not None:
+        env |= {"FLWR_HOME": str(flwr_home), "FLWR_DISABLE_UPDATE_CHECK": "1"}
+    return env
+
+
+def free_local_ports(count: int) -> list[int]:
+    """``count`` distinct ports on 127.0.0.1 that are free now (for trial processes)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def exec_command(command: Sequence[str]) -> None:
+    """Replace this process with ``command`` in :func:`flower_environment`."""
+    os.execvpe(command[0], list(command), flower_environment())
 
 
 def _add_security_args(parser: argparse.ArgumentParser) -> None:

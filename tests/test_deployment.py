@@ -7,7 +7,6 @@ budget. Every process is stopped by its PID, and none is left behind.
 import json
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -29,6 +28,8 @@ from fedrec.client.app import LEDGER_FILE
 from fedrec.deploy import (
     CA_CERT,
     SERVER_CERT,
+    flower_environment,
+    free_local_ports,
     node_key_names,
     superlink_command,
     supernode_command,
@@ -42,26 +43,6 @@ VENV_BIN = Path(sys.executable).parent
 CONNECTION = "fedrec-test"
 NUM_NODES = 3
 ROGUE = NUM_NODES  # key pair node-3 is never registered
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-def _env(flwr_home: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # Flower starts its helpers from PATH
-        "FLWR_HOME": str(flwr_home),
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-    }
 
 
 def _wait_for(condition, seconds: float, what: str, interval: float = 1.0) -> None:
@@ -108,7 +89,9 @@ class Processes:
         home = self.folder / f"home-{name}"
         home.mkdir()
         with open(self.log(name), "wb") as log:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=_env(home), cwd=self.folder)
+            process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=flower_environment(home), cwd=self.folder
+            )
         self.running[name] = process
         return process
 
@@ -158,10 +141,14 @@ def federation(tmp_path_factory):
     folder = tmp_path_factory.mktemp("deploy")
     certs = folder / "certs"
     write_trial_credentials(certs, num_nodes=NUM_NODES + 1)
-    link_port, *runtime_ports = _free_ports(NUM_NODES + 2)
+    link_port, *runtime_ports = free_local_ports(NUM_NODES + 2)
     address = f"127.0.0.1:{link_port}"
     fed = SimpleNamespace(
-        folder=folder, certs=certs, address=address, runtime_ports=runtime_ports, cli_env=_env(folder / "home-cli")
+        folder=folder,
+        certs=certs,
+        address=address,
+        runtime_ports=runtime_ports,
+        cli_env=flower_environment(folder / "home-cli"),
     )
     fed.processes = Processes(folder)
     try:
