@@ -1,10 +1,14 @@
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 
-from fedrec.client.app import LEDGER_FILE, PREFIX_CACHE_DIR, PRIVACY_STATE_KEY, evaluate, train
+from fedrec.client.tasks import LEDGER_FILE, PREFIX_CACHE_DIR, PRIVACY_STATE_KEY, evaluate, train
 from fedrec.config import resolve_config
 from fedrec.data.interactions import DataError, load_interaction_data
 from fedrec.models import scorer as scorer_module
@@ -182,3 +186,21 @@ def test_a_node_trains_on_its_own_data_file_and_a_bad_file_is_named(tmp_path):
     bad.write_text("user,item,rating,timestamp\n1,1,great,0\n")
     with pytest.raises(DataError, match=r"bad\.csv: column 'rating' must be numeric"):
         train(_message(CFG, 1), _context(**{"data-path": str(bad)}), CFG)
+
+
+def _fresh_interpreter(code: str) -> str:
+    """stdout of ``code`` run by a new Python process on this checkout."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+
+
+def test_the_client_app_module_loads_without_the_training_stack():
+    """A SuperNode starts a process per message; SecAgg+'s key stages need no torch."""
+    code = "import sys, fedrec.client.app; print(sorted({'torch', 'transformers', 'peft', 'opacus'} & {*sys.modules}))"
+    assert _fresh_interpreter(code).strip() == "[]"
+
+
+def test_opacus_is_imported_without_adding_a_root_logging_handler():
+    count = "import logging; print(len(logging.getLogger().handlers))"
+    assert _fresh_interpreter(f"import opacus; {count}").strip() == "1"  # what Opacus alone does
+    assert _fresh_interpreter(f"import fedrec.privacy.dp, fedrec.privacy.accountant; {count}").strip() == "0"

@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 from test_flwr_run import SMOKE
 
 from fedrec.cli import main
-from fedrec.client.app import LEDGER_FILE
+from fedrec.client.tasks import LEDGER_FILE
 from fedrec.deploy import (
     CA_CERT,
     SERVER_CERT,

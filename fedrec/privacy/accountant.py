@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flwr.app import ConfigRecord
-from opacus.accountants import create_accountant
-from opacus.accountants.accountant import IAccountant
 
 from ..files import write_atomic
+from .opacus_api import IAccountant, create_accountant
 
 MECHANISMS = ("rdp", "prv")
 

@@ -15,13 +15,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from opacus import PrivacyEngine
-from opacus.accountants.utils import get_noise_multiplier
-from opacus.optimizers import DPOptimizer
-from opacus.utils.batch_memory_manager import BatchMemoryManager
 from torch.utils.data import DataLoader
 
 from .accountant import PersistentAccountant
+from .opacus_api import BatchMemoryManager, DPOptimizer, PrivacyEngine, get_noise_multiplier
 
 
 @dataclass(frozen=True)
