@@ -40,12 +40,15 @@ from fedrec.deploy import (
 ROOT = Path(__file__).parents[1]
 VENV_BIN = Path(sys.executable).parent
 CONNECTION = "fedrec-benchmark"
+VARIANTS = {"no-prefix-cache": False, "prefix-cache": True}  # nodes with state-dir or without
 
 
 def run_variant(folder: Path, run_config: dict, num_nodes: int, prefix_cache: bool, limit: float) -> list[dict]:
     """One SuperLink and ``num_nodes`` SuperNodes; returns the run's ``rounds.jsonl``."""
     folder.mkdir(parents=True)
-    env = flower_environment(folder / "flwr-home")
+    # one machine stands in for several: each node's torch gets its share of the cores
+    threads = str(max(1, (os.cpu_count() or 1) // num_nodes))
+    env = flower_environment(folder / "flwr-home") | {"OMP_NUM_THREADS": threads}
     link_port, *runtime_ports = free_local_ports(num_nodes + 1)
     commands = {"superlink": superlink_command(None, "127.0.0.1", link_port)}
     for i in range(num_nodes):
@@ -90,13 +93,19 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="working folder (default: a temporary one)")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "deployment_rounds.json")
     parser.add_argument("--limit", type=float, default=3600.0, help="seconds allowed per variant")
+    parser.add_argument("--variant", choices=(*VARIANTS, "both"), default="both")
     args = parser.parse_args()
+    # stop the federation's processes (the finally below) on SIGTERM, and on SIGINT even
+    # when started in the background, where the shell ignores it
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if args.rounds < 2:
         parser.error("--rounds must be at least 2: the cache serves the rounds after the first")
     cfg = resolve_config(args.preset, overrides={"num-server-rounds": args.rounds, "ranking-users": 0})
     work = args.out or Path(tempfile.mkdtemp(prefix="fedrec-deployment-"))
     variants = {}
-    for name, prefix_cache in (("no-prefix-cache", False), ("prefix-cache", True)):
+    chosen = VARIANTS if args.variant == "both" else {args.variant: VARIANTS[args.variant]}
+    for name, prefix_cache in chosen.items():
         started = time.perf_counter()
         rounds = run_variant(work / name, cfg.to_run_config(), cfg.num_clients, prefix_cache, args.limit)
         variants[name] = {
@@ -105,19 +114,20 @@ def main() -> None:
             "wall_seconds": time.perf_counter() - started,
         }
         print(f"{name}: rounds {', '.join(f'{s:.1f}' for s in variants[name]['round_seconds'])} s", flush=True)
-    without, with_cache = (sum(variants[n]["round_seconds"][1:]) / (args.rounds - 1) for n in variants)
+    later = {name: sum(v["round_seconds"][1:]) / (args.rounds - 1) for name, v in variants.items()}
     results = {
-        "command": f"python benchmarks/deployment_rounds.py --preset {args.preset} --rounds {args.rounds}",
+        "command": f"python benchmarks/deployment_rounds.py --preset {args.preset} --rounds {args.rounds} "
+        f"--variant {args.variant}",
         "preset": args.preset,
         "nodes": cfg.num_clients,
         "rounds": args.rounds,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
         + (torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"),
         "variants": variants,
-        "later_rounds_speedup": without / with_cache,
+        "later_rounds_seconds": later,
     }
     args.results.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"rounds after the first: {without:.1f} s without the cache, {with_cache:.1f} s with it", flush=True)
+    print(f"mean of the rounds after the first: {later}", flush=True)
 
 
 if __name__ == "__main__":
