@@ -1,6 +1,7 @@
 """Deployment on real Flower processes on 127.0.0.1: a SuperLink with TLS and SuperNode
 authentication, SuperNodes with registered keys, `flwr run` of the app; an unregistered
-SuperNode is turned away; a killed ServerApp resumes while a restarted SuperNode keeps its
+SuperNode is turned away; a node whose ClientApp fails is dropped from SecAgg+ rounds
+that complete without it; a killed ServerApp resumes while a restarted SuperNode keeps its
 budget. Every process is stopped by its PID, and none is left behind.
 """
 
@@ -41,8 +42,10 @@ from fedrec.server.checkpoint import CheckpointError, read_checkpoint
 ROOT = Path(__file__).parents[1]
 VENV_BIN = Path(sys.executable).parent
 CONNECTION = "fedrec-test"
-NUM_NODES = 3
-ROGUE = NUM_NODES  # key pair node-3 is never registered
+NUM_NODES = 3  # honest nodes, partitions 0, 1, 2
+BROKEN = NUM_NODES  # key pair node-3: registered, but its data file is missing (its ClientApp fails)
+ROGUE = NUM_NODES + 1  # key pair node-4 is never registered
+ONLINE = NUM_NODES + 1
 
 
 def _wait_for(condition, seconds: float, what: str, interval: float = 1.0) -> None:
@@ -129,6 +132,10 @@ def _flwr(args: list[str], env: dict[str, str], timeout: float) -> subprocess.Co
     return subprocess.run([str(VENV_BIN / "flwr"), *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def _online(fed: SimpleNamespace) -> int:
+    return sum(node["status"] == "online" for node in _nodes(fed))
+
+
 def _nodes(fed: SimpleNamespace) -> list[dict]:
     result = _flwr(["supernode", "list", CONNECTION, "--format", "json"], fed.cli_env, 60)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -137,11 +144,13 @@ def _nodes(fed: SimpleNamespace) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory):
-    """A TLS SuperLink with node authentication, 3 registered SuperNodes online."""
+    """A TLS SuperLink with node authentication; online: 3 registered SuperNodes and a
+    registered one whose ``data-path`` does not exist.
+    """
     folder = tmp_path_factory.mktemp("deploy")
     certs = folder / "certs"
-    write_trial_credentials(certs, num_nodes=NUM_NODES + 1)
-    link_port, *runtime_ports = free_local_ports(NUM_NODES + 2)
+    write_trial_credentials(certs, num_nodes=ROGUE + 1)
+    link_port, *runtime_ports = free_local_ports(ROGUE + 2)
     address = f"127.0.0.1:{link_port}"
     fed = SimpleNamespace(
         folder=folder,
@@ -167,12 +176,13 @@ def federation(tmp_path_factory):
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("FLWR_HOME", fed.cli_env["FLWR_HOME"])
             assert main(["deploy", "connection", CONNECTION, "--certs", str(certs), "--superlink", address]) == 0
-        fed.node_ids = set()
-        for i in range(NUM_NODES):
+        registered = []
+        for i in range(ONLINE):
             public_key = certs / node_key_names(i)[1]
             result = _flwr(["supernode", "register", str(public_key), CONNECTION, "--format", "json"], fed.cli_env, 60)
             assert result.returncode == 0, result.stdout + result.stderr
-            fed.node_ids.add(str(json.loads(result.stdout)["node-id"]))
+            registered.append(str(json.loads(result.stdout)["node-id"]))
+        fed.node_ids, fed.broken_id = set(registered), registered[BROKEN]
         fed.supernode_commands = [
             supernode_command(
                 address,
@@ -187,9 +197,12 @@ def federation(tmp_path_factory):
         ]
         for i, command in enumerate(fed.supernode_commands):
             fed.processes.start(f"supernode-{i}", command)
-        _wait_for(
-            lambda: sum(node["status"] == "online" for node in _nodes(fed)) == NUM_NODES, 90, "3 SuperNodes online"
+        missing = [f"data-path='{folder / 'missing.csv'}'"]
+        key = certs / node_key_names(BROKEN)[0]
+        fed.processes.start(
+            "supernode-broken", supernode_command(address, 0, 1, certs / CA_CERT, key, runtime_ports[BROKEN], missing)
         )
+        _wait_for(lambda: _online(fed) == ONLINE, 90, "4 SuperNodes online")
         yield fed
     finally:
         fed.processes.stop_all()
@@ -249,8 +262,12 @@ def test_flwr_run_over_tls_with_authenticated_supernodes(federation):
     assert summary["rounds"] == 2 and summary["dp"] and summary["epsilon"]["max"] > 0
     rounds = _rounds(out)
     assert [r["round"] for r in rounds] == [0, 1, 2]
-    assert all(r["clients_ok"] == r["clients_sampled"] == 3 for r in rounds[1:])
-    assert all("bytes_by_stage" in r for r in rounds[1:])  # the rounds ran SecAgg+
+    for r in rounds[1:]:  # the rounds ran SecAgg+ without the broken node, which failed after sharing its keys
+        assert (r["clients_sampled"], r["clients_ok"], r["clients_failed"]) == (ONLINE, NUM_NODES, 1), r
+        assert list(r["secagg_dropped"]) == [fed.broken_id], r
+        assert r["secagg_dropped"][fed.broken_id].startswith("collect-masked: ")
+        assert "missing.csv does not exist" in r["secagg_dropped"][fed.broken_id]  # the node's own error
+        assert "bytes_by_stage" in r
     assert "secure-aggregation = true" in (out / "config.toml").read_text()
 
 
@@ -291,7 +308,7 @@ def test_a_killed_server_resumes_and_a_restarted_supernode_keeps_its_budget(fede
     os.kill(node.pid, signal.SIGTERM)  # restart node 0 by its PID, with the same key and disk
     node.wait(timeout=30)
     fed.processes.start("supernode-0-restarted", fed.supernode_commands[0])
-    _wait_for(lambda: sum(n["status"] == "online" for n in _nodes(fed)) == NUM_NODES, 90, "node 0 back online")
+    _wait_for(lambda: _online(fed) == ONLINE, 90, "node 0 back online")
 
     _flwr_run(fed, out, f"{RUN} resume=true")
     want, got = _rounds(reference), _rounds(out)
