@@ -2,11 +2,16 @@
 ``SecAggPlusWorkflow``, on the same adapter-sized vectors (real Flower simulations).
 
 For each client count, one simulation runs plain FedAvg and fedrec's SecAgg+
-(``SecAggGrid``) rounds interleaved through the Message-API ``FedAvg``; a second runs
-Flower's ``DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(...))`` with the legacy
-``secaggplus_mod``. Each client's "training" adds a fixed random update, so the
-rounds measure aggregation alone. Both protocols use 5 shares, threshold 3, and
-the same clipping/quantization/modulus ranges.
+(``SecAggGrid``) through the Message-API ``FedAvg``, alternating runs of ``--rounds``
+rounds; a second runs Flower's ``DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(...))``
+with the legacy ``secaggplus_mod``, one round per workflow. Each client's "training"
+adds a fixed random update, so the rounds measure aggregation alone. Both protocols use
+5 shares, threshold 3, and the same clipping/quantization/modulus ranges.
+
+A round is timed from the strategy's ``configure_train`` to the end of its
+``aggregate_train``. fedrec's first round of a run includes the ``setup`` stage; later
+rounds skip it (the nodes advertised their keys in the previous ``unmask``): both are
+reported. Flower's legacy workflow runs all four stages every round.
 
     python benchmarks/secagg_overhead.py                       # 10, 50, 100 clients
     python benchmarks/secagg_overhead.py --clients 10 --size 100000 --repeats 1
@@ -19,6 +24,7 @@ import json
 import platform
 import statistics
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -66,32 +72,57 @@ def _wait_for_nodes(grid: Grid, count: int) -> list[int]:
     return nodes
 
 
-def message_api_server(clients: int, size: int, repeats: int, out: Path) -> ServerApp:
-    """Plain and secure FedAvg rounds, interleaved."""
+class TimedFedAvg(FedAvg):
+    """FedAvg that keeps each round's wall time, bytes and SecAgg+ stage seconds."""
+
+    def __init__(self, recording: RecordingGrid, secure: SecAggGrid | None, clients: int) -> None:
+        super().__init__(fraction_evaluate=0.0, min_available_nodes=clients)
+        self.recording, self.secure = recording, secure
+        self.rounds: list[dict] = []
+        self.started = 0.0
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self.started = time.perf_counter()
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        result = super().aggregate_train(server_round, replies)
+        self.rounds.append(
+            {
+                "seconds": time.perf_counter() - self.started,
+                "bytes": sum(e.num_bytes for e in self.recording.take()),
+                "stages": dict(self.secure.last_stage_seconds) if self.secure else {},
+            }
+        )
+        return result
+
+
+def message_api_server(clients: int, size: int, rounds: int, repeats: int, out: Path) -> ServerApp:
+    """Runs of plain and secure FedAvg, alternating."""
     app = ServerApp()
 
     @app.main()
     def _main(grid: Grid, context: Context) -> None:
         _wait_for_nodes(grid, clients)
         initial = ArrayRecord({"w": Array(np.zeros(size, dtype=np.float32))})
-        times: dict[str, list[float]] = {"plain": [], "fedrec-secagg": []}
-        sizes: dict[str, int] = {}
         FedAvg(fraction_evaluate=0.0, min_available_nodes=clients).start(  # warm-up: actors start, imports load
             grid=grid, initial_arrays=initial, num_rounds=1, train_config=ConfigRecord()
         )
+        runs: dict[str, list[list[dict]]] = {"plain": [], "fedrec-secagg": []}
         for _ in range(repeats):
-            for mode in times:
+            for mode in runs:
                 recording = RecordingGrid(grid)
-                wrapped = SecAggGrid(recording, SETTINGS) if mode == "fedrec-secagg" else recording
-                started = time.perf_counter()
-                FedAvg(fraction_evaluate=0.0, min_available_nodes=clients).start(
-                    grid=wrapped, initial_arrays=initial, num_rounds=1, train_config=ConfigRecord()
+                secure = SecAggGrid(recording, SETTINGS) if mode == "fedrec-secagg" else None
+                strategy = TimedFedAvg(recording, secure, clients)
+                strategy.start(
+                    grid=secure or recording, initial_arrays=initial, num_rounds=rounds, train_config=ConfigRecord()
                 )
-                times[mode].append(time.perf_counter() - started)
-                sizes[mode] = sum(e.num_bytes for e in recording.take())
-                if isinstance(wrapped, SecAggGrid):
-                    stages = wrapped.last_stage_seconds
-        out.write_text(json.dumps({"times": times, "bytes": sizes, "stage_seconds": stages}))
+                runs[mode].append(strategy.rounds)
+        out.write_text(json.dumps(runs))
 
     return app
 
@@ -160,33 +191,56 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, nargs="+", default=[10, 50, 100])
     parser.add_argument("--size", type=int, default=500_000, help="floats per client vector")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per Message-API run")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per mode; legacy rounds timed")
     args = parser.parse_args()
+    if args.rounds < 2:
+        parser.error("--rounds must be at least 2: the first round of a run sets up keys, later rounds are steady")
     rows = []
     for clients in args.clients:
         scratch = RESULTS / f".secagg_{clients}.json"
-        _simulate(message_api_server(clients, args.size, args.repeats, scratch), message_client, clients)
-        measured = json.loads(scratch.read_text())
+        _simulate(message_api_server(clients, args.size, args.rounds, args.repeats, scratch), message_client, clients)
+        runs = json.loads(scratch.read_text())
         _simulate(legacy_server(clients, args.size, args.repeats, scratch), legacy_client, clients)
         legacy = json.loads(scratch.read_text())
         scratch.unlink()
-        seconds = {k: statistics.median(v) for k, v in {**measured["times"], **legacy["times"]}.items()}
-        sizes = {**measured["bytes"], **legacy["bytes"]}
+        plain = [r for run in runs["plain"] for r in run]
+        first = [run[0] for run in runs["fedrec-secagg"]]
+        steady = [r for run in runs["fedrec-secagg"] for r in run[1:]]
+        seconds = {
+            "plain": statistics.median(r["seconds"] for r in plain),
+            "fedrec-secagg-first": statistics.median(r["seconds"] for r in first),
+            "fedrec-secagg-steady": statistics.median(r["seconds"] for r in steady),
+            "flower-legacy-secaggplus": statistics.median(legacy["times"]["flower-legacy-secaggplus"]),
+        }
+        secure = seconds["fedrec-secagg-steady"]
+        sizes = {
+            "plain": plain[-1]["bytes"],
+            "fedrec-secagg-first": first[-1]["bytes"],
+            "fedrec-secagg-steady": steady[-1]["bytes"],
+            **legacy["bytes"],
+        }
         rows.append(
             {
                 "clients": clients,
                 "seconds": seconds,
                 "bytes": sizes,
-                "fedrec_stage_seconds": measured["stage_seconds"],
-                "secure_over_plain": seconds["fedrec-secagg"] / seconds["plain"],
+                "fedrec_stage_seconds": {
+                    "first": first[-1]["stages"],
+                    "steady": steady[-1]["stages"] if steady else {},
+                },
+                "first_over_plain": seconds["fedrec-secagg-first"] / seconds["plain"],
+                "secure_over_plain": secure / seconds["plain"],
                 "legacy_over_plain": seconds["flower-legacy-secaggplus"] / seconds["plain"],
-                "secure_over_legacy": seconds["fedrec-secagg"] / seconds["flower-legacy-secaggplus"],
-                "bytes_secure_over_plain": sizes["fedrec-secagg"] / sizes["plain"],
+                "secure_over_legacy": secure / seconds["flower-legacy-secaggplus"],
+                "bytes_secure_over_plain": (sizes["fedrec-secagg-steady"] or sizes["fedrec-secagg-first"])
+                / sizes["plain"],
             }
         )
         print(json.dumps(rows[-1]), flush=True)
     report = {
         "vector_floats": args.size,
+        "rounds": args.rounds,
         "repeats": args.repeats,
         "settings": SETTINGS.__dict__,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
@@ -194,14 +248,17 @@ def main() -> None:
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "secagg_overhead.json").write_text(json.dumps(report, indent=2))
-    header = ["clients", "plain s", "fedrec SecAgg+ s", "Flower legacy SecAgg+ s", "secure/plain", "secure/legacy"]
-    print("| " + " | ".join([*header, "bytes secure/plain"]) + " |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| clients | plain s | fedrec first round s | fedrec steady round s | Flower legacy s "
+        "| steady/plain | first/plain | steady/legacy | bytes steady/plain |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         s = r["seconds"]
         print(
-            f"| {r['clients']} | {s['plain']:.2f} | {s['fedrec-secagg']:.2f} | {s['flower-legacy-secaggplus']:.2f} "
-            f"| {r['secure_over_plain']:.2f} | {r['secure_over_legacy']:.2f} | {r['bytes_secure_over_plain']:.3f} |"
+            f"| {r['clients']} | {s['plain']:.2f} | {s['fedrec-secagg-first']:.2f} | {s['fedrec-secagg-steady']:.2f} "
+            f"| {s['flower-legacy-secaggplus']:.2f} | {r['secure_over_plain']:.2f} | {r['first_over_plain']:.2f} "
+            f"| {r['secure_over_legacy']:.2f} | {r['bytes_secure_over_plain']:.3f} |"
         )
 
 

@@ -34,14 +34,14 @@ from fedrec.privacy.secagg import (
     SECAGG_RECORD,
     STAGE_COLLECT,
     STAGE_UNMASK,
+    MaskedSum,
     SecAggSettings,
     dequantize_mean,
     mask_vectors,
     neighbours,
     prg_mask,
     quantize_update,
-    rounding_generator,
-    unmask_sum,
+    rounding_key,
 )
 from fedrec.privacy.secagg_mod import secagg_mod
 from fedrec.server.recording_grid import RecordingGrid
@@ -167,6 +167,7 @@ def _server_app(out: Path) -> ServerApp:
             "kept": bool(np.array_equal(seen[1], initial["w"].numpy())),
             "failures": secure.failures,
         }
+        results["consecutive"] = _consecutive_rounds(grid, nodes)
         results["composition"] = _composition(grid, nodes)
         results["privacy"] = _what_the_server_receives(grid, nodes)
         out.write_text(json.dumps(results))
@@ -214,6 +215,53 @@ def _composition(grid: Grid, nodes: list[int]) -> dict[str, float]:
         gap = max(float(np.abs(finals[0][k].numpy() - finals[1][k].numpy()).max()) for k in initial)
         gaps[name] = {"moved": moved, "gap": gap}
     return gaps
+
+
+def _consecutive_rounds(grid: Grid, nodes: list[int]) -> list[dict]:
+    """Three rounds on one SecAggGrid: the same nodes, then a changed set. Node 1 fails
+    at round 1's unmask, so it advertises no keys for round 2.
+    """
+    recording = RecordingGrid(grid)
+    secure = SecAggGrid(recording, SETTINGS, seed=9)
+    current = [np.zeros((3, 4), dtype=np.float32)]
+    rounds = []
+    for k, (chosen, fail_at_unmask) in enumerate([(nodes[:8], [nodes[1]]), (nodes[:8], [0]), (nodes[2:10], [0])]):
+        seed = 400 + k
+        config = ConfigRecord({"trial-seed": seed, "drop-before-masked": [0], "drop-at-unmask": fail_at_unmask})
+        arrays = ArrayRecord({"t0": Array(current[0])})
+        messages = [
+            grid.create_message(RecordDict({"arrays": arrays, "config": config}), MessageType.TRAIN, n, "1")
+            for n in chosen
+        ]
+        replies = [r for r in secure.send_and_receive(messages, timeout=120) if not r.has_error()]
+        updates = [client_update(seed, n, [(3, 4)]) for n in chosen]
+        total = sum(w for _, w in updates)
+        expected = current[0] + sum(u[0] * w for u, w in updates) / total
+        got = replies[0].content["arrays"]["t0"].numpy()
+        exchanges = recording.take()
+        rounds.append(
+            {
+                "ok": len(replies),
+                "setup": sorted(
+                    nodes.index(e.node_id) for e in exchanges if e.direction == "down" and e.stage == "setup"
+                ),
+                "advertised_mask_pks": [
+                    bytes(e.configs[key]).hex()
+                    for e in exchanges
+                    if e.direction == "up" and e.error is None
+                    for key in ("mask-pk", "next-mask-pk")
+                    if key in e.configs
+                ],
+                "max_error": float(np.abs(got - expected).max()),
+                "bound": len(chosen)
+                * (2 * SETTINGS.clipping_range + 0.5)
+                / SETTINGS.quantization_range
+                / (total / 1000)
+                + 1e-6,
+            }
+        )
+        current = [got]
+    return rounds
 
 
 def _what_the_server_receives(grid: Grid, nodes: list[int]) -> dict:
@@ -275,6 +323,18 @@ def test_drop_outs_beyond_the_threshold_fail_the_round_with_a_reason(secagg_resu
     assert kept["kept"] and kept["failures"]
 
 
+def test_nodes_sampled_again_skip_setup_with_fresh_keys(secagg_results):
+    first, second, third = secagg_results["consecutive"]
+    assert [r["ok"] for r in (first, second, third)] == [8, 8, 8]
+    assert first["setup"] == list(range(8))
+    assert second["setup"] == [1]  # failed round 1's unmask: advertised no keys
+    assert third["setup"] == [8, 9]  # newly sampled
+    advertised = [pk for r in (first, second, third) for pk in r["advertised_mask_pks"]]
+    assert len(advertised) == 8 + 7 + 1 + 8 + 2 + 8 and len(set(advertised)) == len(advertised)  # never reused
+    for r in (first, second, third):
+        assert r["max_error"] <= r["bound"], r
+
+
 def test_masks_cancel_and_dropped_pair_masks_are_undone():
     rng = np.random.default_rng(0)
     settings = SecAggSettings(clipping_range=1.0, quantization_range=1 << 20, modulus_range=1 << 32, max_weight=10)
@@ -286,10 +346,16 @@ def test_masks_cancel_and_dropped_pair_masks_are_undone():
     weights = {11: 2.0, 22: 5.0, 33: 1.0, 44: 7.0}
     masked = {}
     for n in nodes[:3]:  # node 44 shared keys but dropped before its masked input
-        update = quantize_update(deltas[n], weights[n], settings, rng)
+        update = quantize_update(deltas[n], weights[n], settings, rng.bytes(32))
         masked[n] = mask_vectors(update.vectors, seeds[n], {p: pair_seed[(n, p)] for p in nodes if p != n}, n, 1 << 32)
     dropped = {(n, 44): pair_seed[(n, 44)] for n in nodes[:3]}
-    total = unmask_sum(masked, {n: seeds[n] for n in nodes[:3]}, dropped, 1 << 32)
+    masked_sum = MaskedSum([(1,), (3, 2)], 1 << 32)
+    for n in nodes[:3]:
+        masked_sum.add(masked[n])
+        masked_sum.remove_self_mask(seeds[n])
+    for (survivor, gone), seed in dropped.items():
+        masked_sum.remove_pair_mask(survivor, gone, seed)
+    total = masked_sum.result()
     mean = dequantize_mean(total, 3, settings)[0]
     expected = sum(deltas[n][0] * weights[n] for n in nodes[:3]) / sum(weights[n] for n in nodes[:3])
     assert np.abs(mean - expected).max() < 3 * (2 * 1.0 + 0.5) / (1 << 20) / (8 / 10)
@@ -297,10 +363,10 @@ def test_masks_cancel_and_dropped_pair_masks_are_undone():
 
 def test_out_of_range_values_are_counted_and_a_wrapped_sum_is_refused():
     settings = SecAggSettings(clipping_range=0.1, quantization_range=1 << 10, modulus_range=1 << 16, max_weight=1)
-    update = quantize_update([np.array([0.05, 0.5, -0.7])], 1.0, settings, np.random.default_rng(0))
+    update = quantize_update([np.array([0.05, 0.5, -0.7])], 1.0, settings, bytes(32))
     assert update.clipped == 2
     with pytest.raises(Exception, match="outside"):
-        quantize_update([np.zeros(2)], 2.0, settings, np.random.default_rng(0))
+        quantize_update([np.zeros(2)], 2.0, settings, bytes(32))
     with pytest.raises(Exception, match="overflow or a corrupted masked input"):
         dequantize_mean([np.array([5]), np.array([3 * (1 << 10)])], 2, settings)
     with pytest.raises(ValueError, match="could wrap"):
@@ -312,7 +378,7 @@ def test_rounding_is_unbiased_and_the_same_for_the_same_update():
     update = [np.full(20_000, 0.03)]  # level (0.03 + 1) * 16 / 2 = 8.24: 9 with probability 0.24
 
     def rounded(deltas: list[np.ndarray]) -> np.ndarray:
-        return quantize_update(deltas, 1.0, settings, rounding_generator(deltas, 1.0)).vectors[1]
+        return quantize_update(deltas, 1.0, settings, rounding_key(deltas, 1.0)).vectors[1]
 
     first = rounded(update)
     assert set(np.unique(first)) == {8, 9} and first.mean() == pytest.approx(8.24, abs=0.015)  # 5 sigma

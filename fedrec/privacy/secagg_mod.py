@@ -13,7 +13,10 @@ and the shares it holds live in ``context.state`` between stages of one round.
    ``local - global`` (metrics stay in the clear). A declining app sends a zero update
    of weight 0, so the protocol still completes.
 4. ``unmask``: reply the self-mask seed shares of survivors and the mask-key shares of
-   dropped nodes, never both for one node.
+   dropped nodes, never both for one node, and the public keys of fresh key pairs (and a
+   fresh seed) for the next round: a node the server samples again in the next round
+   skips ``setup``. The keys are never reused; a node that was not in the previous
+   round's ``unmask`` goes through ``setup``.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from .secagg import (
     new_private_key,
     public_key,
     quantize_update,
-    rounding_generator,
+    rounding_key,
     share_secret,
     stage_record,
 )
@@ -72,13 +75,15 @@ def secagg_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
             return _collect_masked(msg, context, call_next, state, stage_config, node_id)
         elif stage == STAGE_UNMASK:
             reply = _unmask(state, stage_config)
-            del context.state.config_records[STATE_KEY]
+            next_keys = _setup(context, int(stage_config["round"]) + 1)
+            reply["next-channel-pk"], reply["next-mask-pk"] = next_keys["channel-pk"], next_keys["mask-pk"]
         else:
             raise SecAggError(f"unknown secure-aggregation stage {stage!r}")
     return Message(content=RecordDict({SECAGG_RECORD: reply}), reply_to=msg)
 
 
 def _setup(context: Context, server_round: int) -> ConfigRecord:
+    """Fresh key pairs and self-mask seed for ``server_round``; reply the public keys."""
     channel, mask = new_private_key(), new_private_key()
     context.state[STATE_KEY] = ConfigRecord(
         {"round": server_round, "channel-sk": channel, "mask-sk": mask, "seed": os.urandom(32)}
@@ -146,7 +151,7 @@ def _collect_masked(
             raise SecAggError(f"node {node_id}: the trained adapter's tensors differ from the global adapter's")
         deltas = [trained[n].numpy().astype(np.float64) - global_arrays[n].numpy() for n in names]
         weight = float(metrics[settings.weight_key])
-    update = quantize_update(deltas, weight, settings, rounding_generator(deltas, weight))
+    update = quantize_update(deltas, weight, settings, rounding_key(deltas, weight))
     pair_seeds = {
         src: agreed_key(state["mask-sk"], state["peer-mask-pks"][peers.index(src)]) for src in srcs if src != node_id
     }

@@ -31,7 +31,7 @@ from ..metrics import auc_from_histograms
 from ..models.adapter import adapter_to_arrays, frozen_a_fingerprint, load_adapter_arrays, save_adapter
 from ..privacy.client_dp import NORM_KEY as UPDATE_NORM_KEY
 from ..privacy.client_dp import WEIGHT_KEY as CLIENT_DP_WEIGHT_KEY
-from ..privacy.secagg import STAGE_COLLECT, STAGE_SETUP
+from ..privacy.secagg import STAGE_COLLECT, STAGE_SETUP, STAGE_SHARE_KEYS
 from ..settings import data_settings, scorer_for
 from ..simulation.baselines import preference_baselines
 from ..simulation.ranking import random_expectation, ranking_baselines
@@ -68,9 +68,10 @@ def summarize_round(
     """
     excluded = excluded or {}
     train = [e for e in exchanges if e.message_type == MessageType.TRAIN]
-    # Under secure aggregation a client is sampled by the setup stage and reports its
-    # training in the clear beside its masked input.
-    sent = [e for e in train if e.direction == "down" and e.stage in (None, STAGE_SETUP)]
+    # Under secure aggregation a sampled client is first asked for keys (setup), or for
+    # its shares when it advertised keys in the previous round; it reports its training
+    # in the clear beside its masked input.
+    sampled = {e.node_id for e in train if e.direction == "down" and e.stage in (None, STAGE_SETUP, STAGE_SHARE_KEYS)}
     replies = [
         e for e in train if e.direction == "up" and e.stage in (None, STAGE_COLLECT) and e.node_id not in dropped
     ]
@@ -84,11 +85,11 @@ def summarize_round(
     ]
     record: dict[str, Any] = {
         "round": server_round,
-        "clients_sampled": len(sent),
+        "clients_sampled": len(sampled),
         "clients_ok": len(trained),
         "clients_declined": len(declined),
         "clients_excluded": len(answered) - len(trained),
-        "clients_failed": len(sent) - len(answered) - len(declined),
+        "clients_failed": len(sampled) - len(answered) - len(declined),
         "train_loss": (
             sum(float(e.metrics["train_loss"]) * int(e.metrics["num-examples"]) for e in trained) / examples
             if examples
@@ -105,7 +106,7 @@ def summarize_round(
     if excluded:
         record["excluded"] = {str(node): reason for node, reason in sorted(excluded.items())}
     answered_nodes = {e.node_id for e in train if e.direction == "up"}
-    silent = sorted({e.node_id for e in sent} - answered_nodes)
+    silent = sorted(sampled - answered_nodes)
     if silent:
         record["no_reply"] = silent  # within the round timeout
     stages = sorted({e.stage for e in exchanges if e.stage is not None})

@@ -11,6 +11,11 @@ FedAvgM, FedAdam, FedYogi, FedAdagrad, FedProx and client-side-clipping DP wrapp
 aggregate exactly what SecAgg+ produced. Strategies that need individual updates are
 refused by :func:`require_linear_strategy`.
 
+A node's ``unmask`` reply carries fresh public keys for the next round, so a node
+sampled in consecutive rounds skips ``setup``: a steady round is three exchanges.
+Replies are handled as they arrive (masked inputs checked and summed, secrets
+reconstructed), while the remaining nodes are still answering.
+
 Nodes that fail before their masked input are dropped and their pairwise masks are
 reconstructed from their neighbours' shares; when too few shares remain, or the sum
 is out of range, the round fails with a logged reason and the strategy keeps the
@@ -21,11 +26,12 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from logging import ERROR, WARNING
+from typing import NamedTuple
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Error, Message, MessageType, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
     Bulyan,
@@ -50,6 +56,7 @@ from ..privacy.secagg import (
     STAGE_SHARE_KEYS,
     STAGE_UNMASK,
     WEIGHT_KEY,
+    MaskedSum,
     SecAggError,
     SecAggSettings,
     agreed_key,
@@ -57,7 +64,6 @@ from ..privacy.secagg import (
     neighbours,
     reconstruct_secret,
     stage_record,
-    unmask_sum,
 )
 from .delegating_grid import DelegatingGrid
 
@@ -74,6 +80,14 @@ NEEDS_INDIVIDUAL_UPDATES = (
     DifferentialPrivacyServerSideAdaptiveClipping,
 )
 SECAGG_ERROR_CODE = 0  # Flower's ``ErrorCode.UNKNOWN``
+POLL_SECONDS = (0.005, 0.1)  # shortest and longest wait between pulls for replies
+
+
+class PublicKeys(NamedTuple):
+    """A node's public keys for one round: the channel (shares) and mask key pairs."""
+
+    channel: bytes
+    mask: bytes
 
 
 def require_linear_strategy(strategy: Strategy) -> None:
@@ -97,6 +111,7 @@ class SecAggGrid(DelegatingGrid):
         self.failures: list[tuple[int, str]] = []  # (secure round, reason)
         self.last_dropped: dict[int, str] = {}  # node -> why it left the latest round
         self.last_stage_seconds: dict[str, float] = {}
+        self.next_keys: dict[int, PublicKeys] = {}  # keys nodes advertised for round ``self.round + 1``
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         """Train messages run SecAgg+; anything else is forwarded unchanged."""
@@ -107,7 +122,8 @@ class SecAggGrid(DelegatingGrid):
         self.round += 1
         order = [m.metadata.dst_node_id for m in messages]
         self.rng.shuffle(order)
-        secure_round = _SecureRound(self._grid, self.settings, self.round, messages, order, timeout)
+        known_keys, self.next_keys = self.next_keys, {}
+        secure_round = _SecureRound(self._grid, self.settings, self.round, messages, order, timeout, known_keys)
         self.last_dropped = secure_round.dropped
         self.last_stage_seconds = secure_round.seconds
         try:
@@ -116,6 +132,8 @@ class SecAggGrid(DelegatingGrid):
             log(ERROR, "secure aggregation round %d failed: %s", self.round, err)
             self.failures.append((self.round, str(err)))
             return [_error_reply(m, f"secure aggregation failed: {err}") for m in messages]
+        finally:
+            self.next_keys = secure_round.next_keys
 
 
 def _error_reply(msg: Message, reason: str) -> Message:
@@ -133,23 +151,33 @@ class _SecureRound:
         messages: list[Message],
         ring_order: list[int],
         timeout: float | None,
+        known_keys: dict[int, PublicKeys],
     ) -> None:
         self.grid, self.settings, self.round, self.timeout = grid, settings, server_round, timeout
         self.requests = {m.metadata.dst_node_id: m for m in messages}
         self.group_id = messages[0].metadata.group_id
         self.hood = neighbours(ring_order, settings.num_shares)
+        self.keys = {n: known_keys[n] for n in self.requests if n in known_keys}
+        self.next_keys: dict[int, PublicKeys] = {}
         self.dropped: dict[int, str] = {}
         self.seconds: dict[str, float] = {}  # wall time of each stage's exchange, and of unmasking
-        self.masked: dict[int, list[np.ndarray]] = {}  # checked masked inputs, weight first
+        self.names = [WEIGHT_KEY, *messages[0].content["arrays"].keys()]
+        self.shapes = {WEIGHT_KEY: (1,), **{k: tuple(v.shape) for k, v in messages[0].content["arrays"].items()}}
+        self.masked_sum = MaskedSum([self.shapes[k] for k in self.names], settings.modulus_range)
         self.threshold: dict[int, int] = {}
-        self.mask_pk: dict[int, bytes] = {}
         self.inbox: dict[int, tuple[list[int], list[bytes]]] = {}
+        self.collected: dict[int, Message] = {}  # replies with a masked input
+        self.dead: set[int] = set()
+        self.seed_shares: dict[int, list[bytes]] = {}  # survivor -> shares of its self-mask seed
+        self.key_shares: dict[int, list[bytes]] = {}  # dead node -> shares of its mask key
+        self.unmasking_error: SecAggError | None = None
 
     def run(self) -> list[Message]:
         """Run the stages; one reply per requested node (aggregate, decline or error)."""
-        keys = self._stage(STAGE_SETUP, list(self.requests), lambda node: {}, self.settings.timeout)
-        channel_pk = {n: bytes(r.content.config_records[SECAGG_RECORD]["channel-pk"]) for n, r in keys.items()}
-        self.mask_pk = mask_pk = {n: bytes(r.content.config_records[SECAGG_RECORD]["mask-pk"]) for n, r in keys.items()}
+        fresh = [n for n in self.requests if n not in self.keys]
+        if fresh:  # nodes that did not advertise keys in the previous round's unmask
+            self._stage(STAGE_SETUP, fresh, lambda node: {}, self.settings.timeout, self._take_keys)
+        keys = self.keys
         hood1 = {n: [p for p in self.hood[n] if p in keys] for n in keys}
         self.threshold = {n: self.settings.threshold_for(len(hood1[n])) for n in keys}
         shared = self._stage(
@@ -157,8 +185,8 @@ class _SecureRound:
             list(keys),
             lambda n: {
                 "nodes": hood1[n],
-                "channel-pks": [channel_pk[p] for p in hood1[n]],
-                "mask-pks": [mask_pk[p] for p in hood1[n]],
+                "channel-pks": [keys[p].channel for p in hood1[n]],
+                "mask-pks": [keys[p].mask for p in hood1[n]],
                 "threshold": self.threshold[n],
             },
             self.settings.timeout,
@@ -170,31 +198,50 @@ class _SecureRound:
                 if int(dst) in inbox:
                     inbox[int(dst)][0].append(src)
                     inbox[int(dst)][1].append(bytes(ciphertext))
-        collected = self._stage(
+        self.collected = self._stage(
             STAGE_COLLECT,
             list(shared),
-            lambda n: {
-                "srcs": inbox[n][0],
-                "ciphertexts": inbox[n][1],
-                **self.settings.masking_values(),
-            },
+            lambda n: {"srcs": inbox[n][0], "ciphertexts": inbox[n][1], **self.settings.masking_values()},
             self.timeout,
+            self._add_masked,
             carry_request=True,
-            check=self._check_masked,
         )
-        survivors = [n for n in shared if n in collected]
-        dead = [n for n in shared if n not in collected]
+        survivors = [n for n in shared if n in self.collected]
+        self.dead = {n for n in shared if n not in self.collected}
         if not survivors:
             raise SecAggError("no client sent a masked input")
-        answers = self._stage(
+        self.seed_shares = {n: [] for n in survivors}
+        self.key_shares = {n: [] for n in self.dead}
+        self._stage(
             STAGE_UNMASK,
             survivors,
-            lambda n: {"active": [p for p in hood1[n] if p in collected], "dead": [p for p in hood1[n] if p in dead]},
+            lambda n: {
+                "active": [p for p in hood1[n] if p in self.collected],
+                "dead": [p for p in hood1[n] if p in self.dead],
+            },
             self.settings.timeout,
+            self._take_unmask_shares,
         )
         started = time.perf_counter()
-        aggregate = self._aggregate(collected, dead, answers)
-        replies = self._replies(collected, aggregate)
+        if self.unmasking_error is not None:
+            raise self.unmasking_error
+        missing = {**self.seed_shares, **self.key_shares}
+        if missing:
+            node, shares = next(iter(missing.items()))
+            what = "self-mask seed" if node in self.seed_shares else "mask key"
+            raise SecAggError(
+                f"only {len(shares)} of the {self.threshold[node]} shares needed to reconstruct node {node}'s "
+                f"{what} arrived (dropped: {self.dropped})"
+            )
+        mean = dequantize_mean(self.masked_sum.result(), len(survivors), self.settings)
+        current = self.requests[survivors[0]].content["arrays"]
+        aggregate = ArrayRecord(
+            {
+                name: Array((current[name].numpy() + delta).astype(current[name].numpy().dtype))
+                for name, delta in zip(self.names[1:], mean, strict=True)
+            }
+        )
+        replies = self._replies(aggregate)
         self.seconds["server-unmasking"] = time.perf_counter() - started
         return replies
 
@@ -204,10 +251,12 @@ class _SecureRound:
         nodes: list[int],
         payload: Callable[[int], dict],
         timeout: float | None,
+        handle: Callable[[int, ConfigRecord, Message], None] | None = None,
         carry_request: bool = False,
-        check: Callable[[Message], None] | None = None,
     ) -> dict[int, Message]:
-        """Send ``stage`` to ``nodes``; the replies of those that answered correctly."""
+        """Send ``stage`` to ``nodes`` and pass each reply to ``handle`` as it arrives;
+        the replies of the nodes that answered correctly.
+        """
         messages = []
         for node in nodes:
             request = self.requests[node]
@@ -216,97 +265,88 @@ class _SecureRound:
             messages.append(self.grid.create_message(content, MessageType.TRAIN, node, self.group_id))
         answered: dict[int, Message] = {}
         started = time.perf_counter()
-        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
-        self.seconds[stage] = time.perf_counter() - started
-        for reply in replies:
+        for reply in _replies_as_they_arrive(self.grid, messages, timeout):
             node = reply.metadata.src_node_id
             try:
                 if reply.has_error():
                     raise SecAggError(reply.error.reason)
-                if check is not None:
-                    check(reply)
-                elif SECAGG_RECORD not in reply.content.config_records:
+                record = reply.content.config_records.get(SECAGG_RECORD)
+                if record is None:
                     raise SecAggError(f"the reply to {stage} carries no {SECAGG_RECORD!r} record")
+                if handle is not None:
+                    handle(node, record, reply)
             except (SecAggError, KeyError, ValueError, TypeError) as err:
                 self.dropped[node] = f"{stage}: {err}"
                 log(WARNING, "secure aggregation: node %d dropped at %s: %s", node, stage, err)
                 continue
             answered[node] = reply
+        self.seconds[stage] = time.perf_counter() - started
         for node in nodes:
             if node not in answered and node not in self.dropped:
                 self.dropped[node] = f"{stage}: no reply within the timeout"
                 log(WARNING, "secure aggregation: node %d dropped at %s: no reply", node, stage)
         return answered
 
-    def _check_masked(self, reply: Message) -> None:
-        """A masked input must match the global adapter's tensors and lie in the ring."""
-        request = self.requests[reply.metadata.src_node_id]
+    def _take_keys(self, node: int, record: ConfigRecord, reply: Message) -> None:
+        self.keys[node] = PublicKeys(bytes(record["channel-pk"]), bytes(record["mask-pk"]))
+
+    def _add_masked(self, node: int, record: ConfigRecord, reply: Message) -> None:
+        """Check a masked input against the adapter's tensors and the ring, then add it."""
         masked = reply.content.array_records.get(MASKED_RECORD)
         if masked is None:
             raise SecAggError("the reply carries no masked input")
-        expected = {WEIGHT_KEY: (1,), **{k: tuple(v.shape) for k, v in request.content["arrays"].items()}}
         got = {k: tuple(v.shape) for k, v in masked.items()}
-        if got != expected:
-            wrong = {k: got.get(k) for k in expected.keys() | got.keys() if got.get(k) != expected.get(k)}
+        if got != self.shapes:
+            wrong = {k: got.get(k) for k in self.shapes.keys() | got.keys() if got.get(k) != self.shapes.get(k)}
             raise SecAggError(
                 f"masked input tensors differ from the adapter's: {dict(sorted(wrong.items())[:3])} "
-                f"(expected {dict(sorted((k, expected.get(k)) for k in wrong)[:3])})"
+                f"(expected {dict(sorted((k, self.shapes.get(k)) for k in wrong)[:3])})"
             )
-        vectors = [masked[name].numpy() for name in expected]
-        for name, values in zip(expected, vectors, strict=True):
+        vectors = [masked[name].numpy() for name in self.names]
+        for name, values in zip(self.names, vectors, strict=True):
             if values.dtype != np.uint32 or (values.size and int(values.max()) >= self.settings.modulus_range):
                 raise SecAggError(f"masked tensor {name!r} is not uint32 in [0, modulus-range)")
-        self.masked[reply.metadata.src_node_id] = vectors
+        self.masked_sum.add(vectors)
 
-    def _aggregate(self, collected: dict[int, Message], dead: list[int], answers: dict[int, Message]) -> ArrayRecord:
-        """Reconstruct the survivors' self-mask seeds and the dropped nodes' mask keys,
-        unmask the sum and return ``global + mean update``.
-        """
-        seed_shares: dict[int, list[bytes]] = {n: [] for n in collected}
-        key_shares: dict[int, list[bytes]] = {n: [] for n in dead}
-        for reply in answers.values():
-            record = reply.content.config_records[SECAGG_RECORD]
-            for node, share in zip(record.get("seed-nodes", []), record.get("seed-shares", []), strict=True):
-                if int(node) in seed_shares:
-                    seed_shares[int(node)].append(bytes(share))
-            for node, share in zip(record.get("key-nodes", []), record.get("key-shares", []), strict=True):
-                if int(node) in key_shares:
-                    key_shares[int(node)].append(bytes(share))
-        seeds = {n: self._reconstruct(n, shares, "self-mask seed") for n, shares in seed_shares.items()}
-        pair_seeds = {}
-        for node, shares in key_shares.items():
-            key = self._reconstruct(node, shares, "mask key")
-            for survivor in collected:
+    def _take_unmask_shares(self, node: int, record: ConfigRecord, reply: Message) -> None:
+        """Keep a survivor's shares and next-round keys; unmask what has enough shares."""
+        seed_shares = list(zip(record.get("seed-nodes", []), record.get("seed-shares", []), strict=True))
+        key_shares = list(zip(record.get("key-nodes", []), record.get("key-shares", []), strict=True))
+        if "next-channel-pk" in record:
+            self.next_keys[node] = PublicKeys(bytes(record["next-channel-pk"]), bytes(record["next-mask-pk"]))
+        for owner, share in seed_shares:
+            if int(owner) in self.seed_shares:
+                self.seed_shares[int(owner)].append(bytes(share))
+        for owner, share in key_shares:
+            if int(owner) in self.key_shares:
+                self.key_shares[int(owner)].append(bytes(share))
+        try:
+            self._unmask_ready()
+        except SecAggError as err:
+            self.unmasking_error = self.unmasking_error or err
+
+    def _unmask_ready(self) -> None:
+        """Remove the masks whose secrets have enough shares now."""
+        for survivor in [n for n, shares in self.seed_shares.items() if len(shares) >= self.threshold[n]]:
+            self.masked_sum.remove_self_mask(
+                self._reconstruct(survivor, self.seed_shares.pop(survivor), "self-mask seed")
+            )
+        for node in [n for n, shares in self.key_shares.items() if len(shares) >= self.threshold[n]]:
+            key = self._reconstruct(node, self.key_shares.pop(node), "mask key")
+            for survivor in self.collected:
                 if node in self.inbox[survivor][0]:  # the survivor masked with this node
-                    pair_seeds[(survivor, node)] = agreed_key(key, self.mask_pk[survivor])
-        names = [WEIGHT_KEY, *self.requests[next(iter(collected))].content["arrays"].keys()]
-        masked = {node: self.masked[node] for node in collected}
-        total = unmask_sum(masked, seeds, pair_seeds, self.settings.modulus_range)
-        mean = dequantize_mean(total, len(collected), self.settings)
-        current = self.requests[next(iter(collected))].content["arrays"]
-        return ArrayRecord(
-            {
-                name: Array((current[name].numpy() + delta).astype(current[name].numpy().dtype))
-                for name, delta in zip(names[1:], mean, strict=True)
-            }
-        )
+                    self.masked_sum.remove_pair_mask(survivor, node, agreed_key(key, self.keys[survivor].mask))
 
     def _reconstruct(self, node: int, shares: list[bytes], what: str) -> bytes:
-        needed = self.threshold[node]
-        if len(shares) < needed:
-            raise SecAggError(
-                f"only {len(shares)} of the {needed} shares needed to reconstruct node {node}'s {what} arrived "
-                f"(dropped: {self.dropped})"
-            )
         try:
-            return reconstruct_secret(shares[:needed])
+            return reconstruct_secret(shares[: self.threshold[node]])
         except ValueError as err:
             raise SecAggError(f"node {node}'s {what} cannot be reconstructed: {err}") from None
 
-    def _replies(self, collected: dict[int, Message], aggregate: ArrayRecord) -> list[Message]:
+    def _replies(self, aggregate: ArrayRecord) -> list[Message]:
         replies = []
         for node, request in self.requests.items():
-            reply = collected.get(node)
+            reply = self.collected.get(node)
             if reply is None:
                 replies.append(_error_reply(request, f"dropped from secure aggregation at {self.dropped[node]}"))
                 continue
@@ -316,3 +356,23 @@ class _SecureRound:
                 content["arrays"] = aggregate
             replies.append(Message(content, reply_to=request))
         return replies
+
+
+def _replies_as_they_arrive(grid: Grid, messages: list[Message], timeout: float | None) -> Iterator[Message]:
+    """Push ``messages`` and yield their replies as they arrive, until every one has
+    answered or ``timeout`` seconds have passed. Polls every 5 ms while replies come,
+    backing off to Flower's 0.1 s when none do.
+    """
+    pending = set(grid.push_messages(messages))
+    deadline = None if timeout is None else time.monotonic() + timeout
+    wait = POLL_SECONDS[0]
+    while pending:
+        replies = list(grid.pull_messages(list(pending)))
+        for reply in replies:
+            pending.discard(reply.metadata.reply_to_message_id)
+            yield reply
+        left = None if deadline is None else deadline - time.monotonic()
+        if not pending or (left is not None and left <= 0):
+            return
+        wait = POLL_SECONDS[0] if replies else min(2 * wait, POLL_SECONDS[1])
+        time.sleep(wait if left is None else min(wait, left))
