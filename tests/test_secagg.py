@@ -33,6 +33,7 @@ from fedrec.privacy.secagg import (
     MASKED_RECORD,
     SECAGG_RECORD,
     STAGE_COLLECT,
+    STAGE_SHARE_KEYS,
     STAGE_UNMASK,
     MaskedSum,
     SecAggSettings,
@@ -43,7 +44,7 @@ from fedrec.privacy.secagg import (
     quantize_update,
     rounding_key,
 )
-from fedrec.privacy.secagg_mod import secagg_mod
+from fedrec.privacy.secagg_mod import STATE_KEY, secagg_mod
 from fedrec.server.recording_grid import RecordingGrid
 from fedrec.server.secagg_grid import SecAggGrid, require_linear_strategy
 
@@ -58,14 +59,26 @@ def client_update(seed: int, node_id: int, shapes: list[tuple[int, ...]]) -> tup
 
 
 def _dropout_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """Fail on purpose at a stage named in the message, as a crashing node would."""
+    """Fail on purpose at a stage named in the message, as a crashing node would, or
+    lose the node's SecAgg+ state before the next round, as a restarted node would.
+    """
     stage = msg.content.config_records.get(SECAGG_RECORD, {}).get("stage")
     config = msg.content.config_records.get("config", {})
     drop = context.state.config_records.get("drop")
     if stage == STAGE_UNMASK and drop is not None and msg.metadata.dst_node_id in drop["unmask"]:
         raise RuntimeError("node fails after sending its masked input")
+    secure_round = msg.content.config_records.get(SECAGG_RECORD, {}).get("round")
+    if stage == STAGE_SHARE_KEYS and drop is not None and msg.metadata.dst_node_id in drop["forget"]:
+        if secure_round == drop["forget-in-round"]:
+            context.state.config_records.pop(STATE_KEY, None)
     if stage == STAGE_COLLECT:
-        context.state["drop"] = ConfigRecord({"unmask": [int(n) for n in config.get("drop-at-unmask", [])] or [0]})
+        context.state["drop"] = ConfigRecord(
+            {
+                "unmask": [int(n) for n in config.get("drop-at-unmask", [])] or [0],
+                "forget": [int(n) for n in config.get("forget-state", [])] or [0],
+                "forget-in-round": int(secure_round) + 1,
+            }
+        )
         if msg.metadata.dst_node_id in [int(n) for n in config.get("drop-before-masked", [])]:
             raise RuntimeError("node fails before sending its masked input")
     return call_next(msg, context)
@@ -218,25 +231,34 @@ def _composition(grid: Grid, nodes: list[int]) -> dict[str, float]:
 
 
 def _consecutive_rounds(grid: Grid, nodes: list[int]) -> list[dict]:
-    """Three rounds on one SecAggGrid: the same nodes, then a changed set. Node 1 fails
-    at round 1's unmask, so it advertises no keys for round 2.
+    """Four rounds on one SecAggGrid: the same nodes twice, then a changed set twice.
+    Node 1 fails at round 1's unmask (it advertises no keys for round 2); node 3 loses
+    its state after round 2 (it cannot use the keys it advertised for round 3).
     """
     recording = RecordingGrid(grid)
     secure = SecAggGrid(recording, SETTINGS, seed=9)
-    current = [np.zeros((3, 4), dtype=np.float32)]
+    current = np.zeros((3, 4), dtype=np.float32)
+    plan = [  # sampled, fails at unmask, forgets its state after the round, absent from the aggregate
+        (nodes[:8], [nodes[1]], [0], []),
+        (nodes[:8], [0], [nodes[3]], []),
+        (nodes[2:10], [0], [0], [nodes[3]]),
+        (nodes[2:10], [0], [0], []),
+    ]
     rounds = []
-    for k, (chosen, fail_at_unmask) in enumerate([(nodes[:8], [nodes[1]]), (nodes[:8], [0]), (nodes[2:10], [0])]):
+    for k, (chosen, fail_at_unmask, forget, absent) in enumerate(plan):
         seed = 400 + k
-        config = ConfigRecord({"trial-seed": seed, "drop-before-masked": [0], "drop-at-unmask": fail_at_unmask})
-        arrays = ArrayRecord({"t0": Array(current[0])})
+        config = ConfigRecord(
+            {"trial-seed": seed, "drop-before-masked": [0], "drop-at-unmask": fail_at_unmask, "forget-state": forget}
+        )
+        arrays = ArrayRecord({"t0": Array(current)})
         messages = [
             grid.create_message(RecordDict({"arrays": arrays, "config": config}), MessageType.TRAIN, n, "1")
             for n in chosen
         ]
         replies = [r for r in secure.send_and_receive(messages, timeout=120) if not r.has_error()]
-        updates = [client_update(seed, n, [(3, 4)]) for n in chosen]
+        updates = [client_update(seed, n, [(3, 4)]) for n in chosen if n not in absent]
         total = sum(w for _, w in updates)
-        expected = current[0] + sum(u[0] * w for u, w in updates) / total
+        expected = current + sum(u[0] * w for u, w in updates) / total
         got = replies[0].content["arrays"]["t0"].numpy()
         exchanges = recording.take()
         rounds.append(
@@ -245,6 +267,7 @@ def _consecutive_rounds(grid: Grid, nodes: list[int]) -> list[dict]:
                 "setup": sorted(
                     nodes.index(e.node_id) for e in exchanges if e.direction == "down" and e.stage == "setup"
                 ),
+                "dropped": {nodes.index(n): reason for n, reason in secure.last_dropped.items()},
                 "advertised_mask_pks": [
                     bytes(e.configs[key]).hex()
                     for e in exchanges
@@ -253,14 +276,14 @@ def _consecutive_rounds(grid: Grid, nodes: list[int]) -> list[dict]:
                     if key in e.configs
                 ],
                 "max_error": float(np.abs(got - expected).max()),
-                "bound": len(chosen)
+                "bound": len(updates)
                 * (2 * SETTINGS.clipping_range + 0.5)
                 / SETTINGS.quantization_range
                 / (total / 1000)
                 + 1e-6,
             }
         )
-        current = [got]
+        current = got
     return rounds
 
 
@@ -324,14 +347,19 @@ def test_drop_outs_beyond_the_threshold_fail_the_round_with_a_reason(secagg_resu
 
 
 def test_nodes_sampled_again_skip_setup_with_fresh_keys(secagg_results):
-    first, second, third = secagg_results["consecutive"]
-    assert [r["ok"] for r in (first, second, third)] == [8, 8, 8]
-    assert first["setup"] == list(range(8))
-    assert second["setup"] == [1]  # failed round 1's unmask: advertised no keys
-    assert third["setup"] == [8, 9]  # newly sampled
-    advertised = [pk for r in (first, second, third) for pk in r["advertised_mask_pks"]]
-    assert len(advertised) == 8 + 7 + 1 + 8 + 2 + 8 and len(set(advertised)) == len(advertised)  # never reused
-    for r in (first, second, third):
+    rounds = secagg_results["consecutive"]
+    assert [r["ok"] for r in rounds] == [8, 8, 7, 8]
+    assert [r["setup"] for r in rounds] == [
+        list(range(8)),
+        [1],  # failed round 1's unmask: advertised no keys
+        [8, 9],  # newly sampled
+        [3],  # lost the keys it advertised in round 2 and was dropped from round 3
+    ]
+    assert [sorted(r["dropped"]) for r in rounds] == [["1"], [], ["3"], []]  # JSON keys
+    assert "share-keys" in rounds[2]["dropped"]["3"] and "without this round's setup" in rounds[2]["dropped"]["3"]
+    advertised = [pk for r in rounds for pk in r["advertised_mask_pks"]]
+    assert len(advertised) == (8 + 7) + (1 + 8) + (2 + 7) + (1 + 8) and len(set(advertised)) == len(advertised)
+    for r in rounds:
         assert r["max_error"] <= r["bound"], r
 
 
