@@ -3,6 +3,7 @@ import torch
 from flwr.app import ArrayRecord
 from peft import PeftModel
 
+from fedrec.files import replacing, write_atomic
 from fedrec.models.adapter import (
     AdapterMismatchError,
     adapter_state,
@@ -170,6 +171,17 @@ def test_prefix_store_round_trip_damage_and_pruning(tmp_path):
     assert sorted(p.name for p in (tmp_path / "store").iterdir()) == sorted(
         store.path(k).name for k in (["y"], ["z"])
     )  # the two most recently used; no temporary files
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "f.bin"
+    write_atomic(path, b"old")
+    with pytest.raises(RuntimeError, match="disk full"), replacing(path) as tmp:
+        tmp.write_bytes(b"half of the n")
+        raise RuntimeError("disk full")
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["f.bin"]
+    write_atomic(path, "new")
+    assert path.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["f.bin"]
 
 
 def test_reset_adapter_is_deterministic(scorer):

@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 from flwr.supercore import log
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save
+from safetensors.torch import load_file, save_file
 
-from ..files import write_atomic
+from ..files import replacing
 
 SUFFIX = ".safetensors"
 
@@ -60,11 +60,13 @@ class PrefixStore:
 
     def save(self, keys: Sequence[str], states: Sequence[torch.Tensor]) -> None:
         """Store ``states`` of ``keys`` atomically, then drop the least recently used files
-        beyond ``max_files``.
+        beyond ``max_files``. The states are written from one concatenated copy (safetensors
+        writes tensors from memory, without serializing them first).
         """
         self.folder.mkdir(parents=True, exist_ok=True)
         lengths = torch.tensor([s.shape[0] for s in states], dtype=torch.int64)
-        write_atomic(self.path(keys), save({"states": torch.cat(list(states)).contiguous(), "lengths": lengths}))
+        with replacing(self.path(keys)) as tmp:
+            save_file({"states": torch.cat(list(states)), "lengths": lengths}, tmp)
         files = sorted(self.folder.glob(f"*{SUFFIX}"), key=lambda p: p.stat().st_mtime, reverse=True)
         for old in files[self.max_files :]:
             old.unlink(missing_ok=True)
