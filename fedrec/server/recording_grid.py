@@ -3,6 +3,8 @@
 It forwards all calls to the real grid and records, for each message sent or
 received, its type, node, serialized content size and reply metrics. Any strategy's
 ``start(grid=RecordingGrid(grid), ...)`` is measured without changing the strategy.
+Its ``send_and_receive`` pushes and pulls through the recorded calls and hands back
+replies within 5 ms of their arrival (:func:`~.delegating_grid.replies_as_they_arrive`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 
 from ..privacy.secagg import SECAGG_RECORD
-from .delegating_grid import DelegatingGrid
+from .delegating_grid import DelegatingGrid, replies_as_they_arrive
 
 
 def secagg_stage(content: RecordDict) -> str | None:
@@ -105,5 +107,6 @@ class RecordingGrid(DelegatingGrid):
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # noqa: D102
         return self._record_replies(self._grid.pull_messages(message_ids))
 
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:  # noqa: D102
-        return self._record_replies(self._grid.send_and_receive(self._record_sent(messages), timeout=timeout))
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        """Push and pull (both recorded), replies handled as they arrive."""
+        return list(replies_as_they_arrive(self, list(messages), timeout))

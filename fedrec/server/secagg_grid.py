@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from logging import ERROR, WARNING
 from typing import NamedTuple
 
@@ -65,7 +65,7 @@ from ..privacy.secagg import (
     reconstruct_secret,
     stage_record,
 )
-from .delegating_grid import DelegatingGrid
+from .delegating_grid import DelegatingGrid, replies_as_they_arrive
 
 NEEDS_INDIVIDUAL_UPDATES = (
     FedMedian,
@@ -80,7 +80,6 @@ NEEDS_INDIVIDUAL_UPDATES = (
     DifferentialPrivacyServerSideAdaptiveClipping,
 )
 SECAGG_ERROR_CODE = 0  # Flower's ``ErrorCode.UNKNOWN``
-POLL_SECONDS = (0.005, 0.1)  # shortest and longest wait between pulls for replies
 
 
 class PublicKeys(NamedTuple):
@@ -265,7 +264,7 @@ class _SecureRound:
             messages.append(self.grid.create_message(content, MessageType.TRAIN, node, self.group_id))
         answered: dict[int, Message] = {}
         started = time.perf_counter()
-        for reply in _replies_as_they_arrive(self.grid, messages, timeout):
+        for reply in replies_as_they_arrive(self.grid, messages, timeout):
             node = reply.metadata.src_node_id
             try:
                 if reply.has_error():
@@ -356,23 +355,3 @@ class _SecureRound:
                 content["arrays"] = aggregate
             replies.append(Message(content, reply_to=request))
         return replies
-
-
-def _replies_as_they_arrive(grid: Grid, messages: list[Message], timeout: float | None) -> Iterator[Message]:
-    """Push ``messages`` and yield their replies as they arrive, until every one has
-    answered or ``timeout`` seconds have passed. Polls every 5 ms while replies come,
-    backing off to Flower's 0.1 s when none do.
-    """
-    pending = set(grid.push_messages(messages))
-    deadline = None if timeout is None else time.monotonic() + timeout
-    wait = POLL_SECONDS[0]
-    while pending:
-        replies = list(grid.pull_messages(list(pending)))
-        for reply in replies:
-            pending.discard(reply.metadata.reply_to_message_id)
-            yield reply
-        left = None if deadline is None else deadline - time.monotonic()
-        if not pending or (left is not None and left <= 0):
-            return
-        wait = POLL_SECONDS[0] if replies else min(2 * wait, POLL_SECONDS[1])
-        time.sleep(wait if left is None else min(wait, left))
