@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -43,6 +44,19 @@ CONNECTION = "fedrec-benchmark"
 VARIANTS = {"no-prefix-cache": False, "prefix-cache": True}  # nodes with state-dir or without
 
 
+def _wait_for_port(port: int, seconds: float) -> None:
+    """Wait until something listens on 127.0.0.1:``port`` (the SuperLink, before ``flwr run``)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {seconds:.0f} s") from None
+            time.sleep(0.2)
+
+
 def run_variant(folder: Path, run_config: dict, num_nodes: int, prefix_cache: bool, limit: float) -> list[dict]:
     """One SuperLink and ``num_nodes`` SuperNodes; returns the run's ``rounds.jsonl``."""
     folder.mkdir(parents=True)
@@ -63,6 +77,7 @@ def run_variant(folder: Path, run_config: dict, num_nodes: int, prefix_cache: bo
                 processes.append(
                     subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
                 )
+        _wait_for_port(link_port, seconds=60)
         os.environ["FLWR_HOME"] = env["FLWR_HOME"]
         write_connection(CONNECTION, f"127.0.0.1:{link_port}", None)
         out = folder / "run"
