@@ -13,6 +13,11 @@ A round is timed from the strategy's ``configure_train`` to the end of its
 rounds skip it (the nodes advertised their keys in the previous ``unmask``): both are
 reported. Flower's legacy workflow runs all four stages every round.
 
+A third mode, the exchange floor, runs plain FedAvg whose train exchange follows two
+exchanges of empty query messages with the same nodes (``ExchangesGrid``): the messages of
+a steady SecAgg+ round (share-keys, masked inputs, unmask) without any cryptography, i.e.
+the least any protocol with those exchanges costs in this simulation.
+
     python benchmarks/secagg_overhead.py                       # 10, 50, 100 clients
     python benchmarks/secagg_overhead.py --clients 10 --size 100000 --repeats 1
 """
@@ -28,7 +33,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.client import NumPyClient
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
@@ -42,10 +47,12 @@ from flwr.simulation import run_simulation
 
 from fedrec.privacy.secagg import SecAggSettings
 from fedrec.privacy.secagg_mod import secagg_mod
+from fedrec.server.delegating_grid import DelegatingGrid, replies_as_they_arrive
 from fedrec.server.recording_grid import RecordingGrid
 from fedrec.server.secagg_grid import SecAggGrid
 
 RESULTS = Path(__file__).parent / "results"
+FLOOR_EXCHANGES = 2  # a steady SecAgg+ round's exchanges besides the masked inputs: share-keys, unmask
 SETTINGS = SecAggSettings(num_shares=5, reconstruction_threshold=3, clipping_range=4.0, max_weight=1000.0)
 
 
@@ -63,6 +70,38 @@ def _train(msg: Message, context: Context) -> Message:
     weights = arrays["w"].numpy()
     trained = ArrayRecord({"w": Array(weights + _update(msg.metadata.dst_node_id, weights.size))})
     return Message(RecordDict({"arrays": trained, "metrics": MetricRecord({"num-examples": 100})}), reply_to=msg)
+
+
+@message_client.query()
+def _echo(msg: Message, context: Context) -> Message:
+    return Message(RecordDict({"echo": ConfigRecord({"round": msg.content["ping"]["round"]})}), reply_to=msg)
+
+
+class ExchangesGrid(DelegatingGrid):
+    """Plain aggregation whose train exchange follows ``extra`` exchanges of tiny query
+    messages with the same nodes: a steady SecAgg+ round's messages without its
+    cryptography, i.e. what any protocol with that many extra exchanges costs here.
+    """
+
+    def __init__(self, grid: Grid, extra: int) -> None:
+        super().__init__(grid)
+        self.extra = extra
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        messages = list(messages)
+        for exchange in range(self.extra):
+            pings = [
+                self.create_message(
+                    RecordDict({"ping": ConfigRecord({"round": exchange})}),
+                    MessageType.QUERY,
+                    m.metadata.dst_node_id,
+                    m.metadata.group_id,
+                )
+                for m in messages
+            ]
+            if len(list(replies_as_they_arrive(self._grid, pings, timeout))) != len(pings):
+                raise RuntimeError("a node did not answer an empty exchange")
+        return self._grid.send_and_receive(messages, timeout=timeout)
 
 
 def _wait_for_nodes(grid: Grid, count: int) -> list[int]:
@@ -112,14 +151,18 @@ def message_api_server(clients: int, size: int, rounds: int, repeats: int, out: 
         FedAvg(fraction_evaluate=0.0, min_available_nodes=clients).start(  # warm-up: actors start, imports load
             grid=grid, initial_arrays=initial, num_rounds=1, train_config=ConfigRecord()
         )
-        runs: dict[str, list[list[dict]]] = {"plain": [], "fedrec-secagg": []}
+        runs: dict[str, list[list[dict]]] = {"plain": [], "fedrec-secagg": [], "exchange-floor": []}
         for _ in range(repeats):
             for mode in runs:
                 recording = RecordingGrid(grid)
                 secure = SecAggGrid(recording, SETTINGS) if mode == "fedrec-secagg" else None
+                wrapped = {"fedrec-secagg": secure, "exchange-floor": ExchangesGrid(recording, FLOOR_EXCHANGES)}
                 strategy = TimedFedAvg(recording, secure, clients)
                 strategy.start(
-                    grid=secure or recording, initial_arrays=initial, num_rounds=rounds, train_config=ConfigRecord()
+                    grid=wrapped.get(mode, recording),
+                    initial_arrays=initial,
+                    num_rounds=rounds,
+                    train_config=ConfigRecord(),
                 )
                 runs[mode].append(strategy.rounds)
         out.write_text(json.dumps(runs))
@@ -212,6 +255,7 @@ def main() -> None:
             "fedrec-secagg-first": statistics.median(r["seconds"] for r in first),
             "fedrec-secagg-steady": statistics.median(r["seconds"] for r in steady),
             "flower-legacy-secaggplus": statistics.median(legacy["times"]["flower-legacy-secaggplus"]),
+            "exchange-floor": statistics.median(r["seconds"] for run in runs["exchange-floor"] for r in run),
         }
         secure = seconds["fedrec-secagg-steady"]
         sizes = {
@@ -233,6 +277,7 @@ def main() -> None:
                 "secure_over_plain": secure / seconds["plain"],
                 "legacy_over_plain": seconds["flower-legacy-secaggplus"] / seconds["plain"],
                 "secure_over_legacy": secure / seconds["flower-legacy-secaggplus"],
+                "floor_over_plain": seconds["exchange-floor"] / seconds["plain"],
                 "bytes_secure_over_plain": (sizes["fedrec-secagg-steady"] or sizes["fedrec-secagg-first"])
                 / sizes["plain"],
             }
@@ -250,15 +295,16 @@ def main() -> None:
     (RESULTS / "secagg_overhead.json").write_text(json.dumps(report, indent=2))
     print(
         "| clients | plain s | fedrec first round s | fedrec steady round s | Flower legacy s "
-        "| steady/plain | first/plain | steady/legacy | bytes steady/plain |"
+        "| steady/plain | first/plain | steady/legacy | bytes steady/plain | exchange floor s | floor/plain |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         s = r["seconds"]
         print(
             f"| {r['clients']} | {s['plain']:.2f} | {s['fedrec-secagg-first']:.2f} | {s['fedrec-secagg-steady']:.2f} "
             f"| {s['flower-legacy-secaggplus']:.2f} | {r['secure_over_plain']:.2f} | {r['first_over_plain']:.2f} "
-            f"| {r['secure_over_legacy']:.2f} | {r['bytes_secure_over_plain']:.3f} |"
+            f"| {r['secure_over_legacy']:.2f} | {r['bytes_secure_over_plain']:.3f} | {s['exchange-floor']:.2f} "
+            f"| {r['floor_over_plain']:.2f} |"
         )
 
 

@@ -225,14 +225,16 @@ class QuantizedUpdate:
     clipped: int
 
 
-def rounding_key(deltas: Sequence[np.ndarray], weight: float) -> bytes:
-    """The key of one update's stochastic rounding: SHA-256 of its weight and values, so
-    the same update rounds the same way and different updates independently. The
-    rounding is not a privacy mechanism; the masks hide the result.
+def rounding_key(values: Sequence[np.ndarray], weight: float) -> bytes:
+    """The key of one update's stochastic rounding: SHA-256 of its weight and the trained
+    values as they are (float32 adapters hash half the bytes of their float64 deltas), so
+    the same update of the same global adapter rounds the same way and different updates
+    independently. The rounding is not a privacy mechanism; the masks hide the result.
     """
     digest = hashlib.sha256(np.float64(weight).tobytes())
-    for delta in deltas:
-        digest.update(np.ascontiguousarray(delta, dtype=np.float64))
+    for array in values:
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(np.ascontiguousarray(array))
     return digest.digest()
 
 

@@ -145,13 +145,15 @@ def _collect_masked(
     metrics = {k: v for record in reply.content.metric_records.values() for k, v in record.items()}
     names = list(global_arrays.keys())
     if trained is None:  # the app declined: a zero update of weight 0 keeps the protocol whole
-        deltas, weight = [np.zeros(global_arrays[n].shape) for n in names], 0.0
+        values = deltas = [np.zeros(global_arrays[n].shape) for n in names]
+        weight = 0.0
     else:
         if [(n, tuple(trained[n].shape)) for n in trained] != [(n, tuple(global_arrays[n].shape)) for n in names]:
             raise SecAggError(f"node {node_id}: the trained adapter's tensors differ from the global adapter's")
-        deltas = [trained[n].numpy().astype(np.float64) - global_arrays[n].numpy() for n in names]
+        values = [trained[n].numpy() for n in names]
+        deltas = [v.astype(np.float64) - global_arrays[n].numpy() for v, n in zip(values, names, strict=True)]
         weight = float(metrics[settings.weight_key])
-    update = quantize_update(deltas, weight, settings, rounding_key(deltas, weight))
+    update = quantize_update(deltas, weight, settings, rounding_key(values, weight))
     pair_seeds = {
         src: agreed_key(state["mask-sk"], state["peer-mask-pks"][peers.index(src)]) for src in srcs if src != node_id
     }
