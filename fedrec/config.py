@@ -78,6 +78,7 @@ class FedRecConfig:
     noise_multiplier: float = 0.0  # 0: derived from target-epsilon
     target_epsilon: float = 8.0
     target_delta: float = 1e-5
+    dp_planned_rounds: int = 0  # rounds each client's noise is calibrated for; 0: num-server-rounds
     max_grad_norm: float = 1.0
     accountant: str = "rdp"  # rdp | prv
     # secure aggregation (SecAgg+; see fedrec.privacy.secagg)
@@ -148,6 +149,11 @@ class FedRecConfig:
         for name in ("fraction_train", "fraction_evaluate", "server_beta1", "server_beta2"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"config key '{_key(name)}' must be in [0, 1]")
+        if not 0 <= self.dp_planned_rounds <= self.num_server_rounds:
+            raise ConfigError(
+                f"config key 'dp-planned-rounds' must be in [0, num-server-rounds = {self.num_server_rounds}] "
+                f"(0: all rounds), got {self.dp_planned_rounds}"
+            )
         if not 0.0 < self.target_delta < 1.0:
             raise ConfigError("config key 'target-delta' must be in (0, 1)")
         if self.dp and self.noise_multiplier == 0.0 and self.target_epsilon <= 0.0:

@@ -37,14 +37,16 @@ def lora_settings(cfg: FedRecConfig, rank: int | None = None) -> LoraSettings:
 
 
 def dp_settings(cfg: FedRecConfig) -> DPSettings:
-    """Record-level DP of every client, calibrated over all server rounds."""
+    """Record-level DP of every client, calibrated over ``dp-planned-rounds`` rounds
+    (all server rounds by default).
+    """
     return DPSettings(
         noise_multiplier=cfg.noise_multiplier,
         target_epsilon=cfg.target_epsilon,
         target_delta=cfg.target_delta,
         max_grad_norm=cfg.max_grad_norm,
         accountant=cfg.accountant,
-        planned_rounds=cfg.num_server_rounds,
+        planned_rounds=cfg.dp_planned_rounds or cfg.num_server_rounds,
     )
 
 

@@ -36,6 +36,10 @@ def test_overrides_file_then_set(tmp_path):
         ({"partitioner": "random"}, "'partitioner' must be one of user, iid, skewed"),
         ({"fraction-train": 1.5}, "'fraction-train' must be in"),
         ({"target-epsilon": 0.0}, "set 'target-epsilon' > 0 or 'noise-multiplier' > 0"),
+        (
+            {"dp-planned-rounds": 3, "num-server-rounds": 2},
+            r"'dp-planned-rounds' must be in \[0, num-server-rounds = 2\]",
+        ),
     ],
 )
 def test_bad_config_is_refused_with_the_key_named(overrides, message):

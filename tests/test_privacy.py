@@ -9,12 +9,14 @@ from opacus.utils.batch_memory_manager import BatchMemoryManager
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedrec.client.train import PrivateTraining, TrainSettings, train_adapter
+from fedrec.config import resolve_config
 from fedrec.data.examples import split_examples
 from fedrec.data.interactions import load_interaction_data
 from fedrec.data.prompts import render_preference_prompt
 from fedrec.metrics import roc_auc
 from fedrec.privacy.accountant import PersistentAccountant
 from fedrec.privacy.dp import DPSettings, decline_reason, dp_sgd, plan_round
+from fedrec.settings import dp_settings
 from tests.conftest import tiny_scorer, write_planted_dataset
 
 
@@ -125,6 +127,22 @@ def test_noise_is_calibrated_to_the_budget_over_planned_rounds():
     assert 3.9 < ledger.epsilon(1e-5) <= 4.0 * 1.001
     reason = decline_reason(settings, plan, ledger)
     assert reason is not None and "target-epsilon 4" in reason
+
+
+def test_planned_rounds_buy_less_noise_and_the_budget_stops_extra_rounds():
+    """With partial participation a client plans for fewer rounds than the run has: less
+    noise per round, and a round beyond the plan is declined, never over budget."""
+    every_round = resolve_config("smoke", overrides={"num-server-rounds": 5, "target-epsilon": 4.0})
+    two_rounds = every_round.replace(dp_planned_rounds=2)
+    assert (dp_settings(every_round).planned_rounds, dp_settings(two_rounds).planned_rounds) == (5, 2)
+    plans = [plan_round(dp_settings(c), 200, 50, 1) for c in (every_round, two_rounds)]
+    assert plans[1].noise_multiplier < plans[0].noise_multiplier
+    settings, plan, ledger = dp_settings(two_rounds), plans[1], PersistentAccountant()
+    for _ in range(2):
+        assert decline_reason(settings, plan, ledger) is None
+        ledger.history.append((plan.noise_multiplier, plan.sample_rate, plan.steps))
+    assert 3.9 < ledger.epsilon(1e-5) <= 4.0 * 1.001
+    assert "target-epsilon 4" in decline_reason(settings, plan, ledger)
 
 
 def test_dp_run_learns_planted_structure(tmp_path):
