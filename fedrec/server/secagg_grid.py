@@ -166,7 +166,6 @@ class _SecureRound:
         self.threshold: dict[int, int] = {}
         self.inbox: dict[int, tuple[list[int], list[bytes]]] = {}
         self.collected: dict[int, Message] = {}  # replies with a masked input
-        self.dead: set[int] = set()
         self.seed_shares: dict[int, list[bytes]] = {}  # survivor -> shares of its self-mask seed
         self.key_shares: dict[int, list[bytes]] = {}  # dead node -> shares of its mask key
         self.unmasking_error: SecAggError | None = None
@@ -206,17 +205,17 @@ class _SecureRound:
             carry_request=True,
         )
         survivors = [n for n in shared if n in self.collected]
-        self.dead = {n for n in shared if n not in self.collected}
+        dead = {n for n in shared if n not in self.collected}
         if not survivors:
             raise SecAggError("no client sent a masked input")
         self.seed_shares = {n: [] for n in survivors}
-        self.key_shares = {n: [] for n in self.dead}
+        self.key_shares = {n: [] for n in dead}
         self._stage(
             STAGE_UNMASK,
             survivors,
             lambda n: {
                 "active": [p for p in hood1[n] if p in self.collected],
-                "dead": [p for p in hood1[n] if p in self.dead],
+                "dead": [p for p in hood1[n] if p in dead],
             },
             self.settings.timeout,
             self._take_unmask_shares,
