@@ -9,14 +9,15 @@ adds a fixed random update, so the rounds measure aggregation alone. Both protoc
 5 shares, threshold 3, and the same clipping/quantization/modulus ranges.
 
 A round is timed from the strategy's ``configure_train`` to the end of its
-``aggregate_train``. fedrec's first round of a run includes the ``setup`` stage; later
-rounds skip it (the nodes advertised their keys in the previous ``unmask``): both are
+``aggregate_train``. fedrec's first round of a run includes the ``setup`` and
+``share-keys`` stages; later rounds sample the same nodes and skip both (the nodes sent
+keys with their masked inputs and shares with the previous ``unmask``): both are
 reported. Flower's legacy workflow runs all four stages every round.
 
-A third mode, the exchange floor, runs plain FedAvg whose train exchange follows two
-exchanges of empty query messages with the same nodes (``ExchangesGrid``): the messages of
-a steady SecAgg+ round (share-keys, masked inputs, unmask) without any cryptography, i.e.
-the least any protocol with those exchanges costs in this simulation.
+A third mode, the exchange floor, runs plain FedAvg whose train exchange follows one
+exchange of empty query messages with the same nodes (``ExchangesGrid``): the messages of
+a steady SecAgg+ round (masked inputs, unmask) without any cryptography, i.e. the least
+any protocol with those exchanges costs in this simulation.
 
     python benchmarks/secagg_overhead.py                       # 10, 50, 100 clients
     python benchmarks/secagg_overhead.py --clients 10 --size 100000 --repeats 1
@@ -52,7 +53,7 @@ from fedrec.server.recording_grid import RecordingGrid
 from fedrec.server.secagg_grid import SecAggGrid
 
 RESULTS = Path(__file__).parent / "results"
-FLOOR_EXCHANGES = 2  # a steady SecAgg+ round's exchanges besides the masked inputs: share-keys, unmask
+FLOOR_EXCHANGES = 1  # a steady SecAgg+ round's exchanges besides the masked inputs: unmask
 SETTINGS = SecAggSettings(num_shares=5, reconstruction_threshold=3, clipping_range=4.0, max_weight=1000.0)
 
 

@@ -33,9 +33,11 @@ from fedrec.privacy.secagg import (
     MASKED_RECORD,
     SECAGG_RECORD,
     STAGE_COLLECT,
+    STAGE_SETUP,
     STAGE_SHARE_KEYS,
     STAGE_UNMASK,
     MaskedSum,
+    SecAggError,
     SecAggSettings,
     dequantize_mean,
     mask_vectors,
@@ -43,8 +45,9 @@ from fedrec.privacy.secagg import (
     prg_mask,
     quantize_update,
     rounding_key,
+    stage_record,
 )
-from fedrec.privacy.secagg_mod import STATE_KEY, secagg_mod
+from fedrec.privacy.secagg_mod import NEXT_STATE_KEY, STATE_KEY, secagg_mod
 from fedrec.server.recording_grid import RecordingGrid
 from fedrec.server.secagg_grid import SecAggGrid, require_linear_strategy
 
@@ -68,9 +71,10 @@ def _dropout_mod(msg: Message, context: Context, call_next: ClientAppCallable) -
     if stage == STAGE_UNMASK and drop is not None and msg.metadata.dst_node_id in drop["unmask"]:
         raise RuntimeError("node fails after sending its masked input")
     secure_round = msg.content.config_records.get(SECAGG_RECORD, {}).get("round")
-    if stage == STAGE_SHARE_KEYS and drop is not None and msg.metadata.dst_node_id in drop["forget"]:
+    if stage in (STAGE_SHARE_KEYS, STAGE_COLLECT) and drop is not None and msg.metadata.dst_node_id in drop["forget"]:
         if secure_round == drop["forget-in-round"]:
-            context.state.config_records.pop(STATE_KEY, None)
+            for key in (STATE_KEY, NEXT_STATE_KEY):
+                context.state.config_records.pop(key, None)
     if stage == STAGE_COLLECT:
         context.state["drop"] = ConfigRecord(
             {
@@ -231,9 +235,11 @@ def _composition(grid: Grid, nodes: list[int]) -> dict[str, float]:
 
 
 def _consecutive_rounds(grid: Grid, nodes: list[int]) -> list[dict]:
-    """Four rounds on one SecAggGrid: the same nodes twice, then a changed set twice.
-    Node 1 fails at round 1's unmask (it advertises no keys for round 2); node 3 loses
-    its state after round 2 (it cannot use the keys it advertised for round 3).
+    """Six rounds on one SecAggGrid: the same nodes twice, then a changed set four times.
+    Node 1 fails at round 1's unmask (it shares nothing for round 2, so round 2 runs
+    share-keys); node 3 loses its state after round 2 (it cannot use the keys it
+    advertised for round 3); rounds 5 and 6 sample the nodes that shared with the
+    previous unmask, and node 4 loses its state after round 5 (dropped at its masked input).
     """
     recording = RecordingGrid(grid)
     secure = SecAggGrid(recording, SETTINGS, seed=9)
@@ -243,6 +249,8 @@ def _consecutive_rounds(grid: Grid, nodes: list[int]) -> list[dict]:
         (nodes[:8], [0], [nodes[3]], []),
         (nodes[2:10], [0], [0], [nodes[3]]),
         (nodes[2:10], [0], [0], []),
+        (nodes[2:10], [0], [nodes[4]], []),
+        (nodes[2:10], [0], [0], [nodes[4]]),
     ]
     rounds = []
     for k, (chosen, fail_at_unmask, forget, absent) in enumerate(plan):
@@ -264,9 +272,12 @@ def _consecutive_rounds(grid: Grid, nodes: list[int]) -> list[dict]:
         rounds.append(
             {
                 "ok": len(replies),
-                "setup": sorted(
-                    nodes.index(e.node_id) for e in exchanges if e.direction == "down" and e.stage == "setup"
-                ),
+                **{
+                    stage: sorted(
+                        nodes.index(e.node_id) for e in exchanges if e.direction == "down" and e.stage == stage
+                    )
+                    for stage in ("setup", "share-keys")
+                },
                 "dropped": {nodes.index(n): reason for n, reason in secure.last_dropped.items()},
                 "advertised_mask_pks": [
                     bytes(e.configs[key]).hex()
@@ -346,21 +357,46 @@ def test_drop_outs_beyond_the_threshold_fail_the_round_with_a_reason(secagg_resu
     assert kept["kept"] and kept["failures"]
 
 
-def test_nodes_sampled_again_skip_setup_with_fresh_keys(secagg_results):
+def test_nodes_sampled_again_skip_setup_and_share_keys_with_fresh_keys(secagg_results):
     rounds = secagg_results["consecutive"]
-    assert [r["ok"] for r in rounds] == [8, 8, 7, 8]
+    assert [r["ok"] for r in rounds] == [8, 8, 7, 8, 8, 7]
     assert [r["setup"] for r in rounds] == [
         list(range(8)),
-        [1],  # failed round 1's unmask: advertised no keys
+        [],  # node 1 failed round 1's unmask, but advertised keys with its masked input
         [8, 9],  # newly sampled
-        [3],  # lost the keys it advertised in round 2 and was dropped from round 3
+        [3],  # lost the keys it advertised in round 2, was dropped from round 3 before its masked input
+        [],
+        [],
     ]
-    assert [sorted(r["dropped"]) for r in rounds] == [["1"], [], ["3"], []]  # JSON keys
+    assert [r["share-keys"] for r in rounds] == [
+        list(range(8)),
+        list(range(8)),  # node 1 shared nothing for round 2 with its failed unmask
+        list(range(2, 10)),  # another sample than the one shared for
+        list(range(2, 10)),  # node 3 shared nothing for round 4
+        [],  # every node of round 4's unmask shared for round 5, which sampled them again
+        [],
+    ]
+    assert [sorted(r["dropped"]) for r in rounds] == [["1"], [], ["3"], [], [], ["4"]]  # JSON keys
     assert "share-keys" in rounds[2]["dropped"]["3"] and "without this round's setup" in rounds[2]["dropped"]["3"]
+    assert rounds[5]["dropped"]["4"].startswith("collect-masked") and "without" in rounds[5]["dropped"]["4"]
     advertised = [pk for r in rounds for pk in r["advertised_mask_pks"]]
-    assert len(advertised) == (8 + 7) + (1 + 8) + (2 + 7) + (1 + 8) and len(set(advertised)) == len(advertised)
-    for r in rounds:
+    assert len(advertised) == (8 + 8) + 8 + (2 + 7) + (1 + 8) + 8 + 7 and len(set(advertised)) == len(advertised)
+    for r in rounds:  # round 6: node 4's pairwise masks removed with the mask key it shared in round 5's unmask
         assert r["max_error"] <= r["bound"], r
+
+
+def test_a_node_unmasks_only_a_round_it_sent_its_masked_input_in(task_identity):
+    context = Context(run_id=1, node_id=5, node_config={}, state=RecordDict(), run_config={})
+
+    def stage(name: str, values: dict) -> Message:
+        record = stage_record(name, {"round": 1, **values})
+        return Message(RecordDict({SECAGG_RECORD: record}), dst_node_id=5, message_type=MessageType.TRAIN)
+
+    keys = secagg_mod(stage(STAGE_SETUP, {}), context, call_next=None).content[SECAGG_RECORD]
+    neighbourhood = {"nodes": [5], "channel-pks": [keys["channel-pk"]], "mask-pks": [keys["mask-pk"]], "threshold": 1}
+    secagg_mod(stage(STAGE_SHARE_KEYS, neighbourhood), context, call_next=None)
+    with pytest.raises(SecAggError, match="sent no masked input"):  # its seed share and key share would both leak
+        secagg_mod(stage(STAGE_UNMASK, {"active": [5]}), context, call_next=None)
 
 
 def test_masks_cancel_and_dropped_pair_masks_are_undone():

@@ -1,8 +1,9 @@
 """Client side of SecAgg+: a Flower mod around the ClientApp's ``@app.train``.
 
-The server drives four stages with train messages that carry a ``secagg`` config
+The server drives the stages with train messages that carry a ``secagg`` config
 record; messages without it pass straight to the app. The node's keys, self-mask seed
-and the shares it holds live in ``context.state`` between stages of one round.
+and the shares it holds live in ``context.state`` between stages (one record for the
+current round, one for the next).
 
 1. ``setup``: make two X25519 key pairs (channel, mask) and a self-mask seed; reply the
    public keys.
@@ -10,13 +11,18 @@ and the shares it holds live in ``context.state`` between stages of one round.
    neighbourhood; reply each neighbour's shares encrypted for it.
 3. ``collect-masked``: keep the shares addressed to this node, run the app's train
    handler on the global adapter, and reply the masked, quantized, weighted update
-   ``local - global`` (metrics stay in the clear). A declining app sends a zero update
-   of weight 0, so the protocol still completes.
-4. ``unmask``: reply the self-mask seed shares of survivors and the mask-key shares of
-   dropped nodes, never both for one node, and the public keys of fresh key pairs (and a
-   fresh seed) for the next round: a node the server samples again in the next round
-   skips ``setup``. The keys are never reused; a node that was not in the previous
-   round's ``unmask`` goes through ``setup``.
+   ``local - global`` (metrics stay in the clear), plus the public keys of fresh key
+   pairs (and a fresh seed) for the next round. A declining app sends a zero update of
+   weight 0, so the protocol still completes.
+4. ``unmask``: only after this node's masked input, reply the self-mask seed shares of
+   survivors and the mask-key shares of dropped nodes, never both for one node. When
+   the message also carries the next round's neighbourhood (the server expects to
+   sample the same nodes again), share the next round's secrets in the same reply: a
+   node sampled again skips ``setup`` (it advertised keys) and, when the sample is the
+   one shared for, ``share-keys``. Keys are never reused across rounds; a sample that
+   differs from the shared-for one re-shares the same secrets with a fresh Shamir
+   sharing (independent polynomials), and a node answers ``unmask`` only with the
+   shares of the sharing it masked with.
 """
 
 from __future__ import annotations
@@ -53,7 +59,9 @@ from .secagg import (
     stage_record,
 )
 
-STATE_KEY = "secagg-state"
+STATE_KEY = "secagg-state"  # the current round's keys, seed and shares
+NEXT_STATE_KEY = "secagg-next-state"  # the next round's, made with this round's masked input
+NEXT_PREFIX = "next-"  # unmask keys that carry the next round's neighbourhood and shares
 
 
 def secagg_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -63,35 +71,64 @@ def secagg_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
     stage_config = msg.content.config_records[SECAGG_RECORD]
     stage = str(stage_config["stage"])
     node_id = msg.metadata.dst_node_id
+    server_round = int(stage_config["round"])
     if stage == STAGE_SETUP:
-        reply = _setup(context, int(stage_config["round"]))
+        context.state.config_records.pop(NEXT_STATE_KEY, None)
+        context.state[STATE_KEY] = _new_round_state(server_round)
+        reply = stage_record(STAGE_SETUP, _public_keys(context.state[STATE_KEY]))
     else:
-        state = context.state.config_records.get(STATE_KEY)
-        if state is None or state["round"] != stage_config["round"]:
-            raise SecAggError(f"stage {stage} of round {stage_config['round']} without this round's setup")
+        state = _round_state(context, server_round)
+        if state is None:
+            raise SecAggError(f"stage {stage} of round {server_round} without this round's setup")
         if stage == STAGE_SHARE_KEYS:
-            reply = _share_keys(state, stage_config, node_id)
+            reply = stage_record(STAGE_SHARE_KEYS, _share_keys(state, stage_config, node_id))
         elif stage == STAGE_COLLECT:
             return _collect_masked(msg, context, call_next, state, stage_config, node_id)
         elif stage == STAGE_UNMASK:
-            reply = _unmask(state, stage_config)
-            next_keys = _setup(context, int(stage_config["round"]) + 1)
-            reply["next-channel-pk"], reply["next-mask-pk"] = next_keys["channel-pk"], next_keys["mask-pk"]
+            reply = _unmask(state, stage_config, node_id)
+            upcoming = context.state.config_records.get(NEXT_STATE_KEY)
+            if f"{NEXT_PREFIX}nodes" in stage_config and upcoming is not None and upcoming["round"] == server_round + 1:
+                next_config = ConfigRecord(
+                    {k[len(NEXT_PREFIX) :]: v for k, v in stage_config.items() if k.startswith(NEXT_PREFIX)}
+                )
+                reply[NEXT_PREFIX + "shared"] = True
+                for key, value in _share_keys(upcoming, next_config, node_id).items():
+                    if value:  # Flower cannot size empty lists
+                        reply[NEXT_PREFIX + key] = value
         else:
             raise SecAggError(f"unknown secure-aggregation stage {stage!r}")
     return Message(content=RecordDict({SECAGG_RECORD: reply}), reply_to=msg)
 
 
-def _setup(context: Context, server_round: int) -> ConfigRecord:
-    """Fresh key pairs and self-mask seed for ``server_round``; reply the public keys."""
-    channel, mask = new_private_key(), new_private_key()
-    context.state[STATE_KEY] = ConfigRecord(
-        {"round": server_round, "channel-sk": channel, "mask-sk": mask, "seed": os.urandom(32)}
+def _new_round_state(server_round: int) -> ConfigRecord:
+    """Fresh key pairs and self-mask seed for ``server_round``."""
+    return ConfigRecord(
+        {"round": server_round, "channel-sk": new_private_key(), "mask-sk": new_private_key(), "seed": os.urandom(32)}
     )
-    return stage_record(STAGE_SETUP, {"channel-pk": public_key(channel), "mask-pk": public_key(mask)})
 
 
-def _share_keys(state: ConfigRecord, config: ConfigRecord, node_id: int) -> ConfigRecord:
+def _public_keys(state: ConfigRecord) -> dict[str, bytes]:
+    return {"channel-pk": public_key(state["channel-sk"]), "mask-pk": public_key(state["mask-sk"])}
+
+
+def _round_state(context: Context, server_round: int) -> ConfigRecord | None:
+    """The state of ``server_round``: the current record, or the next one, which then
+    becomes current. None when the node holds no keys for that round.
+    """
+    records = context.state.config_records
+    for key in (STATE_KEY, NEXT_STATE_KEY):
+        state = records.get(key)
+        if state is not None and state["round"] == server_round:
+            if key == NEXT_STATE_KEY:
+                context.state[STATE_KEY] = records.pop(NEXT_STATE_KEY)
+            return state
+    return None
+
+
+def _share_keys(state: ConfigRecord, config: ConfigRecord, node_id: int) -> dict[str, list]:
+    """Shamir-share the state's seed and mask key among ``config``'s neighbourhood (a
+    fresh sharing, replacing any earlier one); each neighbour's shares encrypted for it.
+    """
     nodes = [int(n) for n in config["nodes"]]
     channel_pks, mask_pks = list(config["channel-pks"]), list(config["mask-pks"])
     if node_id not in nodes or len(set(nodes)) != len(nodes) or not len(nodes) == len(channel_pks) == len(mask_pks):
@@ -110,7 +147,7 @@ def _share_keys(state: ConfigRecord, config: ConfigRecord, node_id: int) -> Conf
             plaintext = share_keys_plaintext_concat(node_id, peer, seed_shares[i], key_shares[i])
             destinations.append(peer)
             ciphertexts.append(encrypt(channel_key(state["channel-sk"], channel_pks[i]), plaintext))
-    return stage_record(STAGE_SHARE_KEYS, {"dst": destinations, "ciphertexts": ciphertexts})
+    return {"dst": destinations, "ciphertexts": ciphertexts}
 
 
 def _collect_masked(
@@ -159,11 +196,13 @@ def _collect_masked(
     }
     masked = mask_vectors(update.vectors, state["seed"], pair_seeds, node_id, settings.modulus_range)
     vectors = ArrayRecord({name: Array(v) for name, v in zip([WEIGHT_KEY, *names], masked, strict=True)})
+    state["masked"] = True
+    context.state[NEXT_STATE_KEY] = upcoming = _new_round_state(int(config["round"]) + 1)
     content = RecordDict(
         {
             MASKED_RECORD: vectors,
             "metrics": MetricRecord({**metrics, "secagg-clipped": update.clipped}),
-            SECAGG_RECORD: stage_record(STAGE_COLLECT, {}),
+            SECAGG_RECORD: stage_record(STAGE_COLLECT, {NEXT_PREFIX + k: v for k, v in _public_keys(upcoming).items()}),
         }
     )
     for name, record in reply.content.config_records.items():
@@ -171,7 +210,9 @@ def _collect_masked(
     return Message(content=content, reply_to=msg)
 
 
-def _unmask(state: ConfigRecord, config: ConfigRecord) -> ConfigRecord:
+def _unmask(state: ConfigRecord, config: ConfigRecord, node_id: int) -> ConfigRecord:
+    if not state.get("masked", False):
+        raise SecAggError(f"node {node_id}: asked to unmask a round it sent no masked input in")
     active, dead = {int(n) for n in config.get("active", [])}, {int(n) for n in config.get("dead", [])}
     if active & dead:
         raise SecAggError(f"nodes {sorted(active & dead)} are listed as both alive and dropped")

@@ -68,10 +68,11 @@ def summarize_round(
     """
     excluded = excluded or {}
     train = [e for e in exchanges if e.message_type == MessageType.TRAIN]
-    # Under secure aggregation a sampled client is first asked for keys (setup), or for
-    # its shares when it advertised keys in the previous round; it reports its training
-    # in the clear beside its masked input.
-    sampled = {e.node_id for e in train if e.direction == "down" and e.stage in (None, STAGE_SETUP, STAGE_SHARE_KEYS)}
+    # Under secure aggregation a sampled client is first asked for keys (setup), for its
+    # shares (share-keys), or, when it shared them with the previous round's unmask,
+    # for its masked input; it reports its training in the clear beside that input.
+    first_stages = (None, STAGE_SETUP, STAGE_SHARE_KEYS, STAGE_COLLECT)
+    sampled = {e.node_id for e in train if e.direction == "down" and e.stage in first_stages}
     replies = [
         e for e in train if e.direction == "up" and e.stage in (None, STAGE_COLLECT) and e.node_id not in dropped
     ]

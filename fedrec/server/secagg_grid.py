@@ -11,10 +11,14 @@ FedAvgM, FedAdam, FedYogi, FedAdagrad, FedProx and client-side-clipping DP wrapp
 aggregate exactly what SecAgg+ produced. Strategies that need individual updates are
 refused by :func:`require_linear_strategy`.
 
-A node's ``unmask`` reply carries fresh public keys for the next round, so a node
-sampled in consecutive rounds skips ``setup``: a steady round is three exchanges.
-Replies are handled as they arrive (masked inputs checked and summed, secrets
-reconstructed), while the remaining nodes are still answering.
+A node's masked-input reply carries fresh public keys for the next round, so a node
+sampled in consecutive rounds skips ``setup``. The ``unmask`` messages also carry the
+next round's neighbourhoods over this round's survivors, and the replies those
+neighbourhoods' encrypted shares: when the next round samples exactly the nodes that
+shared, it skips ``share-keys`` too and is two exchanges (masked inputs, unmask);
+otherwise it runs ``share-keys`` with the advertised keys. Replies are handled as they
+arrive (masked inputs checked and summed, secrets reconstructed), while the remaining
+nodes are still answering.
 
 Nodes that fail before their masked input are dropped and their pairwise masks are
 reconstructed from their neighbours' shares; when too few shares remain, or the sum
@@ -89,6 +93,17 @@ class PublicKeys(NamedTuple):
     mask: bytes
 
 
+class SharedKeys(NamedTuple):
+    """What one round's ``share-keys`` yields, or the previous round's ``unmask`` did for
+    its nodes: each node's neighbourhood, reconstruction threshold, and the encrypted
+    shares addressed to it (``node -> (sources, ciphertexts)``).
+    """
+
+    hood: dict[int, list[int]]
+    threshold: dict[int, int]
+    inbox: dict[int, tuple[list[int], list[bytes]]]
+
+
 def require_linear_strategy(strategy: Strategy) -> None:
     """Refuse strategies that must see individual client updates."""
     if isinstance(strategy, NEEDS_INDIVIDUAL_UPDATES):
@@ -111,6 +126,7 @@ class SecAggGrid(DelegatingGrid):
         self.last_dropped: dict[int, str] = {}  # node -> why it left the latest round
         self.last_stage_seconds: dict[str, float] = {}
         self.next_keys: dict[int, PublicKeys] = {}  # keys nodes advertised for round ``self.round + 1``
+        self.next_shared: SharedKeys | None = None  # shares sent for round ``self.round + 1`` with unmask
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         """Train messages run SecAgg+; anything else is forwarded unchanged."""
@@ -121,8 +137,12 @@ class SecAggGrid(DelegatingGrid):
         self.round += 1
         order = [m.metadata.dst_node_id for m in messages]
         self.rng.shuffle(order)
-        known_keys, self.next_keys = self.next_keys, {}
-        secure_round = _SecureRound(self._grid, self.settings, self.round, messages, order, timeout, known_keys)
+        known_keys, shared, self.next_keys, self.next_shared = self.next_keys, self.next_shared, {}, None
+        if shared is not None and set(shared.hood) != set(order):
+            shared = None  # shared for another sample: share-keys again
+        secure_round = _SecureRound(
+            self._grid, self.settings, self.round, messages, order, timeout, known_keys, shared, self.rng
+        )
         self.last_dropped = secure_round.dropped
         self.last_stage_seconds = secure_round.seconds
         try:
@@ -133,10 +153,21 @@ class SecAggGrid(DelegatingGrid):
             return [_error_reply(m, f"secure aggregation failed: {err}") for m in messages]
         finally:
             self.next_keys = secure_round.next_keys
+            self.next_shared = secure_round.next_shared()
 
 
 def _error_reply(msg: Message, reason: str) -> Message:
     return Message(Error(SECAGG_ERROR_CODE, reason), reply_to=msg)
+
+
+def _deliver(
+    inbox: dict[int, tuple[list[int], list[bytes]]], src: int, destinations: Iterable, ciphertexts: Iterable
+) -> None:
+    """File ``src``'s encrypted shares under their destinations."""
+    for dst, ciphertext in zip(destinations, ciphertexts, strict=True):
+        sources, texts = inbox.setdefault(int(dst), ([], []))
+        sources.append(src)
+        texts.append(bytes(ciphertext))
 
 
 class _SecureRound:
@@ -151,20 +182,26 @@ class _SecureRound:
         ring_order: list[int],
         timeout: float | None,
         known_keys: dict[int, PublicKeys],
+        shared: SharedKeys | None,
+        rng: random.Random,
     ) -> None:
-        self.grid, self.settings, self.round, self.timeout = grid, settings, server_round, timeout
+        self.grid, self.settings, self.round, self.timeout, self.rng = grid, settings, server_round, timeout, rng
         self.requests = {m.metadata.dst_node_id: m for m in messages}
         self.group_id = messages[0].metadata.group_id
         self.hood = neighbours(ring_order, settings.num_shares)
         self.keys = {n: known_keys[n] for n in self.requests if n in known_keys}
+        self.shared = shared
         self.next_keys: dict[int, PublicKeys] = {}
+        self.next_hood: dict[int, list[int]] = {}  # the next round's neighbourhoods sent with unmask
+        self.next_inbox: dict[int, tuple[list[int], list[bytes]]] = {}
+        self.next_sharers: set[int] = set()
         self.dropped: dict[int, str] = {}
         self.seconds: dict[str, float] = {}  # wall time of each stage's exchange, and of unmasking
         self.names = [WEIGHT_KEY, *messages[0].content["arrays"].keys()]
         self.shapes = {WEIGHT_KEY: (1,), **{k: tuple(v.shape) for k, v in messages[0].content["arrays"].items()}}
         self.masked_sum = MaskedSum([self.shapes[k] for k in self.names], settings.modulus_range)
         self.threshold: dict[int, int] = {}
-        self.inbox: dict[int, tuple[list[int], list[bytes]]] = {}
+        self.inbox: dict[int, tuple[list[int], list[bytes]]] = {}  # node -> (sources, ciphertexts) of its shares
         self.collected: dict[int, Message] = {}  # replies with a masked input
         self.seed_shares: dict[int, list[bytes]] = {}  # survivor -> shares of its self-mask seed
         self.key_shares: dict[int, list[bytes]] = {}  # dead node -> shares of its mask key
@@ -172,50 +209,34 @@ class _SecureRound:
 
     def run(self) -> list[Message]:
         """Run the stages; one reply per requested node (aggregate, decline or error)."""
-        fresh = [n for n in self.requests if n not in self.keys]
-        if fresh:  # nodes that did not advertise keys in the previous round's unmask
-            self._stage(STAGE_SETUP, fresh, lambda node: {}, self.settings.timeout, self._take_keys)
-        keys = self.keys
-        hood1 = {n: [p for p in self.hood[n] if p in keys] for n in keys}
-        self.threshold = {n: self.settings.threshold_for(len(hood1[n])) for n in keys}
-        shared = self._stage(
-            STAGE_SHARE_KEYS,
-            list(keys),
-            lambda n: {
-                "nodes": hood1[n],
-                "channel-pks": [keys[p].channel for p in hood1[n]],
-                "mask-pks": [keys[p].mask for p in hood1[n]],
-                "threshold": self.threshold[n],
-            },
-            self.settings.timeout,
-        )
-        self.inbox = inbox = {n: ([], []) for n in shared}
-        for src, reply in shared.items():
-            record = reply.content.config_records[SECAGG_RECORD]
-            for dst, ciphertext in zip(record.get("dst", []), record.get("ciphertexts", []), strict=True):
-                if int(dst) in inbox:
-                    inbox[int(dst)][0].append(src)
-                    inbox[int(dst)][1].append(bytes(ciphertext))
+        if self.shared is None:
+            self.shared = self._share_keys()
+        hood1, inbox = self.shared.hood, self.shared.inbox
+        self.threshold, self.inbox = self.shared.threshold, inbox
         self.collected = self._stage(
             STAGE_COLLECT,
-            list(shared),
+            list(hood1),
             lambda n: {"srcs": inbox[n][0], "ciphertexts": inbox[n][1], **self.settings.masking_values()},
             self.timeout,
             self._add_masked,
             carry_request=True,
         )
-        survivors = [n for n in shared if n in self.collected]
-        dead = {n for n in shared if n not in self.collected}
+        survivors = [n for n in hood1 if n in self.collected]
+        dead = {n for n in hood1 if n not in self.collected}
         if not survivors:
             raise SecAggError("no client sent a masked input")
         self.seed_shares = {n: [] for n in survivors}
         self.key_shares = {n: [] for n in dead}
+        next_order = [n for n in survivors if n in self.next_keys]
+        self.rng.shuffle(next_order)
+        self.next_hood = neighbours(next_order, self.settings.num_shares)
         self._stage(
             STAGE_UNMASK,
             survivors,
             lambda n: {
                 "active": [p for p in hood1[n] if p in self.collected],
                 "dead": [p for p in hood1[n] if p in dead],
+                **self._next_neighbourhood(n),
             },
             self.settings.timeout,
             self._take_unmask_shares,
@@ -242,6 +263,54 @@ class _SecureRound:
         replies = self._replies(aggregate)
         self.seconds["server-unmasking"] = time.perf_counter() - started
         return replies
+
+    def _share_keys(self) -> SharedKeys:
+        """``setup`` for nodes that advertised no keys, then ``share-keys``."""
+        fresh = [n for n in self.requests if n not in self.keys]
+        if fresh:
+            self._stage(STAGE_SETUP, fresh, lambda node: {}, self.settings.timeout, self._take_keys)
+        keys = self.keys
+        hood1 = {n: [p for p in self.hood[n] if p in keys] for n in keys}
+        threshold = {n: self.settings.threshold_for(len(hood1[n])) for n in keys}
+        replies = self._stage(
+            STAGE_SHARE_KEYS,
+            list(keys),
+            lambda n: {
+                "nodes": hood1[n],
+                "channel-pks": [keys[p].channel for p in hood1[n]],
+                "mask-pks": [keys[p].mask for p in hood1[n]],
+                "threshold": threshold[n],
+            },
+            self.settings.timeout,
+        )
+        inbox: dict[int, tuple[list[int], list[bytes]]] = {}
+        for src, reply in replies.items():
+            record = reply.content.config_records[SECAGG_RECORD]
+            _deliver(inbox, src, record.get("dst", []), record.get("ciphertexts", []))
+        return SharedKeys(
+            {n: hood1[n] for n in replies},
+            {n: threshold[n] for n in replies},
+            {n: inbox.get(n, ([], [])) for n in replies},
+        )
+
+    def _next_neighbourhood(self, node: int) -> dict:
+        """The next round's neighbourhood of ``node`` for it to share its next secrets."""
+        if node not in self.next_hood:
+            return {}
+        hood = self.next_hood[node]
+        return {
+            "next-nodes": hood,
+            "next-channel-pks": [self.next_keys[p].channel for p in hood],
+            "next-mask-pks": [self.next_keys[p].mask for p in hood],
+            "next-threshold": self.settings.threshold_for(len(hood)),
+        }
+
+    def next_shared(self) -> SharedKeys | None:
+        """The next round's shares sent with unmask, when every node of its graph sent them."""
+        if not self.next_hood or set(self.next_hood) != self.next_sharers:
+            return None
+        thresholds = {n: self.settings.threshold_for(len(h)) for n, h in self.next_hood.items()}
+        return SharedKeys(self.next_hood, thresholds, {n: self.next_inbox.get(n, ([], [])) for n in self.next_hood})
 
     def _stage(
         self,
@@ -289,7 +358,9 @@ class _SecureRound:
         self.keys[node] = PublicKeys(bytes(record["channel-pk"]), bytes(record["mask-pk"]))
 
     def _add_masked(self, node: int, record: ConfigRecord, reply: Message) -> None:
-        """Check a masked input against the adapter's tensors and the ring, then add it."""
+        """Check a masked input against the adapter's tensors and the ring, then add it;
+        keep the node's keys for the next round.
+        """
         masked = reply.content.array_records.get(MASKED_RECORD)
         if masked is None:
             raise SecAggError("the reply carries no masked input")
@@ -305,13 +376,18 @@ class _SecureRound:
             if values.dtype != np.uint32 or (values.size and int(values.max()) >= self.settings.modulus_range):
                 raise SecAggError(f"masked tensor {name!r} is not uint32 in [0, modulus-range)")
         self.masked_sum.add(vectors)
-
-    def _take_unmask_shares(self, node: int, record: ConfigRecord, reply: Message) -> None:
-        """Keep a survivor's shares and next-round keys; unmask what has enough shares."""
-        seed_shares = list(zip(record.get("seed-nodes", []), record.get("seed-shares", []), strict=True))
-        key_shares = list(zip(record.get("key-nodes", []), record.get("key-shares", []), strict=True))
         if "next-channel-pk" in record:
             self.next_keys[node] = PublicKeys(bytes(record["next-channel-pk"]), bytes(record["next-mask-pk"]))
+
+    def _take_unmask_shares(self, node: int, record: ConfigRecord, reply: Message) -> None:
+        """Keep a survivor's shares and the shares it sent for the next round; unmask what
+        has enough shares.
+        """
+        seed_shares = list(zip(record.get("seed-nodes", []), record.get("seed-shares", []), strict=True))
+        key_shares = list(zip(record.get("key-nodes", []), record.get("key-shares", []), strict=True))
+        if node in self.next_hood and record.get("next-shared", False):
+            _deliver(self.next_inbox, node, record.get("next-dst", []), record.get("next-ciphertexts", []))
+            self.next_sharers.add(node)
         for owner, share in seed_shares:
             if int(owner) in self.seed_shares:
                 self.seed_shares[int(owner)].append(bytes(share))
