@@ -278,6 +278,7 @@ def _consecutive_rounds(grid: Grid, nodes: list[int]) -> list[dict]:
                     )
                     for stage in ("setup", "share-keys")
                 },
+                "shared_ahead": sum(e.direction == "up" and "next-shared" in e.configs for e in exchanges),
                 "dropped": {nodes.index(n): reason for n, reason in secure.last_dropped.items()},
                 "advertised_mask_pks": [
                     bytes(e.configs[key]).hex()
@@ -376,6 +377,8 @@ def test_nodes_sampled_again_skip_setup_and_share_keys_with_fresh_keys(secagg_re
         [],  # every node of round 4's unmask shared for round 5, which sampled them again
         [],
     ]
+    # shares for the next round go with unmask while samples repeat (round 3 sampled anew)
+    assert [r["shared_ahead"] for r in rounds] == [7, 8, 0, 8, 8, 7]
     assert [sorted(r["dropped"]) for r in rounds] == [["1"], [], ["3"], [], [], ["4"]]  # JSON keys
     assert "share-keys" in rounds[2]["dropped"]["3"] and "without this round's setup" in rounds[2]["dropped"]["3"]
     assert rounds[5]["dropped"]["4"].startswith("collect-masked") and "without" in rounds[5]["dropped"]["4"]

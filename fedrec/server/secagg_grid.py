@@ -14,9 +14,10 @@ refused by :func:`require_linear_strategy`.
 A node's masked-input reply carries fresh public keys for the next round, so a node
 sampled in consecutive rounds skips ``setup``. The ``unmask`` messages also carry the
 next round's neighbourhoods over this round's survivors, and the replies those
-neighbourhoods' encrypted shares: when the next round samples exactly the nodes that
-shared, it skips ``share-keys`` too and is two exchanges (masked inputs, unmask);
-otherwise it runs ``share-keys`` with the advertised keys. Replies are handled as they
+neighbourhoods' encrypted shares (while samples repeat: in the first round and after a
+round that sampled the same nodes as the one before): when the next round samples
+exactly the nodes that shared, it skips ``share-keys`` too and is two exchanges (masked
+inputs, unmask); otherwise it runs ``share-keys`` with the advertised keys. Replies are handled as they
 arrive (masked inputs checked and summed, secrets reconstructed), while the remaining
 nodes are still answering.
 
@@ -127,6 +128,7 @@ class SecAggGrid(DelegatingGrid):
         self.last_stage_seconds: dict[str, float] = {}
         self.next_keys: dict[int, PublicKeys] = {}  # keys nodes advertised for round ``self.round + 1``
         self.next_shared: SharedKeys | None = None  # shares sent for round ``self.round + 1`` with unmask
+        self.last_sample: set[int] | None = None
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         """Train messages run SecAgg+; anything else is forwarded unchanged."""
@@ -140,8 +142,11 @@ class SecAggGrid(DelegatingGrid):
         known_keys, shared, self.next_keys, self.next_shared = self.next_keys, self.next_shared, {}, None
         if shared is not None and set(shared.hood) != set(order):
             shared = None  # shared for another sample: share-keys again
+        # share for the next round only while samples repeat (full participation)
+        share_ahead = self.last_sample is None or self.last_sample == set(order)
+        self.last_sample = set(order)
         secure_round = _SecureRound(
-            self._grid, self.settings, self.round, messages, order, timeout, known_keys, shared, self.rng
+            self._grid, self.settings, self.round, messages, order, timeout, known_keys, shared, self.rng, share_ahead
         )
         self.last_dropped = secure_round.dropped
         self.last_stage_seconds = secure_round.seconds
@@ -184,13 +189,14 @@ class _SecureRound:
         known_keys: dict[int, PublicKeys],
         shared: SharedKeys | None,
         rng: random.Random,
+        share_ahead: bool,
     ) -> None:
         self.grid, self.settings, self.round, self.timeout, self.rng = grid, settings, server_round, timeout, rng
         self.requests = {m.metadata.dst_node_id: m for m in messages}
         self.group_id = messages[0].metadata.group_id
         self.hood = neighbours(ring_order, settings.num_shares)
         self.keys = {n: known_keys[n] for n in self.requests if n in known_keys}
-        self.shared = shared
+        self.shared, self.share_ahead = shared, share_ahead
         self.next_keys: dict[int, PublicKeys] = {}
         self.next_hood: dict[int, list[int]] = {}  # the next round's neighbourhoods sent with unmask
         self.next_inbox: dict[int, tuple[list[int], list[bytes]]] = {}
@@ -227,7 +233,7 @@ class _SecureRound:
             raise SecAggError("no client sent a masked input")
         self.seed_shares = {n: [] for n in survivors}
         self.key_shares = {n: [] for n in dead}
-        next_order = [n for n in survivors if n in self.next_keys]
+        next_order = [n for n in survivors if n in self.next_keys] if self.share_ahead else []
         self.rng.shuffle(next_order)
         self.next_hood = neighbours(next_order, self.settings.num_shares)
         self._stage(
