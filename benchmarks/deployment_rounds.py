@@ -10,6 +10,8 @@ authentication do not change round times measurably; they are tested in
 
     python benchmarks/deployment_rounds.py                   # demo preset, 2 rounds per variant
     python benchmarks/deployment_rounds.py --preset smoke --out /tmp/deployment
+    python benchmarks/deployment_rounds.py --preset smoke --rounds 4 --variant prefix-cache \
+        --set secure-aggregation=true --set max-weight=100      # SecAgg+ stages per round
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pathlib import Path
 import tomli_w
 import torch
 
-from fedrec.config import resolve_config
+from fedrec.config import parse_overrides, resolve_config
 from fedrec.deploy import (
     flower_environment,
     free_local_ports,
@@ -109,6 +111,7 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "deployment_rounds.json")
     parser.add_argument("--limit", type=float, default=3600.0, help="seconds allowed per variant")
     parser.add_argument("--variant", choices=(*VARIANTS, "both"), default="both")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="run-config override")
     args = parser.parse_args()
     # stop the federation's processes (the finally below) on SIGTERM, and on SIGINT even
     # when started in the background, where the shell ignores it
@@ -116,7 +119,8 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     if args.rounds < 2:
         parser.error("--rounds must be at least 2: the cache serves the rounds after the first")
-    cfg = resolve_config(args.preset, overrides={"num-server-rounds": args.rounds, "ranking-users": 0})
+    overrides = {"num-server-rounds": args.rounds, "ranking-users": 0, **parse_overrides(args.set)}
+    cfg = resolve_config(args.preset, overrides=overrides)
     work = args.out or Path(tempfile.mkdtemp(prefix="fedrec-deployment-"))
     variants = {}
     chosen = VARIANTS if args.variant == "both" else {args.variant: VARIANTS[args.variant]}
@@ -125,6 +129,7 @@ def main() -> None:
         rounds = run_variant(work / name, cfg.to_run_config(), cfg.num_clients, prefix_cache, args.limit)
         variants[name] = {
             "round_seconds": [r["seconds"] for r in rounds[1:]],
+            "stages": [sorted(r.get("bytes_by_stage") or {}) for r in rounds[1:]],
             "auc": [r["auc"] for r in rounds],
             "wall_seconds": time.perf_counter() - started,
         }
@@ -132,7 +137,7 @@ def main() -> None:
     later = {name: sum(v["round_seconds"][1:]) / (args.rounds - 1) for name, v in variants.items()}
     results = {
         "command": f"python benchmarks/deployment_rounds.py --preset {args.preset} --rounds {args.rounds} "
-        f"--variant {args.variant}",
+        f"--variant {args.variant}" + "".join(f" --set {pair}" for pair in args.set),
         "preset": args.preset,
         "nodes": cfg.num_clients,
         "rounds": args.rounds,
