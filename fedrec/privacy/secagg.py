@@ -43,6 +43,7 @@ from flwr.app import ConfigRecord
 SECAGG_RECORD = "secagg"  # name of the ConfigRecord that carries a protocol stage
 MASKED_RECORD = "masked"  # name of the ArrayRecord that carries a masked vector
 WEIGHT_KEY = "__weight__"  # first entry of a masked vector: the quantized weight
+NEXT_PREFIX = "next-"  # stage values about the next round (its keys, neighbourhood, shares)
 
 STAGE_SETUP = "setup"
 STAGE_SHARE_KEYS = "share-keys"

@@ -40,6 +40,7 @@ from flwr.common.secure_aggregation.secaggplus_utils import (
 
 from .secagg import (
     MASKED_RECORD,
+    NEXT_PREFIX,
     SECAGG_RECORD,
     STAGE_COLLECT,
     STAGE_SETUP,
@@ -61,7 +62,6 @@ from .secagg import (
 
 STATE_KEY = "secagg-state"  # the current round's keys, seed and shares
 NEXT_STATE_KEY = "secagg-next-state"  # the next round's, made with this round's masked input
-NEXT_PREFIX = "next-"  # unmask keys that carry the next round's neighbourhood and shares
 
 
 def secagg_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from logging import ERROR, WARNING
 from typing import NamedTuple
 
@@ -55,6 +55,7 @@ from flwr.supercore import log
 
 from ..privacy.secagg import (
     MASKED_RECORD,
+    NEXT_PREFIX,
     SECAGG_RECORD,
     STAGE_COLLECT,
     STAGE_SETUP,
@@ -165,6 +166,16 @@ def _error_reply(msg: Message, reason: str) -> Message:
     return Message(Error(SECAGG_ERROR_CODE, reason), reply_to=msg)
 
 
+def _neighbourhood(hood: list[int], keys: Mapping[int, PublicKeys], threshold: int) -> dict:
+    """What a node needs to share its secrets among ``hood``."""
+    return {
+        "nodes": hood,
+        "channel-pks": [keys[p].channel for p in hood],
+        "mask-pks": [keys[p].mask for p in hood],
+        "threshold": threshold,
+    }
+
+
 def _deliver(
     inbox: dict[int, tuple[list[int], list[bytes]]], src: int, destinations: Iterable, ciphertexts: Iterable
 ) -> None:
@@ -199,6 +210,7 @@ class _SecureRound:
         self.shared, self.share_ahead = shared, share_ahead
         self.next_keys: dict[int, PublicKeys] = {}
         self.next_hood: dict[int, list[int]] = {}  # the next round's neighbourhoods sent with unmask
+        self.next_threshold: dict[int, int] = {}
         self.next_inbox: dict[int, tuple[list[int], list[bytes]]] = {}
         self.next_sharers: set[int] = set()
         self.dropped: dict[int, str] = {}
@@ -236,6 +248,7 @@ class _SecureRound:
         next_order = [n for n in survivors if n in self.next_keys] if self.share_ahead else []
         self.rng.shuffle(next_order)
         self.next_hood = neighbours(next_order, self.settings.num_shares)
+        self.next_threshold = {n: self.settings.threshold_for(len(h)) for n, h in self.next_hood.items()}
         self._stage(
             STAGE_UNMASK,
             survivors,
@@ -281,12 +294,7 @@ class _SecureRound:
         replies = self._stage(
             STAGE_SHARE_KEYS,
             list(keys),
-            lambda n: {
-                "nodes": hood1[n],
-                "channel-pks": [keys[p].channel for p in hood1[n]],
-                "mask-pks": [keys[p].mask for p in hood1[n]],
-                "threshold": threshold[n],
-            },
+            lambda n: _neighbourhood(hood1[n], keys, threshold[n]),
             self.settings.timeout,
         )
         inbox: dict[int, tuple[list[int], list[bytes]]] = {}
@@ -303,20 +311,15 @@ class _SecureRound:
         """The next round's neighbourhood of ``node`` for it to share its next secrets."""
         if node not in self.next_hood:
             return {}
-        hood = self.next_hood[node]
-        return {
-            "next-nodes": hood,
-            "next-channel-pks": [self.next_keys[p].channel for p in hood],
-            "next-mask-pks": [self.next_keys[p].mask for p in hood],
-            "next-threshold": self.settings.threshold_for(len(hood)),
-        }
+        values = _neighbourhood(self.next_hood[node], self.next_keys, self.next_threshold[node])
+        return {NEXT_PREFIX + key: value for key, value in values.items()}
 
     def next_shared(self) -> SharedKeys | None:
         """The next round's shares sent with unmask, when every node of its graph sent them."""
         if not self.next_hood or set(self.next_hood) != self.next_sharers:
             return None
-        thresholds = {n: self.settings.threshold_for(len(h)) for n, h in self.next_hood.items()}
-        return SharedKeys(self.next_hood, thresholds, {n: self.next_inbox.get(n, ([], [])) for n in self.next_hood})
+        inbox = {n: self.next_inbox.get(n, ([], [])) for n in self.next_hood}
+        return SharedKeys(self.next_hood, self.next_threshold, inbox)
 
     def _stage(
         self,
@@ -382,8 +385,9 @@ class _SecureRound:
             if values.dtype != np.uint32 or (values.size and int(values.max()) >= self.settings.modulus_range):
                 raise SecAggError(f"masked tensor {name!r} is not uint32 in [0, modulus-range)")
         self.masked_sum.add(vectors)
-        if "next-channel-pk" in record:
-            self.next_keys[node] = PublicKeys(bytes(record["next-channel-pk"]), bytes(record["next-mask-pk"]))
+        if NEXT_PREFIX + "channel-pk" in record:
+            channel, mask = record[NEXT_PREFIX + "channel-pk"], record[NEXT_PREFIX + "mask-pk"]
+            self.next_keys[node] = PublicKeys(bytes(channel), bytes(mask))
 
     def _take_unmask_shares(self, node: int, record: ConfigRecord, reply: Message) -> None:
         """Keep a survivor's shares and the shares it sent for the next round; unmask what
@@ -391,8 +395,9 @@ class _SecureRound:
         """
         seed_shares = list(zip(record.get("seed-nodes", []), record.get("seed-shares", []), strict=True))
         key_shares = list(zip(record.get("key-nodes", []), record.get("key-shares", []), strict=True))
-        if node in self.next_hood and record.get("next-shared", False):
-            _deliver(self.next_inbox, node, record.get("next-dst", []), record.get("next-ciphertexts", []))
+        if node in self.next_hood and record.get(NEXT_PREFIX + "shared", False):
+            destinations, ciphertexts = record.get(NEXT_PREFIX + "dst", []), record.get(NEXT_PREFIX + "ciphertexts", [])
+            _deliver(self.next_inbox, node, destinations, ciphertexts)
             self.next_sharers.add(node)
         for owner, share in seed_shares:
             if int(owner) in self.seed_shares:
