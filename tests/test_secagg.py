@@ -30,21 +30,24 @@ from flwr.serverapp.strategy import (
 from flwr.simulation import run_simulation
 
 from fedrec.privacy.secagg import (
+    CHUNK_WORDS,
     MASKED_RECORD,
     SECAGG_RECORD,
     STAGE_COLLECT,
     STAGE_SETUP,
     STAGE_SHARE_KEYS,
     STAGE_UNMASK,
+    KeyStream,
     MaskedSum,
     SecAggError,
     SecAggSettings,
+    add_masks,
     dequantize_mean,
-    mask_vectors,
+    mask_update,
     neighbours,
-    prg_mask,
     quantize_update,
     rounding_key,
+    split_flat,
     stage_record,
 )
 from fedrec.privacy.secagg_mod import NEXT_STATE_KEY, STATE_KEY, secagg_mod
@@ -406,15 +409,16 @@ def test_masks_cancel_and_dropped_pair_masks_are_undone():
     rng = np.random.default_rng(0)
     settings = SecAggSettings(clipping_range=1.0, quantization_range=1 << 20, modulus_range=1 << 32, max_weight=10)
     nodes = [11, 22, 33, 44]
-    seeds = {n: rng.bytes(32) for n in nodes}
-    pair = {(a, b): rng.bytes(32) for a in nodes for b in nodes if a < b}
+    seeds = {n: rng.bytes(16) for n in nodes}
+    pair = {(a, b): rng.bytes(16) for a in nodes for b in nodes if a < b}
     pair_seed = {(a, b): pair[(min(a, b), max(a, b))] for a in nodes for b in nodes if a != b}
     deltas = {n: [rng.uniform(-0.5, 0.5, (3, 2))] for n in nodes}
     weights = {11: 2.0, 22: 5.0, 33: 1.0, 44: 7.0}
     masked = {}
     for n in nodes[:3]:  # node 44 shared keys but dropped before its masked input
-        update = quantize_update(deltas[n], weights[n], settings, rng.bytes(32))
-        masked[n] = mask_vectors(update.vectors, seeds[n], {p: pair_seed[(n, p)] for p in nodes if p != n}, n, 1 << 32)
+        update = quantize_update(deltas[n], [np.zeros((3, 2))], weights[n], settings, rng.bytes(16))
+        mask_update(update.flat, seeds[n], {p: pair_seed[(n, p)] for p in nodes if p != n}, n, 1 << 32)
+        masked[n] = split_flat(update.flat, [(1,), (3, 2)])
     dropped = {(n, 44): pair_seed[(n, 44)] for n in nodes[:3]}
     masked_sum = MaskedSum([(1,), (3, 2)], 1 << 32)
     for n in nodes[:3]:
@@ -430,10 +434,13 @@ def test_masks_cancel_and_dropped_pair_masks_are_undone():
 
 def test_out_of_range_values_are_counted_and_a_wrapped_sum_is_refused():
     settings = SecAggSettings(clipping_range=0.1, quantization_range=1 << 10, modulus_range=1 << 16, max_weight=1)
-    update = quantize_update([np.array([0.05, 0.5, -0.7])], 1.0, settings, bytes(32))
+    update = quantize_update([np.array([0.05, 0.5, -0.7])], [np.zeros(3)], 1.0, settings, bytes(16))
     assert update.clipped == 2
+    assert list(update.flat[[2, 3]]) == [1 << 10, 0]  # clipped onto the ends of the range
     with pytest.raises(Exception, match="outside"):
-        quantize_update([np.zeros(2)], 2.0, settings, bytes(32))
+        quantize_update([np.zeros(2)], [np.zeros(2)], 2.0, settings, bytes(16))
+    with pytest.raises(SecAggError, match="non-finite"):
+        quantize_update([np.array([0.0, np.nan])], [np.zeros(2)], 1.0, settings, bytes(16))
     with pytest.raises(Exception, match="overflow or a corrupted masked input"):
         dequantize_mean([np.array([5]), np.array([3 * (1 << 10)])], 2, settings)
     with pytest.raises(ValueError, match="could wrap"):
@@ -445,7 +452,7 @@ def test_rounding_is_unbiased_and_the_same_for_the_same_update():
     update = [np.full(20_000, 0.03)]  # level (0.03 + 1) * 16 / 2 = 8.24: 9 with probability 0.24
 
     def rounded(deltas: list[np.ndarray]) -> np.ndarray:
-        return quantize_update(deltas, 1.0, settings, rounding_key(deltas, 1.0)).vectors[1]
+        return quantize_update(deltas, [np.zeros(20_000)], 1.0, settings, rounding_key(deltas, 1.0)).flat[1:]
 
     first = rounded(update)
     assert set(np.unique(first)) == {8, 9} and first.mean() == pytest.approx(8.24, abs=0.015)  # 5 sigma
@@ -453,11 +460,27 @@ def test_rounding_is_unbiased_and_the_same_for_the_same_update():
     assert not np.array_equal(rounded([update[0] + 1e-12]), first)  # another update: other draws
 
 
-def test_prg_masks_are_deterministic_uniform_and_seed_dependent():
-    a = prg_mask(b"k" * 32, 1 << 32, [(1000,)])[0]
-    assert np.array_equal(a, prg_mask(b"k" * 32, 1 << 32, [(1000,)])[0])
-    assert not np.array_equal(a, prg_mask(b"j" * 32, 1 << 32, [(1000,)])[0])
-    assert a.min() >= 0 and a.max() < 1 << 32 and 0.4 < a.mean() / (1 << 32) < 0.6
+def test_masks_are_deterministic_uniform_seed_dependent_and_streamed_in_chunks():
+    size = 2 * CHUNK_WORDS + 123  # masks are added chunk by chunk: the stream must run on across chunks
+
+    def mask(seed: bytes, modulus: int = 1 << 32) -> np.ndarray:
+        flat = np.zeros(size, dtype=np.uint32)
+        add_masks(flat, [(seed, True)], modulus)
+        return flat
+
+    a = mask(b"k" * 16)
+    np.testing.assert_array_equal(a, mask(b"k" * 16))
+    assert not np.array_equal(a, mask(b"j" * 16))
+    stream = KeyStream(b"k" * 16)
+    np.testing.assert_array_equal(a[:1000], stream.next_words(1000))
+    np.testing.assert_array_equal(a[1000:1500], stream.next_words(500))
+    assert 0.49 < a.mean() / (1 << 32) < 0.51 and len(np.unique(a)) > 0.99 * size
+    np.testing.assert_array_equal(mask(b"k" * 16, 1 << 20), a & ((1 << 20) - 1))
+    flat = a.copy()
+    add_masks(flat, [(b"k" * 16, False)], 1 << 32)
+    assert not flat.any()  # subtracting the same stream undoes it
+    with pytest.raises(ValueError, match="16 bytes"):
+        KeyStream(b"k" * 32)
 
 
 def test_neighbourhoods_are_symmetric_rings():

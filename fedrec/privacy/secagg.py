@@ -15,20 +15,22 @@ each weight to a multiple of ``1 / quantization-range``. The rounding is drawn f
 key stream keyed by the update itself (:func:`rounding_key`), so a run repeated with
 the same seeds (or resumed from a checkpoint) aggregates to the same adapter.
 
-Cryptography comes from ``cryptography`` (X25519, HKDF-SHA256, AES-256-CTR),
+Cryptography comes from ``cryptography`` (X25519, HKDF-SHA256, AES-128-CTR),
 pycryptodome's Shamir scheme and Flower's public helpers (Fernet channel encryption).
-Masks are AES-256-CTR key streams (1.6x the speed of ChaCha20 on AES-NI CPUs): Flower's
-``pseudo_rand_gen`` folds its seed to 32 bits and uses NumPy's Mersenne Twister, which
-is not a cryptographic PRG. Shares have the layout of Flower's
-``create_shares`` (a 4-byte index, then one 16-byte share per 16-byte chunk) without its
-padding block: the secrets are 32-byte keys and seeds, and a third chunk (plus a thread
-pool per secret) made reconstruction the server's largest unmasking cost.
+Masks are AES-128-CTR key streams of 16-byte seeds (AES-NI makes them several times the
+speed of ChaCha20): Flower's ``pseudo_rand_gen`` folds its seed to 32 bits and uses
+NumPy's Mersenne Twister, which is not a cryptographic PRG. Both shared secrets (the
+self-mask seed and the seed of the mask private key) are 16 bytes, so each share is
+Flower's ``create_shares`` layout (a 4-byte index, then a 16-byte share) in one Shamir
+chunk: pycryptodome's pure-Python field arithmetic makes reconstruction the server's
+largest unmasking cost, linear in the chunks.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -44,6 +46,11 @@ SECAGG_RECORD = "secagg"  # name of the ConfigRecord that carries a protocol sta
 MASKED_RECORD = "masked"  # name of the ArrayRecord that carries a masked vector
 WEIGHT_KEY = "__weight__"  # first entry of a masked vector: the quantized weight
 NEXT_PREFIX = "next-"  # stage values about the next round (its keys, neighbourhood, shares)
+
+SEED_BYTES = 16  # self-mask seeds, mask-key seeds, pairwise mask seeds: AES-128 keys
+CHUNK_WORDS = 1 << 15  # words masked or quantized at a time (256 KiB of float64 temporaries)
+ROUNDING_KEY_SAMPLES = 4096  # values per tensor hashed into the rounding key
+_ZERO_WORDS = memoryview(bytes(4 * CHUNK_WORDS))  # CTR mode encrypts zeros into the key stream
 
 STAGE_SETUP = "setup"
 STAGE_SHARE_KEYS = "share-keys"
@@ -143,6 +150,20 @@ def new_private_key() -> bytes:
     )
 
 
+def new_seed() -> bytes:
+    """A fresh 16-byte secret: a self-mask seed or a mask-key seed."""
+    return os.urandom(SEED_BYTES)
+
+
+def mask_private_key(mask_seed: bytes) -> bytes:
+    """The X25519 mask private key derived from its 16-byte seed (HKDF-SHA256). A node
+    shares the seed rather than the 32-byte key: one Shamir chunk instead of two, which
+    halves the server's reconstruction of a dropped node's key; 128 bits match X25519's
+    security level.
+    """
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"fedrec-secagg-mask-key").derive(mask_seed)
+
+
 def public_key(private: bytes) -> bytes:
     """The raw X25519 public key of ``private``."""
     return (
@@ -152,15 +173,17 @@ def public_key(private: bytes) -> bytes:
     )
 
 
-def agreed_key(private: bytes, peer_public: bytes) -> bytes:
-    """32 bytes both ends derive: HKDF-SHA256 of the X25519 shared secret."""
+def agreed_key(private: bytes, peer_public: bytes, length: int = SEED_BYTES) -> bytes:
+    """``length`` bytes both ends derive: HKDF-SHA256 of the X25519 shared secret (by
+    default a pairwise mask seed).
+    """
     secret = X25519PrivateKey.from_private_bytes(private).exchange(X25519PublicKey.from_public_bytes(peer_public))
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"fedrec-secagg").derive(secret)
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=b"fedrec-secagg").derive(secret)
 
 
 def channel_key(private: bytes, peer_public: bytes) -> bytes:
     """A Fernet key for the encrypted channel between two nodes."""
-    return base64.urlsafe_b64encode(agreed_key(private, peer_public))
+    return base64.urlsafe_b64encode(agreed_key(private, peer_public, 32))
 
 
 def share_secret(secret: bytes, threshold: int, num: int) -> list[bytes]:
@@ -192,101 +215,128 @@ def reconstruct_secret(shares: Sequence[bytes]) -> bytes:
 
 
 # ---- masks and quantization ---------------------------------------------------------
-def prg_words(seed: bytes, count: int) -> np.ndarray:
-    """``count`` uniform ``uint32`` words: the AES-256-CTR key stream of the 32-byte ``seed``."""
-    stream = Cipher(algorithms.AES(seed), modes.CTR(b"\0" * 16)).encryptor()
-    return np.frombuffer(stream.update(bytes(4 * count)), dtype="<u4")
-
-
-def prg_mask(seed: bytes, modulus: int, shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
-    """A mask: :func:`prg_words` of ``seed``, one array per shape; reduced mod ``modulus``
-    (a power of two <= 2**32) they are uniform. Mask arithmetic runs in ``uint32``, whose
-    wrap-around is arithmetic mod 2**32 and hence mod ``modulus``; results are reduced
-    once at the end (:func:`reduce`).
+class KeyStream:
+    """The AES-128-CTR key stream of a 16-byte seed, read in order as uniform ``uint32``
+    words, at most :data:`CHUNK_WORDS` at a time (masks and rounding draws are streamed
+    chunk by chunk, so their temporaries stay in cache whatever the adapter's size).
     """
-    sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
-    words = prg_words(seed, sum(sizes))
+
+    def __init__(self, seed: bytes) -> None:
+        if len(seed) != SEED_BYTES:
+            raise ValueError(f"a key stream seed has {SEED_BYTES} bytes, got {len(seed)}")
+        self._encryptor = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
+        self._buffer = bytearray(4 * CHUNK_WORDS + 15)  # update_into needs a block of slack
+
+    def next_words(self, count: int) -> np.ndarray:
+        """The next ``count`` words: a view that the following call overwrites."""
+        self._encryptor.update_into(_ZERO_WORDS[: 4 * count], self._buffer)
+        return np.frombuffer(self._buffer, dtype="<u4", count=count)
+
+
+def add_masks(flat: np.ndarray, masks: Sequence[tuple[bytes, bool]], modulus: int) -> None:
+    """Add (``True``) or subtract (``False``) the key stream of each seed to the flat
+    ``uint32`` vector ``flat`` in place, then reduce it mod ``modulus`` (a power of two
+    <= 2**32): ``uint32`` wrap-around is arithmetic mod 2**32 and hence mod ``modulus``.
+    Reduced mod ``modulus``, a key stream is uniform.
+    """
+    streams = [(KeyStream(seed), add) for seed, add in masks]
+    for start in range(0, flat.size, CHUNK_WORDS):
+        part = flat[start : start + CHUNK_WORDS]
+        for stream, add in streams:
+            if add:
+                part += stream.next_words(part.size)
+            else:
+                part -= stream.next_words(part.size)
+        if modulus < 1 << 32:
+            part &= np.uint32(modulus - 1)
+
+
+def split_flat(flat: np.ndarray, shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
+    """Views of consecutive pieces of ``flat`` with the given shapes."""
     out, start = [], 0
-    for shape, size in zip(shapes, sizes, strict=True):
-        out.append(words[start : start + size].reshape(shape))
+    for shape in shapes:
+        size = int(np.prod(shape, dtype=np.int64))
+        out.append(flat[start : start + size].reshape(shape))
         start += size
+    if start != flat.size:
+        raise ValueError(f"{flat.size} values do not fill shapes {list(shapes)}")
     return out
-
-
-def reduce(vectors: Sequence[np.ndarray], modulus: int) -> list[np.ndarray]:
-    """``uint32`` vectors mod ``modulus``."""
-    return [v & np.uint32(modulus - 1) for v in vectors] if modulus < 1 << 32 else list(vectors)
 
 
 @dataclass(frozen=True)
 class QuantizedUpdate:
     """A client's quantized weighted update and how many values were clipped."""
 
-    vectors: list[np.ndarray]  # uint32: quantized weight first, then one array per tensor
+    flat: np.ndarray  # uint32: the quantized weight, then every tensor's values in order
     clipped: int
 
 
 def rounding_key(values: Sequence[np.ndarray], weight: float) -> bytes:
-    """The key of one update's stochastic rounding: SHA-256 of its weight and the trained
-    values as they are (float32 adapters hash half the bytes of their float64 deltas), so
-    the same update of the same global adapter rounds the same way and different updates
+    """The key of one update's stochastic rounding: SHA-256 of its weight, the tensors'
+    shapes and dtypes and up to :data:`ROUNDING_KEY_SAMPLES` evenly spaced values of each,
+    so the same update of the same global adapter rounds the same way (a repeated or
+    resumed run aggregates alike) and updates that differ anywhere in the sample round
     independently. The rounding is not a privacy mechanism; the masks hide the result.
     """
     digest = hashlib.sha256(np.float64(weight).tobytes())
     for array in values:
+        flat = np.ravel(array)
         digest.update(f"{array.dtype.str}{array.shape}".encode())
-        digest.update(np.ascontiguousarray(array))
-    return digest.digest()
+        digest.update(np.ascontiguousarray(flat[:: max(1, flat.size // ROUNDING_KEY_SAMPLES)]))
+    return digest.digest()[:SEED_BYTES]
 
 
 def quantize_update(
-    deltas: Sequence[np.ndarray], weight: float, settings: SecAggSettings, key: bytes
+    updated: Sequence[np.ndarray],
+    base: Sequence[np.ndarray],
+    weight: float,
+    settings: SecAggSettings,
+    key: bytes,
 ) -> QuantizedUpdate:
-    """Weight, clip, and stochastically round ``deltas`` onto ``0..quantization-range``:
-    ``floor(x + u)``, with ``u`` uniform in ``[0, 1)`` drawn from the key stream of the
-    32-byte ``key`` (:func:`rounding_key`), rounds ``x`` up with probability equal to its
-    fractional part.
+    """Weight, clip, and stochastically round the update ``updated - base`` onto
+    ``0..quantization-range``: ``floor(x + u)``, with ``u`` uniform in ``[0, 1)`` drawn
+    from the key stream of ``key`` (:func:`rounding_key`), rounds ``x`` up with
+    probability equal to its fractional part. Computed in float64, chunk by chunk.
     """
     ratio = weight / settings.max_weight
     if not 0.0 <= ratio <= 1.0:
         raise SecAggError(f"weight {weight:g} is outside [0, max-weight = {settings.max_weight:g}]")
-    q_weight = round(ratio * settings.quantization_range)
-    scale = q_weight / settings.quantization_range  # the weight the server will see
-    c, levels = settings.clipping_range, settings.quantization_range
-    vectors, clipped = [np.array([q_weight], dtype=np.uint32)], 0
-    uniforms = prg_words(key, sum(int(np.size(d)) for d in deltas)) * 2.0**-32
-    start = 0
-    for delta in deltas:
-        position = np.asarray(delta, dtype=np.float64) * scale
-        if not np.isfinite(position).all():
-            raise SecAggError("the update holds non-finite values")
-        clipped += int(np.count_nonzero(position > c) + np.count_nonzero(position < -c))
-        np.clip(position, -c, c, out=position)
-        position *= levels / (2 * c)
-        position += uniforms[start : start + position.size].reshape(position.shape)
-        start += position.size
-        position += levels / 2
-        vectors.append(np.floor(position, out=position).astype(np.uint32))
-    return QuantizedUpdate(vectors, clipped)
+    levels = settings.quantization_range
+    q_weight = round(ratio * levels)
+    # position on the level axis: (delta * q_weight / levels) in [-c, c] maps onto [0, levels]
+    factor, offset = q_weight / (2 * settings.clipping_range), levels / 2
+    flat = np.empty(1 + sum(int(np.size(u)) for u in updated), dtype=np.uint32)
+    flat[0] = q_weight
+    rounding = KeyStream(key)
+    position, uniform = np.empty(CHUNK_WORDS), np.empty(CHUNK_WORDS)
+    clipped, written = 0, 1
+    for new, old in zip(updated, base, strict=True):
+        if np.shape(new) != np.shape(old):
+            raise SecAggError(f"an updated tensor of shape {np.shape(new)} has a base of shape {np.shape(old)}")
+        new, old = np.ravel(new), np.ravel(old)
+        for start in range(0, new.size, CHUNK_WORDS):
+            end = min(start + CHUNK_WORDS, new.size)
+            x = position[: end - start]
+            np.subtract(new[start:end], old[start:end], out=x, dtype=np.float64)
+            x *= factor
+            x += offset
+            if not (0.0 <= x.min() and x.max() <= levels):  # also false for NaN
+                if not np.isfinite(x).all():
+                    raise SecAggError("the update holds non-finite values")
+                clipped += int(np.count_nonzero(x < 0.0) + np.count_nonzero(x > levels))
+                np.clip(x, 0.0, levels, out=x)
+            u = np.multiply(rounding.next_words(x.size), 2.0**-32, out=uniform[: x.size])
+            x += u
+            flat[written : written + x.size] = x  # x >= 0: the cast floors
+            written += x.size
+    return QuantizedUpdate(flat, clipped)
 
 
-def mask_vectors(
-    vectors: Sequence[np.ndarray],
-    self_seed: bytes,
-    pair_seeds: Mapping[int, bytes],
-    own_id: int,
-    modulus: int,
-) -> list[np.ndarray]:
-    """Add the self mask and, per neighbour, +mask (own id larger) or -mask, mod ``modulus``."""
-    shapes = [v.shape for v in vectors]
-    out = [v + m for v, m in zip(vectors, prg_mask(self_seed, modulus, shapes), strict=True)]
-    for peer, seed in pair_seeds.items():
-        for v, m in zip(out, prg_mask(seed, modulus, shapes), strict=True):
-            if own_id > peer:
-                v += m
-            else:
-                v -= m
-    return reduce(out, modulus)
+def mask_update(flat: np.ndarray, self_seed: bytes, pair_seeds: Mapping[int, bytes], own_id: int, modulus: int) -> None:
+    """Mask a quantized update in place: add the self mask and, per neighbour, +mask (own
+    id larger) or -mask, mod ``modulus``.
+    """
+    add_masks(flat, [(self_seed, True), *((seed, own_id > peer) for peer, seed in pair_seeds.items())], modulus)
 
 
 class MaskedSum:
@@ -299,7 +349,8 @@ class MaskedSum:
     def __init__(self, shapes: Sequence[tuple[int, ...]], modulus: int) -> None:
         self.shapes = [tuple(s) for s in shapes]
         self.modulus = modulus
-        self.total = [np.zeros(s, dtype=np.uint32) for s in self.shapes]
+        self.flat = np.zeros(sum(int(np.prod(s, dtype=np.int64)) for s in self.shapes), dtype=np.uint32)
+        self.total = split_flat(self.flat, self.shapes)
 
     def add(self, vectors: Sequence[np.ndarray]) -> None:
         """Add one masked input (``uint32`` arrays of :attr:`shapes`)."""
@@ -308,20 +359,15 @@ class MaskedSum:
 
     def remove_self_mask(self, seed: bytes) -> None:
         """Undo a survivor's self mask."""
-        for t, m in zip(self.total, prg_mask(seed, self.modulus, self.shapes), strict=True):
-            t -= m
+        add_masks(self.flat, [(seed, False)], self.modulus)
 
     def remove_pair_mask(self, survivor: int, dropped: int, seed: bytes) -> None:
         """Undo the mask ``survivor`` shared with ``dropped`` (whose input never arrived)."""
-        for t, m in zip(self.total, prg_mask(seed, self.modulus, self.shapes), strict=True):
-            if survivor > dropped:
-                t -= m
-            else:
-                t += m
+        add_masks(self.flat, [(seed, survivor < dropped)], self.modulus)
 
     def result(self) -> list[np.ndarray]:
         """The sum (``int64``), reduced mod ``modulus``."""
-        return [v.astype(np.int64) for v in reduce(self.total, self.modulus)]
+        return [(t & np.uint32(self.modulus - 1) if self.modulus < 1 << 32 else t).astype(np.int64) for t in self.total]
 
 
 def dequantize_mean(total: Sequence[np.ndarray], num_clients: int, settings: SecAggSettings) -> list[np.ndarray]:

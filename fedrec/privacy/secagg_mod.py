@@ -5,9 +5,9 @@ record; messages without it pass straight to the app. The node's keys, self-mask
 and the shares it holds live in ``context.state`` between stages (one record for the
 current round, one for the next).
 
-1. ``setup``: make two X25519 key pairs (channel, mask) and a self-mask seed; reply the
-   public keys.
-2. ``share-keys``: Shamir-share the self-mask seed and the mask private key among the
+1. ``setup``: make two X25519 key pairs (channel, and mask, derived from a seed) and a
+   self-mask seed; reply the public keys.
+2. ``share-keys``: Shamir-share the self-mask seed and the mask-key seed among the
    neighbourhood; reply each neighbour's shares encrypted for it.
 3. ``collect-masked``: keep the shares addressed to this node, run the app's train
    handler on the global adapter, and reply the masked, quantized, weighted update
@@ -26,8 +26,6 @@ current round, one for the next).
 """
 
 from __future__ import annotations
-
-import os
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
@@ -51,12 +49,15 @@ from .secagg import (
     SecAggSettings,
     agreed_key,
     channel_key,
-    mask_vectors,
+    mask_private_key,
+    mask_update,
     new_private_key,
+    new_seed,
     public_key,
     quantize_update,
     rounding_key,
     share_secret,
+    split_flat,
     stage_record,
 )
 
@@ -101,9 +102,18 @@ def secagg_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
 
 
 def _new_round_state(server_round: int) -> ConfigRecord:
-    """Fresh key pairs and self-mask seed for ``server_round``."""
+    """Fresh key pairs and self-mask seed for ``server_round`` (the mask key from a seed,
+    which is what the node shares).
+    """
+    mask_seed = new_seed()
     return ConfigRecord(
-        {"round": server_round, "channel-sk": new_private_key(), "mask-sk": new_private_key(), "seed": os.urandom(32)}
+        {
+            "round": server_round,
+            "channel-sk": new_private_key(),
+            "mask-seed": mask_seed,
+            "mask-sk": mask_private_key(mask_seed),
+            "seed": new_seed(),
+        }
     )
 
 
@@ -126,8 +136,9 @@ def _round_state(context: Context, server_round: int) -> ConfigRecord | None:
 
 
 def _share_keys(state: ConfigRecord, config: ConfigRecord, node_id: int) -> dict[str, list]:
-    """Shamir-share the state's seed and mask key among ``config``'s neighbourhood (a
-    fresh sharing, replacing any earlier one); each neighbour's shares encrypted for it.
+    """Shamir-share the state's self-mask seed and mask-key seed among ``config``'s
+    neighbourhood (a fresh sharing, replacing any earlier one); each neighbour's shares
+    encrypted for it. The channel keys are kept to decrypt the neighbours' shares.
     """
     nodes = [int(n) for n in config["nodes"]]
     channel_pks, mask_pks = list(config["channel-pks"]), list(config["mask-pks"])
@@ -138,15 +149,19 @@ def _share_keys(state: ConfigRecord, config: ConfigRecord, node_id: int) -> dict
         raise SecAggError(f"node {node_id}: the server relayed public keys that are not this node's")
     threshold = int(config["threshold"])
     seed_shares = share_secret(state["seed"], threshold, len(nodes))
-    key_shares = share_secret(state["mask-sk"], threshold, len(nodes))
-    state["peers"], state["peer-channel-pks"], state["peer-mask-pks"] = nodes, channel_pks, mask_pks
+    key_shares = share_secret(state["mask-seed"], threshold, len(nodes))
+    channel_keys = [
+        b"" if peer == node_id else channel_key(state["channel-sk"], pk)
+        for peer, pk in zip(nodes, channel_pks, strict=True)
+    ]
+    state["peers"], state["peer-channel-keys"], state["peer-mask-pks"] = nodes, channel_keys, mask_pks
     state["share-srcs"], state["seed-shares"], state["key-shares"] = [node_id], [seed_shares[own]], [key_shares[own]]
     destinations, ciphertexts = [], []
     for i, peer in enumerate(nodes):
         if peer != node_id:
             plaintext = share_keys_plaintext_concat(node_id, peer, seed_shares[i], key_shares[i])
             destinations.append(peer)
-            ciphertexts.append(encrypt(channel_key(state["channel-sk"], channel_pks[i]), plaintext))
+            ciphertexts.append(encrypt(channel_keys[i], plaintext))
     return {"dst": destinations, "ciphertexts": ciphertexts}
 
 
@@ -164,7 +179,7 @@ def _collect_masked(
         src = int(src)
         if src not in peers or src == node_id:
             raise SecAggError(f"node {node_id}: shares from {src}, which is not a neighbour")
-        plaintext = decrypt(channel_key(state["channel-sk"], state["peer-channel-pks"][peers.index(src)]), ciphertext)
+        plaintext = decrypt(state["peer-channel-keys"][peers.index(src)], ciphertext)
         actual_src, dst, seed_share, key_share = share_keys_plaintext_separate(plaintext)
         if (actual_src, dst) != (src, node_id):
             raise SecAggError(f"node {node_id}: a share relayed from {src} was made by {actual_src} for {dst}")
@@ -182,19 +197,21 @@ def _collect_masked(
     metrics = {k: v for record in reply.content.metric_records.values() for k, v in record.items()}
     names = list(global_arrays.keys())
     if trained is None:  # the app declined: a zero update of weight 0 keeps the protocol whole
-        values = deltas = [np.zeros(global_arrays[n].shape) for n in names]
+        values = base = [np.zeros(global_arrays[n].shape) for n in names]
         weight = 0.0
     else:
         if [(n, tuple(trained[n].shape)) for n in trained] != [(n, tuple(global_arrays[n].shape)) for n in names]:
             raise SecAggError(f"node {node_id}: the trained adapter's tensors differ from the global adapter's")
         values = [trained[n].numpy() for n in names]
-        deltas = [v.astype(np.float64) - global_arrays[n].numpy() for v, n in zip(values, names, strict=True)]
+        base = [global_arrays[n].numpy() for n in names]
         weight = float(metrics[settings.weight_key])
-    update = quantize_update(deltas, weight, settings, rounding_key(values, weight))
+    update = quantize_update(values, base, weight, settings, rounding_key(values, weight))
     pair_seeds = {
         src: agreed_key(state["mask-sk"], state["peer-mask-pks"][peers.index(src)]) for src in srcs if src != node_id
     }
-    masked = mask_vectors(update.vectors, state["seed"], pair_seeds, node_id, settings.modulus_range)
+    mask_update(update.flat, state["seed"], pair_seeds, node_id, settings.modulus_range)
+    shapes = [(1,), *(tuple(global_arrays[n].shape) for n in names)]
+    masked = split_flat(update.flat, shapes)
     vectors = ArrayRecord({name: Array(v) for name, v in zip([WEIGHT_KEY, *names], masked, strict=True)})
     state["masked"] = True
     context.state[NEXT_STATE_KEY] = upcoming = _new_round_state(int(config["round"]) + 1)

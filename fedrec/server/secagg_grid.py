@@ -67,6 +67,7 @@ from ..privacy.secagg import (
     SecAggSettings,
     agreed_key,
     dequantize_mean,
+    mask_private_key,
     neighbours,
     reconstruct_secret,
     stage_record,
@@ -222,7 +223,7 @@ class _SecureRound:
         self.inbox: dict[int, tuple[list[int], list[bytes]]] = {}  # node -> (sources, ciphertexts) of its shares
         self.collected: dict[int, Message] = {}  # replies with a masked input
         self.seed_shares: dict[int, list[bytes]] = {}  # survivor -> shares of its self-mask seed
-        self.key_shares: dict[int, list[bytes]] = {}  # dead node -> shares of its mask key
+        self.key_shares: dict[int, list[bytes]] = {}  # dead node -> shares of its mask-key seed
         self.unmasking_error: SecAggError | None = None
 
     def run(self) -> list[Message]:
@@ -266,7 +267,7 @@ class _SecureRound:
         missing = {**self.seed_shares, **self.key_shares}
         if missing:
             node, shares = next(iter(missing.items()))
-            what = "self-mask seed" if node in self.seed_shares else "mask key"
+            what = "self-mask seed" if node in self.seed_shares else "mask-key seed"
             raise SecAggError(
                 f"only {len(shares)} of the {self.threshold[node]} shares needed to reconstruct node {node}'s "
                 f"{what} arrived (dropped: {self.dropped})"
@@ -417,7 +418,7 @@ class _SecureRound:
                 self._reconstruct(survivor, self.seed_shares.pop(survivor), "self-mask seed")
             )
         for node in [n for n, shares in self.key_shares.items() if len(shares) >= self.threshold[n]]:
-            key = self._reconstruct(node, self.key_shares.pop(node), "mask key")
+            key = mask_private_key(self._reconstruct(node, self.key_shares.pop(node), "mask-key seed"))
             for survivor in self.collected:
                 if node in self.inbox[survivor][0]:  # the survivor masked with this node
                     self.masked_sum.remove_pair_mask(survivor, node, agreed_key(key, self.keys[survivor].mask))
