@@ -32,13 +32,9 @@ import tomli_w
 import torch
 
 from fedrec.config import parse_overrides, resolve_config
-from fedrec.deploy import (
-    flower_environment,
-    free_local_ports,
-    superlink_command,
-    supernode_command,
-    write_connection,
-)
+from fedrec.deploy.commands import superlink_command, supernode_command
+from fedrec.deploy.connection import write_connection
+from fedrec.deploy.processes import flower_environment, free_local_ports
 
 ROOT = Path(__file__).parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -126,7 +122,7 @@ def main() -> None:
     chosen = VARIANTS if args.variant == "both" else {args.variant: VARIANTS[args.variant]}
     for name, prefix_cache in chosen.items():
         started = time.perf_counter()
-        rounds = run_variant(work / name, cfg.to_run_config(), cfg.num_clients, prefix_cache, args.limit)
+        rounds = run_variant(work / name, cfg.to_run_config(), cfg.federation.num_clients, prefix_cache, args.limit)
         variants[name] = {
             "round_seconds": [r["seconds"] for r in rounds[1:]],
             "stages": [sorted(r.get("bytes_by_stage") or {}) for r in rounds[1:]],
@@ -139,7 +135,7 @@ def main() -> None:
         "command": f"python benchmarks/deployment_rounds.py --preset {args.preset} --rounds {args.rounds} "
         f"--variant {args.variant}" + "".join(f" --set {pair}" for pair in args.set),
         "preset": args.preset,
-        "nodes": cfg.num_clients,
+        "nodes": cfg.federation.num_clients,
         "rounds": args.rounds,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
         + (torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"),

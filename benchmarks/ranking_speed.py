@@ -23,11 +23,12 @@ from pathlib import Path
 import torch
 
 from fedrec.config import resolve_config
-from fedrec.data.federation import load_split
-from fedrec.data.ranking import ranking_cases
 from fedrec.models.backbone import load_backbone
-from fedrec.models.scorer import LoraSettings, PreferenceScorer
-from fedrec.settings import data_settings
+from fedrec.models.lora import LoraSettings
+from fedrec.models.scorer import Scorer
+from fedrec.tasks.preference.dataset import load_split
+from fedrec.tasks.preference.prompt import PREFERENCE_QUESTION
+from fedrec.tasks.ranking.cases import ranking_cases
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -42,12 +43,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     cfg = resolve_config("demo")
-    central = load_split(data_settings(cfg))
-    cases = ranking_cases(central.data, central.split, central.eval_users, 99, cfg.seed)[: args.users]
+    central = load_split(cfg.data, cfg.federation.seed, cfg.evaluation.eval_users)
+    cases = ranking_cases(central.data, central.split, central.eval_users, 99, cfg.federation.seed)[: args.users]
     modules = ("query", "value") if args.backbone in ("tiny-bert", "minilm") else ("q_proj", "v_proj")
-    scorer = PreferenceScorer(
+    scorer = Scorer(
         load_backbone(args.backbone),
         LoraSettings(rank=2, alpha=4.0, target_modules=modules, top_layers=2),
+        PREFERENCE_QUESTION,
         compute_dtype=getattr(torch, args.compute_dtype),
     )
     with torch.no_grad():

@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
+import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -44,17 +46,18 @@ from flwr.server.strategy import FedAvg as LegacyFedAvg
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
-from flwr.simulation import run_simulation
 
-from fedrec.privacy.secagg import SecAggSettings
-from fedrec.privacy.secagg_mod import secagg_mod
-from fedrec.server.delegating_grid import DelegatingGrid, replies_as_they_arrive
+from fedrec.config import SecAggConfig
+from fedrec.privacy.secagg.grid import SecAggGrid
+from fedrec.privacy.secagg.mod import secagg_mod
+from fedrec.protocol.exchange import DelegatingGrid, replies_as_they_arrive
 from fedrec.server.recording_grid import RecordingGrid
-from fedrec.server.secagg_grid import SecAggGrid
+from fedrec.simulation.engine import FlowerApp
+from fedrec.simulation.runner import run_apps
 
 RESULTS = Path(__file__).parent / "results"
 FLOOR_EXCHANGES = 1  # a steady SecAgg+ round's exchanges besides the masked inputs: unmask
-SETTINGS = SecAggSettings(num_shares=5, reconstruction_threshold=3, clipping_range=4.0, max_weight=1000.0)
+SETTINGS = SecAggConfig(num_shares=5, reconstruction_threshold=3, clipping_range=4.0, max_weight=1000.0)
 
 
 def _update(node_id: int, size: int) -> np.ndarray:
@@ -92,11 +95,11 @@ class ExchangesGrid(DelegatingGrid):
         messages = list(messages)
         for exchange in range(self.extra):
             pings = [
-                self.create_message(
+                Message(
                     RecordDict({"ping": ConfigRecord({"round": exchange})}),
-                    MessageType.QUERY,
-                    m.metadata.dst_node_id,
-                    m.metadata.group_id,
+                    dst_node_id=m.metadata.dst_node_id,
+                    message_type=MessageType.QUERY,
+                    group_id=m.metadata.group_id,
                 )
                 for m in messages
             ]
@@ -141,34 +144,34 @@ class TimedFedAvg(FedAvg):
         return result
 
 
-def message_api_server(clients: int, size: int, rounds: int, repeats: int, out: Path) -> ServerApp:
-    """Runs of plain and secure FedAvg, alternating."""
-    app = ServerApp()
+message_server = ServerApp()
 
-    @app.main()
-    def _main(grid: Grid, context: Context) -> None:
-        _wait_for_nodes(grid, clients)
-        initial = ArrayRecord({"w": Array(np.zeros(size, dtype=np.float32))})
-        FedAvg(fraction_evaluate=0.0, min_available_nodes=clients).start(  # warm-up: actors start, imports load
-            grid=grid, initial_arrays=initial, num_rounds=1, train_config=ConfigRecord()
-        )
-        runs: dict[str, list[list[dict]]] = {"plain": [], "fedrec-secagg": [], "exchange-floor": []}
-        for _ in range(repeats):
-            for mode in runs:
-                recording = RecordingGrid(grid)
-                secure = SecAggGrid(recording, SETTINGS) if mode == "fedrec-secagg" else None
-                wrapped = {"fedrec-secagg": secure, "exchange-floor": ExchangesGrid(recording, FLOOR_EXCHANGES)}
-                strategy = TimedFedAvg(recording, secure, clients)
-                strategy.start(
-                    grid=wrapped.get(mode, recording),
-                    initial_arrays=initial,
-                    num_rounds=rounds,
-                    train_config=ConfigRecord(),
-                )
-                runs[mode].append(strategy.rounds)
-        out.write_text(json.dumps(runs))
 
-    return app
+@message_server.main()
+def _message_main(grid: Grid, context: Context) -> None:
+    """Runs of plain and secure FedAvg, alternating (settings from the run config)."""
+    clients, size, rounds, repeats = (int(context.run_config[k]) for k in ("clients", "size", "rounds", "repeats"))
+    out = Path(str(context.run_config["out"]))
+    _wait_for_nodes(grid, clients)
+    initial = ArrayRecord({"w": Array(np.zeros(size, dtype=np.float32))})
+    FedAvg(fraction_evaluate=0.0, min_available_nodes=clients).start(  # warm-up: actors start, imports load
+        grid=grid, initial_arrays=initial, num_rounds=1, train_config=ConfigRecord()
+    )
+    runs: dict[str, list[list[dict]]] = {"plain": [], "fedrec-secagg": [], "exchange-floor": []}
+    for _ in range(repeats):
+        for mode in runs:
+            recording = RecordingGrid(grid)
+            secure = SecAggGrid(recording, SETTINGS) if mode == "fedrec-secagg" else None
+            wrapped = {"fedrec-secagg": secure, "exchange-floor": ExchangesGrid(recording, FLOOR_EXCHANGES)}
+            strategy = TimedFedAvg(recording, secure, clients)
+            strategy.start(
+                grid=wrapped.get(mode, recording),
+                initial_arrays=initial,
+                num_rounds=rounds,
+                train_config=ConfigRecord(),
+            )
+            runs[mode].append(strategy.rounds)
+    out.write_text(json.dumps(runs))
 
 
 # ---- Flower's legacy SecAgg+ --------------------------------------------------------
@@ -183,52 +186,51 @@ class _LegacyClient(NumPyClient):
 legacy_client = ClientApp(client_fn=lambda context: _LegacyClient(context.node_id).to_client(), mods=[secaggplus_mod])
 
 
-def legacy_server(clients: int, size: int, repeats: int, out: Path) -> ServerApp:
+legacy_server = ServerApp()
+
+
+@legacy_server.main()
+def _legacy_main(grid: Grid, context: Context) -> None:
     """Flower's DefaultWorkflow with SecAggPlusWorkflow, one round per repeat."""
-    app = ServerApp()
-
-    @app.main()
-    def _main(grid: Grid, context: Context) -> None:
-        _wait_for_nodes(grid, clients)
-        times, num_bytes = [], 0
-        for repeat in range(repeats + 1):  # the first round warms up and is not timed
-            strategy = LegacyFedAvg(
-                fraction_fit=1.0,
-                fraction_evaluate=0.0,
-                min_available_clients=clients,
-                initial_parameters=ndarrays_to_parameters([np.zeros(size, dtype=np.float32)]),
-            )
-            legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=1), strategy=strategy)
-            workflow = DefaultWorkflow(
-                fit_workflow=SecAggPlusWorkflow(
-                    num_shares=SETTINGS.num_shares,
-                    reconstruction_threshold=SETTINGS.reconstruction_threshold,
-                    max_weight=SETTINGS.max_weight,
-                    clipping_range=SETTINGS.clipping_range,
-                    quantization_range=SETTINGS.quantization_range,
-                    modulus_range=SETTINGS.modulus_range,
-                )
-            )
-            recording = RecordingGrid(grid)
-            started = time.perf_counter()
-            workflow(recording, legacy)
-            if repeat:
-                times.append(time.perf_counter() - started)
-            num_bytes = sum(e.num_bytes for e in recording.take())
-        out.write_text(
-            json.dumps({"times": {"flower-legacy-secaggplus": times}, "bytes": {"flower-legacy-secaggplus": num_bytes}})
+    clients, size, repeats = (int(context.run_config[k]) for k in ("clients", "size", "repeats"))
+    out = Path(str(context.run_config["out"]))
+    _wait_for_nodes(grid, clients)
+    times, num_bytes = [], 0
+    for repeat in range(repeats + 1):  # the first round warms up and is not timed
+        strategy = LegacyFedAvg(
+            fraction_fit=1.0,
+            fraction_evaluate=0.0,
+            min_available_clients=clients,
+            initial_parameters=ndarrays_to_parameters([np.zeros(size, dtype=np.float32)]),
         )
-
-    return app
-
-
-def _simulate(server: ServerApp, client: ClientApp, clients: int) -> None:
-    run_simulation(
-        server_app=server,
-        client_app=client,
-        num_supernodes=clients,
-        backend_config={"client_resources": {"num_cpus": 1}, "init_args": {"num_cpus": 2}},
+        legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=1), strategy=strategy)
+        workflow = DefaultWorkflow(
+            fit_workflow=SecAggPlusWorkflow(
+                num_shares=SETTINGS.num_shares,
+                reconstruction_threshold=SETTINGS.reconstruction_threshold,
+                max_weight=SETTINGS.max_weight,
+                clipping_range=SETTINGS.clipping_range,
+                quantization_range=SETTINGS.quantization_range,
+                modulus_range=SETTINGS.modulus_range,
+            )
+        )
+        recording = RecordingGrid(grid)
+        started = time.perf_counter()
+        workflow(recording, legacy)
+        if repeat:
+            times.append(time.perf_counter() - started)
+        num_bytes = sum(e.num_bytes for e in recording.take())
+    out.write_text(
+        json.dumps({"times": {"flower-legacy-secaggplus": times}, "bytes": {"flower-legacy-secaggplus": num_bytes}})
     )
+
+
+def _simulate(server: str, client: str, clients: int, run_config: dict) -> None:
+    """Run this module's apps with ``flwr run`` on a local SuperLink (Flower's log in results/)."""
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
+    federation = {"num-supernodes": clients, "client-resources-num-cpus": 1, "init-args-num-cpus": 2}
+    app = FlowerApp(run_config, f"secagg_overhead:{server}", f"secagg_overhead:{client}")
+    run_apps(app, federation, Path(tempfile.mkdtemp(prefix="secagg-overhead-")), echo=None)
 
 
 def main() -> None:
@@ -243,9 +245,10 @@ def main() -> None:
     rows = []
     for clients in args.clients:
         scratch = RESULTS / f".secagg_{clients}.json"
-        _simulate(message_api_server(clients, args.size, args.rounds, args.repeats, scratch), message_client, clients)
+        config = {"clients": clients, "size": args.size, "rounds": args.rounds, "repeats": args.repeats}
+        _simulate("message_server", "message_client", clients, {**config, "out": str(scratch)})
         runs = json.loads(scratch.read_text())
-        _simulate(legacy_server(clients, args.size, args.repeats, scratch), legacy_client, clients)
+        _simulate("legacy_server", "legacy_client", clients, {**config, "out": str(scratch)})
         legacy = json.loads(scratch.read_text())
         scratch.unlink()
         plain = [r for run in runs["plain"] for r in run]
@@ -288,7 +291,7 @@ def main() -> None:
         "vector_floats": args.size,
         "rounds": args.rounds,
         "repeats": args.repeats,
-        "settings": SETTINGS.__dict__,
+        "settings": SETTINGS.values(),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "rows": rows,
     }

@@ -26,37 +26,42 @@ RESULTS = Path(__file__).parent / "results"
 def _worker(backbone: str, private: bool, examples: int, top_layers: int, compute_dtype: str, queue: mp.Queue) -> None:
     import torch
 
-    from fedrec.client.train import PrivateTraining, TrainSettings, train_adapter
-    from fedrec.data.federation import DataSettings, load_federated_data
+    from fedrec.config import DataConfig, RecordDPConfig, TrainingConfig
     from fedrec.models.backbone import load_backbone
-    from fedrec.models.scorer import LoraSettings, PreferenceScorer
-    from fedrec.privacy.accountant import PersistentAccountant
-    from fedrec.privacy.dp import DPSettings, plan_round
+    from fedrec.models.lora import LoraSettings
+    from fedrec.models.scorer import Scorer
+    from fedrec.privacy.ledger import PersistentAccountant
+    from fedrec.privacy.record_level import PrivateTraining, plan_round
+    from fedrec.tasks.preference.dataset import load_federated_data
+    from fedrec.tasks.preference.prompt import PREFERENCE_QUESTION
+    from fedrec.tasks.preference.scoring import preference_loss
+    from fedrec.tasks.training import LocalTraining, train_adapter
 
     modules = ("query", "value") if backbone in ("tiny-bert", "minilm") else ("q_proj", "v_proj")
     tiny = backbone.startswith("tiny")
-    scorer = PreferenceScorer(
+    scorer = Scorer(
         load_backbone(backbone),
         LoraSettings(target_modules=modules, top_layers=0 if tiny else top_layers),
+        PREFERENCE_QUESTION,
         max_length=256,
         compute_dtype=getattr(torch, compute_dtype),
     )
     if torch.cuda.is_available():
         scorer.to("cuda")
-    data = load_federated_data(DataSettings(history_length=10, train_examples_per_user=4), 1)
+    data = load_federated_data(DataConfig(history_length=10, train_examples_per_user=4), 42, 300, 1)
     chosen = data.train_examples(0)[:examples]
     tokens = scorer.encode(data.prompts(chosen))
     started = time.perf_counter()
     states = scorer.prefix_states(tokens, batch_size=16)
     prefix_seconds = time.perf_counter() - started
     labels = torch.tensor([ex.label for ex in chosen])
-    settings = TrainSettings(epochs=1, batch_size=64, physical_batch_size=32, learning_rate=1e-3)
+    training = TrainingConfig(local_epochs=1, batch_size=64, physical_batch_size=32, learning_rate=1e-3)
     private_training = None
     if private:
-        plan = plan_round(DPSettings(noise_multiplier=1.0), len(states), settings.batch_size, 1)
+        plan = plan_round(RecordDPConfig(noise_multiplier=1.0), 1, len(states), training.batch_size, 1)
         private_training = PrivateTraining(plan, 1.0, PersistentAccountant())
     started = time.perf_counter()
-    result = train_adapter(scorer, states, labels, settings, private_training)
+    result = train_adapter(scorer, states, labels, LocalTraining(training, preference_loss), private_training)
     seconds = time.perf_counter() - started
     queue.put(
         {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,21 +11,28 @@ import pytest
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedrec.config import TrainingConfig, resolve_config
 from fedrec.models.backbone import load_backbone
-from fedrec.models.scorer import LoraSettings, PreferenceScorer
+from fedrec.models.lora import LoraSettings
+from fedrec.models.scorer import Scorer
+from fedrec.simulation.engine import FlowerApp
+from fedrec.simulation.runner import run_apps, simulate
+from fedrec.tasks.preference.prompt import PREFERENCE_QUESTION
+from fedrec.tasks.preference.scoring import preference_loss
+from fedrec.tasks.training import LocalTraining
 
-TINY_LLAMA_LORA = LoraSettings(rank=4, alpha=8.0, target_modules=("q_proj", "v_proj"))
 
-
-def tiny_scorer(top_layers: int = 0, spec: str = "tiny-llama", rank: int = 4, **lora: object) -> PreferenceScorer:
-    """A tiny random backbone with LoRA of ``rank`` and scale ``alpha / rank = 2``."""
+def tiny_scorer(top_layers: int = 0, spec: str = "tiny-llama", rank: int = 4, **lora: object) -> Scorer:
+    """A tiny random backbone with LoRA of ``rank`` and scale ``alpha / rank = 2``, asked
+    the preference question.
+    """
     modules = ("q_proj", "v_proj") if spec == "tiny-llama" else ("query", "value")
     settings = LoraSettings(rank=rank, alpha=2.0 * rank, target_modules=modules, top_layers=top_layers, **lora)
-    return PreferenceScorer(load_backbone(spec), settings, max_length=96)
+    return Scorer(load_backbone(spec), settings, PREFERENCE_QUESTION, max_length=96)
 
 
 @pytest.fixture
-def scorer() -> PreferenceScorer:
+def scorer() -> Scorer:
     return tiny_scorer()
 
 
@@ -47,6 +55,16 @@ def write_planted_dataset(
     return inter, item_path
 
 
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """One simulation of the smoke preset, shared by the tests that only read its results:
+    ``(config, results folder, summary)``.
+    """
+    cfg = resolve_config("smoke", overrides={"out": str(tmp_path_factory.mktemp("smoke") / "run")})
+    out, summary = simulate(cfg)
+    return cfg, out, summary
+
+
 @pytest.fixture
 def task_identity():
     """Messages are created inside a run; give this process one, as Flower's runtime does."""
@@ -54,3 +72,37 @@ def task_identity():
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
     yield
     TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+
+
+def local(
+    epochs: int = 1,
+    batch_size: int = 16,
+    physical_batch_size: int = 16,
+    learning_rate: float = 5e-4,
+    proximal_mu: float = 0.0,
+    seed: int = 0,
+) -> LocalTraining:
+    """One round of local preference training with these keys."""
+    training = TrainingConfig(
+        local_epochs=epochs, batch_size=batch_size, physical_batch_size=physical_batch_size, learning_rate=learning_rate
+    )
+    return LocalTraining(training, preference_loss, seed=seed, proximal_mu=proximal_mu)
+
+
+REPO = Path(__file__).parents[1]
+
+
+def run_test_apps(serverapp: str, clientapp: str, run_config: dict, federation: dict, out: Path) -> None:
+    """Run a ServerApp and a ClientApp named by import strings (``tests.<module>:<app>``
+    or fedrec's) with ``flwr run`` on a local SuperLink, as ``fedrec simulate`` does; the
+    Flower processes find this folder's modules on ``PYTHONPATH``.
+    """
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), saved) if p)
+    try:
+        run_apps(FlowerApp(run_config, serverapp, clientapp), federation, out, echo=None)
+    finally:
+        if saved is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = saved

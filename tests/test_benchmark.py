@@ -4,9 +4,10 @@ and plots, and a restart keeps finished points and resumes an interrupted one.
 
 import json
 
+from fedrec.bench.run import eta_note
+from fedrec.bench.suites import SUITES
 from fedrec.cli import main
 from fedrec.config import resolve_config
-from fedrec.simulation.benchmark import SUITES, eta_note
 
 
 def test_smoke_suite_writes_report_and_plots_and_restart_skips_finished_points(tmp_path, capsys):
@@ -16,10 +17,10 @@ def test_smoke_suite_writes_report_and_plots_and_restart_skips_finished_points(t
     labels = [p.label for p in SUITES["smoke"].points]
     rows = {r["method"]: r for r in results["rows"]}
     assert list(rows) == labels
-    fedavg, fedavg_plain, ffa, ffa_plain = (rows[label] for label in labels)
-    assert fedavg["epsilon"] > 0 and fedavg_plain["epsilon"] is None
-    assert ffa["client_epsilon"] > 0 and fedavg["client_epsilon"] is None
-    assert 0 < ffa_plain["bytes_up_per_client_round"] < 0.6 * fedavg_plain["bytes_up_per_client_round"]  # only B
+    fedavg, ffa = (rows[label] for label in labels)
+    assert fedavg["epsilon"] > 0 and ffa["epsilon"] is None  # record-level DP on one point only
+    assert ffa["client_epsilon"] > 0 and fedavg["client_epsilon"] is None  # client-level DP on the other
+    assert 0 < ffa["bytes_up_per_client_round"] < 0.6 * fedavg["bytes_up_per_client_round"]  # only B travels
     assert all(0.0 <= r["hr@10"] <= 1.0 and r["ranking_users"] == 4 for r in rows.values())
     assert set(fedavg["ranking_baselines"]) == {"most-popular", "bpr-mf", "federated-mf", "random"}
     report = (out / "report.md").read_text()
@@ -54,8 +55,8 @@ def test_every_suite_point_resolves_to_a_valid_config():
         assert len(set(labels)) == len(labels), name
         for point in suite.points:
             cfg = resolve_config(suite.preset, overrides={**suite.base, **point.overrides})
-            if cfg.partitioner == "user":
-                assert cfg.num_clients == cfg.max_users, point.label  # one client per user
+            if cfg.data.partitioner == "user":
+                assert cfg.federation.num_clients == cfg.data.max_users, point.label  # one client per user
 
 
 def test_eta_note_extrapolates_the_mean_point_time():

@@ -8,14 +8,19 @@ from pathlib import Path
 import pytest
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 
-from fedrec.client.tasks import LEDGER_FILE, PREFIX_CACHE_DIR, PRIVACY_STATE_KEY, evaluate, train
+from fedrec.client.evaluate import evaluate
+from fedrec.client.node import LEDGER_FILE, PREFIX_CACHE_DIR, PRIVACY_STATE_KEY
+from fedrec.client.train import train
 from fedrec.config import resolve_config
 from fedrec.data.interactions import DataError, load_interaction_data
 from fedrec.models import scorer as scorer_module
 from fedrec.models.adapter import adapter_to_arrays
-from fedrec.models.scorer import PreferenceScorer, PrefixCache
-from fedrec.privacy.accountant import LedgerError, PersistentAccountant, load_ledger
-from fedrec.settings import scorer_for
+from fedrec.models.prefix_cache import PrefixCache
+from fedrec.models.split import SplitForward
+from fedrec.privacy.ledger import LedgerError, PersistentAccountant, load_ledger
+from fedrec.tasks.metrics import roc_auc
+from fedrec.tasks.preference.dataset import load_federated_data
+from fedrec.tasks.preference.scoring import scorer_for
 
 CFG = resolve_config("smoke", overrides={"num-server-rounds": 3})
 
@@ -25,7 +30,7 @@ pytestmark = pytest.mark.usefixtures("task_identity")
 
 def _message(cfg, server_round: int, message_type: str = MessageType.TRAIN) -> Message:
     scorer = scorer_for(cfg)
-    scorer.reset_adapter(cfg.seed)
+    scorer.reset_adapter(cfg.federation.seed)
     config = ConfigRecord({"server-round": server_round, "backbone-fingerprint": scorer.fingerprint})
     content = RecordDict({"arrays": adapter_to_arrays(scorer), "config": config})
     return Message(content=content, dst_node_id=1, message_type=message_type)
@@ -50,7 +55,7 @@ def test_train_reply_carries_adapter_and_privacy_metrics():
         assert key in metrics
     assert metrics["num-examples"] == 60 and metrics["declined"] == 0
     ledger = PersistentAccountant.from_record(context.state.config_records[PRIVACY_STATE_KEY], "rdp")
-    assert metrics["epsilon"] == pytest.approx(ledger.epsilon(CFG.target_delta))
+    assert metrics["epsilon"] == pytest.approx(ledger.epsilon(CFG.record_dp.target_delta))
     assert ledger.steps == metrics["steps"] > 0
 
 
@@ -60,8 +65,8 @@ def test_epsilon_composes_over_the_rounds_a_client_joins():
     third = train(_message(CFG, 3), context, CFG).content.metric_records["metrics"]
     one = PersistentAccountant("rdp", [(first["noise_multiplier"], first["sample_rate"], first["steps"])])
     two = PersistentAccountant("rdp", [(first["noise_multiplier"], first["sample_rate"], first["steps"])] * 2)
-    assert first["epsilon"] == pytest.approx(one.epsilon(CFG.target_delta))
-    assert third["epsilon"] == pytest.approx(two.epsilon(CFG.target_delta))
+    assert first["epsilon"] == pytest.approx(one.epsilon(CFG.record_dp.target_delta))
+    assert third["epsilon"] == pytest.approx(two.epsilon(CFG.record_dp.target_delta))
     assert third["epsilon"] > first["epsilon"]
 
 
@@ -75,7 +80,7 @@ def test_client_at_its_budget_declines_with_a_reason():
     metrics = reply.content.metric_records["metrics"]
     assert metrics["declined"] == 1 and metrics["num-examples"] == 0
     assert not reply.content.array_records
-    assert f"target-epsilon {cfg.target_epsilon:g}" in reply.content.config_records["decline"]["reason"]
+    assert f"target-epsilon {cfg.record_dp.target_epsilon:g}" in reply.content.config_records["decline"]["reason"]
     assert metrics["epsilon"] == pytest.approx(ok["epsilon"])  # nothing was spent
 
 
@@ -84,26 +89,26 @@ def test_a_restarted_node_continues_its_budget_from_its_ledger_file(tmp_path):
     first = train(_message(CFG, 1), _context(0, **{"state-dir": str(state_dir)}), CFG)
     spent = first.content.metric_records["metrics"]["epsilon"]
     ledger = load_ledger(state_dir / LEDGER_FILE, "rdp")
-    assert spent > 0 and ledger.epsilon(CFG.target_delta) == pytest.approx(spent)
+    assert spent > 0 and ledger.epsilon(CFG.record_dp.target_delta) == pytest.approx(spent)
     # a restart: a fresh context (empty state), the same folder on disk
     second = train(_message(CFG, 2), _context(0, **{"state-dir": str(state_dir)}), CFG)
     again = second.content.metric_records["metrics"]["epsilon"]
     fresh = train(_message(CFG, 2), _context(0), CFG).content.metric_records["metrics"]["epsilon"]
     assert again > spent and fresh == pytest.approx(spent)  # without the file the budget would have restarted
-    assert load_ledger(state_dir / LEDGER_FILE, "rdp").epsilon(CFG.target_delta) == pytest.approx(again)
+    assert load_ledger(state_dir / LEDGER_FILE, "rdp").epsilon(CFG.record_dp.target_delta) == pytest.approx(again)
     assert sorted(p.name for p in state_dir.iterdir()) == sorted([LEDGER_FILE, PREFIX_CACHE_DIR])  # no temporary files
 
 
 def test_a_restarted_node_loads_its_prefix_states_from_disk(tmp_path, monkeypatch):
     """Each call below starts with an empty in-memory cache, as a fresh ClientApp process does."""
     trunk_runs = []
-    run_to_split = PreferenceScorer._run_to_split
+    run_to_split = SplitForward.run_to_split
 
-    def counted(self, **inputs):
+    def counted(self, autocast, **inputs):
         trunk_runs.append(1)
-        return run_to_split(self, **inputs)
+        return run_to_split(self, autocast, **inputs)
 
-    monkeypatch.setattr(PreferenceScorer, "_run_to_split", counted)
+    monkeypatch.setattr(SplitForward, "run_to_split", counted)
 
     def fresh_process(call, *args):
         monkeypatch.setattr(scorer_module, "PREFIX_CACHE", PrefixCache(1 << 30))
@@ -167,11 +172,17 @@ def test_backbone_mismatch_is_refused():
 
 
 def test_evaluate_reports_auc_and_histograms():
-    reply = evaluate(_message(CFG, 1, MessageType.EVALUATE), _context(1), CFG)
+    message = _message(CFG, 1, MessageType.EVALUATE)
+    reply = evaluate(message, _context(1), CFG)
     metrics = reply.content.metric_records["metrics"]
-    assert metrics["num-examples"] == 10
-    assert sum(metrics["pos-hist"]) + sum(metrics["neg-hist"]) == 10
-    assert 0.0 <= metrics["auc"] <= 1.0 or math.isnan(metrics["auc"])
+    data = load_federated_data(CFG.data, CFG.federation.seed, CFG.evaluation.eval_users, 3)
+    examples = data.test_examples(1)
+    labels = [ex.label for ex in examples]
+    assert metrics["num-examples"] == len(examples) == 10 and 0 < sum(labels) < 10
+    assert (sum(metrics["pos-hist"]), sum(metrics["neg-hist"])) == (sum(labels), 10 - sum(labels))
+    scorer = scorer_for(CFG)  # the global adapter of the message, scored by the model's own forward
+    full = [scorer.full_forward_score(tokens) for tokens in scorer.encode(data.prompts(examples))]
+    assert metrics["auc"] == pytest.approx(roc_auc(labels, full))
 
 
 def test_a_node_trains_on_its_own_data_file_and_a_bad_file_is_named(tmp_path):
@@ -181,7 +192,7 @@ def test_a_node_trains_on_its_own_data_file_and_a_bad_file_is_named(tmp_path):
     mine.to_csv(path, index=False)
     reply = train(_message(CFG, 1), _context(**{"data-path": str(path)}), CFG)
     metrics = reply.content.metric_records["metrics"]
-    assert metrics["declined"] == 0 and metrics["num-examples"] == 2 * CFG.train_examples_per_user
+    assert metrics["declined"] == 0 and metrics["num-examples"] == 2 * CFG.data.train_examples_per_user
     bad = tmp_path / "bad.csv"
     bad.write_text("user,item,rating,timestamp\n1,1,great,0\n")
     with pytest.raises(DataError, match=r"bad\.csv: column 'rating' must be numeric"):
@@ -203,4 +214,4 @@ def test_the_client_app_module_loads_without_the_training_stack():
 def test_opacus_is_imported_without_adding_a_root_logging_handler():
     count = "import logging; print(len(logging.getLogger().handlers))"
     assert _fresh_interpreter(f"import opacus; {count}").strip() == "1"  # what Opacus alone does
-    assert _fresh_interpreter(f"import fedrec.privacy.dp, fedrec.privacy.accountant; {count}").strip() == "0"
+    assert _fresh_interpreter(f"import fedrec.privacy.record_level, fedrec.privacy.ledger; {count}").strip() == "0"

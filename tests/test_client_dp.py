@@ -10,19 +10,22 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
-from flwr.simulation import run_simulation
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from opacus.accountants.rdp import RDPAccountant
 from safetensors.torch import load_file
 
 from fedrec.client.app import build_client_app
-from fedrec.config import ConfigError, resolve_config
+from fedrec.config import ClientDPConfig, ConfigError, resolve_config
 from fedrec.models.adapter import adapter_state
-from fedrec.privacy.client_dp import CLIP_KEY, NOISE_STD_KEY, NORM_KEY, ClientDPSettings, client_dp_mod, clip_update
-from fedrec.privacy.secagg import SECAGG_RECORD, STAGE_COLLECT
-from fedrec.server.app import build_server_app
-from fedrec.settings import scorer_for
-from fedrec.simulation.runner import backend_config, simulate
+from fedrec.privacy.client_level.mechanism import client_noise_std, clip_update, effective_noise_multiplier
+from fedrec.privacy.client_level.mod import client_dp_mod
+from fedrec.protocol.records import CLIENT_DP_CLIP as CLIP_KEY
+from fedrec.protocol.records import CLIENT_DP_NOISE_STD as NOISE_STD_KEY
+from fedrec.protocol.records import UPDATE_NORM as NORM_KEY
+from fedrec.protocol.secagg import SECAGG_RECORD, STAGE_COLLECT
+from fedrec.simulation.runner import absolute_paths, federation_config, simulate
+from fedrec.tasks.preference.scoring import scorer_for
+from tests.conftest import run_test_apps
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -78,12 +81,12 @@ def test_client_mod_clips_the_update_and_adds_its_noise_share(noise_std):
 
 
 def test_noise_shares_and_effective_multiplier():
-    central = ClientDPSettings(clip=0.5, noise_multiplier=2.0)
-    distributed = ClientDPSettings(clip=0.5, noise_multiplier=2.0, distributed=True)
-    assert central.client_noise_std(4) == 0.0 and central.effective_noise_multiplier(4, 2) == 2.0
-    assert distributed.client_noise_std(4) == pytest.approx(0.5)  # 4 shares of variance 0.25 = (2 * 0.5)^2
-    assert distributed.effective_noise_multiplier(4, 4) == pytest.approx(2.0)
-    assert distributed.effective_noise_multiplier(4, 2) == pytest.approx(2.0 * math.sqrt(0.5))
+    central = ClientDPConfig(client_dp_clip=0.5, client_dp_noise_multiplier=2.0)
+    distributed = ClientDPConfig(client_dp_clip=0.5, client_dp_noise_multiplier=2.0, client_dp_noise="distributed")
+    assert client_noise_std(central, 4) == 0.0 and effective_noise_multiplier(central, 4, 2) == 2.0
+    assert client_noise_std(distributed, 4) == pytest.approx(0.5)  # 4 shares of variance 0.25 = (2 * 0.5)^2
+    assert effective_noise_multiplier(distributed, 4, 4) == pytest.approx(2.0)
+    assert effective_noise_multiplier(distributed, 4, 2) == pytest.approx(2.0 * math.sqrt(0.5))
 
 
 def test_client_dp_settings_are_checked():
@@ -99,7 +102,7 @@ def _rounds(out):
 
 def _adapter_change(cfg, out) -> float:
     scorer = scorer_for(cfg)
-    scorer.reset_adapter(cfg.seed)
+    scorer.reset_adapter(cfg.federation.seed)
     initial = adapter_state(scorer)
     final = load_file(str(out / "adapter" / "adapter_model.safetensors"))
     return math.sqrt(sum(float(((final[n] - initial[n]) ** 2).sum()) for n in initial))
@@ -117,8 +120,10 @@ def test_central_client_dp_bounds_each_round_and_accounts_it(tmp_path):
     assert 0.5 * clip < change <= 2 * clip * 1.01  # two rounds, each moving the mean by at most the clip
     for r in rounds[1:]:
         assert r["client_noise_multiplier"] == sigma
-        assert r["client_level_epsilon"] == pytest.approx(_direct_epsilon([sigma] * r["round"], cfg.target_delta))
-    assert summary["client_dp"]["epsilon"] == pytest.approx(_direct_epsilon([sigma, sigma], cfg.target_delta))
+        assert r["client_level_epsilon"] == pytest.approx(
+            _direct_epsilon([sigma] * r["round"], cfg.record_dp.target_delta)
+        )
+    assert summary["client_dp"]["epsilon"] == pytest.approx(_direct_epsilon([sigma, sigma], cfg.record_dp.target_delta))
 
 
 def _drop_partition_zero(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -127,6 +132,9 @@ def _drop_partition_zero(msg: Message, context: Context, call_next: ClientAppCal
     if secagg is not None and secagg["stage"] == STAGE_COLLECT and int(context.node_config["partition-id"]) == 0:
         raise RuntimeError("injected drop-out")
     return call_next(msg, context)
+
+
+drop_partition_zero_app = build_client_app(outer_mods=[_drop_partition_zero])
 
 
 def test_distributed_noise_under_secure_aggregation_accounts_for_drop_outs(tmp_path):
@@ -143,13 +151,9 @@ def test_distributed_noise_under_secure_aggregation_accounts_for_drop_outs(tmp_p
             "out": str(tmp_path / "run"),
         },
     )
-    run_config = cfg.to_run_config()
-    run_simulation(
-        server_app=build_server_app(run_config),
-        client_app=build_client_app(run_config, outer_mods=[_drop_partition_zero]),
-        num_supernodes=cfg.num_clients,
-        backend_config=backend_config(cfg),
-    )
+    cfg = absolute_paths(cfg)
+    client_app = "tests.test_client_dp:drop_partition_zero_app"
+    run_test_apps("fedrec.server.app:app", client_app, cfg.to_run_config(), federation_config(cfg), tmp_path / "run")
     rounds = _rounds(tmp_path / "run")
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     effective = sigma * math.sqrt(2 / 3)  # 2 of 3 noise shares survived
@@ -157,6 +161,8 @@ def test_distributed_noise_under_secure_aggregation_accounts_for_drop_outs(tmp_p
         assert (r["clients_ok"], r["clients_failed"]) == (2, 1)
         assert r["client_noise_multiplier"] == pytest.approx(effective)
         assert r["secagg_failure"] is None and r["secagg_clipped"] == 0
-    assert summary["client_dp"]["epsilon"] == pytest.approx(_direct_epsilon([effective] * 2, cfg.target_delta))
+    assert summary["client_dp"]["epsilon"] == pytest.approx(
+        _direct_epsilon([effective] * 2, cfg.record_dp.target_delta)
+    )
     assert _adapter_change(cfg, tmp_path / "run") > 0
     assert torch.isfinite(torch.tensor(summary["metrics"]["auc"]))

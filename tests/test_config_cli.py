@@ -24,7 +24,12 @@ def test_overrides_file_then_set(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text('num-clients = 7\nbackbone = "minilm"\n')
     cfg = resolve_config("smoke", path, parse_overrides(["num-clients=9", "dp=false", "target-epsilon=3"]))
-    assert (cfg.num_clients, cfg.backbone, cfg.dp, cfg.target_epsilon) == (9, "minilm", False, 3.0)
+    assert (cfg.federation.num_clients, cfg.model.backbone, cfg.record_dp.dp, cfg.record_dp.target_epsilon) == (
+        9,
+        "minilm",
+        False,
+        3.0,
+    )
 
 
 @pytest.mark.parametrize(
@@ -59,3 +64,15 @@ def test_bad_config_file_is_named(tmp_path):
     path.write_text("num-clients = [")
     with pytest.raises(ConfigError, match=r"bad\.toml is not valid TOML"):
         resolve_config("smoke", path)
+
+
+def test_explain_lists_every_key_with_its_help_and_default_by_section(capsys):
+    assert main(["config", "--preset", "demo", "--explain"]) == 0
+    text = capsys.readouterr().out
+    assert tomllib.loads(text) == resolve_config("demo").to_run_config()  # the comments are TOML comments
+    for section in FedRecConfig.sections().values():
+        assert f"# ---- [{section.title}]" in text
+        for key, field in section.keys().items():
+            assert f"# {field.metadata['help']}" in text and f"\n{key} = " in text, key
+    assert "# LoRA rank (default 8; > 0)\nlora-rank = 2" in text  # the demo's value, the default beside it
+    assert "one of fedavg, ffa-lora, fedadam, fedyogi, fedavgm, fedprox" in text

@@ -3,10 +3,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fedrec.data.examples import split_examples
-from fedrec.data.federation import DataSettings, load_federated_data
+from fedrec.config import DataConfig
 from fedrec.data.interactions import DataError, load_interaction_data
-from fedrec.data.prompts import render_preference_prompt
+from fedrec.tasks.preference.dataset import load_federated_data
+from fedrec.tasks.preference.examples import split_examples
+from fedrec.tasks.preference.prompt import render_preference_prompt
 from tests.conftest import write_planted_dataset
 
 
@@ -75,7 +76,7 @@ def test_blocks_of_targets_share_the_history_before_them(movielens):
 
 @pytest.mark.parametrize("scheme,partitions", [("iid", 7), ("skewed", 5), ("user", 30)])
 def test_partitions_are_disjoint_and_cover_all_users(scheme, partitions):
-    data = load_federated_data(DataSettings(max_users=30, history_length=3, partitioner=scheme), partitions)
+    data = load_federated_data(DataConfig(max_users=30, history_length=3, partitioner=scheme), 42, 300, partitions)
     groups = [set(p) for p in data.partitions]
     assert len(groups) == partitions
     assert all(groups)
@@ -85,7 +86,7 @@ def test_partitions_are_disjoint_and_cover_all_users(scheme, partitions):
 
 def test_user_partitioner_needs_one_client_per_user():
     with pytest.raises(DataError, match="num-clients must be 30"):
-        load_federated_data(DataSettings(max_users=30, partitioner="user"), 4)
+        load_federated_data(DataConfig(max_users=30, partitioner="user"), 42, 300, 4)
 
 
 def test_prompt_groups_history_and_asks_about_the_target(movielens):

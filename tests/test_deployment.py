@@ -26,18 +26,11 @@ from safetensors.torch import load_file
 from test_flwr_run import SMOKE
 
 from fedrec.cli import main
-from fedrec.client.tasks import LEDGER_FILE
-from fedrec.deploy import (
-    CA_CERT,
-    SERVER_CERT,
-    flower_environment,
-    free_local_ports,
-    node_key_names,
-    superlink_command,
-    supernode_command,
-    write_trial_credentials,
-)
-from fedrec.privacy.accountant import load_ledger
+from fedrec.client.node import LEDGER_FILE
+from fedrec.deploy.commands import superlink_command, supernode_command
+from fedrec.deploy.credentials import CA_CERT, SERVER_CERT, node_key_names, write_trial_credentials
+from fedrec.deploy.processes import flower_environment, free_local_ports
+from fedrec.privacy.ledger import load_ledger
 from fedrec.server.checkpoint import CheckpointError, read_checkpoint
 
 ROOT = Path(__file__).parents[1]

@@ -6,22 +6,22 @@ others.
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
-from flwr.simulation import run_simulation
 from safetensors.torch import load_file
 
 from fedrec.client.app import build_client_app
 from fedrec.config import resolve_config
 from fedrec.models.adapter import adapter_state
-from fedrec.privacy.secagg import MASKED_RECORD, SECAGG_RECORD, STAGE_COLLECT, WEIGHT_KEY
-from fedrec.server.app import build_server_app
-from fedrec.settings import scorer_for
-from fedrec.simulation.runner import backend_config
+from fedrec.protocol.secagg import MASKED_RECORD, SECAGG_RECORD, STAGE_COLLECT, WEIGHT_KEY
+from fedrec.simulation.runner import absolute_paths, federation_config
 from fedrec.strategies.aggregation import update_fault
+from fedrec.tasks.preference.scoring import scorer_for
+from tests.conftest import run_test_apps
 
 
 def _corrupt(arrays: ArrayRecord, how: str) -> ArrayRecord:
@@ -61,20 +61,20 @@ def _rounds(out):
 
 def _final_adapter_change(cfg, out) -> float:
     scorer = scorer_for(cfg)
-    scorer.reset_adapter(cfg.seed)
+    scorer.reset_adapter(cfg.federation.seed)
     initial = adapter_state(scorer)
     final = load_file(str(out / "adapter" / "adapter_model.safetensors"))
     assert all(torch.isfinite(t).all() for t in final.values())
     return max(float((final[n] - initial[n]).abs().max()) for n in initial)
 
 
-def _run(cfg, mod) -> None:
-    run_config = cfg.to_run_config()
-    run_simulation(
-        server_app=build_server_app(run_config),
-        client_app=build_client_app(run_config, outer_mods=[mod]),
-        num_supernodes=cfg.num_clients,
-        backend_config=backend_config(cfg),
+faulty_partitions_app = build_client_app(outer_mods=[_faulty_partitions])
+
+
+def _run(cfg, client_app: str) -> None:
+    cfg = absolute_paths(cfg)
+    run_test_apps(
+        "fedrec.server.app:app", client_app, cfg.to_run_config(), federation_config(cfg), Path(cfg.server.out)
     )
 
 
@@ -83,7 +83,7 @@ def test_faulty_clients_are_left_out_with_a_reason_and_the_round_completes(tmp_p
     overrides = {"num-clients": 8, "num-server-rounds": 1, "round-timeout": ROUND_TIMEOUT, "ranking-users": 0}
     overrides["out"] = str(out)
     cfg = resolve_config("smoke", overrides=overrides)
-    _run(cfg, _faulty_partitions)
+    _run(cfg, "tests.test_faults:faulty_partitions_app")
     round_1 = _rounds(out)[1]
     assert (round_1["clients_sampled"], round_1["clients_ok"]) == (8, 2)
     assert (round_1["clients_failed"], round_1["clients_excluded"]) == (2, 4)  # the crash and the hang
@@ -111,6 +111,9 @@ def _mis_shaped_masked_input(msg: Message, context: Context, call_next: ClientAp
     return reply
 
 
+mis_shaped_masked_input_app = build_client_app(outer_mods=[_mis_shaped_masked_input])
+
+
 def test_a_mis_shaped_masked_input_is_dropped_from_secure_aggregation(tmp_path):
     out = tmp_path / "run"
     cfg = resolve_config(
@@ -123,7 +126,7 @@ def test_a_mis_shaped_masked_input_is_dropped_from_secure_aggregation(tmp_path):
             "out": str(out),
         },
     )
-    _run(cfg, _mis_shaped_masked_input)
+    _run(cfg, "tests.test_faults:mis_shaped_masked_input_app")
     round_1 = _rounds(out)[1]
     assert (round_1["clients_ok"], round_1["clients_failed"]) == (2, 1)
     assert round_1["secagg_failure"] is None

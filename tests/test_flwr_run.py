@@ -41,6 +41,7 @@ def test_flwr_run_dot_runs_the_app(tmp_path):
         "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
         "FLWR_HOME": str(flwr_home),
         "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",  # the app runs in this environment, no per-run venv
     }
     flwr = str(venv_bin / "flwr")
     command = [

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from fedrec.metrics import auc_from_histograms, roc_auc, score_histograms
+from fedrec.tasks.metrics import auc_from_histograms, roc_auc, score_histograms
 
 
 def test_auc_hand_computed():

@@ -5,7 +5,6 @@ from peft import PeftModel
 
 from fedrec.files import replacing, write_atomic
 from fedrec.models.adapter import (
-    AdapterMismatchError,
     adapter_state,
     adapter_to_arrays,
     load_adapter_arrays,
@@ -13,8 +12,9 @@ from fedrec.models.adapter import (
     save_adapter,
 )
 from fedrec.models.backbone import BackboneError, load_backbone
+from fedrec.models.prefix_cache import PREFIX_CACHE, shared_prefix_groups
 from fedrec.models.prefix_store import PrefixStore
-from fedrec.models.scorer import PREFIX_CACHE, shared_prefix_groups
+from fedrec.models.wire import AdapterMismatchError
 from tests.conftest import tiny_scorer
 
 PROMPTS = ["A user rated these items: good film 2: liked. Will the user like bad film 3?", "short one"]
@@ -42,12 +42,12 @@ def test_split_forward_equals_full_forward(spec, top_layers):
 @pytest.mark.parametrize("top_layers", [0, 1, 2])
 def test_last_position_top_layer_equals_the_full_top_layer(top_layers):
     scorer = tiny_scorer(top_layers=top_layers)
-    assert scorer.last_position_top_layer
+    assert scorer.split.last_position_top_layer
     _perturb(scorer)
     states = scorer.prefix_states(scorer.encode(PROMPTS))
     batch, mask = scorer.batch(states)
     fast = scorer(batch, mask)
-    scorer.last_position_top_layer = False
+    scorer.split.last_position_top_layer = False
     torch.testing.assert_close(fast, scorer(batch, mask), atol=1e-5, rtol=1e-5)
 
 
@@ -85,7 +85,7 @@ def test_lora_only_on_top_layers():
 def test_causal_score_is_yes_minus_no_logit(scorer):
     tokens = scorer.encode(PROMPTS[:1])[0]
     logits = scorer.peft(input_ids=torch.tensor([tokens])).logits[0, -1]
-    yes, no = scorer._answer_ids.tolist()
+    yes, no = scorer.prompt.answer_ids.tolist()
     assert scorer.full_forward_score(tokens) == pytest.approx(float(logits[yes] - logits[no]), abs=1e-5)
 
 
@@ -118,7 +118,7 @@ def test_adapter_round_trip_arrays_peft_folder(tmp_path):
     # peft's own loader on a plain backbone gives the same logits
     peft_model = PeftModel.from_pretrained(load_backbone("tiny-llama").model, folder)
     logits = peft_model(input_ids=torch.tensor([tokens[0]])).logits[0, -1]
-    yes, no = source._answer_ids.tolist()
+    yes, no = source.prompt.answer_ids.tolist()
     assert float(logits[yes] - logits[no]) == pytest.approx(float(expected[0]), abs=1e-4)
 
 

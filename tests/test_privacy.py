@@ -5,19 +5,17 @@ import torch
 import torch.nn.functional as F
 from opacus import GradSampleModule
 from opacus.accountants import PRVAccountant, RDPAccountant
-from opacus.utils.batch_memory_manager import BatchMemoryManager
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedrec.client.train import PrivateTraining, TrainSettings, train_adapter
-from fedrec.config import resolve_config
-from fedrec.data.examples import split_examples
+from fedrec.config import RecordDPConfig, resolve_config
 from fedrec.data.interactions import load_interaction_data
-from fedrec.data.prompts import render_preference_prompt
-from fedrec.metrics import roc_auc
-from fedrec.privacy.accountant import PersistentAccountant
-from fedrec.privacy.dp import DPSettings, decline_reason, dp_sgd, plan_round
-from fedrec.settings import dp_settings
-from tests.conftest import tiny_scorer, write_planted_dataset
+from fedrec.privacy.ledger import PersistentAccountant
+from fedrec.privacy.record_level import PrivateTraining, decline_reason, dp_sgd, plan_round
+from fedrec.tasks.metrics import roc_auc
+from fedrec.tasks.preference.examples import split_examples
+from fedrec.tasks.preference.prompt import render_preference_prompt
+from fedrec.tasks.training import train_adapter
+from tests.conftest import local, tiny_scorer, write_planted_dataset
 
 
 def _examples(scorer, n=48):
@@ -29,9 +27,9 @@ def test_dp_step_changes_only_lora_and_keeps_frozen_weights_bit_identical(scorer
     states, labels = _examples(scorer)
     before = {n: p.detach().clone() for n, p in scorer.named_parameters()}
     accountant = PersistentAccountant()
-    plan = plan_round(DPSettings(noise_multiplier=1.0), len(states), 16, 1)
+    plan = plan_round(RecordDPConfig(noise_multiplier=1.0), 1, len(states), 16, 1)
     result = train_adapter(
-        scorer, states, labels, TrainSettings(batch_size=16, learning_rate=1e-2), PrivateTraining(plan, 1.0, accountant)
+        scorer, states, labels, local(batch_size=16, learning_rate=1e-2), PrivateTraining(plan, 1.0, accountant)
     )
     assert result.steps == plan.steps == 3
     lora = [n for n, _ in scorer.named_parameters() if "lora_" in n]
@@ -50,11 +48,11 @@ def test_dp_step_changes_only_lora_and_keeps_frozen_weights_bit_identical(scorer
 def test_per_sample_gradients_exist_only_for_lora_parameters(scorer):
     states, labels = _examples(scorer)
     accountant = PersistentAccountant()
-    plan = plan_round(DPSettings(noise_multiplier=1.0), len(states), 16, 1)
+    plan = plan_round(RecordDPConfig(noise_multiplier=1.0), 1, len(states), 16, 1)
     optimizer = torch.optim.SGD(scorer.trainable_parameters(), lr=0.1)
     loader = DataLoader(TensorDataset(torch.arange(len(states)), labels.float()), batch_size=16)
     scorer.train()
-    with dp_sgd(scorer, optimizer, loader, plan, 1.0, accountant) as (dp_optimizer, dp_loader):
+    with dp_sgd(scorer, optimizer, loader, PrivateTraining(plan, 1.0, accountant)) as (dp_optimizer, dp_loader):
         index, y = next(i for i in dp_loader if len(i[0]))
         batch, mask = scorer.batch([states[i] for i in index.tolist()])
         F.binary_cross_entropy_with_logits(scorer(batch, mask), y).backward()
@@ -94,8 +92,8 @@ def test_per_sample_gradients_equal_each_examples_own_gradient(top_layers):
 def test_reported_epsilon_equals_opacus_accountant(scorer, mechanism, cls):
     states, labels = _examples(scorer)
     accountant = PersistentAccountant(mechanism)
-    plan = plan_round(DPSettings(noise_multiplier=0.8, accountant=mechanism), len(states), 8, 2)
-    train_adapter(scorer, states, labels, TrainSettings(batch_size=8, epochs=2), PrivateTraining(plan, 1.0, accountant))
+    plan = plan_round(RecordDPConfig(noise_multiplier=0.8, accountant=mechanism), 1, len(states), 8, 2)
+    train_adapter(scorer, states, labels, local(batch_size=8, epochs=2), PrivateTraining(plan, 1.0, accountant))
     reference = cls()
     reference.history = [(0.8, 1 / 6, 12)]
     assert accountant.history == [(0.8, pytest.approx(1 / 6), 12)]
@@ -117,8 +115,8 @@ def test_accountant_composes_across_rounds_and_survives_serialisation():
 
 
 def test_noise_is_calibrated_to_the_budget_over_planned_rounds():
-    settings = DPSettings(target_epsilon=4.0, target_delta=1e-5, planned_rounds=3)
-    plan = plan_round(settings, num_examples=200, batch_size=50, epochs=1)
+    settings = RecordDPConfig(target_epsilon=4.0, target_delta=1e-5)
+    plan = plan_round(settings, 3, num_examples=200, batch_size=50, epochs=1)
     assert (plan.sample_rate, plan.steps) == (0.25, 4)
     ledger = PersistentAccountant()
     for _ in range(3):
@@ -134,10 +132,10 @@ def test_planned_rounds_buy_less_noise_and_the_budget_stops_extra_rounds():
     noise per round, and a round beyond the plan is declined, never over budget."""
     every_round = resolve_config("smoke", overrides={"num-server-rounds": 5, "target-epsilon": 4.0})
     two_rounds = every_round.replace(dp_planned_rounds=2)
-    assert (dp_settings(every_round).planned_rounds, dp_settings(two_rounds).planned_rounds) == (5, 2)
-    plans = [plan_round(dp_settings(c), 200, 50, 1) for c in (every_round, two_rounds)]
+    assert (every_round.planned_dp_rounds, two_rounds.planned_dp_rounds) == (5, 2)
+    plans = [plan_round(c.record_dp, c.planned_dp_rounds, 200, 50, 1) for c in (every_round, two_rounds)]
     assert plans[1].noise_multiplier < plans[0].noise_multiplier
-    settings, plan, ledger = dp_settings(two_rounds), plans[1], PersistentAccountant()
+    settings, plan, ledger = two_rounds.record_dp, plans[1], PersistentAccountant()
     for _ in range(2):
         assert decline_reason(settings, plan, ledger) is None
         ledger.history.append((plan.noise_multiplier, plan.sample_rate, plan.steps))
@@ -159,14 +157,14 @@ def test_dp_run_learns_planted_structure(tmp_path):
     states = scorer.prefix_states(encode(train))
     labels = torch.tensor([ex.label for ex in train])
     before = roc_auc([ex.label for ex in test], scorer.score(encode(test)).numpy())
-    settings = DPSettings(target_epsilon=8.0, target_delta=1e-5)
-    plan = plan_round(settings, len(states), batch_size=64, epochs=4)
+    settings = RecordDPConfig(target_epsilon=8.0, target_delta=1e-5)
+    plan = plan_round(settings, 1, len(states), batch_size=64, epochs=4)
     accountant = PersistentAccountant()
     train_adapter(
         scorer,
         states,
         labels,
-        TrainSettings(epochs=4, batch_size=64, physical_batch_size=64, learning_rate=5e-2),
+        local(epochs=4, batch_size=64, physical_batch_size=64, learning_rate=5e-2),
         PrivateTraining(plan, 1.0, accountant),
     )
     auc = roc_auc([ex.label for ex in test], scorer.score(encode(test)).numpy())
@@ -177,37 +175,45 @@ def test_dp_run_learns_planted_structure(tmp_path):
 def test_empty_poisson_batches_still_step(scorer):
     states, labels = _examples(scorer, n=30)
     accountant = PersistentAccountant()
-    plan = plan_round(DPSettings(noise_multiplier=1.0), len(states), 1, 1)  # q = 1/30: many empty batches
-    result = train_adapter(scorer, states, labels, TrainSettings(batch_size=1), PrivateTraining(plan, 1.0, accountant))
+    plan = plan_round(RecordDPConfig(noise_multiplier=1.0), 1, len(states), 1, 1)  # q = 1/30: many empty batches
+    result = train_adapter(scorer, states, labels, local(batch_size=1), PrivateTraining(plan, 1.0, accountant))
     assert result.steps == 30 and accountant.steps == 30
     assert math.isfinite(accountant.epsilon(1e-5))
 
 
-def test_batch_memory_manager_splits_logical_batches(scorer):
+def test_batch_memory_manager_splits_logical_batches(scorer, monkeypatch):
     states, labels = _examples(scorer, n=64)
     accountant = PersistentAccountant()
-    plan = plan_round(DPSettings(noise_multiplier=1.0), len(states), 32, 1)
+    plan = plan_round(RecordDPConfig(noise_multiplier=1.0), 1, len(states), 32, 1)
+    forward, sizes = type(scorer).forward, []
+
+    def counted(self, batch, mask):
+        sizes.append(len(batch))
+        return forward(self, batch, mask)
+
+    monkeypatch.setattr(type(scorer), "forward", counted)
     result = train_adapter(
         scorer,
         states,
         labels,
-        TrainSettings(batch_size=32, physical_batch_size=8),
+        local(batch_size=32, physical_batch_size=8),
         PrivateTraining(plan, 1.0, accountant),
     )
-    assert result.steps == plan.steps == 2
-    assert BatchMemoryManager is not None
+    assert result.steps == plan.steps == accountant.steps == 2
+    assert max(sizes) <= 8 and sum(sizes) == result.examples > 0  # every example went through a physical batch
+    assert len(sizes) > result.steps  # of at most 8: several per optimizer step
 
 
 def test_frozen_a_factors_stay_fixed_and_get_no_per_sample_gradients():
     scorer = tiny_scorer(freeze_a=True)
     states, labels = _examples(scorer)
     before = {n: p.detach().clone() for n, p in scorer.named_parameters()}
-    plan = plan_round(DPSettings(noise_multiplier=1.0), len(states), 16, 1)
+    plan = plan_round(RecordDPConfig(noise_multiplier=1.0), 1, len(states), 16, 1)
     train_adapter(
         scorer,
         states,
         labels,
-        TrainSettings(batch_size=16, learning_rate=1e-2),
+        local(batch_size=16, learning_rate=1e-2),
         PrivateTraining(plan, 1.0, PersistentAccountant()),
     )
     for name, param in scorer.named_parameters():

@@ -9,18 +9,18 @@ import pandas as pd
 import pytest
 import torch
 
-from fedrec.data.examples import split_examples
 from fedrec.data.interactions import load_interaction_data
-from fedrec.data.ranking import RankingCase, ranking_cases
-from fedrec.metrics import catalog_coverage, hit_rate_at_k, ndcg_at_k, target_rank
-from fedrec.simulation.ranking import (
+from fedrec.tasks.metrics import catalog_coverage, hit_rate_at_k, ndcg_at_k, target_rank
+from fedrec.tasks.preference.examples import split_examples
+from fedrec.tasks.ranking.baselines import (
     bpr_mf,
     federated_mf,
     full_catalog_metrics,
     popularity_ranks,
     random_expectation,
-    ranking_metrics,
 )
+from fedrec.tasks.ranking.cases import RankingCase, ranking_cases
+from fedrec.tasks.ranking.ranker import ranking_metrics
 from tests.conftest import tiny_scorer
 
 

@@ -6,12 +6,16 @@ import sys
 import pytest
 import torch
 
-from fedrec.client.train import PrivateTraining, TrainSettings, train_adapter
-from fedrec.data.federation import DataSettings, load_federated_data
+from fedrec.config import DataConfig, RecordDPConfig
 from fedrec.models.backbone import bundled_smollm2_dir, load_backbone
-from fedrec.models.scorer import LoraSettings, PreferenceScorer
-from fedrec.privacy.accountant import PersistentAccountant
-from fedrec.privacy.dp import DPSettings, plan_round
+from fedrec.models.lora import LoraSettings
+from fedrec.models.scorer import Scorer
+from fedrec.privacy.ledger import PersistentAccountant
+from fedrec.privacy.record_level import PrivateTraining, plan_round
+from fedrec.tasks.preference.dataset import load_federated_data
+from fedrec.tasks.preference.prompt import PREFERENCE_QUESTION
+from fedrec.tasks.training import train_adapter
+from tests.conftest import local
 
 pytestmark = pytest.mark.real
 
@@ -36,8 +40,10 @@ def test_smollm2_forward_and_one_dp_step():
     assert (bundled_smollm2_dir() / "config.json").exists()
     backbone = load_backbone("smollm2")
     assert sum(p.numel() for p in backbone.model.parameters()) == pytest.approx(134.5e6, rel=0.01)
-    scorer = PreferenceScorer(backbone, LoraSettings(top_layers=2), max_length=256, compute_dtype=torch.bfloat16)
-    data = load_federated_data(DataSettings(history_length=10, train_examples_per_user=1), 4)
+    scorer = Scorer(
+        backbone, LoraSettings(top_layers=2), PREFERENCE_QUESTION, max_length=256, compute_dtype=torch.bfloat16
+    )
+    data = load_federated_data(DataConfig(history_length=10, train_examples_per_user=1), 42, 300, 4)
     examples = data.train_examples(0)[:32]
     tokens = scorer.encode(data.prompts(examples))
     assert scorer.tokenizer.decode(tokens[0]).endswith("Answer Yes or No.<|im_end|>\n<|im_start|>assistant\n")
@@ -46,13 +52,13 @@ def test_smollm2_forward_and_one_dp_step():
     frozen = {n: p.detach().clone() for n, p in scorer.named_parameters() if "lora_" not in n}
     lora = {n: p.detach().clone() for n, p in scorer.named_parameters() if "lora_" in n}
     states = scorer.prefix_states(tokens)
-    plan = plan_round(DPSettings(noise_multiplier=1.0), len(states), 32, 1)
+    plan = plan_round(RecordDPConfig(noise_multiplier=1.0), 1, len(states), 32, 1)
     accountant = PersistentAccountant()
     result = train_adapter(
         scorer,
         states,
         torch.tensor([ex.label for ex in examples]),
-        TrainSettings(batch_size=32, physical_batch_size=16),
+        local(batch_size=32, physical_batch_size=16),
         PrivateTraining(plan, 1.0, accountant),
     )
     assert result.steps == 1 and accountant.epsilon(1e-5) > 0

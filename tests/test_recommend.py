@@ -11,13 +11,13 @@ import tomli_w
 import torch
 
 from fedrec.cli import main
+from fedrec.client.recommend import RecommendError, load_history, recommend
 from fedrec.config import resolve_config
-from fedrec.data.examples import PreferenceExample
 from fedrec.data.interactions import load_interaction_data
-from fedrec.data.prompts import render_preference_prompt
 from fedrec.models.adapter import save_adapter
-from fedrec.recommend import RecommendError, load_history, recommend
-from fedrec.settings import scorer_for
+from fedrec.tasks.preference.examples import PreferenceExample
+from fedrec.tasks.preference.prompt import render_preference_prompt
+from fedrec.tasks.preference.scoring import scorer_for
 from tests.conftest import write_planted_dataset
 
 # rank 4 and seed 3: a shared scorer of its own, so the adapters loaded here reach no other test
@@ -56,7 +56,7 @@ def test_recommendations_are_the_catalog_minus_history_scored_on_the_training_pr
     scores = [r.score for r in found]
     assert len(found) == 5 and scores == sorted(scores, reverse=True)
     assert not {r.item for r in found} & {"0", "2", "4", "6"}
-    data = load_interaction_data(cfg.dataset, cfg.items_path)
+    data = load_interaction_data(cfg.data.dataset, cfg.data.items_path)
     titles = data.titles()
     assert all(r.title == titles[r.item] for r in found)
     everything = recommend(adapter, history, k=100)
@@ -79,7 +79,7 @@ def test_a_different_adapter_changes_the_scores(runs):
 
 def test_history_files_csv_tsv_and_json_lines_load_alike(runs, tmp_path):
     cfg = runs[0]
-    data = load_interaction_data(cfg.dataset, cfg.items_path)
+    data = load_interaction_data(cfg.data.dataset, cfg.data.items_path)
     HISTORY.to_csv(tmp_path / "h.tsv", sep="\t", index=False)
     HISTORY.to_json(tmp_path / "h.jsonl", orient="records", lines=True)
     loaded = [load_history(path, data) for path in (runs[3], tmp_path / "h.tsv", tmp_path / "h.jsonl")]
@@ -92,7 +92,7 @@ def test_history_files_csv_tsv_and_json_lines_load_alike(runs, tmp_path):
 
 def test_candidates_keeps_the_most_rated_unrated_items(runs):
     cfg, adapter, _, history = runs
-    data = load_interaction_data(cfg.dataset, cfg.items_path)
+    data = load_interaction_data(cfg.data.dataset, cfg.data.items_path)
     counts = data.interactions["item"].value_counts()
     unrated = counts.drop(["0", "2", "4", "6"])
     found = recommend(adapter, history, k=100, candidates=3)

@@ -4,21 +4,28 @@ checkpoint and ends where an uninterrupted run ends; clients' budgets keep compo
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord
+from flwr.app import Array, ArrayRecord, Context, Message, MessageType
+from flwr.clientapp.typing import ClientAppCallable
 from safetensors.torch import load_file
 
 from fedrec.cli import main
-from fedrec.config import resolve_config
+from fedrec.client.app import build_client_app
+from fedrec.config import FedRecConfig, read_config_file, resolve_config
+from fedrec.privacy.ledger import load_ledger
 from fedrec.server.checkpoint import CheckpointError, ServerCheckpoint, read_checkpoint, write_checkpoint
+from fedrec.server.owner import OWNER_PID_ENV
 from fedrec.server.results import ResultsFolderError
 from fedrec.simulation.runner import resume, simulate
+from tests.conftest import REPO
 
 OVERRIDES = {
     "num-server-rounds": 3,
@@ -35,15 +42,30 @@ def _rounds(out):
     return [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
 
 
+def _stall_round_two(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Round 2's training waits (before it charges any ledger) until the run is killed."""
+    if msg.metadata.message_type == MessageType.TRAIN and int(msg.content["config"]["server-round"]) == 2:
+        time.sleep(600)
+    return call_next(msg, context)
+
+
+stall_round_two_app = build_client_app(outer_mods=[_stall_round_two])
+
+
 def _run_until_round(out, last_round: int, limit: float = 420.0) -> None:
-    """Run the simulation in a child process and SIGKILL its process group once
-    ``rounds.jsonl`` holds ``last_round``.
+    """Run the simulation in a child process, its clients stalling in round 2, and SIGKILL
+    the child's process group once ``rounds.jsonl`` holds ``last_round``.
     """
     code = (
-        "from fedrec.config import resolve_config; from fedrec.simulation.runner import simulate; "
-        f"simulate(resolve_config('smoke', overrides={dict(OVERRIDES, out=str(out))!r}))"
+        "from pathlib import Path; from fedrec.config import resolve_config; "
+        "from fedrec.simulation.runner import absolute_paths, federation_config; "
+        "from tests.conftest import run_test_apps; "
+        f"cfg = absolute_paths(resolve_config('smoke', overrides={dict(OVERRIDES, out=str(out))!r})); "
+        "run_test_apps('fedrec.server.app:app', 'tests.test_resume:stall_round_two_app', cfg.to_run_config(), "
+        "federation_config(cfg), Path(cfg.server.out))"
     )
-    child = subprocess.Popen([sys.executable, "-c", code], start_new_session=True, stdout=subprocess.DEVNULL)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    child = subprocess.Popen([sys.executable, "-c", code], start_new_session=True, stdout=subprocess.DEVNULL, env=env)
     try:
         deadline = time.monotonic() + limit
         while time.monotonic() < deadline and child.poll() is None:
@@ -54,10 +76,36 @@ def _run_until_round(out, last_round: int, limit: float = 420.0) -> None:
     finally:
         os.killpg(child.pid, signal.SIGKILL)
         child.wait(timeout=30)
+    _wait_until_gone(f"{OWNER_PID_ENV}={child.pid}".encode())
 
 
-def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
-    reference_out, summary = simulate(resolve_config("smoke", overrides={**OVERRIDES, "out": str(tmp_path / "ref")}))
+def _wait_until_gone(marker: bytes, limit: float = 30.0) -> None:
+    """Every process started for the killed run (Flower's SuperExec and simulation process
+    are in other sessions) ends: the ServerApp stops when its owner is gone.
+    """
+    deadline = time.monotonic() + limit
+    while left := [e.name for e in Path("/proc").glob("[0-9]*") if marker in _environ(e)]:
+        assert time.monotonic() < deadline, f"processes of the killed run still run: {left}"
+        time.sleep(0.2)
+
+
+def _environ(entry: Path) -> list[bytes]:
+    try:
+        return (entry / "environ").read_bytes().split(b"\0")
+    except OSError:
+        return []
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run: its folder and summary."""
+    return simulate(
+        resolve_config("smoke", overrides={**OVERRIDES, "out": str(tmp_path_factory.mktemp("ref") / "run")})
+    )
+
+
+def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path, reference):
+    reference_out, summary = reference
     crashed = tmp_path / "crashed"
     _run_until_round(crashed, 1)
     assert not (crashed / "summary.json").exists(), "the run finished before it was killed"
@@ -67,10 +115,15 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     assert [r["round"] for r in recovered] == [0, 1, 2, 3]
     for want, got in zip(reference, recovered, strict=True):
         assert got["auc"] == pytest.approx(want["auc"], abs=1e-4)
-        assert got.get("epsilon_max") == pytest.approx(want.get("epsilon_max"))  # ledgers kept composing
         assert got.get("client_level_epsilon") == pytest.approx(want.get("client_level_epsilon"))
-    assert resumed["epsilon"]["max"] == pytest.approx(summary["epsilon"]["max"])
     assert resumed["client_dp"]["epsilon"] == pytest.approx(summary["client_dp"]["epsilon"])
+    # the nodes' ledgers kept composing across the kill: the reference's charges, no more, no less
+    ledgers = [load_ledger(p, "rdp") for p in sorted(out.glob("nodes/partition-*/privacy-ledger.json"))]
+    expected = [load_ledger(p, "rdp") for p in sorted(reference_out.glob("nodes/partition-*/privacy-ledger.json"))]
+    assert len(ledgers) == 3 and ledgers == expected and ledgers[0].steps > 0
+    for want, got in zip(reference, recovered, strict=True):
+        assert got.get("epsilon_max") == pytest.approx(want.get("epsilon_max"))
+    assert resumed["epsilon"]["max"] == pytest.approx(summary["epsilon"]["max"])
     want = load_file(str(reference_out / "adapter" / "adapter_model.safetensors"))
     got = load_file(str(out / "adapter" / "adapter_model.safetensors"))
     for name, tensor in want.items():
@@ -82,8 +135,8 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
 def test_checkpoint_round_trip_and_refusals(tmp_path):
     arrays = ArrayRecord({"b": Array(np.arange(6, dtype=np.float32).reshape(2, 3))})
     state = {"m_t": {"b": np.ones((2, 3))}, "momentum_vector": [np.zeros(2), np.ones(1)]}
-    write_checkpoint(tmp_path, ServerCheckpoint(2, arrays, state, {"python": [3, [1, 2], None]}, {"k": 1}))
-    write_checkpoint(tmp_path, ServerCheckpoint(3, arrays, state, {"python": [3, [1, 2], None]}, {"k": 2}))
+    write_checkpoint(tmp_path, ServerCheckpoint(2, arrays, state, {"k": 1}))
+    write_checkpoint(tmp_path, ServerCheckpoint(3, arrays, state, {"k": 2}))
     back = read_checkpoint(tmp_path)
     assert back.round == 3 and back.state == {"k": 2}
     np.testing.assert_array_equal(back.arrays["b"].numpy(), arrays["b"].numpy())
@@ -94,11 +147,11 @@ def test_checkpoint_round_trip_and_refusals(tmp_path):
         read_checkpoint(tmp_path / "elsewhere")
 
 
-def test_resume_refuses_a_run_with_other_settings(tmp_path):
-    cfg = resolve_config("smoke", overrides={"num-server-rounds": 1, "ranking-users": 0, "out": str(tmp_path / "r")})
-    out, _ = simulate(cfg)
+def test_resume_refuses_a_run_with_other_settings(tmp_path, reference):
+    out = Path(shutil.copytree(reference[0], tmp_path / "r"))
     (out / "summary.json").rename(out / "summary.moved")  # as if it had stopped before the end
-    changed = cfg.replace(out=str(out), resume=True, learning_rate=0.5, client_state_dir=str(out / "nodes"))
+    stored = FedRecConfig.from_mapping(read_config_file(out / "config.toml"))
+    changed = stored.replace(out=str(out), resume=True, learning_rate=0.5)
     with pytest.raises(ResultsFolderError, match="learning-rate"):
         simulate(changed)
     (out / "summary.moved").rename(out / "summary.json")

@@ -27,35 +27,34 @@ from flwr.serverapp.strategy import (
     FedMedian,
     Krum,
 )
-from flwr.simulation import run_simulation
 
-from fedrec.privacy.secagg import (
-    CHUNK_WORDS,
+from fedrec.config import SecAggConfig
+from fedrec.privacy.secagg.crypto import CHUNK_WORDS, KeyStream, SecAggError, add_masks, neighbours
+from fedrec.privacy.secagg.grid import SecAggGrid, masking_parameters, require_linear_strategy
+from fedrec.privacy.secagg.mod import NEXT_STATE_KEY, STATE_KEY, secagg_mod
+from fedrec.privacy.secagg.quantization import (
+    MaskedSum,
+    dequantize_mean,
+    mask_update,
+    quantize_update,
+    rounding_key,
+    split_flat,
+)
+from fedrec.protocol.secagg import (
     MASKED_RECORD,
     SECAGG_RECORD,
     STAGE_COLLECT,
     STAGE_SETUP,
     STAGE_SHARE_KEYS,
     STAGE_UNMASK,
-    KeyStream,
-    MaskedSum,
-    SecAggError,
-    SecAggSettings,
-    add_masks,
-    dequantize_mean,
-    mask_update,
-    neighbours,
-    quantize_update,
-    rounding_key,
-    split_flat,
+    MaskingParameters,
     stage_record,
 )
-from fedrec.privacy.secagg_mod import NEXT_STATE_KEY, STATE_KEY, secagg_mod
 from fedrec.server.recording_grid import RecordingGrid
-from fedrec.server.secagg_grid import SecAggGrid, require_linear_strategy
+from tests.conftest import run_test_apps
 
 NUM_NODES = 20
-SETTINGS = SecAggSettings(num_shares=5, reconstruction_threshold=3, clipping_range=2.0, max_weight=1000.0)
+SETTINGS = SecAggConfig(num_shares=5, reconstruction_threshold=3, clipping_range=2.0, max_weight=1000.0)
 
 
 def client_update(seed: int, node_id: int, shapes: list[tuple[int, ...]]) -> tuple[list[np.ndarray], int]:
@@ -117,82 +116,86 @@ def _trials() -> list[dict]:
     return trials
 
 
-def _server_app(out: Path) -> ServerApp:
-    app = ServerApp()
+server_app = ServerApp()
 
-    @app.main()
-    def _main(grid: Grid, context: Context) -> None:
-        deadline = time.monotonic() + 120
-        while len(nodes := sorted(grid.get_node_ids())) < NUM_NODES and time.monotonic() < deadline:
-            time.sleep(0.5)
-        results = {}
-        for trial in _trials():
-            rng = np.random.default_rng(trial["seed"])
-            chosen = [nodes[i] for i in rng.choice(len(nodes), size=trial["size"], replace=False)]
-            before = chosen[: trial.get("before", 0)]
-            after = chosen[len(before) : len(before) + trial.get("after", 0)]
-            current = [rng.normal(size=s).astype(np.float32) for s in trial["shapes"]]
-            arrays = ArrayRecord({f"t{i}": Array(a) for i, a in enumerate(current)})
-            config = ConfigRecord(
-                {"trial-seed": trial["seed"], "drop-before-masked": before or [0], "drop-at-unmask": after or [0]}
-            )
-            messages = [
-                grid.create_message(RecordDict({"arrays": arrays, "config": config}), MessageType.TRAIN, n, "1")
-                for n in chosen
-            ]
-            secure = SecAggGrid(grid, SETTINGS, seed=trial["seed"])
-            replies = list(secure.send_and_receive(messages, timeout=120))
-            ok = [r for r in replies if not r.has_error()]
-            survivors = [n for n in chosen if n not in before]
-            updates = [client_update(trial["seed"], n, trial["shapes"]) for n in survivors]
-            total = sum(w for _, w in updates)
-            expected = [c + sum(u[i] * w for u, w in updates) / total for i, c in enumerate(current)]
-            got = [ok[0].content["arrays"][f"t{i}"].numpy() for i in range(len(current))] if ok else None
-            bound = len(survivors) * (2 * SETTINGS.clipping_range + 0.5) / SETTINGS.quantization_range / (total / 1000)
-            bound += 1e-6  # float32 adapters
-            results[trial["name"]] = {
-                "replies": len(replies),
-                "ok": len(ok),
-                "survivors": len(survivors),
-                "identical": bool(ok)
-                and all(
-                    np.array_equal(r.content["arrays"][k].numpy(), ok[0].content["arrays"][k].numpy())
-                    for r in ok
-                    for k in arrays
-                ),
-                "max_error": None
-                if got is None
-                else max(float(np.abs(g - e).max()) for g, e in zip(got, expected, strict=True)),
-                "bound": bound,
-                "failures": secure.failures,
-                "dropped_at_unmask": sum(STAGE_UNMASK in reason for reason in secure.last_dropped.values()),
-                "errors": [r.error.reason for r in replies if r.has_error()],
-            }
-        # FedAvg through Strategy.start: a failed round keeps the previous adapter.
-        initial = ArrayRecord({"w": Array(np.ones(4, dtype=np.float32))})
-        secure = SecAggGrid(grid, SETTINGS, seed=1)
-        seen: dict[int, np.ndarray] = {}
 
-        def record(server_round: int, arrays: ArrayRecord) -> None:
-            seen[server_round] = arrays["w"].numpy().copy()
-
-        FedAvg(fraction_train=0.3, min_available_nodes=len(nodes)).start(
-            grid=secure,
-            initial_arrays=initial,
-            num_rounds=1,
-            train_config=ConfigRecord({"trial-seed": 5, "drop-before-masked": nodes, "drop-at-unmask": [0]}),
-            evaluate_fn=record,
+@server_app.main()
+def _main(grid: Grid, context: Context) -> None:
+    """Every trial against the oracle, written to the run config's ``out`` as JSON."""
+    deadline = time.monotonic() + 120
+    while len(nodes := sorted(grid.get_node_ids())) < NUM_NODES and time.monotonic() < deadline:
+        time.sleep(0.5)
+    results = {}
+    for trial in _trials():
+        rng = np.random.default_rng(trial["seed"])
+        chosen = [nodes[i] for i in rng.choice(len(nodes), size=trial["size"], replace=False)]
+        before = chosen[: trial.get("before", 0)]
+        after = chosen[len(before) : len(before) + trial.get("after", 0)]
+        current = [rng.normal(size=s).astype(np.float32) for s in trial["shapes"]]
+        arrays = ArrayRecord({f"t{i}": Array(a) for i, a in enumerate(current)})
+        config = ConfigRecord(
+            {"trial-seed": trial["seed"], "drop-before-masked": before or [0], "drop-at-unmask": after or [0]}
         )
-        results["strategy-failed-round"] = {
-            "kept": bool(np.array_equal(seen[1], initial["w"].numpy())),
+        messages = [
+            Message(
+                RecordDict({"arrays": arrays, "config": config}),
+                dst_node_id=n,
+                message_type=MessageType.TRAIN,
+                group_id="1",
+            )
+            for n in chosen
+        ]
+        secure = SecAggGrid(grid, SETTINGS, seed=trial["seed"])
+        replies = list(secure.send_and_receive(messages, timeout=120))
+        ok = [r for r in replies if not r.has_error()]
+        survivors = [n for n in chosen if n not in before]
+        updates = [client_update(trial["seed"], n, trial["shapes"]) for n in survivors]
+        total = sum(w for _, w in updates)
+        expected = [c + sum(u[i] * w for u, w in updates) / total for i, c in enumerate(current)]
+        got = [ok[0].content["arrays"][f"t{i}"].numpy() for i in range(len(current))] if ok else None
+        bound = len(survivors) * (2 * SETTINGS.clipping_range + 0.5) / SETTINGS.quantization_range / (total / 1000)
+        bound += 1e-6  # float32 adapters
+        results[trial["name"]] = {
+            "replies": len(replies),
+            "ok": len(ok),
+            "survivors": len(survivors),
+            "identical": bool(ok)
+            and all(
+                np.array_equal(r.content["arrays"][k].numpy(), ok[0].content["arrays"][k].numpy())
+                for r in ok
+                for k in arrays
+            ),
+            "max_error": None
+            if got is None
+            else max(float(np.abs(g - e).max()) for g, e in zip(got, expected, strict=True)),
+            "bound": bound,
             "failures": secure.failures,
+            "dropped_at_unmask": sum(STAGE_UNMASK in reason for reason in secure.last_dropped.values()),
+            "errors": [r.error.reason for r in replies if r.has_error()],
         }
-        results["consecutive"] = _consecutive_rounds(grid, nodes)
-        results["composition"] = _composition(grid, nodes)
-        results["privacy"] = _what_the_server_receives(grid, nodes)
-        out.write_text(json.dumps(results))
+    # FedAvg through Strategy.start: a failed round keeps the previous adapter.
+    initial = ArrayRecord({"w": Array(np.ones(4, dtype=np.float32))})
+    secure = SecAggGrid(grid, SETTINGS, seed=1)
+    seen: dict[int, np.ndarray] = {}
 
-    return app
+    def record(server_round: int, arrays: ArrayRecord) -> None:
+        seen[server_round] = arrays["w"].numpy().copy()
+
+    FedAvg(fraction_train=0.3, min_available_nodes=len(nodes)).start(
+        grid=secure,
+        initial_arrays=initial,
+        num_rounds=1,
+        train_config=ConfigRecord({"trial-seed": 5, "drop-before-masked": nodes, "drop-at-unmask": [0]}),
+        evaluate_fn=record,
+    )
+    results["strategy-failed-round"] = {
+        "kept": bool(np.array_equal(seen[1], initial["w"].numpy())),
+        "failures": secure.failures,
+    }
+    results["consecutive"] = _consecutive_rounds(grid, nodes)
+    results["composition"] = _composition(grid, nodes)
+    results["privacy"] = _what_the_server_receives(grid, nodes)
+    Path(str(context.run_config["out"])).write_text(json.dumps(results))
 
 
 class CapturingGrid(RecordingGrid):
@@ -263,7 +266,12 @@ def _consecutive_rounds(grid: Grid, nodes: list[int]) -> list[dict]:
         )
         arrays = ArrayRecord({"t0": Array(current)})
         messages = [
-            grid.create_message(RecordDict({"arrays": arrays, "config": config}), MessageType.TRAIN, n, "1")
+            Message(
+                RecordDict({"arrays": arrays, "config": config}),
+                dst_node_id=n,
+                message_type=MessageType.TRAIN,
+                group_id="1",
+            )
             for n in chosen
         ]
         replies = [r for r in secure.send_and_receive(messages, timeout=120) if not r.has_error()]
@@ -309,7 +317,12 @@ def _what_the_server_receives(grid: Grid, nodes: list[int]) -> dict:
     current = ArrayRecord({"t0": Array(np.zeros(shape, dtype=np.float32))})
     config = ConfigRecord({"trial-seed": seed, "drop-before-masked": [0], "drop-at-unmask": [0]})
     messages = [
-        grid.create_message(RecordDict({"arrays": current, "config": config}), MessageType.TRAIN, n, "1")
+        Message(
+            RecordDict({"arrays": current, "config": config}),
+            dst_node_id=n,
+            message_type=MessageType.TRAIN,
+            group_id="1",
+        )
         for n in chosen
     ]
     SecAggGrid(capture, SETTINGS, seed=seed).send_and_receive(messages, timeout=120)
@@ -326,14 +339,11 @@ def _what_the_server_receives(grid: Grid, nodes: list[int]) -> dict:
 
 @pytest.fixture(scope="module")
 def secagg_results(tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("secagg") / "results.json"
-    run_simulation(
-        server_app=_server_app(out),
-        client_app=client_app,
-        num_supernodes=NUM_NODES,
-        backend_config={"client_resources": {"num_cpus": 1}, "init_args": {"num_cpus": 2}},
-    )
-    return json.loads(out.read_text())
+    folder = tmp_path_factory.mktemp("secagg")
+    federation = {"num-supernodes": NUM_NODES, "client-resources-num-cpus": 1, "init-args-num-cpus": 2}
+    apps = ("tests.test_secagg:server_app", "tests.test_secagg:client_app")
+    run_test_apps(*apps, {"out": str(folder / "results.json")}, federation, folder)
+    return json.loads((folder / "results.json").read_text())
 
 
 @pytest.mark.parametrize("trial", ["clients-3", "clients-4", "clients-9", "clients-20"])
@@ -407,7 +417,7 @@ def test_a_node_unmasks_only_a_round_it_sent_its_masked_input_in(task_identity):
 
 def test_masks_cancel_and_dropped_pair_masks_are_undone():
     rng = np.random.default_rng(0)
-    settings = SecAggSettings(clipping_range=1.0, quantization_range=1 << 20, modulus_range=1 << 32, max_weight=10)
+    settings = MaskingParameters(1.0, 1 << 20, 1 << 32, max_weight=10, weight_key="num-examples")
     nodes = [11, 22, 33, 44]
     seeds = {n: rng.bytes(16) for n in nodes}
     pair = {(a, b): rng.bytes(16) for a in nodes for b in nodes if a < b}
@@ -433,7 +443,8 @@ def test_masks_cancel_and_dropped_pair_masks_are_undone():
 
 
 def test_out_of_range_values_are_counted_and_a_wrapped_sum_is_refused():
-    settings = SecAggSettings(clipping_range=0.1, quantization_range=1 << 10, modulus_range=1 << 16, max_weight=1)
+    config = SecAggConfig(clipping_range=0.1, quantization_range=1 << 10, modulus_range=1 << 16, max_weight=1)
+    settings = masking_parameters(config)
     update = quantize_update([np.array([0.05, 0.5, -0.7])], [np.zeros(3)], 1.0, settings, bytes(16))
     assert update.clipped == 2
     assert list(update.flat[[2, 3]]) == [1 << 10, 0]  # clipped onto the ends of the range
@@ -444,11 +455,11 @@ def test_out_of_range_values_are_counted_and_a_wrapped_sum_is_refused():
     with pytest.raises(Exception, match="overflow or a corrupted masked input"):
         dequantize_mean([np.array([5]), np.array([3 * (1 << 10)])], 2, settings)
     with pytest.raises(ValueError, match="could wrap"):
-        settings.check(num_clients=64)
+        config.check_sum(64)
 
 
 def test_rounding_is_unbiased_and_the_same_for_the_same_update():
-    settings = SecAggSettings(clipping_range=1.0, quantization_range=16, modulus_range=1 << 16, max_weight=1)
+    settings = MaskingParameters(1.0, 16, 1 << 16, max_weight=1, weight_key="num-examples")
     update = [np.full(20_000, 0.03)]  # level (0.03 + 1) * 16 / 2 = 8.24: 9 with probability 0.24
 
     def rounded(deltas: list[np.ndarray]) -> np.ndarray:
@@ -512,9 +523,9 @@ def test_strategies_needing_individual_updates_are_refused(strategy):
 
 
 def test_secure_grid_refuses_a_round_whose_sum_could_wrap():
-    settings = SecAggSettings(quantization_range=1 << 20, modulus_range=1 << 21)
+    config = SecAggConfig(quantization_range=1 << 20, modulus_range=1 << 21)
     messages = [
         Message(RecordDict(), metadata=Metadata(0, "", 0, n, "", "1", 0.0, 60.0, MessageType.TRAIN)) for n in (1, 2, 3)
     ]
     with pytest.raises(ValueError, match=r"3 clients x quantization-range .* could wrap"):
-        SecAggGrid(grid=None, settings=settings).send_and_receive(messages)
+        SecAggGrid(grid=None, config=config).send_and_receive(messages)

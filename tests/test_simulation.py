@@ -8,12 +8,12 @@ from flwr.app import ConfigRecord
 from safetensors.torch import load_file
 
 from fedrec.config import resolve_config
-from fedrec.data.federation import load_federated_data
 from fedrec.models.adapter import adapter_to_arrays
-from fedrec.privacy.accountant import PersistentAccountant
-from fedrec.privacy.dp import plan_round
-from fedrec.settings import data_settings, dp_settings, scorer_for
+from fedrec.privacy.ledger import PersistentAccountant
+from fedrec.privacy.record_level import plan_round
 from fedrec.simulation.runner import simulate
+from fedrec.tasks.preference.dataset import load_federated_data
+from fedrec.tasks.preference.scoring import scorer_for
 
 SUMMARY_KEYS = {"rounds", "metrics", "epsilon", "delta", "bytes", "seconds", "versions", "baselines"}
 ROUND_KEYS = {
@@ -36,13 +36,6 @@ def _rounds(out):
     return [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    cfg = resolve_config("smoke", overrides={"out": str(tmp_path_factory.mktemp("smoke") / "run")})
-    out, summary = simulate(cfg)
-    return cfg, out, summary
-
-
 def test_results_folder_has_every_part(smoke_run):
     cfg, out, summary = smoke_run
     assert (out / "config.toml").read_text().count("=") == len(cfg.to_run_config())
@@ -53,15 +46,15 @@ def test_results_folder_has_every_part(smoke_run):
     for r in rounds[1:]:
         assert ROUND_KEYS <= set(r)
         assert (r["clients_sampled"], r["clients_ok"], r["clients_failed"]) == (3, 3, 0)
-        assert 0.0 < r["epsilon_max"] <= cfg.target_epsilon * 1.001
+        assert 0.0 < r["epsilon_max"] <= cfg.record_dp.target_epsilon * 1.001
     assert rounds[2]["epsilon_max"] > rounds[1]["epsilon_max"]
     assert summary["epsilon"]["max"] == pytest.approx(rounds[2]["epsilon_max"])
     assert 0.0 <= summary["metrics"]["auc"] <= 1.0
     ranked = [r for r in rounds if "hr@10" in r]
     assert [r["round"] for r in ranked] == [0, 2]  # the initial and the final adapter
-    assert all(0.0 <= r["hr@10"] <= 1.0 and r["ranking_users"] == cfg.ranking_users for r in ranked)
+    assert all(0.0 <= r["hr@10"] <= 1.0 and r["ranking_users"] == cfg.evaluation.ranking_users for r in ranked)
     assert set(summary["ranking_baselines"]) == {"most-popular", "bpr-mf", "federated-mf", "random"}
-    assert summary["ranking_candidates"] == cfg.ranking_negatives + 1
+    assert summary["ranking_candidates"] == cfg.evaluation.ranking_negatives + 1
     assert {p.name for p in (out / "plots").iterdir()} == {
         "accuracy_vs_round.png",
         "epsilon_vs_round.png",
@@ -80,7 +73,7 @@ def test_only_the_adapter_crosses_the_wire(smoke_run):
     rounds = _rounds(out)
     for r in rounds[1:]:
         config = ConfigRecord(
-            {"backbone": cfg.backbone, "backbone-fingerprint": scorer.fingerprint, "server-round": r["round"]}
+            {"backbone": cfg.model.backbone, "backbone-fingerprint": scorer.fingerprint, "server-round": r["round"]}
         )
         assert r["bytes_down"] == 3 * (adapter_bytes + config.count_bytes())
         assert 3 * adapter_bytes < r["bytes_up"] < 3 * (adapter_bytes + 1024)
@@ -92,8 +85,9 @@ def test_only_the_adapter_crosses_the_wire(smoke_run):
 
 def test_clients_at_budget_decline_and_the_round_completes(tmp_path):
     base = resolve_config("smoke", overrides={"noise-multiplier": 1.0, "num-server-rounds": 3})
-    data = load_federated_data(data_settings(base), base.num_clients)
-    plan = plan_round(dp_settings(base), len(data.train_examples(0)), base.batch_size, base.local_epochs)
+    data = load_federated_data(base.data, base.federation.seed, base.evaluation.eval_users, base.federation.num_clients)
+    train = base.training
+    plan = plan_round(base.record_dp, base.planned_dp_rounds, len(data.train_examples(0)), train.batch_size, 1)
     ledger = PersistentAccountant("rdp", [(plan.noise_multiplier, plan.sample_rate, plan.steps)])
     one, two = ledger.epsilon(1e-5), ledger.epsilon_after(plan.noise_multiplier, plan.sample_rate, plan.steps, 1e-5)
     cfg = base.replace(target_epsilon=round((one + two) / 2, 4), out=str(tmp_path / "run"))

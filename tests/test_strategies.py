@@ -11,13 +11,13 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file
 
-from fedrec.client.train import TrainSettings, train_adapter
 from fedrec.config import STRATEGIES, ConfigError, resolve_config
 from fedrec.models.adapter import adapter_to_arrays, load_adapter_arrays, wire_state
-from fedrec.settings import scorer_for
 from fedrec.simulation.runner import simulate
 from fedrec.strategies import FedAvgLoRA, FFALoRA, build_strategy
-from tests.conftest import tiny_scorer
+from fedrec.tasks.preference.scoring import scorer_for
+from fedrec.tasks.training import train_adapter
+from tests.conftest import local, tiny_scorer
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -27,7 +27,7 @@ def _train_on(scorer, client: int, steps: int = 4) -> None:
     texts = [f"client {client} item {i} {'liked' if (i + client) % 3 else 'disliked'}" for i in range(16)]
     labels = torch.tensor([float((i + client) % 3 != 0) for i in range(16)])
     states = scorer.prefix_states(scorer.encode(texts))
-    train_adapter(scorer, states, labels, TrainSettings(epochs=steps, batch_size=16, learning_rate=5e-2, seed=client))
+    train_adapter(scorer, states, labels, local(epochs=steps, batch_size=16, learning_rate=5e-2, seed=client))
 
 
 def _products(scorer) -> dict[str, torch.Tensor]:
@@ -146,7 +146,7 @@ def test_fedprox_keeps_the_adapter_closer_to_the_global_one():
         texts = [f"item {i} {'liked' if i % 2 else 'disliked'}" for i in range(16)]
         states = scorer.prefix_states(scorer.encode(texts))
         labels = torch.tensor([float(i % 2) for i in range(16)])
-        settings = TrainSettings(epochs=6, batch_size=8, learning_rate=5e-2, proximal_mu=mu, seed=1)
+        settings = local(epochs=6, batch_size=8, learning_rate=5e-2, proximal_mu=mu, seed=1)
         train_adapter(scorer, states, labels, settings)
         distances[mu] = sum(
             float((p.detach() - start[n]).norm() ** 2) for n, p in scorer.named_parameters() if n in start
@@ -191,10 +191,9 @@ def _rounds(out):
 
 
 @pytest.fixture(scope="module")
-def fedavg_bytes_up(tmp_path_factory):
-    overrides = {"ranking-users": 0, "out": str(tmp_path_factory.mktemp("fedavg") / "run")}
-    out, _ = simulate(resolve_config("smoke", overrides=overrides))
-    return _rounds(out)[1]["bytes_up"]
+def fedavg_bytes_up(smoke_run):
+    """Bytes up in round 1 of the smoke preset (FedAvg, A and B travel)."""
+    return _rounds(smoke_run[1])[1]["bytes_up"]
 
 
 @pytest.mark.parametrize(
@@ -220,15 +219,15 @@ def test_each_strategy_runs_a_smoke_simulation(overrides, fedavg_bytes_up, tmp_p
     rounds = _rounds(out)
     assert [(r["clients_ok"], r["clients_failed"]) for r in rounds[1:]] == [(3, 0), (3, 0)]
     scorer = scorer_for(cfg)
-    scorer.reset_adapter(cfg.seed)
+    scorer.reset_adapter(cfg.federation.seed)
     initial = wire_state(scorer)
     final = load_file(str(out / "adapter" / "adapter_model.safetensors"))
     assert any(not torch.equal(final[name], tensor) for name, tensor in initial.items()), "the adapter did not move"
     assert all(torch.isfinite(t).all() and t.dtype == torch.float32 for t in final.values())
     assert summary["bytes"]["adapter"] == adapter_to_arrays(scorer).count_bytes()
-    if cfg.freeze_lora_a and not cfg.client_lora_ranks and not cfg.secure_aggregation:
+    if cfg.freeze_lora_a and not cfg.model.client_lora_ranks and not cfg.secagg.secure_aggregation:
         assert rounds[1]["bytes_up"] < 0.6 * fedavg_bytes_up  # only B travels
-    if cfg.secure_aggregation:
+    if cfg.secagg.secure_aggregation:
         assert all(r["secagg_failure"] is None for r in rounds[1:])
-    if cfg.client_dp:
+    if cfg.client_dp.client_dp:
         assert rounds[2]["client_level_epsilon"] > rounds[1]["client_level_epsilon"] > 0

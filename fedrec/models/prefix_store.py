@@ -1,7 +1,7 @@
 """A node's frozen-prefix states, kept on its own disk between ClientApp processes.
 
 A deployed Flower 1.41 SuperNode starts a fresh ClientApp process for every message, so
-the process-wide :data:`~fedrec.models.scorer.PREFIX_CACHE` starts empty each time and
+the process-wide :data:`~fedrec.models.prefix_cache.PREFIX_CACHE` starts empty each time and
 the frozen trunk would run over all of the node's prompts in every round (about 4 min of
 CPU per round for a demo node). :class:`PrefixStore` keeps the states of one prompt set
 in one file, named by a digest of the prompts' cache keys (backbone fingerprint, split

@@ -2,8 +2,9 @@
 
 After every round the server writes ``<run>/checkpoint/``: ``arrays.npz`` (the global
 adapter and the strategy's optimizer state: FedAdam/FedYogi moments, FedAvgM momentum)
-and ``state.json`` (round number, the random generators' states, the secure-aggregation
-round counter, the client-level DP accountant, the clients' epsilons seen). The folder
+and ``state.json`` (round number and the JSON-able state of the run's layers: random
+generators, the secure-aggregation round counter, the client-level DP accountant, the
+clients' epsilons seen). The folder
 is staged beside the old one and swapped in by renames, so a crash at any point leaves
 a complete checkpoint of the latest or of the previous round.
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -38,8 +38,7 @@ class ServerCheckpoint:
     round: int
     arrays: ArrayRecord
     strategy_state: dict[str, dict[str, np.ndarray] | list[np.ndarray]] = field(default_factory=dict)
-    generators: dict[str, Any] = field(default_factory=dict)  # name -> JSON-able generator state
-    state: dict[str, Any] = field(default_factory=dict)  # other JSON-able state (accountants, counters)
+    state: dict[str, Any] = field(default_factory=dict)  # JSON-able state (generators, accountants, counters)
 
 
 def strategy_state(strategy: Strategy) -> dict[str, dict[str, np.ndarray] | list[np.ndarray]]:
@@ -60,18 +59,6 @@ def restore_strategy_state(strategy: Strategy, state: dict[str, dict[str, np.nda
         setattr(strategy, name, value)
 
 
-def python_random_state(generator: random.Random | None = None) -> list[Any]:
-    """``random.getstate()`` as JSON-able lists."""
-    version, internal, gauss = (generator or random).getstate()
-    return [version, list(internal), gauss]
-
-
-def set_python_random_state(state: list[Any], generator: random.Random | None = None) -> None:
-    """Inverse of :func:`python_random_state`."""
-    version, internal, gauss = state
-    (generator or random).setstate((version, tuple(internal), gauss))
-
-
 def write_checkpoint(run_folder: str | Path, checkpoint: ServerCheckpoint) -> Path:
     """Write ``<run_folder>/checkpoint`` atomically; returns its path."""
     folder = Path(run_folder) / CHECKPOINT_DIR
@@ -89,7 +76,6 @@ def write_checkpoint(run_folder: str | Path, checkpoint: ServerCheckpoint) -> Pa
         meta = {
             "round": checkpoint.round,
             "strategy_state": kinds,
-            "generators": checkpoint.generators,
             "state": checkpoint.state,
         }
         with open(staging / "state.json", "w") as handle:
@@ -133,6 +119,5 @@ def read_checkpoint(run_folder: str | Path) -> ServerCheckpoint:
         round=int(meta["round"]),
         arrays=ArrayRecord({k: Array(v) for k, v in parts.get("arrays", {}).items()}),
         strategy_state=strategy,
-        generators=meta["generators"],
         state=meta["state"],
     )

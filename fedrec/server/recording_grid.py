@@ -1,10 +1,10 @@
-"""A ``Grid`` wrapper that measures every message (design §6).
+"""A ``Grid`` wrapper that measures every message.
 
 It forwards all calls to the real grid and records, for each message sent or
 received, its type, node, serialized content size and reply metrics. Any strategy's
 ``start(grid=RecordingGrid(grid), ...)`` is measured without changing the strategy.
 Its ``send_and_receive`` pushes and pulls through the recorded calls and hands back
-replies within 5 ms of their arrival (:func:`~.delegating_grid.replies_as_they_arrive`).
+replies within 5 ms of their arrival (:func:`~fedrec.protocol.exchange.replies_as_they_arrive`).
 """
 
 from __future__ import annotations
@@ -15,14 +15,9 @@ from dataclasses import dataclass, field
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from ..privacy.secagg import SECAGG_RECORD
-from .delegating_grid import DelegatingGrid, replies_as_they_arrive
-
-
-def secagg_stage(content: RecordDict) -> str | None:
-    """The SecAgg+ stage a message belongs to, or None."""
-    record = content.config_records.get(SECAGG_RECORD)
-    return None if record is None else str(record["stage"])
+from ..protocol.exchange import DelegatingGrid, replies_as_they_arrive
+from ..protocol.replies import reply_metrics
+from ..protocol.secagg import stage_of
 
 
 def content_bytes(content: RecordDict) -> int:
@@ -72,7 +67,7 @@ class RecordingGrid(DelegatingGrid):
                     msg.metadata.message_type,
                     msg.metadata.dst_node_id,
                     content_bytes(msg.content),
-                    stage=secagg_stage(msg.content),
+                    stage=stage_of(msg.content),
                 )
             )
         return messages
@@ -84,7 +79,7 @@ class RecordingGrid(DelegatingGrid):
             if msg.has_error():
                 self._pending.append(Exchange("up", meta.message_type, meta.src_node_id, 0, msg.error.reason))
                 continue
-            metrics = {k: v for rec in msg.content.metric_records.values() for k, v in rec.items()}
+            metrics = reply_metrics(msg)
             configs = {k: v for rec in msg.content.config_records.values() for k, v in rec.items()}
             self._pending.append(
                 Exchange(
@@ -95,7 +90,7 @@ class RecordingGrid(DelegatingGrid):
                     None,
                     metrics,
                     configs,
-                    secagg_stage(msg.content),
+                    stage_of(msg.content),
                 )
             )
         return replies

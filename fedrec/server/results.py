@@ -1,4 +1,4 @@
-"""The results folder of a run (design §7): ``config.toml``, ``rounds.jsonl``,
+"""The results folder of a run: ``config.toml``, ``rounds.jsonl``,
 ``summary.json``, ``adapter/`` and ``plots/``.
 """
 
@@ -8,6 +8,7 @@ import json
 import math
 import tomllib
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,11 @@ import tomli_w
 from ..files import write_atomic
 
 RESULT_FILES = ("config.toml", "rounds.jsonl", "summary.json")
+
+
+def default_out_dir() -> Path:
+    """``runs/<UTC timestamp>`` under the working directory."""
+    return Path("runs") / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
 
 
 class ResultsFolderError(ValueError):

@@ -1,50 +1,40 @@
-"""Non-learned preference baselines (design §4), computed without test interactions.
-
-* ``user-like-rate``: the share of liked items in the prompt's own history;
-* ``item-like-rate``: the item's like rate over training interactions (smoothed);
-* ``user+item``: the sum of the two logits, untuned;
-* ``most-popular``: the item's number of training ratings.
+"""Baselines that need every user's data, so only the simulation harness can compute
+them (a deployed server holds none): the preference baselines over all training
+interactions, and the ranking baselines with federated MF over the clients' partitions.
+They are written into the run's ``summary.json`` beside the federated result.
 """
 
 from __future__ import annotations
 
-import numpy as np
+from typing import Any
 
-from ..data.examples import ExampleSplit, PreferenceExample
-from ..metrics import roc_auc
-
-PRIOR_STRENGTH = 5.0
-
-
-def _logit(p: np.ndarray) -> np.ndarray:
-    return np.log(p) - np.log1p(-p)
+from ..config import FedRecConfig
+from ..tasks.preference.baselines import preference_baselines
+from ..tasks.preference.dataset import load_federated_data, load_split
+from ..tasks.ranking.baselines import random_expectation, ranking_baselines
+from ..tasks.ranking.cases import ranking_cases
 
 
-def preference_baselines(
-    split: ExampleSplit, examples: list[PreferenceExample], like_threshold: float = 3.0
-) -> dict[str, float]:
-    """AUC of each baseline on ``examples``."""
-    train = split.train_interactions
-    liked = (train["rating"] > like_threshold).astype(float)
-    prior = float(liked.mean())
-    stats = liked.groupby(train["item"]).agg(["sum", "count"])
-    likes = stats["sum"].to_dict()
-    counts = stats["count"].to_dict()
-    labels = np.array([ex.label for ex in examples])
-    item_rate = np.array(
-        [
-            (likes.get(ex.item, 0.0) + PRIOR_STRENGTH * prior) / (counts.get(ex.item, 0) + PRIOR_STRENGTH)
-            for ex in examples
-        ]
-    )
-    user_likes = np.array([sum(liked for _, liked in ex.history) for ex in examples], dtype=float)
-    user_len = np.array([len(ex.history) for ex in examples], dtype=float)
-    user_rate = user_likes / np.maximum(user_len, 1.0)
-    user_smoothed = (user_likes + PRIOR_STRENGTH * prior) / (user_len + PRIOR_STRENGTH)
-    popularity = np.array([counts.get(ex.item, 0) for ex in examples], dtype=float)
-    return {
-        "user-like-rate": roc_auc(labels, user_rate),
-        "item-like-rate": roc_auc(labels, item_rate),
-        "user+item": roc_auc(labels, _logit(user_smoothed) + _logit(item_rate)),
-        "most-popular": roc_auc(labels, popularity),
+def harness_baselines(cfg: FedRecConfig) -> dict[str, Any]:
+    """``baselines`` (preference AUC on the central evaluation users' held-out
+    interactions) and, when the run ranks, ``ranking_baselines`` on the same cases.
+    """
+    seed, evaluation = cfg.federation.seed, cfg.evaluation
+    central = load_split(cfg.data, seed, evaluation.eval_users)
+    found: dict[str, Any] = {
+        "baselines": preference_baselines(central.split, central.test_examples(), cfg.data.like_threshold)
     }
+    if not evaluation.ranking_users:
+        return found
+    cases = ranking_cases(central.data, central.split, central.eval_users, evaluation.ranking_negatives, seed)
+    cases = cases[: evaluation.ranking_users]
+    if not cases:
+        return found
+    partitions = load_federated_data(cfg.data, seed, evaluation.eval_users, cfg.federation.num_clients).partitions
+    rated = central.data.interactions.groupby("user")["item"].agg(set).to_dict()
+    catalog = sorted(central.data.items["item"])
+    ranking = ranking_baselines(
+        central.split.train_interactions, cases, catalog, rated, partitions, cfg.data.like_threshold, seed
+    )
+    ranking["random"] = random_expectation(evaluation.ranking_negatives + 1)
+    return found | {"ranking_baselines": ranking}

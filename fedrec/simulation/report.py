@@ -46,11 +46,12 @@ def summary_table(rounds: list[Mapping[str, Any]], summary: Mapping[str, Any]) -
         f"bytes: up {size['up']:,}  down {size['down']:,}  total {size['total']:,}; one adapter {size['adapter']:,} "
         f"= {size['adapter_to_full_model']:.3%} of the backbone ({size['full_model']:,})",
         f"time: {summary['seconds']:.1f} s",
-        "baselines on the same held-out interactions (AUC, no training, no privacy cost):",
     ]
-    lines += [f"  {name:<16} {_cell(auc, '.4f')}" for name, auc in summary["baselines"].items()]
+    if summary.get("baselines"):
+        lines.append("baselines on the same held-out interactions (AUC, no training, no privacy cost):")
+        lines += [f"  {name:<16} {_cell(auc, '.4f')}" for name, auc in summary["baselines"].items()]
     final, initial = summary["metrics"], summary["initial_metrics"]
-    if "hr@10" in final:
+    if "hr@10" in final and "ranking_baselines" in summary:
         lines += [
             "",
             f"ranking ({final['ranking_users']} users, target among {summary['ranking_candidates']} candidates): "

@@ -1,57 +1,97 @@
-"""Running a configuration through Flower's simulation engine."""
+"""Running a configuration as a Flower simulation (``flwr run`` on a local SuperLink,
+see :mod:`.engine`), then adding the harness's baselines to its summary.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flwr.simulation import run_simulation
-
-from ..client.app import build_client_app
 from ..config import FedRecConfig, read_config_file
-from ..server.app import build_server_app, default_out_dir
+from ..files import write_atomic
 from ..server.checkpoint import read_checkpoint
-from ..server.results import check_resumable
+from ..server.results import check_resumable, default_out_dir, json_safe
+from .baselines import harness_baselines
+from .engine import FlowerApp, LocalSuperLink, flwr_run
+
+FLOWER_LOG = "flower.log"  # Flower's log stream of the run, in its results folder
+SUPERLINK_LOG = "superlink.log"
 
 
-def backend_config(cfg: FedRecConfig) -> dict[str, Any]:
-    """Ray backend: the machine's CPUs, and per-client CPUs / GPU fraction."""
-    init_args: dict[str, Any] = {"num_cpus": os.cpu_count() or 1}
-    if cfg.client_gpus > 0:
+class SimulationError(RuntimeError):
+    """A simulation ended without its summary."""
+
+
+def federation_config(cfg: FedRecConfig, verbose: bool = False) -> dict[str, Any]:
+    """Flower's simulation settings: the clients, the machine's CPUs (and GPUs when
+    clients ask for them), per-client CPUs and GPU fraction. Flower's simulation config
+    counts a client's CPUs in whole CPUs: a fraction is rounded up.
+    """
+    config: dict[str, Any] = {
+        "num-supernodes": cfg.federation.num_clients,
+        "client-resources-num-cpus": math.ceil(cfg.federation.client_cpus),
+        "client-resources-num-gpus": cfg.federation.client_gpus,
+        "init-args-num-cpus": os.cpu_count() or 1,
+        "verbose": verbose,
+    }
+    if cfg.federation.client_gpus > 0:
         import torch
 
-        init_args["num_gpus"] = torch.cuda.device_count()
-    return {
-        "client_resources": {"num_cpus": cfg.client_cpus, "num_gpus": cfg.client_gpus},
-        "init_args": init_args,
-    }
+        config["init-args-num-gpus"] = torch.cuda.device_count()
+    return config
 
 
-def simulate(cfg: FedRecConfig, verbose: bool = False) -> tuple[Path, dict[str, Any]]:
-    """Run a federated simulation; returns the results folder and its summary."""
-    out = Path(cfg.out or default_out_dir()).expanduser().resolve()
-    cfg = cfg.replace(out=str(out), client_state_dir=cfg.client_state_dir or str(out / "nodes"))
+def absolute_paths(cfg: FedRecConfig) -> FedRecConfig:
+    """``cfg`` with its results folder, client state folder and local data paths absolute
+    (the Flower processes resolve them from another working directory).
+    """
+    out = Path(cfg.server.out or default_out_dir()).expanduser().resolve()
+    changes: dict[str, Any] = {"out": str(out), "client_state_dir": cfg.server.client_state_dir or str(out / "nodes")}
+    changes["client_state_dir"] = str(Path(changes["client_state_dir"]).expanduser().resolve())
+    dataset = Path(cfg.data.dataset).expanduser()
+    if dataset.exists():
+        changes["dataset"] = str(dataset.resolve())
+    if cfg.data.items_path:
+        changes["items_path"] = str(Path(cfg.data.items_path).expanduser().resolve())
+    return cfg.replace(**changes)
+
+
+def run_apps(app: FlowerApp, federation: dict[str, Any], out: Path, echo: Callable[[str], None] | None) -> None:
+    """Run ``app`` on a local SuperLink of its own, logging into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    with LocalSuperLink(out / SUPERLINK_LOG) as superlink, open(out / FLOWER_LOG, "a") as log:
+        flwr_run(superlink, app, federation, log, echo)
+
+
+def simulate(
+    cfg: FedRecConfig, verbose: bool = False, echo: Callable[[str], None] | None = print
+) -> tuple[Path, dict[str, Any]]:
+    """Run a federated simulation; returns the results folder and its summary (with the
+    harness's baselines). ``echo`` receives the run's progress lines.
+    """
+    cfg = absolute_paths(cfg)
+    out = Path(cfg.server.out)
     run_config = cfg.to_run_config()
-    if cfg.resume:  # refuse before the engine starts
+    if cfg.server.resume:  # refuse before the engine starts
         check_resumable(out, run_config)
         read_checkpoint(out)
-    run_simulation(
-        server_app=build_server_app(run_config),
-        client_app=build_client_app(run_config),
-        num_supernodes=cfg.num_clients,
-        backend_config=backend_config(cfg),
-        verbose_logging=verbose,
-    )
+    run_apps(FlowerApp(run_config), federation_config(cfg, verbose), out, echo)
     summary_path = out / "summary.json"
     if not summary_path.exists():
-        raise RuntimeError(f"the simulation ended without writing {summary_path}; see the log above")
-    return out, json.loads(summary_path.read_text())
+        raise SimulationError(f"the simulation ended without writing {summary_path}; see {out / FLOWER_LOG}")
+    summary = json.loads(summary_path.read_text()) | harness_baselines(cfg)
+    write_atomic(summary_path, json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n")
+    return out, summary
 
 
-def resume(run_folder: str | Path, verbose: bool = False) -> tuple[Path, dict[str, Any]]:
+def resume(run_folder: str | Path, verbose: bool = False, echo: Callable[[str], None] | None = print
+           ) -> tuple[Path, dict[str, Any]]:
     """Continue an interrupted simulation from its checkpoint, with its own settings."""
     folder = Path(run_folder).expanduser().resolve()
     cfg = FedRecConfig.from_mapping(read_config_file(folder / "config.toml"))
-    return simulate(cfg.replace(out=str(folder), resume=True), verbose)
+    return simulate(cfg.replace(out=str(folder), resume=True), verbose, echo)
+

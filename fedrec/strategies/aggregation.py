@@ -1,7 +1,6 @@
 """What every fedrec strategy does around Flower's aggregation: leave out clients
 that declined the round or sent a faulty update (with the reason logged and kept),
-complete the adapters of lower-rank clients, and pool evaluation metrics from score
-histograms.
+complete the adapters of lower-rank clients, and count rounds as the run does.
 """
 
 from __future__ import annotations
@@ -10,42 +9,15 @@ from collections.abc import Iterable
 from logging import INFO, WARNING
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
-from ..metrics import auc_from_histograms
-from ..models.adapter import AdapterMismatchError, pad_to_rank
+from ..models.wire import AdapterMismatchError, pad_to_rank
+from ..protocol.records import ARRAYS, METRICS
+from ..protocol.replies import decline_reason, is_declined
 
-
-def is_declined(message: Message) -> bool:
-    """Whether a reply says the client declined this round (e.g. privacy budget)."""
-    if message.has_error():
-        return False
-    metrics = message.content.metric_records.get("metrics")
-    return metrics is not None and bool(metrics.get("declined", 0))
-
-
-def decline_reason(message: Message) -> str:
-    """The reason a declining client gave."""
-    record = message.content.config_records.get("decline")
-    return str(record["reason"]) if record is not None else "no reason given"
-
-
-def pooled_evaluation_metrics(records: list[RecordDict], weighted_by_key: str) -> MetricRecord:
-    """AUC pooled over all clients' held-out examples (from their score histograms),
-    and the example-weighted mean loss.
-    """
-    metrics = [next(iter(r.metric_records.values())) for r in records]
-    weights = np.array([float(m[weighted_by_key]) for m in metrics])
-    pos = np.sum([np.asarray(m["pos-hist"], dtype=float) for m in metrics], axis=0)
-    neg = np.sum([np.asarray(m["neg-hist"], dtype=float) for m in metrics], axis=0)
-    losses = np.array([float(m["loss"]) for m in metrics])
-    loss = float((weights * losses).sum() / weights.sum()) if weights.sum() else float("nan")
-    return MetricRecord({"auc": auc_from_histograms(pos, neg), "loss": loss, weighted_by_key: int(weights.sum())})
-
-
-REPLY_RECORDS = {"arrays", "metrics"}
+REPLY_RECORDS = {ARRAYS, METRICS}
 
 
 def update_fault(
@@ -60,10 +32,10 @@ def update_fault(
     content = msg.content
     if set(content.keys()) != REPLY_RECORDS:
         return f"malformed reply: records {sorted(content.keys())}, expected {sorted(REPLY_RECORDS)}", msg
-    weight = content.metric_records["metrics"].get(weighted_by_key)
+    weight = content.metric_records[METRICS].get(weighted_by_key)
     if not isinstance(weight, int | float) or not 0 < weight <= max_weight:
         return f"'{weighted_by_key}' is {weight!r}, expected a number in (0, {max_weight:g}]", msg
-    arrays = content.array_records["arrays"]
+    arrays = content.array_records[ARRAYS]
     full = {name: array.numpy() for name, array in global_arrays.items()}
     try:
         received = {name: array.numpy() for name, array in arrays.items()}
@@ -76,7 +48,7 @@ def update_fault(
         if not np.isfinite(values).all():
             return f"'{name}' holds non-finite values", msg
     if any(received[name] is not padded[name] for name in padded):
-        content["arrays"] = ArrayRecord({name: Array(values) for name, values in padded.items()})
+        content[ARRAYS] = ArrayRecord({name: Array(values) for name, values in padded.items()})
     return None, msg
 
 
@@ -93,7 +65,6 @@ class AdapterAggregation:
     """
 
     def __init__(self, *, client_ranks: Iterable[int] = (), max_weight: float = 10_000.0, **kwargs: object) -> None:
-        kwargs.setdefault("evaluate_metrics_aggr_fn", pooled_evaluation_metrics)
         super().__init__(**kwargs)
         self.client_ranks = set(client_ranks)
         self.max_weight = max_weight

@@ -1,44 +1,52 @@
-"""The strategy a configuration names (config key ``strategy``)."""
+"""The strategy a configuration names (config key ``strategy``): one builder per name
+of :data:`fedrec.config.STRATEGIES`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from flwr.serverapp.strategy import Strategy
 
-from ..config import ConfigError, FedRecConfig
+from ..config import STRATEGIES, AggregationConfig, FedRecConfig
+from ..tasks.preference.evaluation import pooled_evaluation_metrics
 from .fedavg import FedAvgLoRA, FFALoRA
 from .fedprox import FedProxLoRA
 from .server_optimizers import FedAdamLoRA, FedAvgMLoRA, FedYogiLoRA
 
 
+def _adaptive(agg: AggregationConfig) -> dict[str, float]:
+    keys = {"beta_1": agg.server_beta1, "beta_2": agg.server_beta2, "tau": agg.server_tau}
+    return keys | ({"eta": agg.server_learning_rate} if agg.server_learning_rate else {})
+
+
+def _momentum(agg: AggregationConfig) -> dict[str, float]:
+    keys = {"server_momentum": agg.server_momentum}
+    return keys | ({"server_learning_rate": agg.server_learning_rate} if agg.server_learning_rate else {})
+
+
+BUILDERS: dict[str, Callable[[AggregationConfig, dict[str, Any]], Strategy]] = {
+    "fedavg": lambda agg, common: FedAvgLoRA(**common),
+    "ffa-lora": lambda agg, common: FFALoRA(**common),
+    "fedadam": lambda agg, common: FedAdamLoRA(**common, **_adaptive(agg)),
+    "fedyogi": lambda agg, common: FedYogiLoRA(**common, **_adaptive(agg)),
+    "fedavgm": lambda agg, common: FedAvgMLoRA(**common, **_momentum(agg)),
+    "fedprox": lambda agg, common: FedProxLoRA(**common, proximal_mu=agg.proximal_mu),
+}
+assert tuple(BUILDERS) == STRATEGIES, "every configurable strategy has one builder"
+
+
 def build_strategy(cfg: FedRecConfig) -> Strategy:
     """The configured strategy, with its sampling and server-optimizer keys."""
     common: dict[str, Any] = {
-        "fraction_train": cfg.fraction_train,
-        "fraction_evaluate": cfg.fraction_evaluate,
+        "fraction_train": cfg.federation.fraction_train,
+        "fraction_evaluate": cfg.federation.fraction_evaluate,
         "min_train_nodes": 1,
         "min_evaluate_nodes": 1,
-        "min_available_nodes": cfg.num_clients,
-        "client_ranks": cfg.client_lora_ranks,
-        "max_weight": cfg.max_weight,
+        "min_available_nodes": cfg.federation.num_clients,
+        "client_ranks": cfg.model.client_lora_ranks,
+        "max_weight": cfg.secagg.max_weight,
+        "evaluate_metrics_aggr_fn": pooled_evaluation_metrics,
     }
-    adaptive = {"beta_1": cfg.server_beta1, "beta_2": cfg.server_beta2, "tau": cfg.server_tau}
-    if cfg.server_learning_rate:
-        adaptive["eta"] = cfg.server_learning_rate
-    if cfg.strategy == "fedavg":
-        return FedAvgLoRA(**common)
-    if cfg.strategy == "ffa-lora":
-        return FFALoRA(**common)
-    if cfg.strategy == "fedadam":
-        return FedAdamLoRA(**common, **adaptive)
-    if cfg.strategy == "fedyogi":
-        return FedYogiLoRA(**common, **adaptive)
-    if cfg.strategy == "fedavgm":
-        momentum = {"server_momentum": cfg.server_momentum}
-        if cfg.server_learning_rate:
-            momentum["server_learning_rate"] = cfg.server_learning_rate
-        return FedAvgMLoRA(**common, **momentum)
-    if cfg.strategy == "fedprox":
-        return FedProxLoRA(**common, proximal_mu=cfg.proximal_mu)
-    raise ConfigError(f"unknown strategy '{cfg.strategy}'")
+    return BUILDERS[cfg.aggregation.strategy](cfg.aggregation, common)

@@ -9,5 +9,5 @@ from .aggregation import AdapterAggregation
 
 class FedProxLoRA(AdapterAggregation, FedProx):
     """FedAvg that sends ``proximal-mu``; each client pulls its adapter towards the
-    global one by ``mu`` (see :class:`fedrec.client.train.TrainSettings`).
+    global one by ``mu`` (see :class:`fedrec.tasks.training.LocalTraining`).
     """

@@ -1,0 +1,1 @@
+"""Benchmark suites run through the simulation harness (``fedrec benchmark``)."""

@@ -1,0 +1,139 @@
+"""A suite's results: one row per point, the Markdown report and the plots."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .suites import Point
+
+
+def row(point: Point, folder: Path) -> dict[str, Any]:
+    """One point's row, from its run folder."""
+    summary = json.loads((folder / "summary.json").read_text())
+    rounds = [json.loads(line) for line in (folder / "rounds.jsonl").read_text().splitlines()]
+    client_rounds = sum(r["clients_sampled"] for r in rounds[1:])
+    client_dp = summary.get("client_dp")
+    final = summary["metrics"]
+    return {
+        "method": point.label,
+        "folder": folder.name,
+        "overrides": dict(point.overrides),
+        "auc": final["auc"],
+        "initial_auc": summary["initial_metrics"]["auc"],
+        "hr@10": final.get("hr@10"),
+        "ndcg@10": final.get("ndcg@10"),
+        "epsilon": summary["epsilon"]["max"] if summary["dp"] else None,
+        "client_epsilon": client_dp["epsilon"] if client_dp else None,
+        "bytes_up_per_client_round": summary["bytes"]["up"] / client_rounds if client_rounds else 0,
+        "bytes_total": summary["bytes"]["total"],
+        "adapter_to_full_model": summary["bytes"]["adapter_to_full_model"],
+        "seconds": summary["seconds"],
+        "auc_by_round": [r.get("auc") for r in rounds],
+        "bytes_up_by_round": [r["bytes_up"] for r in rounds],
+        "baselines": summary["baselines"],
+        "ranking_baselines": summary.get("ranking_baselines", {}),
+        "ranking_users": final.get("ranking_users"),
+    }
+
+
+def _cell(value: float | None, spec: str, none: str = "-") -> str:
+    return none if value is None else format(value, spec)
+
+
+def main_table(rows: list[Mapping[str, Any]]) -> str:
+    """The main table, in Markdown."""
+    lines = [
+        "| method | AUC | round-0 AUC | HR@10 | NDCG@10 | record-level ε | client-level ε "
+        "| bytes up / client-round | bytes total | adapter / backbone | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {r['auc']:.4f} | {r['initial_auc']:.4f} | {_cell(r['hr@10'], '.3f')} "
+            f"| {_cell(r['ndcg@10'], '.3f')} | {_cell(r['epsilon'], '.2f', '∞')} "
+            f"| {_cell(r['client_epsilon'], '.2f', '∞')} | {r['bytes_up_per_client_round']:,.0f} "
+            f"| {r['bytes_total']:,} | {r['adapter_to_full_model']:.4%} | {r['seconds']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def render_report(results: Mapping[str, Any]) -> str:
+    """``report.md``: the main table, the baselines on the same split, plots and runs."""
+    rows = results["rows"]
+    lines = [
+        f"# fedrec benchmark: {results['suite']}",
+        "",
+        f"{results['description']}; machine {results['machine']}. Every row is evaluated on the same held-out "
+        "interactions (AUC) and ranking cases (HR@10, NDCG@10: the held-out liked item among 99 unrated ones); "
+        "epsilon at delta 1e-5 (record-level: Opacus per client, max over clients; client-level: the server's "
+        "RDP accountant); ∞ = no DP of that kind.",
+        "",
+        main_table(rows),
+        "",
+    ]
+    if rows:
+        lines += [
+            "Preference baselines (AUC; no training, no privacy cost): "
+            + ", ".join(f"{name} {auc:.4f}" for name, auc in rows[0]["baselines"].items()),
+            "",
+        ]
+        if rows[0]["ranking_baselines"]:
+            lines += ["| ranking baseline | HR@10 | NDCG@10 |", "|---|---|---|"]
+            lines += [
+                f"| {name} | {m['hr@10']:.3f} | {m['ndcg@10']:.3f} |"
+                for name, m in rows[0]["ranking_baselines"].items()
+            ]
+            lines.append("")
+    lines += [
+        "Plots: `plots/accuracy_vs_epsilon.png`, `plots/accuracy_vs_round.png`, `plots/bytes_per_round.png`.",
+        "",
+        "Run folders (config.toml, rounds.jsonl, summary.json, adapter/, plots/): "
+        + ", ".join(f"`{r['folder']}`" for r in rows),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_plots(rows: list[Mapping[str, Any]], folder: Path) -> list[Path]:
+    """Accuracy vs epsilon, accuracy vs round and bytes per round of every row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    private = [r for r in rows if r["epsilon"] is not None]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([r["epsilon"] for r in private], [r["auc"] for r in private], "o", label="AUC")
+    if any(r["hr@10"] is not None for r in private):
+        ax.plot([r["epsilon"] for r in private], [r["hr@10"] for r in private], "s", label="HR@10")
+    for r in rows:
+        if r["epsilon"] is None:
+            ax.axhline(r["auc"], linestyle="--", linewidth=0.8, label=f"{r['method']} (AUC, no record-level DP)")
+    ax.set(xlabel="record-level epsilon (max over clients)", ylabel="accuracy", title="accuracy vs epsilon")
+    ax.legend(fontsize=6)
+    written.append(_save(fig, folder / "accuracy_vs_epsilon.png"))
+    for key, name, label in (
+        ("auc_by_round", "accuracy_vs_round.png", "AUC"),
+        ("bytes_up_by_round", "bytes_per_round.png", "bytes up"),
+    ):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for r in rows:
+            ax.plot(range(len(r[key])), r[key], marker="o", label=r["method"])
+        ax.set(xlabel="round", ylabel=label, title=f"{label} per round")
+        ax.legend(fontsize=6)
+        written.append(_save(fig, folder / name))
+    return written
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path

@@ -1,0 +1,138 @@
+"""Benchmark suites: several runs on the same data, seeds and budget, one table each.
+Each point is a label and config keys over its suite's preset and base keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Point:
+    """One run of a suite: a label and its config keys over the suite's base."""
+
+    label: str
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A preset, keys shared by every point, and the points."""
+
+    preset: str
+    base: Mapping[str, Any]
+    points: tuple[Point, ...]
+    description: str
+
+
+NON_PRIVATE_LEARNING_RATE = 0.03  # the demo's 0.3 is tuned for noisy DP steps; without noise it diverges
+
+
+def _with_and_without_dp(label: str, overrides: Mapping[str, Any]) -> tuple[Point, Point]:
+    non_private = {**overrides, "dp": False, "learning-rate": NON_PRIVATE_LEARNING_RATE}
+    return Point(f"{label}, no DP", non_private), Point(f"{label}, DP", dict(overrides))
+
+
+_STRATEGY_POINTS = (
+    ("FedAvg-LoRA", {"strategy": "fedavg"}),
+    ("FFA-LoRA", {"strategy": "ffa-lora"}),
+    ("FedAdam (B only)", {"strategy": "fedadam", "lora-freeze-a": True}),
+    ("FFA-LoRA ranks 2,4", {"strategy": "ffa-lora", "lora-ranks": "2,4"}),
+)
+
+_CPU_BASE = {"max-users": 300, "batch-size": 60, "ranking-users": 20}
+_PER_USER = {
+    "partitioner": "user",
+    "num-clients": 300,
+    "fraction-train": 0.1,
+    "dp": False,
+    "learning-rate": NON_PRIVATE_LEARNING_RATE,
+}
+
+SUITES: dict[str, Suite] = {
+    # CPU-sized: the demo (SmolLM2-135M, MovieLens-100K, 2 clients, 5 rounds, record-level
+    # epsilon 8, SecAgg+) on the first 300 users, batch 60 (sampling rate ~0.13).
+    "strategies": Suite(
+        preset="demo",
+        base={"max-users": 300, "batch-size": 60},
+        points=(
+            *(p for label, o in _STRATEGY_POINTS for p in _with_and_without_dp(label, o)),
+            Point(
+                "FFA-LoRA, DP + client-level DP (distributed)",
+                {
+                    "strategy": "ffa-lora",
+                    "client-dp": True,
+                    "client-dp-clip": 0.5,
+                    "client-dp-noise-multiplier": 0.5,
+                    "client-dp-noise": "distributed",
+                },
+            ),
+        ),
+        description="demo preset on 300 users (CPU-sized)",
+    ),
+    # Privacy-utility on the 2-core CPU: the demo's FFA-LoRA at record-level epsilon 1, 3, 8
+    # and without DP, a centralized non-private LoRA (one client holding every user), and
+    # 4 clients at epsilon 8; preference AUC each round, HR@10/NDCG@10 of 20 users (100
+    # candidates each) at rounds 0 and 5.
+    "cpu": Suite(
+        preset="demo",
+        base=_CPU_BASE,
+        points=(
+            Point("FFA-LoRA, epsilon 1", {"target-epsilon": 1.0}),
+            Point("FFA-LoRA, epsilon 3", {"target-epsilon": 3.0}),
+            Point("FFA-LoRA, epsilon 8", {"target-epsilon": 8.0}),
+            Point("FFA-LoRA, no DP", {"dp": False, "learning-rate": NON_PRIVATE_LEARNING_RATE}),
+            Point(
+                "centralized LoRA, no DP",
+                {
+                    "num-clients": 1,
+                    "dp": False,
+                    "learning-rate": NON_PRIVATE_LEARNING_RATE,
+                    "secure-aggregation": False,
+                },
+            ),
+            Point("FFA-LoRA, epsilon 8, 4 clients", {"num-clients": 4}),
+        ),
+        description="demo preset on 300 users, ranking on 20 of them (CPU-sized)",
+    ),
+    # The other sweeps of the CPU-sized setting: clients per round (8 clients, batch 15 so
+    # the sampling rate stays ~0.13), per-user clients (each user's device is a client;
+    # client-level DP is then user-level DP) against the grouped reference, and LoRA rank.
+    # The first two points ran with ranking (the suite skips finished points).
+    "sweeps": Suite(
+        preset="demo",
+        base={**_CPU_BASE, "ranking-users": 0},  # AUC only: ranking costs more than the rounds on 2 cores
+        points=(
+            Point("2 clients, epsilon 8 (reference)", {}),
+            *(
+                Point(
+                    f"8 clients, {n} per round, epsilon 8",
+                    {"num-clients": 8, "batch-size": 15, "fraction-train": n / 8},
+                )
+                for n in (8, 4, 2)
+            ),
+            Point("per-user clients, 30 per round, no DP", _PER_USER),
+            Point(
+                "per-user clients, 30 per round, user-level DP",
+                {**_PER_USER, "client-dp": True, "client-dp-clip": 0.5, "client-dp-noise-multiplier": 1.0},
+            ),
+            *(Point(f"LoRA rank {rank}, epsilon 8", {"lora-rank": rank, "lora-alpha": 2.0 * rank}) for rank in (8, 32)),
+        ),
+        description="demo preset on 300 users: clients per round, per-user clients, LoRA rank (CPU-sized)",
+    ),
+    # For tests: the tiny random model, two methods, each privacy guarantee on one of them.
+    "smoke": Suite(
+        preset="smoke",
+        base={"num-server-rounds": 1, "ranking-users": 4},
+        points=(
+            Point("FedAvg-LoRA, epsilon 50", {"strategy": "fedavg"}),
+            Point(
+                "FFA-LoRA, no record-level DP, client-level DP",
+                {"strategy": "ffa-lora", "dp": False, "client-dp": True},
+            ),
+        ),
+        description="tiny random model (tests)",
+    ),
+}

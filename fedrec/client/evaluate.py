@@ -1,0 +1,23 @@
+"""The ClientApp's evaluation: the global adapter on the node's held-out interactions."""
+
+from __future__ import annotations
+
+from flwr.app import Context, Message, MetricRecord, RecordDict
+
+from ..config import FedRecConfig
+from ..protocol.records import METRICS
+from ..tasks.preference.evaluation import evaluate_examples
+from .model import global_model
+from .node import node_data, prefix_store
+
+
+def evaluate(message: Message, context: Context, cfg: FedRecConfig) -> Message:
+    """Reply the local AUC (NaN with one class only), the loss, and the score histograms
+    per label from which the server pools the AUC.
+    """
+    scorer = global_model(cfg, message)  # at the global rank
+    data, partition_id = node_data(cfg, context)
+    metrics = evaluate_examples(
+        scorer, data, data.test_examples(partition_id), cfg.training.physical_batch_size, prefix_store(context)
+    )
+    return Message(content=RecordDict({METRICS: MetricRecord(metrics)}), reply_to=message)

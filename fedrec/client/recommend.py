@@ -1,0 +1,149 @@
+"""On-device recommendations: rank the catalog for one user from a local history file
+with a run's global adapter. Everything is read and computed on this machine.
+
+The prompt is the one training and evaluation use (the preference task's):
+the last ``history-length`` rated items, liked when the rating is above
+``like-threshold``. Every catalog item the history does not hold is a candidate, and
+all candidates are scored with one pass over the shared history prefix
+(:meth:`~fedrec.models.scorer.Scorer.score_candidates`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from safetensors import SafetensorError
+
+from ..config import ConfigError, FedRecConfig, read_config_file
+from ..data.interactions import DataError, InteractionData, load_interaction_data, read_table, validate
+from ..models.adapter import load_adapter_folder
+from ..models.errors import BackboneError
+from ..models.wire import AdapterMismatchError
+from ..tasks.preference.examples import PreferenceExample
+from ..tasks.preference.prompt import render_preference_prompt
+from ..tasks.preference.scoring import scorer_for
+
+LOCAL_USER = "(local)"
+JSON_LINES_SUFFIXES = (".jsonl", ".ndjson", ".json")
+
+
+class RecommendError(ValueError):
+    """An input of :func:`recommend` (adapter folder, run config, history, k) is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """One recommended catalog item and its preference score ``logit(Yes) - logit(No)``."""
+
+    item: str
+    title: str
+    score: float
+
+
+def _read_history(path: Path) -> pd.DataFrame:
+    """The rows of a history file: JSON lines by suffix, else CSV/TSV/Parquet."""
+    if path.suffix not in JSON_LINES_SUFFIXES:
+        return read_table(path)
+    if not path.is_file():
+        raise DataError(f"{path} does not exist")
+    try:
+        frame = pd.read_json(path, lines=True, dtype=False)
+    except ValueError as err:
+        raise DataError(f"{path} cannot be parsed as JSON lines: {err}") from None
+    if frame.columns.empty:
+        raise DataError(f"{path} is empty")
+    return frame
+
+
+def load_history(source: str | Path | pd.DataFrame, data: InteractionData) -> pd.DataFrame:
+    """One user's ratings as ``item, rating, timestamp``, oldest first (file order
+    without timestamps), from a CSV/TSV or JSON-lines file (or a frame) of
+    ``item,rating[,timestamp]``. Items must be in ``data``'s catalog; ratings numeric.
+    """
+    name = "history" if isinstance(source, pd.DataFrame) else str(source)
+    frame = source.copy() if isinstance(source, pd.DataFrame) else _read_history(Path(source).expanduser())
+    missing = [c for c in ("item", "rating") if c not in frame.columns]
+    if missing:
+        raise DataError(
+            f"{name}: missing column(s) {missing}; expected a header line item,rating[,timestamp], "
+            f"found {[str(c) for c in frame.columns]}"
+        )
+    if "timestamp" not in frame.columns:
+        frame["timestamp"] = np.arange(len(frame))
+    frame.insert(0, "user", LOCAL_USER)
+    checked = validate(frame, data.items, name, f"the catalog of '{data.name}'").interactions
+    return checked.sort_values("timestamp", kind="stable")[["item", "rating", "timestamp"]].reset_index(drop=True)
+
+
+def run_config(adapter_dir: str | Path, config_file: str | Path | None = None) -> FedRecConfig:
+    """The run's configuration: ``config_file``, else ``config.toml`` beside the adapter folder."""
+    if config_file is not None:
+        path = Path(config_file).expanduser()
+    else:
+        path = Path(adapter_dir).expanduser().resolve().parent / "config.toml"
+        if not path.is_file():
+            raise ConfigError(f"{path} does not exist: no run config beside the adapter folder; pass --config FILE")
+    values = read_config_file(path)
+    try:
+        return FedRecConfig.from_mapping(values)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def recommend(
+    adapter_dir: str | Path,
+    history: str | Path | pd.DataFrame,
+    k: int = 10,
+    config: FedRecConfig | str | Path | None = None,
+    candidates: int = 0,
+) -> list[Recommendation]:
+    """The ``k`` best-scored catalog items the history does not hold, best first.
+
+    ``config``: the run's configuration or its TOML file (default: ``config.toml``
+    beside ``adapter_dir``). ``candidates`` > 0 scores only the most-rated unrated
+    items of the dataset, 0 the whole catalog. Raises :class:`RecommendError` naming
+    the path and the problem for a bad adapter folder, config, history or ``k``.
+    """
+    if k < 1 or candidates < 0:
+        raise RecommendError(f"k must be >= 1 and candidates >= 0, got k={k}, candidates={candidates}")
+    adapter_dir = Path(adapter_dir).expanduser()
+    try:
+        if not adapter_dir.is_dir():
+            problem = "is not a folder" if adapter_dir.exists() else "does not exist"
+            raise AdapterMismatchError(f"adapter folder {adapter_dir} {problem}")
+        cfg = config if isinstance(config, FedRecConfig) else run_config(adapter_dir, config)
+        data = load_interaction_data(cfg.data.dataset, cfg.data.items_path)
+        rated = load_history(history, data)
+        scorer = scorer_for(cfg)
+        load_adapter_folder(scorer, adapter_dir)  # names, shapes, dtypes and finite values checked
+    except SafetensorError as err:
+        raise RecommendError(f"{adapter_dir}: adapter_model.safetensors cannot be read: {err}") from None
+    except (ConfigError, DataError, AdapterMismatchError, BackboneError) as err:
+        raise RecommendError(str(err)) from None
+    pool = sorted(set(data.items["item"]) - set(rated["item"]))
+    if candidates:
+        counts = data.interactions["item"].value_counts().to_dict()
+        pool = sorted(pool, key=lambda item: -counts.get(item, 0))[:candidates]  # ties stay in id order
+    if not pool:
+        raise RecommendError(f"the history rates every item of the catalog of '{data.name}': nothing to recommend")
+    liked = rated["rating"].to_numpy() > cfg.data.like_threshold
+    recent = tuple(zip(rated["item"], liked.tolist(), strict=True))[-cfg.data.history_length :]
+    titles = data.titles()
+    examples = [PreferenceExample(LOCAL_USER, item, 0, recent) for item in pool]
+    prompts = [render_preference_prompt(example, titles, data.noun) for example in examples]
+    scores = scorer.score_candidates(scorer.encode(prompts), cfg.training.physical_batch_size).numpy()
+    best = np.argsort(-scores, kind="stable")[:k]
+    return [Recommendation(pool[i], titles[pool[i]], float(scores[i])) for i in best]
+
+
+def format_recommendations(recommendations: list[Recommendation]) -> str:
+    """A table of rank, item id, title and score."""
+    item_width = max([len("item"), *(len(r.item) for r in recommendations)])
+    title_width = max([len("title"), *(len(r.title) for r in recommendations)])
+    lines = [f"{'rank':>4}  {'item':<{item_width}}  {'title':<{title_width}}  {'score':>8}"]
+    for rank, r in enumerate(recommendations, start=1):
+        lines.append(f"{rank:>4}  {r.item:<{item_width}}  {r.title:<{title_width}}  {r.score:>8.4f}")
+    return "\n".join(lines)

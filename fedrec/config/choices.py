@@ -1,0 +1,9 @@
+"""Every choice list of the configuration, in one place; the modules that implement
+the choices import their names from here.
+"""
+
+STRATEGIES = ("fedavg", "ffa-lora", "fedadam", "fedyogi", "fedavgm", "fedprox")
+PARTITIONERS = ("user", "iid", "skewed")
+ACCOUNTANTS = ("rdp", "prv")
+COMPUTE_DTYPES = ("float32", "bfloat16")
+CLIENT_DP_NOISE = ("central", "distributed")

@@ -1,0 +1,95 @@
+"""The whole configuration of a run: its sections, flattened to and from Flower's flat
+kebab-case ``run_config`` (every key belongs to exactly one section).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .options import ConfigError, Section, coerce
+from .sections import (
+    AggregationConfig,
+    ClientDPConfig,
+    DataConfig,
+    EvaluationConfig,
+    FederationConfig,
+    ModelConfig,
+    RecordDPConfig,
+    SecAggConfig,
+    ServerConfig,
+    TrainingConfig,
+)
+
+
+@dataclass(frozen=True)
+class FedRecConfig:
+    """Every setting of a fedrec run, by subsystem."""
+
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    aggregation: AggregationConfig = field(default_factory=AggregationConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    record_dp: RecordDPConfig = field(default_factory=RecordDPConfig)
+    secagg: SecAggConfig = field(default_factory=SecAggConfig)
+    client_dp: ClientDPConfig = field(default_factory=ClientDPConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+
+    def __post_init__(self) -> None:
+        rounds = self.federation.num_server_rounds
+        if not 0 <= self.record_dp.dp_planned_rounds <= rounds:
+            raise ConfigError(
+                f"config key 'dp-planned-rounds' must be in [0, num-server-rounds = {rounds}] "
+                f"(0: all rounds), got {self.record_dp.dp_planned_rounds}"
+            )
+        if self.model.client_lora_ranks and not self.freeze_lora_a:
+            raise ConfigError(
+                "heterogeneous 'lora-ranks' aggregate exactly only with A frozen: "
+                "use strategy = ffa-lora or set lora-freeze-a = true"
+            )
+        if self.secagg.secure_aggregation:
+            try:
+                self.secagg.check_sum(self.federation.num_clients)
+            except ValueError as err:
+                raise ConfigError(f"secure aggregation: {err}") from None
+
+    @property
+    def freeze_lora_a(self) -> bool:
+        """Whether A stays at the shared seeded initialisation (FFA-LoRA): only B trains and travels."""
+        return self.model.lora_freeze_a or self.aggregation.strategy == "ffa-lora"
+
+    @property
+    def planned_dp_rounds(self) -> int:
+        """Rounds each client's record-level noise is calibrated for."""
+        return self.record_dp.dp_planned_rounds or self.federation.num_server_rounds
+
+    @classmethod
+    def sections(cls) -> dict[str, type[Section]]:
+        """Attribute name -> section class, in order."""
+        return {f.name: f.default_factory for f in fields(cls)}  # type: ignore[misc]
+
+    def to_run_config(self) -> dict[str, bool | int | float | str]:
+        """Flat kebab-case mapping, the form of Flower's ``run_config``."""
+        return {k: v for name in self.sections() for k, v in getattr(self, name).values().items()}
+
+    def replace(self, **changes: Any) -> FedRecConfig:
+        """A copy with keys replaced, named as fields (``num_clients=8``); validated again."""
+        return self.from_mapping({name.replace("_", "-"): value for name, value in changes.items()}, base=self)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], base: FedRecConfig | None = None) -> FedRecConfig:
+        """Build from kebab-case keys over ``base``; unknown keys and wrong types raise."""
+        base = base or cls()
+        owner = {key: name for name, section in cls.sections().items() for key in section.keys()}
+        changes: dict[str, dict[str, Any]] = {}
+        for key, value in values.items():
+            if key not in owner:
+                raise ConfigError(f"unknown config key '{key}' (known: {', '.join(sorted(owner))})")
+            field_ = cls.sections()[owner[key]].keys()[key]
+            changes.setdefault(owner[key], {})[field_.name] = coerce(key, value, field_.type)
+        sections = {name: dataclasses.replace(getattr(base, name), **kw) for name, kw in changes.items()}
+        return dataclasses.replace(base, **sections)

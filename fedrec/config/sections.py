@@ -1,0 +1,269 @@
+"""The config sections, one per subsystem. Each key's default and help are declared
+here once; ``fedrec config --explain`` prints them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .choices import ACCOUNTANTS, CLIENT_DP_NOISE, COMPUTE_DTYPES, PARTITIONERS, STRATEGIES
+from .options import FRACTION, NON_NEGATIVE, POSITIVE, ConfigError, Section, option
+
+
+@dataclass(frozen=True)
+class FederationConfig(Section):
+    """Rounds, clients, their sampling and resources."""
+
+    title = "federation"
+    num_server_rounds: int = option(3, "rounds of federated training", check=POSITIVE)
+    num_clients: int = option(
+        4, "clients (simulated SuperNodes), each holding a disjoint group of users", check=POSITIVE
+    )
+    fraction_train: float = option(1.0, "share of the clients sampled to train each round", check=FRACTION)
+    fraction_evaluate: float = option(
+        0.0,
+        "share of the clients sampled for federated evaluation each round (0: central evaluation only)",
+        check=FRACTION,
+    )
+    round_timeout: float = option(3600.0, "seconds a round waits for the training replies")
+    client_cpus: float = option(
+        2.0, "CPUs per simulated client (Ray; Flower counts whole CPUs: a fraction is rounded up)"
+    )
+    client_gpus: float = option(0.0, "GPU fraction per simulated client (Ray); 0: CPU only", check=NON_NEGATIVE)
+    seed: int = option(42, "seed of the split, the partitions, the initial adapter, node sampling and training")
+
+
+@dataclass(frozen=True)
+class AggregationConfig(Section):
+    """The server's strategy and its optimizer (see ``fedrec.strategies``)."""
+
+    title = "aggregation"
+    strategy: str = option("fedavg", "aggregation strategy", choices=STRATEGIES)
+    server_learning_rate: float = option(
+        0.0,
+        "server learning rate; 0: the strategy's default (FedAdam 0.1, FedYogi 0.01, FedAvgM 1.0)",
+        check=NON_NEGATIVE,
+    )
+    server_momentum: float = option(0.9, "FedAvgM: server momentum", check=NON_NEGATIVE)
+    server_beta1: float = option(0.9, "FedAdam, FedYogi: first-moment decay", check=FRACTION)
+    server_beta2: float = option(0.99, "FedAdam, FedYogi: second-moment decay", check=FRACTION)
+    server_tau: float = option(1e-3, "FedAdam, FedYogi: adaptivity", check=POSITIVE)
+    proximal_mu: float = option(0.01, "FedProx: weight of the proximal term", check=NON_NEGATIVE)
+
+
+@dataclass(frozen=True)
+class DataConfig(Section):
+    """The dataset, its per-user split and the clients' user groups."""
+
+    title = "data"
+    dataset: str = option(
+        "ml-100k", "'ml-100k' (bundled), a folder (RecBole atomic files or ML-1M), a CSV/TSV/Parquet file, or hf:<id>"
+    )
+    items_path: str = option("", "item table (item,title[,genres]) of a CSV/TSV/Parquet dataset")
+    max_users: int = option(0, "users drawn (seeded) from the dataset; 0: all", check=NON_NEGATIVE)
+    like_threshold: float = option(3.0, "a rating above it is a like (label 1)")
+    history_length: int = option(10, "rated items in a prompt's history", check=POSITIVE)
+    test_interactions: int = option(1, "each user's latest interactions held out for testing", check=POSITIVE)
+    train_examples_per_user: int = option(
+        0, "each user's most recent training examples kept; 0: all", check=NON_NEGATIVE
+    )
+    targets_per_history: int = option(
+        1, "m > 1: blocks of m training targets share one history (and its prefix)", check=POSITIVE
+    )
+    partitioner: str = option(
+        "iid",
+        "users to clients: one client per user, IID groups, or groups skewed by a Dirichlet over like-rate quartiles",
+        choices=PARTITIONERS,
+    )
+    skew_alpha: float = option(
+        0.5, "Dirichlet concentration of the skewed partitioner (smaller: more skewed)", check=NON_NEGATIVE
+    )
+
+
+@dataclass(frozen=True)
+class EvaluationConfig(Section):
+    """Central evaluation of the global adapter on held-out users."""
+
+    title = "evaluation"
+    central_eval: bool = option(True, "evaluate the global adapter on the server after every round")
+    eval_users: int = option(300, "users (seeded) whose held-out interactions are scored; 0: all", check=NON_NEGATIVE)
+    ranking_users: int = option(
+        0,
+        "evaluation users with a liked held-out item ranked for HR@10/NDCG@10 at rounds 0 and last (0: off)",
+        check=NON_NEGATIVE,
+    )
+    ranking_negatives: int = option(99, "unrated items sampled per ranking user (fixed seed)", check=POSITIVE)
+
+
+@dataclass(frozen=True)
+class ModelConfig(Section):
+    """The frozen backbone and its LoRA adapter."""
+
+    title = "model"
+    backbone: str = option("smollm2", "smollm2, minilm, tiny-llama, tiny-bert, a local folder or a hub id")
+    max_length: int = option(256, "prompt tokens; the oldest content is cut", check=POSITIVE)
+    lora_rank: int = option(8, "LoRA rank", check=POSITIVE)
+    lora_alpha: float = option(16.0, "LoRA scale numerator (scale = alpha / rank)")
+    lora_dropout: float = option(0.0, "LoRA dropout", check=NON_NEGATIVE)
+    lora_target_modules: str = option("q_proj,v_proj", "comma-separated module names that get LoRA")
+    lora_layers: int = option(
+        0,
+        "LoRA on the top N transformer layers (0: all); the layers below are computed once per prompt",
+        check=NON_NEGATIVE,
+    )
+    lora_freeze_a: bool = option(False, "FFA-LoRA's frozen A under any strategy (strategy ffa-lora implies it)")
+    lora_ranks: str = option(
+        "", "heterogeneous ranks, e.g. '4,8,16': client i gets rank i mod 3 (lora-rank unused); needs a frozen A"
+    )
+    compute_dtype: str = option(
+        "float32", "autocast precision of the forward pass; the adapter stays float32", choices=COMPUTE_DTYPES
+    )
+
+    def validate(self) -> None:
+        """Target modules named, client ranks positive integers."""
+        if not self.lora_modules:
+            raise ConfigError("config key 'lora-target-modules' names no module")
+        try:
+            self.client_lora_ranks  # noqa: B018 (parses)
+        except ValueError:
+            raise ConfigError(f"config key 'lora-ranks' must list positive integers, got '{self.lora_ranks}'") from None
+
+    @property
+    def lora_modules(self) -> list[str]:
+        """Target module names of LoRA, from the comma-separated key."""
+        return [m.strip() for m in self.lora_target_modules.split(",") if m.strip()]
+
+    @property
+    def client_lora_ranks(self) -> list[int]:
+        """Ranks assigned round-robin to clients (empty: every client has ``lora-rank``)."""
+        ranks = [int(r) for r in self.lora_ranks.split(",") if r.strip()]
+        if any(r <= 0 for r in ranks):
+            raise ValueError(self.lora_ranks)
+        return ranks
+
+    @property
+    def global_lora_rank(self) -> int:
+        """Rank of the global adapter: the largest client rank, else ``lora-rank``."""
+        return max(self.client_lora_ranks, default=self.lora_rank)
+
+    def client_lora_rank(self, partition_id: int) -> int:
+        """The LoRA rank of client ``partition_id``."""
+        ranks = self.client_lora_ranks
+        return ranks[partition_id % len(ranks)] if ranks else self.lora_rank
+
+
+@dataclass(frozen=True)
+class TrainingConfig(Section):
+    """Each client's local optimisation in a round."""
+
+    title = "training"
+    local_epochs: int = option(1, "passes over the client's examples per round", check=POSITIVE)
+    batch_size: int = option(
+        16, "(expected) logical batch size; with DP, Poisson sampling rate = batch / N", check=POSITIVE
+    )
+    physical_batch_size: int = option(
+        16, "examples per forward/backward pass (bounds memory; Opacus's BatchMemoryManager)", check=POSITIVE
+    )
+    learning_rate: float = option(5e-4, "AdamW learning rate", check=POSITIVE)
+
+
+@dataclass(frozen=True)
+class RecordDPConfig(Section):
+    """Record-level differential privacy: DP-SGD with Opacus on every client."""
+
+    title = "record-level DP"
+    dp: bool = option(True, "train with DP-SGD (Opacus) and enforce each client's budget (false: plain training)")
+    noise_multiplier: float = option(
+        0.0, "DP-SGD noise multiplier; 0: calibrated to target-epsilon", check=NON_NEGATIVE
+    )
+    target_epsilon: float = option(8.0, "each client's privacy budget; a round that would exceed it is declined")
+    target_delta: float = option(1e-5, "delta of the budget", check=POSITIVE)
+    dp_planned_rounds: int = option(
+        0,
+        "rounds each client's noise is calibrated for (0: num-server-rounds); with fraction-train < 1, the rounds "
+        "a client is expected to join: less noise, and rounds beyond the budget are declined",
+    )
+    max_grad_norm: float = option(1.0, "per-example gradient clipping bound", check=POSITIVE)
+    accountant: str = option("rdp", "Opacus accountant", choices=ACCOUNTANTS)
+
+    def validate(self) -> None:
+        """Delta a probability; a budget or a noise level when DP is on."""
+        if not 0.0 < self.target_delta < 1.0:
+            raise ConfigError("config key 'target-delta' must be in (0, 1)")
+        if self.dp and self.noise_multiplier == 0.0 and self.target_epsilon <= 0.0:
+            raise ConfigError("with dp = true, set 'target-epsilon' > 0 or 'noise-multiplier' > 0")
+
+
+@dataclass(frozen=True)
+class SecAggConfig(Section):
+    """SecAgg+ secure aggregation (see ``fedrec.privacy.secagg``)."""
+
+    title = "secure aggregation"
+    secure_aggregation: bool = option(False, "aggregate with SecAgg+: the server sees only the sum")
+    num_shares: int = option(5, "each client's secrets are shared among this many ring neighbours (itself included)")
+    reconstruction_threshold: int = option(
+        3, "shares needed to reconstruct a secret (drop-out tolerance vs. collusion)"
+    )
+    clipping_range: float = option(
+        4.0, "bound on each weighted update value (num-examples / max-weight) * (local - global)"
+    )
+    quantization_range: int = option(4_194_304, "levels over [-clipping-range, clipping-range] (2**22)")
+    modulus_range: int = option(4_294_967_296, "arithmetic modulus of the masked sum (2**32)")
+    max_weight: float = option(
+        10_000.0, "largest num-examples a client may report (r = num-examples / max-weight); a larger one is excluded"
+    )
+    secagg_timeout: float = option(600.0, "seconds per key/unmask stage (the training stage uses round-timeout)")
+
+    def check_sum(self, num_inputs: int) -> None:
+        """Refuse settings under which ``num_inputs`` survivors could overflow the modulus
+        or under which the graph cannot reconstruct anything.
+        """
+        if self.modulus_range & (self.modulus_range - 1) or not 2 <= self.modulus_range <= 1 << 32:
+            raise ValueError(f"modulus-range must be a power of two in [2, 2**32], got {self.modulus_range}")
+        if num_inputs * self.quantization_range >= self.modulus_range:
+            raise ValueError(
+                f"{num_inputs} clients x quantization-range {self.quantization_range} >= modulus-range "
+                f"{self.modulus_range}: the masked sum could wrap; lower quantization-range or raise modulus-range"
+            )
+        if self.num_shares < 3:
+            raise ValueError(f"num-shares must be at least 3, got {self.num_shares}")
+        if not 2 <= self.reconstruction_threshold <= self.num_shares:
+            raise ValueError(
+                f"reconstruction-threshold must be in [2, num-shares = {self.num_shares}], "
+                f"got {self.reconstruction_threshold}"
+            )
+        if self.clipping_range <= 0 or self.max_weight <= 0 or self.secagg_timeout <= 0:
+            raise ValueError("clipping-range, max-weight and secagg-timeout must be > 0")
+
+    def threshold_for(self, group_size: int) -> int:
+        """Shares needed to reconstruct a secret shared among ``group_size`` nodes."""
+        return min(self.reconstruction_threshold, group_size)
+
+
+@dataclass(frozen=True)
+class ClientDPConfig(Section):
+    """Client-level differential privacy (see ``fedrec.privacy.client_level``)."""
+
+    title = "client-level DP"
+    client_dp: bool = option(False, "clip each client's update and add Gaussian noise to their sum")
+    client_dp_clip: float = option(1.0, "L2 bound on each client's adapter update", check=POSITIVE)
+    client_dp_noise_multiplier: float = option(
+        1.0, "noise std on the sum of updates = multiplier * clip", check=POSITIVE
+    )
+    client_dp_noise: str = option(
+        "central",
+        "central: the server adds the noise; distributed: each client adds its share",
+        choices=CLIENT_DP_NOISE,
+    )
+
+
+@dataclass(frozen=True)
+class ServerConfig(Section):
+    """Where a run writes its results, and resuming it."""
+
+    title = "server"
+    out: str = option("", "results folder; empty: runs/<UTC timestamp>")
+    resume: bool = option(False, "continue the run in `out` from its checkpoint (fedrec simulate --resume RUN sets it)")
+    client_state_dir: str = option(
+        "", "simulation: per-partition privacy ledger folders (default <out>/nodes; a deployed node's state-dir wins)"
+    )

@@ -1,0 +1,64 @@
+"""Scoring many prompts that differ only after a shared prefix (one user's history, many
+candidate items): the prefix runs once through the whole model, adapter included, and
+the candidates' suffixes run in batches on copies of its key/value cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from transformers.cache_utils import DynamicCache
+
+from .heads import AnswerMarginHead
+from .prefix_cache import common_prefix_length
+from .split import SplitForward
+
+
+def shared_length(token_lists: list[list[int]]) -> int:
+    """Tokens every prompt shares, each prompt keeping one of its own."""
+    shared = min(len(t) for t in token_lists) - 1
+    for tokens in token_lists[1:]:
+        shared = min(shared, common_prefix_length(token_lists[0], tokens))
+    return shared
+
+
+@torch.no_grad()
+def score_after_shared_prefix(
+    split: SplitForward,
+    head: AnswerMarginHead,
+    token_lists: list[list[int]],
+    shared: int,
+    batch_size: int,
+    pad_id: int,
+    device: torch.device,
+    autocast: Callable[[], object],
+) -> torch.Tensor:
+    """Scores of causal-LM prompts whose first ``shared`` tokens are equal."""
+    trunk = split.trunk
+    scores = []
+    with autocast():  # type: ignore[attr-defined]
+        cache = DynamicCache(config=trunk.config)
+        trunk(input_ids=torch.tensor([token_lists[0][:shared]], device=device), past_key_values=cache, use_cache=True)
+        order = sorted(range(len(token_lists)), key=lambda i: len(token_lists[i]))  # batches of like length
+        for start in range(0, len(order), batch_size):
+            suffixes = [torch.tensor(token_lists[i][shared:]) for i in order[start : start + batch_size]]
+            lengths = torch.tensor([len(t) for t in suffixes], device=device)
+            ids = nn.utils.rnn.pad_sequence(suffixes, batch_first=True, padding_value=pad_id).to(device)
+            rows, width = ids.shape
+            suffix_mask = (torch.arange(width, device=device)[None] < lengths[:, None]).long()
+            index = torch.zeros(rows, dtype=torch.long, device=device)
+            past = DynamicCache(ddp_cache_data=[(layer.keys[index], layer.values[index]) for layer in cache.layers])
+            hidden = trunk(
+                input_ids=ids,
+                attention_mask=torch.cat([torch.ones(rows, shared, dtype=torch.long, device=device), suffix_mask], 1),
+                position_ids=shared + torch.arange(width, device=device)[None].expand(rows, -1),
+                past_key_values=past,
+                use_cache=True,
+            ).last_hidden_state
+            last = hidden[torch.arange(rows, device=device), lengths - 1].float()
+            scores.append(head.margin(last))
+    result = torch.empty(len(token_lists))
+    result[torch.tensor(order)] = torch.cat(scores)
+    return result

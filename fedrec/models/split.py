@@ -1,0 +1,189 @@
+"""The backbone split at its first LoRA layer ``k``: the frozen layers below compute the
+input of layer ``k`` once per prompt (:meth:`SplitForward.prefix_batch`), and the layers
+from ``k`` up (:meth:`SplitForward.hidden`) train and score from those cached states.
+
+A :class:`SplitForward` holds views into the peft model, not submodules of it: a module
+reachable by several paths of a module tree would get Opacus's per-sample hooks once per
+path, multiplying its per-sample gradients.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.cache_utils import DynamicCache
+from transformers.masking_utils import create_causal_mask
+
+from .errors import BackboneError
+from .kinds import ModelKind
+
+
+class _StopForward(Exception):
+    """Raised by a pre-hook to end a forward pass once the split input is captured."""
+
+
+class _PassThrough(nn.Module):
+    """Stands in for an encoder's embedding block: returns ``inputs_embeds``."""
+
+    def forward(self, *args: object, inputs_embeds: torch.Tensor, **kwargs: object) -> torch.Tensor:
+        return inputs_embeds
+
+
+def _view(module: nn.Module, path: str, replacement: nn.Module) -> nn.Module:
+    """Shallow copy of ``module`` sharing all parameters, with ``path`` replaced."""
+    head, _, rest = path.partition(".")
+    clone = copy.copy(module)
+    clone._modules = dict(module._modules)
+    clone._modules[head] = _view(module._modules[head], rest, replacement) if rest else replacement
+    return clone
+
+
+def layer_list(trunk: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The module list holding the transformer layers, and its path in ``trunk``."""
+    count = trunk.config.num_hidden_layers
+    for name, module in trunk.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == count:
+            return name, module
+    raise BackboneError(f"cannot find the {count} transformer layers of {type(trunk).__name__}")
+
+
+class SplitForward:
+    """The trunk of a peft-wrapped backbone, split at layer ``split_layer``."""
+
+    def __init__(self, trunk: nn.Module, layers_path: str, split_layer: int, kind: ModelKind) -> None:
+        self.trunk, self.kind, self.split_layer = trunk, kind, split_layer
+        self.layers = trunk.get_submodule(layers_path)
+        tail = _view(trunk, layers_path, nn.ModuleList(list(self.layers)[split_layer:]))
+        self.tail = _view(tail, "embeddings", _PassThrough()) if kind.name == "encoder" else tail
+        top = self.layers[-1]
+        self.last_position_top_layer = kind.name == "causal" and all(
+            hasattr(top, name) for name in ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
+        )
+
+    def pad(self, sequences: list[torch.Tensor], value: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pad to one batch (left for causal models, right for encoders) with a mask."""
+        length = max((s.shape[0] for s in sequences), default=0)
+        left = self.kind.left_padding
+        padded, masks = [], []
+        for s in sequences:
+            pad = length - s.shape[0]
+            widths = [0, 0] * (s.dim() - 1) + ([pad, 0] if left else [0, pad])
+            padded.append(F.pad(s, widths, value=value))
+            m = torch.ones(s.shape[0], dtype=torch.long)
+            masks.append(F.pad(m, [pad, 0] if left else [0, pad]))
+        return torch.stack(padded), torch.stack(masks)
+
+    def run_to_split(self, autocast: Callable[[], object], **inputs: object) -> torch.Tensor:
+        """Run the frozen trunk up to the split layer; its input states, float32 on CPU."""
+        captured: list[torch.Tensor] = []
+
+        def capture(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+            captured.append(args[0] if args else kwargs["hidden_states"])
+            raise _StopForward
+
+        handle = self.layers[self.split_layer].register_forward_pre_hook(capture, with_kwargs=True)
+        try:
+            with autocast():  # type: ignore[attr-defined]
+                self.trunk(**inputs)
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        return captured[0].float().cpu()
+
+    def prefix_batch(
+        self, token_lists: list[list[int]], pad_id: int, device: torch.device, autocast: Callable[[], object]
+    ) -> list[torch.Tensor]:
+        """Split-layer states of each prompt, computed as one padded batch."""
+        ids, mask = self.pad([torch.tensor(t) for t in token_lists], value=pad_id)
+        ids, mask = ids.to(device), mask.to(device)
+        states = self.run_to_split(autocast, input_ids=ids, attention_mask=mask, position_ids=self.kind.positions(mask))
+        lengths = mask.sum(-1).tolist()
+        if self.kind.left_padding:
+            return [states[i, states.shape[1] - n :].clone() for i, n in enumerate(lengths)]
+        return [states[i, :n].clone() for i, n in enumerate(lengths)]
+
+    def shared_prefix_batch(
+        self,
+        shared: list[list[int]],
+        suffixes: list[list[list[int]]],
+        batch_size: int,
+        pad_id: int,
+        device: torch.device,
+        autocast: Callable[[], object],
+    ) -> list[torch.Tensor]:
+        """Split-layer states of ``shared[g] + suffix`` for every suffix of every group
+        ``g`` (causal models): each shared prefix runs once, its keys and values serve
+        its suffixes.
+        """
+        ids, mask = self.pad([torch.tensor(t) for t in shared], value=pad_id)
+        ids, mask = ids.to(device), mask.to(device)
+        cache = DynamicCache(config=self.trunk.config)
+        shared_states = self.run_to_split(
+            autocast,
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=self.kind.positions(mask),
+            past_key_values=cache,
+            use_cache=True,
+        )
+        rows = [(g, suffix) for g, group in enumerate(suffixes) for suffix in group]
+        out = []
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            index = torch.tensor([g for g, _ in chunk], device=device)
+            s_ids, s_mask = self.pad([torch.tensor(t) for _, t in chunk], value=pad_id)
+            s_ids, s_mask = s_ids.to(device), s_mask.to(device)
+            past = DynamicCache(
+                ddp_cache_data=[(layer.keys[index], layer.values[index]) for layer in cache.layers[: self.split_layer]]
+            )
+            positions = mask.sum(-1)[index, None] + (s_mask.cumsum(-1) - 1).clamp(min=0)
+            states = self.run_to_split(
+                autocast,
+                input_ids=s_ids,
+                attention_mask=torch.cat([mask[index], s_mask], dim=-1),
+                position_ids=positions,
+                past_key_values=past,
+                use_cache=True,
+            )
+            for row, (g, suffix) in enumerate(chunk):
+                n_shared = len(shared[g])
+                prefix = shared_states[g, shared_states.shape[1] - n_shared :]
+                out.append(torch.cat([prefix, states[row, states.shape[1] - len(suffix) :]]).clone())
+        return out
+
+    def hidden(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Final hidden states of every position, from split-layer states ``[B, T, d]``."""
+        out = self.tail(inputs_embeds=states, attention_mask=mask, position_ids=self.kind.positions(mask))
+        return out.last_hidden_state
+
+    def last_hidden(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Final-norm hidden state at the last position (causal models). With
+        :attr:`last_position_top_layer`, the top layer's attention runs over every
+        position (its keys and values need them) but its residual stream and MLP only at
+        the last one, the only position an answer reads.
+        """
+        if not self.last_position_top_layer:
+            return self.hidden(states, mask)[:, -1]
+        layers = self.layers[self.split_layer :]
+        positions = self.kind.positions(mask)
+        causal = create_causal_mask(
+            config=self.trunk.config,
+            inputs_embeds=states,
+            attention_mask=mask,
+            past_key_values=None,
+            position_ids=positions,
+        )
+        rotary = self.trunk.rotary_emb(states, position_ids=positions)
+        hidden = states
+        for layer in layers[:-1]:
+            hidden = layer(hidden, attention_mask=causal, position_embeddings=rotary, position_ids=positions)
+        top = layers[-1]
+        attended = top.self_attn(top.input_layernorm(hidden), attention_mask=causal, position_embeddings=rotary)[0]
+        last = hidden[:, -1] + attended[:, -1]
+        last = last + top.mlp(top.post_attention_layernorm(last))
+        return self.trunk.norm(last)

@@ -1,0 +1,143 @@
+"""Server half of client-level DP: a Strategy wrapper, like Flower's
+``DifferentialPrivacyServerSideFixedClipping``, with its own accountant.
+
+``ClientLevelDP(strategy, dp)`` asks every sampled client to clip its update (and, with
+distributed noise, to add its share of the noise), forms the unweighted mean of the
+survivors' clipped updates (central noise: clips each update again and adds the noise
+itself), accounts the release, and hands the wrapped strategy one reply per survivor
+carrying ``global + noisy mean``. It composes with any linear strategy: FedAvg's
+weighted average of identical adapters is that adapter, and FedAdam, FedYogi or FedAvgM
+take the noisy mean as their pseudo-gradient, so the server optimizer only
+post-processes a private release. Under secure aggregation (``summed_securely``) the
+replies already carry the securely summed mean, and individual updates are never seen.
+
+Each round's release is accounted as a Gaussian mechanism of sensitivity ``clip``
+without sampling amplification (Flower samples a fixed number of clients without
+replacement, not Poisson), which over-states epsilon when ``fraction-train`` < 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from logging import INFO
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from flwr.supercore import log
+
+from ...config import ClientDPConfig
+from ...protocol.records import ARRAYS, CLIENT_DP_CLIP, CLIENT_DP_NOISE_STD, CONFIG
+from ...protocol.replies import is_declined
+from ..ledger import PersistentAccountant
+from .mechanism import client_noise_std, clip_update, effective_noise_multiplier
+
+
+class ClientLevelDP(Strategy):
+    """Wraps ``strategy``; every training round releases a clipped, noised mean."""
+
+    def __init__(self, strategy: Strategy, dp: ClientDPConfig, summed_securely: bool = False, seed: int = 0) -> None:
+        self.strategy, self.dp, self.summed_securely = strategy, dp, summed_securely
+        self.accountant = PersistentAccountant("rdp")
+        self.last_noise_multiplier: float | None = None  # of the latest release; None: nothing released
+        self.rng = np.random.default_rng(seed)
+        self._current: ArrayRecord | None = None
+        self._sampled = 0
+
+    def epsilon(self, delta: float) -> float:
+        """Client-level epsilon of every release so far."""
+        return self.accountant.epsilon(delta)
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Configure as the wrapped strategy, then ask each sampled client to clip."""
+        messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        self._current, self._sampled = arrays, len(messages)
+        for msg in messages:
+            request = msg.content.config_records[CONFIG]
+            request[CLIENT_DP_CLIP] = self.dp.client_dp_clip
+            request[CLIENT_DP_NOISE_STD] = client_noise_std(self.dp, len(messages))
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Release the noisy mean in the survivors' replies, then aggregate as the wrapped strategy."""
+        replies = list(replies)
+        self.last_noise_multiplier = None
+        trained = [r for r in replies if not r.has_error() and not is_declined(r) and ARRAYS in r.content]
+        if trained and self._current is not None:
+            self._release(trained, self._current)
+        return self.strategy.aggregate_train(server_round, replies)
+
+    def _release(self, trained: list[Message], current: ArrayRecord) -> None:
+        start = {name: array.numpy().astype(np.float64) for name, array in current.items()}
+        mean = self._mean_update(trained, start)
+        survivors = len(trained)
+        sigma = effective_noise_multiplier(self.dp, self._sampled, survivors)
+        if self.dp.client_dp_noise == "central":
+            std = self.dp.client_dp_noise_multiplier * self.dp.client_dp_clip / survivors
+            mean = {name: d + self.rng.normal(0.0, std, d.shape) for name, d in mean.items()}
+        self.accountant.history.append((sigma, 1.0, 1))
+        self.last_noise_multiplier = sigma
+        log(
+            INFO,
+            "client-level DP: %d of %d sampled clients released, noise multiplier %.3f",
+            survivors,
+            self._sampled,
+            sigma,
+        )
+        dtypes = {name: array.numpy().dtype for name, array in current.items()}
+        released = ArrayRecord({name: Array((start[name] + d).astype(dtypes[name])) for name, d in mean.items()})
+        for reply in trained:
+            reply.content[ARRAYS] = released
+
+    def _mean_update(self, trained: list[Message], start: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The unweighted mean of the clipped updates (already summed under SecAgg+)."""
+        if self.summed_securely:
+            arrays = trained[0].content[ARRAYS]
+            return {name: arrays[name].numpy().astype(np.float64) - values for name, values in start.items()}
+        total = {name: np.zeros_like(values) for name, values in start.items()}
+        for reply in trained:
+            arrays = reply.content[ARRAYS]
+            if list(arrays.keys()) != list(start):
+                raise ValueError(f"node {reply.metadata.src_node_id}: adapter tensors differ from the global adapter's")
+            deltas = [arrays[name].numpy().astype(np.float64) - values for name, values in start.items()]
+            if self.dp.client_dp_noise == "central":  # the server clips too
+                deltas, _ = clip_update(deltas, self.dp.client_dp_clip)
+            for name, delta in zip(start, deltas, strict=True):
+                total[name] += delta
+        return {name: values / len(trained) for name, values in total.items()}
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """As the wrapped strategy."""
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """As the wrapped strategy."""
+        return self.strategy.aggregate_evaluate(server_round, replies)
+
+    def summary(self) -> None:
+        """The wrapped strategy's summary, then the DP settings."""
+        self.strategy.summary()
+        log(
+            INFO,
+            "\t├──> client-level DP: clip %s, noise multiplier %s (%s)",
+            self.dp.client_dp_clip,
+            self.dp.client_dp_noise_multiplier,
+            self.dp.client_dp_noise,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The accountant's history and the noise generator's state (JSON-able)."""
+        return {"history": [list(h) for h in self.accountant.history], "rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`'s output."""
+        self.accountant.history = [(float(s), float(q), int(n)) for s, q, n in state["history"]]
+        self.rng.bit_generator.state = state["rng"]

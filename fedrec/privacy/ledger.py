@@ -1,0 +1,117 @@
+"""A privacy ledger that persists across rounds: the DP-SGD steps of a client's
+record-level DP, or the server's client-level releases.
+
+Opacus accountants keep ``history``: a list of ``(noise_multiplier, sample_rate,
+steps)``. :class:`PersistentAccountant` stores that list in a Flower ``ConfigRecord``
+(kept in ``context.state``), so epsilon composes over every round the client joins;
+:func:`save_ledger` / :func:`load_ledger` keep it in a file on the node's disk, so a
+restarted node continues its budget instead of starting a new one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flwr.app import ConfigRecord
+
+from ..config import ACCOUNTANTS
+from ..files import write_atomic
+from .opacus_api import IAccountant, create_accountant
+
+
+@dataclass
+class PersistentAccountant:
+    """The Gaussian mechanism's history ``(noise_multiplier, sample_rate, steps)`` under one
+    accounting mechanism (Opacus's accountants).
+    """
+
+    mechanism: str = "rdp"
+    history: list[tuple[float, float, int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.mechanism not in ACCOUNTANTS:
+            raise ValueError(f"accountant must be one of {ACCOUNTANTS}, got '{self.mechanism}'")
+
+    def opacus(self) -> IAccountant:
+        """A fresh Opacus accountant holding this history."""
+        accountant = create_accountant(self.mechanism)
+        accountant.history = list(self.history)
+        return accountant
+
+    def epsilon(self, delta: float) -> float:
+        """Epsilon spent so far (0 before any step)."""
+        return self.opacus().get_epsilon(delta=delta) if self.history else 0.0
+
+    def epsilon_after(self, noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
+        """Epsilon if ``steps`` more steps were taken with these settings."""
+        trial = PersistentAccountant(self.mechanism, [*self.history, (noise_multiplier, sample_rate, steps)])
+        return trial.epsilon(delta)
+
+    @property
+    def steps(self) -> int:
+        """DP-SGD steps taken over all rounds."""
+        return sum(step for _, _, step in self.history)
+
+    def to_record(self) -> ConfigRecord:
+        """Serialise into a ``ConfigRecord`` (for ``context.state``)."""
+        return ConfigRecord(
+            {
+                "mechanism": self.mechanism,
+                "noise-multipliers": [float(h[0]) for h in self.history],
+                "sample-rates": [float(h[1]) for h in self.history],
+                "steps": [int(h[2]) for h in self.history],
+            }
+        )
+
+    @classmethod
+    def from_record(cls, record: ConfigRecord | None, mechanism: str) -> PersistentAccountant:
+        """Restore from ``to_record``'s output; a new ledger when ``record`` is None.
+
+        A stored ledger of another mechanism is refused: switching accountants
+        mid-run would silently restart the budget.
+        """
+        if record is None:
+            return cls(mechanism)
+        if record["mechanism"] != mechanism:
+            raise ValueError(
+                f"this client's privacy ledger uses the '{record['mechanism']}' accountant; "
+                f"the run asks for '{mechanism}'"
+            )
+        sigmas, rates, steps = (list(record[k]) for k in ("noise-multipliers", "sample-rates", "steps"))
+        return cls(mechanism, [(float(s), float(q), int(n)) for s, q, n in zip(sigmas, rates, steps, strict=True)])
+
+
+class LedgerError(ValueError):
+    """A privacy ledger file cannot be read: the node must not train on a guess."""
+
+
+def save_ledger(path: str | Path, accountant: PersistentAccountant) -> None:
+    """Write the ledger to ``path`` atomically (a synced temporary file, then a rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(
+        path, json.dumps({"mechanism": accountant.mechanism, "history": [list(h) for h in accountant.history]})
+    )
+
+
+def load_ledger(path: str | Path, mechanism: str) -> PersistentAccountant:
+    """The ledger saved at ``path`` (a new one if there is no file). A corrupt file or
+    another mechanism's ledger is refused: deleting it would reset the node's budget.
+    """
+    path = Path(path)
+    if not path.exists():
+        return PersistentAccountant(mechanism)
+    try:
+        data = json.loads(path.read_text())
+        stored = data["mechanism"]
+        history = [(float(s), float(q), int(n)) for s, q, n in data["history"]]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise LedgerError(
+            f"privacy ledger {path} cannot be read ({type(err).__name__}: {err}); refusing to train, "
+            "since starting a new ledger would reset this node's privacy budget"
+        ) from None
+    if stored != mechanism:
+        raise LedgerError(f"privacy ledger {path} uses the '{stored}' accountant; the run asks for '{mechanism}'")
+    return PersistentAccountant(mechanism, history)

@@ -1,0 +1,8 @@
+"""Record-level DP: each client's DP-SGD with Opacus over its adapter, calibrated and
+accounted per round in the client's persistent ledger (:mod:`fedrec.privacy.ledger`),
+which the client keeps across rounds (see :mod:`fedrec.client.node`).
+"""
+
+from .dp_sgd import PrivateTraining, RoundPlan, decline_reason, dp_sgd, physical_batches, plan_round
+
+__all__ = ["PrivateTraining", "RoundPlan", "decline_reason", "dp_sgd", "physical_batches", "plan_round"]

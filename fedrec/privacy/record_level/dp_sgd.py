@@ -1,0 +1,116 @@
+"""Record-level DP-SGD with Opacus over the adapter's parameters only.
+
+:func:`plan_round` fixes a round's noise, sampling rate and steps (calibrating the
+noise so that the planned rounds fit ``target-epsilon``); :func:`decline_reason`
+enforces the budget before any step; :func:`dp_sgd` wires Opacus (hooks mode,
+Poisson sampling) around a model, optimizer and loader and records the steps taken in
+the client's :class:`~fedrec.privacy.ledger.PersistentAccountant`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader
+
+from ...config import RecordDPConfig
+from ..ledger import PersistentAccountant
+from ..opacus_api import BatchMemoryManager, DPOptimizer, PrivacyEngine, get_noise_multiplier
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """What one round of local DP-SGD will do."""
+
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+
+
+@dataclass(frozen=True)
+class PrivateTraining:
+    """DP-SGD for one round: the plan, the clipping bound and the client's ledger."""
+
+    plan: RoundPlan
+    max_grad_norm: float
+    accountant: PersistentAccountant
+
+
+def plan_round(dp: RecordDPConfig, planned_rounds: int, num_examples: int, batch_size: int, epochs: int) -> RoundPlan:
+    """Sampling rate ``1/ceil(N/B)`` (Poisson, expected batch ~B), ``epochs/q`` steps, and
+    the noise multiplier (``noise-multiplier``, or the smallest that fits
+    ``planned_rounds`` such rounds into ``target-epsilon``).
+    """
+    batches = max(1, math.ceil(num_examples / batch_size))
+    sample_rate, steps = 1.0 / batches, epochs * batches
+    sigma = dp.noise_multiplier
+    if sigma == 0.0:
+        sigma = get_noise_multiplier(
+            target_epsilon=dp.target_epsilon,
+            target_delta=dp.target_delta,
+            sample_rate=sample_rate,
+            steps=steps * planned_rounds,
+            accountant=dp.accountant,
+        )
+    return RoundPlan(sigma, sample_rate, steps)
+
+
+def decline_reason(dp: RecordDPConfig, plan: RoundPlan, accountant: PersistentAccountant) -> str | None:
+    """Why this round must not run (it would exceed the budget), or None
+    (``target-epsilon`` <= 0: no budget).
+    """
+    if dp.target_epsilon <= 0.0:
+        return None
+    after = accountant.epsilon_after(plan.noise_multiplier, plan.sample_rate, plan.steps, dp.target_delta)
+    if after > dp.target_epsilon * 1.001:
+        spent = accountant.epsilon(dp.target_delta)
+        return (
+            f"privacy budget: epsilon {spent:.3f} spent, this round would reach {after:.3f} "
+            f"> target-epsilon {dp.target_epsilon:g} (delta {dp.target_delta:g})"
+        )
+    return None
+
+
+@contextmanager
+def dp_sgd(
+    module: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, private: PrivateTraining
+) -> Iterator[tuple[DPOptimizer, DataLoader]]:
+    """Make training private for the duration of the block.
+
+    Per-sample gradient hooks are attached to ``module`` (only to submodules with
+    trainable parameters) and removed on exit; every optimizer step is recorded in
+    ``private.accountant``. ``loader`` must have ``ceil(N / B)`` batches so that the
+    sample rate equals the plan's.
+    """
+    plan, accountant = private.plan, private.accountant
+    engine = PrivacyEngine(accountant=accountant.mechanism)
+    engine.accountant.history = list(accountant.history)
+    hooks, dp_optimizer, dp_loader = engine.make_private(
+        module=module,
+        optimizer=optimizer,
+        data_loader=loader,
+        noise_multiplier=plan.noise_multiplier,
+        max_grad_norm=private.max_grad_norm,
+        poisson_sampling=True,
+        grad_sample_mode="hooks",
+        wrap_model=False,
+    )
+    if not math.isclose(1.0 / len(dp_loader), plan.sample_rate):
+        hooks.cleanup()
+        raise ValueError(f"loader has {len(dp_loader)} batches; the plan's sample rate is {plan.sample_rate}")
+    try:
+        yield dp_optimizer, dp_loader
+    finally:
+        hooks.cleanup()
+        accountant.history = list(engine.accountant.history)
+
+
+def physical_batches(loader: DataLoader, optimizer: DPOptimizer, max_physical_batch_size: int) -> BatchMemoryManager:
+    """Split Poisson batches into physical batches of bounded size; the optimizer
+    steps once per logical batch (Opacus's ``BatchMemoryManager``).
+    """
+    return BatchMemoryManager(data_loader=loader, max_physical_batch_size=max_physical_batch_size, optimizer=optimizer)

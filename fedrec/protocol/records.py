@@ -1,0 +1,38 @@
+"""Names of the records, config keys and metric keys in fedrec's messages."""
+
+# Records of a message's RecordDict.
+ARRAYS = "arrays"  # ArrayRecord: the adapter (down: global; up: trained)
+METRICS = "metrics"  # MetricRecord of a reply
+CONFIG = "config"  # ConfigRecord of a train/evaluate request (Flower's strategies name it so)
+DECLINE = "decline"  # ConfigRecord of a declined training reply: its reason
+
+# Keys of the request's config record.
+SERVER_ROUND = "server-round"  # set by Flower's strategies
+PROXIMAL_MU = "proximal-mu"  # set by Flower's FedProx
+BACKBONE = "backbone"
+BACKBONE_FINGERPRINT = "backbone-fingerprint"
+LORA_A_FINGERPRINT = "lora-a-fingerprint"  # hash of the frozen A's first rows, when A does not travel
+LORA_A_ROWS = "lora-a-rows"
+CLIENT_DP_CLIP = "client-dp-clip"  # the L2 bound on the update (client-level DP)
+CLIENT_DP_NOISE_STD = "client-dp-noise-std"  # this client's share of the noise (0: central)
+
+# Keys of a reply's metric record.
+NUM_EXAMPLES = "num-examples"  # FedAvg's weight
+DECLINED = "declined"  # 1: the client declined the round (with a DECLINE record)
+TRAIN_LOSS = "train_loss"
+STEPS = "steps"
+SECONDS = "seconds"
+LORA_RANK = "lora-rank"
+EPSILON = "epsilon"
+DELTA = "delta"
+NOISE_MULTIPLIER = "noise_multiplier"
+SAMPLE_RATE = "sample_rate"
+UPDATE_NORM = "update-norm"  # the update's L2 norm before client-level clipping
+CLIENT_DP_WEIGHT = "client-dp-weight"  # 1: the uniform weight of a client-level DP mean
+SECAGG_CLIPPED = "secagg-clipped"  # update values clipped to clipping-range before masking
+AUC = "auc"
+LOSS = "loss"
+POS_HIST = "pos-hist"  # score histogram of positive held-out examples (federated AUC)
+NEG_HIST = "neg-hist"
+
+REASON = "reason"  # key of the DECLINE record

@@ -1,0 +1,77 @@
+"""A run that outlives the process that started it stops.
+
+The simulation harness starts Flower's processes for a run (SuperLink, SuperExec, the
+simulation process that runs the ServerApp, Ray's processes), names itself in
+``FEDREC_OWNER_PID`` and marks them all with a token in ``FEDREC_SUPERLINK_TOKEN``.
+Flower starts its SuperExec in a new session, so a hard kill of the harness (its process
+group) does not reach the simulation, whose busy ServerApp thread would go on writing
+the results folder that a resumed run is about to use, and Ray's agents outlive their
+raylet for minutes. The ServerApp therefore watches its owner: within a second of the
+owner's death it kills every process carrying its token, itself last. A deployed
+ServerApp has no owner and is not watched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+from flwr.supercore import log
+
+OWNER_PID_ENV = "FEDREC_OWNER_PID"
+TOKEN_ENV = "FEDREC_SUPERLINK_TOKEN"
+POLL_SECONDS = 0.5
+
+
+def processes_marked(token: str) -> list[int]:
+    """PIDs of this user's processes whose environment carries ``token`` (Linux ``/proc``)."""
+    marker = f"{TOKEN_ENV}={token}".encode()
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def kill_marked(token: str) -> None:
+    """SIGKILL every process carrying ``token`` but this one."""
+    for pid in processes_marked(token):
+        if pid != os.getpid():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop_with_owner() -> None:
+    """Once the process named in ``FEDREC_OWNER_PID`` is gone, kill the run's processes."""
+    owner, token = os.environ.get(OWNER_PID_ENV), os.environ.get(TOKEN_ENV)
+    if not owner:
+        return
+
+    def watch() -> None:
+        while _alive(int(owner)):
+            time.sleep(POLL_SECONDS)
+        log(logging.ERROR, "the process that started this run (%s) is gone; stopping the run", owner)
+        if token:
+            kill_marked(token)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="fedrec-owner-watch", daemon=True).start()

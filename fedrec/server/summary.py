@@ -1,0 +1,83 @@
+"""``summary.json``: the run's final metrics, privacy, bytes and versions."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping
+from importlib.metadata import version
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord
+
+from ..config import FedRecConfig
+from ..models.scorer import Scorer
+from ..privacy.client_level.strategy import ClientLevelDP
+from .rounds import RANKING_KEYS
+
+PACKAGES = ("fedrec", "flwr", "torch", "transformers", "peft", "opacus")
+
+
+def _metrics(record: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "auc": record.get("auc"),
+        "loss": record.get("eval_loss"),
+        **{k: record[k] for k in RANKING_KEYS if k in record},
+    }
+
+
+def build_summary(
+    cfg: FedRecConfig,
+    rounds: list[dict[str, Any]],
+    node_epsilon: Mapping[int, float],
+    scorer: Scorer,
+    adapter: ArrayRecord,
+    eval_examples: int,
+    seconds: float,
+) -> dict[str, Any]:
+    """The summary of a run from its round records and the clients' last epsilons."""
+    first, last = rounds[0], rounds[-1]
+    epsilons = list(node_epsilon.values())
+    full_model = sum(p.numel() * p.element_size() for n, p in scorer.named_parameters() if "lora_" not in n)
+    up, down = sum(r["bytes_up"] for r in rounds), sum(r["bytes_down"] for r in rounds)
+    dp = cfg.record_dp
+    summary = {
+        "rounds": len(rounds) - 1,
+        "metrics": {**_metrics(last), "auc_federated": last.get("auc_federated")},
+        "initial_metrics": _metrics(first),
+        "eval_examples": eval_examples,
+        "dp": dp.dp,
+        "epsilon": {
+            "max": max(epsilons) if epsilons else None,
+            "median": statistics.median(epsilons) if epsilons else None,
+            "target": dp.target_epsilon if dp.dp else None,
+        },
+        "delta": dp.target_delta if dp.dp else None,
+        "bytes": {
+            "up": up,
+            "down": down,
+            "total": up + down,
+            "adapter": adapter.count_bytes(),
+            "full_model": full_model,
+            "adapter_to_full_model": adapter.count_bytes() / full_model,
+        },
+        "backbone": {"name": cfg.model.backbone, "fingerprint": scorer.fingerprint},
+        "seconds": seconds,
+        "versions": {name: version(name) for name in PACKAGES},
+        "torch_threads": torch.get_num_threads(),
+    }
+    if cfg.evaluation.ranking_users:
+        summary["ranking_candidates"] = cfg.evaluation.ranking_negatives + 1
+    return summary
+
+
+def client_dp_summary(cfg: FedRecConfig, client_dp: ClientLevelDP) -> dict[str, Any]:
+    """The client-level guarantee of a run: epsilon at ``target-delta`` and its settings."""
+    return {
+        "epsilon": client_dp.epsilon(cfg.record_dp.target_delta),
+        "delta": cfg.record_dp.target_delta,
+        "clip": cfg.client_dp.client_dp_clip,
+        "noise_multiplier": cfg.client_dp.client_dp_noise_multiplier,
+        "noise": cfg.client_dp.client_dp_noise,
+        "releases": len(client_dp.accountant.history),
+    }

@@ -1,0 +1,27 @@
+"""The preference question (TALLRec-style): the prompt text of an example and how the
+LLM answers it (the logit of "Yes" against "No" after a recommender system prompt).
+
+Liked and disliked history items are listed in two groups, which makes the user's
+like rate explicit in the text: with SmolLM2's chat template this lifts zero-shot AUC
+on MovieLens-100K (10 history items) from 0.45 (one line per item with a mark) to
+0.58, with shorter prompts.
+"""
+
+from __future__ import annotations
+
+from ...models.prompting import AnswerPrompt
+from .examples import PreferenceExample
+
+
+def render_preference_prompt(example: PreferenceExample, titles: dict[str, str], noun: str = "items") -> str:
+    """Liked items, disliked items (oldest first), then the question about the target."""
+    liked = "; ".join(titles[item] for item, like in example.history if like) or "none"
+    disliked = "; ".join(titles[item] for item, like in example.history if not like) or "none"
+    return (
+        f"{noun.capitalize()} the user liked: {liked}.\n"
+        f"{noun.capitalize()} the user disliked: {disliked}.\n"
+        f"Will the user like {titles[example.item]}? Answer Yes or No."
+    )
+
+
+PREFERENCE_QUESTION = AnswerPrompt(system="You are a recommender system.", plain_cue="\nAnswer:", answers=("Yes", "No"))

@@ -1,0 +1,152 @@
+"""Local training of an adapter from cached split-layer states, with or without DP:
+the loop every task shares; the task gives the loss.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from ..config import TrainingConfig
+from ..models.scorer import Scorer
+from ..privacy.record_level import PrivateTraining, dp_sgd, physical_batches
+
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (scores, targets) -> mean loss
+
+
+@dataclass(frozen=True)
+class LocalTraining:
+    """One client's optimisation in one round: the training keys, the task's loss, the
+    round's seed, and FedProx's ``proximal_mu``. ``proximal_mu`` > 0 follows every
+    optimizer step with ``w -= learning_rate * mu * (w - w_start)``: the proximal term's
+    gradient step, decoupled from the data gradient so that under DP-SGD it is neither
+    clipped nor noised (it does not depend on the data).
+    """
+
+    training: TrainingConfig
+    loss: Loss
+    seed: int = 0
+    proximal_mu: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Mean training loss, optimizer steps and examples processed."""
+
+    loss: float
+    steps: int
+    examples: int
+
+
+def train_adapter(
+    scorer: Scorer,
+    states: list[torch.Tensor],
+    targets: torch.Tensor,
+    local: LocalTraining,
+    private: PrivateTraining | None = None,
+) -> TrainResult:
+    """Train the adapter on ``states`` (from :meth:`Scorer.prefix_states`)."""
+    if len(states) != len(targets):
+        raise ValueError(f"{len(states)} states but {len(targets)} targets")
+    training = local.training
+    torch.manual_seed(local.seed)
+    optimizer = torch.optim.AdamW(scorer.trainable_parameters(), lr=training.learning_rate, weight_decay=0.0)
+    if local.proximal_mu > 0:
+        _add_proximal_step(optimizer, training.learning_rate * local.proximal_mu)
+    dataset = TensorDataset(torch.arange(len(states)), targets.float())
+    loader = DataLoader(
+        dataset, batch_size=training.batch_size, shuffle=True, generator=torch.Generator().manual_seed(local.seed)
+    )
+    scorer.train()
+    batches = _Batches(scorer, states, local.loss)
+    try:
+        if private is None:
+            steps = _train_plain(batches, optimizer, loader, training)
+        else:
+            steps = _train_private(batches, optimizer, loader, training, private)
+    finally:
+        scorer.eval()
+    return TrainResult(batches.mean_loss(), steps, batches.count)
+
+
+def _add_proximal_step(optimizer: torch.optim.Optimizer, rate: float) -> None:
+    """After each real step of ``optimizer``, move its parameters towards their start."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    start = [p.detach().clone() for p in params]
+
+    def pull(*_: object) -> None:
+        with torch.no_grad():
+            for p, p0 in zip(params, start, strict=True):
+                p.sub_(rate * (p - p0))
+
+    optimizer.register_step_post_hook(pull)
+
+
+class _Batches:
+    """The loss of batches of cached states, and its running mean over the examples seen."""
+
+    def __init__(self, scorer: Scorer, states: list[torch.Tensor], loss: Loss) -> None:
+        self.scorer, self.states, self.loss = scorer, states, loss
+        self.total, self.count = 0.0, 0
+
+    def __call__(self, index: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        batch, mask = self.scorer.batch([self.states[i] for i in index.tolist()])
+        scores = self.scorer(batch, mask)
+        loss = self.loss(scores, targets.to(scores.device))
+        self.total += float(loss.detach()) * len(index)
+        self.count += len(index)
+        return loss
+
+    def mean_loss(self) -> float:
+        return self.total / self.count if self.count else float("nan")
+
+
+def _train_plain(
+    batches: _Batches, optimizer: torch.optim.Optimizer, loader: DataLoader, training: TrainingConfig
+) -> int:
+    steps = 0
+    for _ in range(training.local_epochs):
+        for index, y in loader:
+            optimizer.zero_grad()
+            for start in range(0, len(index), training.physical_batch_size):
+                part = slice(start, start + training.physical_batch_size)
+                loss = batches(index[part], y[part])
+                (loss * len(index[part]) / len(index)).backward()
+            optimizer.step()
+            steps += 1
+    return steps
+
+
+def _train_private(
+    batches: _Batches,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader,
+    training: TrainingConfig,
+    private: PrivateTraining,
+) -> int:
+    steps_before = private.accountant.steps
+    scorer = batches.scorer
+    # The cached states entering the first LoRA layer need no gradient; Opacus computes
+    # per-sample gradients from module outputs, which is what torch warns about.
+    with (
+        warnings.catch_warnings(),
+        dp_sgd(scorer, optimizer, loader, private) as (dp_optimizer, dp_loader),
+    ):
+        warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed")
+        for _ in range(training.local_epochs):
+            with physical_batches(dp_loader, dp_optimizer, training.physical_batch_size) as physical_loader:
+                for index, y in physical_loader:
+                    dp_optimizer.zero_grad()
+                    if len(index) == 0:
+                        # An empty Poisson batch: no per-sample gradients, but the step
+                        # (noise, accounting) still happens.
+                        for p in scorer.trainable_parameters():
+                            p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+                    else:
+                        batches(index, y).backward()
+                    dp_optimizer.step()
+    return private.accountant.steps - steps_before
