@@ -1,10 +1,9 @@
-"""Benchmark suites: several runs on the same data, seeds and budget, one table.
+"""Running a benchmark suite: several runs on the same data, seeds and budget, one table.
 
-Each point of a suite is an ordinary run folder (design §7) under ``--out``; a point
-whose folder already holds ``summary.json`` is not run again, and an interrupted one
-resumes from its checkpoint, so a suite restarted with the same ``--out`` continues
-where it stopped. ``report.md`` and
-``results.json`` summarise every point.
+Each point of a suite is an ordinary run folder (see :mod:`fedrec.server.results`) under
+``--out``; a point whose folder already holds ``summary.json`` is not run again, and an
+interrupted one resumes from its checkpoint, so a suite restarted with the same ``--out``
+continues where it stopped. ``report.md`` and ``results.json`` summarise every point.
 """
 
 from __future__ import annotations
