@@ -152,13 +152,14 @@ def _share_keys(state: ConfigRecord, hood: Neighbourhood, node_id: int) -> Encry
     ]
     state["peers"], state["peer-channel-keys"], state["peer-mask-pks"] = hood.nodes, channel_keys, hood.mask_pks
     state["share-srcs"], state["seed-shares"], state["key-shares"] = [node_id], [seed_shares[own]], [key_shares[own]]
-    shares = EncryptedShares()
-    for i, peer in enumerate(hood.nodes):
-        if peer != node_id:
-            plaintext = share_keys_plaintext_concat(node_id, peer, seed_shares[i], key_shares[i])
-            shares.dst.append(peer)
-            shares.ciphertexts.append(encrypt(channel_keys[i], plaintext))
-    return shares
+    others = [i for i, peer in enumerate(hood.nodes) if peer != node_id]
+    return EncryptedShares(
+        [hood.nodes[i] for i in others],
+        [
+            encrypt(channel_keys[i], share_keys_plaintext_concat(node_id, hood.nodes[i], seed_shares[i], key_shares[i]))
+            for i in others
+        ],
+    )
 
 
 def _keep_shares(state: ConfigRecord, request: CollectRequest, node_id: int) -> None:
@@ -231,21 +232,13 @@ def _unmask(context: Context, state: ConfigRecord, request: UnmaskRequest, node_
     active, dead = set(request.active), set(request.dead)
     if active & dead:
         raise SecAggError(f"nodes {sorted(active & dead)} are listed as both alive and dropped")
-    reply = UnmaskReply([], [], [], [])
-    for src, seed_share, key_share in zip(state["share-srcs"], state["seed-shares"], state["key-shares"], strict=True):
-        if src in active:
-            reply.seed_nodes.append(src)
-            reply.seed_shares.append(seed_share)
-        elif src in dead:
-            reply.key_nodes.append(src)
-            reply.key_shares.append(key_share)
+    owners = list(zip(state["share-srcs"], state["seed-shares"], state["key-shares"], strict=True))
+    seeds = [(src, seed_share) for src, seed_share, _ in owners if src in active]
+    keys = [(src, key_share) for src, _, key_share in owners if src in dead]
     upcoming = context.state.config_records.get(NEXT_STATE_KEY)
+    next_shares = None
     if request.next_hood is not None and upcoming is not None and upcoming["round"] == request.round + 1:
-        return UnmaskReply(
-            reply.seed_nodes,
-            reply.seed_shares,
-            reply.key_nodes,
-            reply.key_shares,
-            _share_keys(upcoming, request.next_hood, node_id),
-        )
-    return reply
+        next_shares = _share_keys(upcoming, request.next_hood, node_id)
+    return UnmaskReply(
+        [n for n, _ in seeds], [s for _, s in seeds], [n for n, _ in keys], [s for _, s in keys], next_shares
+    )
