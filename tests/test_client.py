@@ -176,7 +176,7 @@ def test_evaluate_reports_auc_and_histograms():
     reply = evaluate(message, _context(1), CFG)
     metrics = reply.content.metric_records["metrics"]
     data = load_federated_data(CFG.data, CFG.federation.seed, CFG.evaluation.eval_users, 3)
-    examples = data.test_examples(1)
+    examples = data.held_out_examples(1)
     labels = [ex.label for ex in examples]
     assert metrics["num-examples"] == len(examples) == 10 and 0 < sum(labels) < 10
     assert (sum(metrics["pos-hist"]), sum(metrics["neg-hist"])) == (sum(labels), 10 - sum(labels))

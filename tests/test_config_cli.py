@@ -41,6 +41,7 @@ def test_overrides_file_then_set(tmp_path):
         ({"partitioner": "random"}, "'partitioner' must be one of user, iid, skewed"),
         ({"fraction-train": 1.5}, "'fraction-train' must be in"),
         ({"target-epsilon": 0.0}, "set 'target-epsilon' > 0 or 'noise-multiplier' > 0"),
+        ({"eval-split": "validation"}, "eval-split = 'validation' needs validation-interactions > 0"),
         (
             {"dp-planned-rounds": 3, "num-server-rounds": 2},
             r"'dp-planned-rounds' must be in \[0, num-server-rounds = 2\]",

@@ -157,3 +157,24 @@ def test_malformed_files_give_clear_errors(tmp_path, inter, items, message):
 def test_missing_dataset_path_is_named(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         load_interaction_data(str(tmp_path / "nope.csv"), "x.csv")
+
+
+def test_validation_interactions_sit_between_training_and_test(movielens):
+    split = split_examples(movielens, history_length=4, test_interactions=1, validation_interactions=2)
+    plain = split_examples(movielens, history_length=4, test_interactions=1)
+    inter = movielens.interactions
+    for user in ["1", "2", "7"]:
+        order = inter[inter["user"] == user].sort_values("timestamp", kind="stable")["item"].tolist()
+        validation, test = split.validation[user], split.test[user]
+        assert [ex.item for ex in validation] == order[-3:-1] and [ex.item for ex in test] == order[-1:]
+        assert all([item for item, _ in ex.history] == order[-7:-3] for ex in validation)  # training only
+        assert [item for item, _ in test[0].history] == order[-5:-1]  # the validation items are known by then
+        assert test == plain.test[user]  # the test examples do not change
+        trained = {ex.item for ex in split.train[user]} | {i for ex in split.train[user] for i, _ in ex.history}
+        assert not trained & set(order[-3:])
+    assert not set(map(tuple, split.train_interactions[["user", "item"]].to_numpy())) & {
+        (ex.user, ex.item) for exs in split.validation.values() for ex in exs
+    }
+    assert split.held_out("validation") is split.validation and split.held_out("test") is split.test
+    with pytest.raises(ValueError, match="test or validation"):
+        split.held_out("train")

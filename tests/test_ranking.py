@@ -111,6 +111,13 @@ def test_mf_baselines_learn_planted_tastes_that_popularity_cannot_see(tmp_path):
     for learned in (mf, fed):
         assert learned["hr@3"] >= random_hr + 0.3, learned
         assert learned["hr@3"] > popular["hr@3"] + 0.2, (learned, popular)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # repeatable on several threads: the same run gives the same model, bit for bit
+    try:
+        again = federated_mf(train, cases, catalog, partitions, like_threshold=3.0, seed=0)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(again.item_emb, fed_model.item_emb) and torch.equal(again.user_emb, fed_model.user_emb)
 
 
 def test_full_catalog_metrics_exclude_rated_items_and_count_coverage():

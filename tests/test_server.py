@@ -11,12 +11,16 @@ import pytest
 from flwr.app import Array, ArrayRecord, MessageType
 
 from fedrec.config import resolve_config
+from fedrec.models.adapter import adapter_to_arrays
 from fedrec.server.federation import compose
 from fedrec.server.recording_grid import Exchange
 from fedrec.server.results import ResultsWriter
 from fedrec.server.rounds import RoundRecorder, summarize_round
 from fedrec.server.summary import build_summary
 from fedrec.tasks.metrics import auc_from_histograms
+from fedrec.tasks.preference.dataset import load_split
+from fedrec.tasks.preference.evaluation import CentralEvaluator, preference_metrics
+from fedrec.tasks.preference.scoring import scorer_for
 from tests.conftest import tiny_scorer
 
 TRAIN, EVALUATE = MessageType.TRAIN, MessageType.EVALUATE
@@ -154,3 +158,19 @@ def test_the_summary_reports_final_metrics_privacy_and_bytes():
     assert summary["ranking_candidates"] == 50 and summary["backbone"]["fingerprint"] == scorer.fingerprint
     plain = build_summary(cfg.replace(dp=False), rounds, {}, scorer, adapter, 30, 1.0)
     assert plain["epsilon"] == {"max": None, "median": None, "target": None} and plain["delta"] is None
+
+
+def test_the_central_evaluator_scores_the_configured_part_with_pooled_and_per_user_auc():
+    overrides = {"test-interactions": 2, "validation-interactions": 2, "eval-split": "validation"}
+    cfg = resolve_config("smoke", overrides=overrides)
+    central = load_split(cfg.data, cfg.federation.seed, cfg.evaluation.eval_users)
+    scorer = scorer_for(cfg)
+    scorer.reset_adapter(cfg.federation.seed)
+    evaluator = CentralEvaluator(scorer, central, 16, part="validation")
+    assert evaluator.examples == central.held_out_examples("validation") != central.held_out_examples("test")
+    metrics = evaluator(adapter_to_arrays(scorer), rank=False)
+    full = np.array([scorer.full_forward_score(tokens) for tokens in evaluator.tokens])  # the model's own forward
+    direct = preference_metrics(evaluator.examples, full)
+    assert metrics["uauc_users"] == direct["uauc_users"] > 3 and metrics["examples"] == len(evaluator.examples)
+    for key in ("auc", "auc_se", "uauc", "uauc_se"):
+        assert metrics[key] == pytest.approx(direct[key], abs=1e-6), key

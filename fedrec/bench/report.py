@@ -23,8 +23,7 @@ def row(point: Point, folder: Path) -> dict[str, Any]:
         "overrides": dict(point.overrides),
         "auc": final["auc"],
         "initial_auc": summary["initial_metrics"]["auc"],
-        "hr@10": final.get("hr@10"),
-        "ndcg@10": final.get("ndcg@10"),
+        **{key: final.get(key) for key in ("auc_se", "uauc", "uauc_se", "hr@10", "hr@10_se", "ndcg@10", "ndcg@10_se")},
         "epsilon": summary["epsilon"]["max"] if summary["dp"] else None,
         "client_epsilon": client_dp["epsilon"] if client_dp else None,
         "bytes_up_per_client_round": summary["bytes"]["up"] / client_rounds if client_rounds else 0,
@@ -36,6 +35,7 @@ def row(point: Point, folder: Path) -> dict[str, Any]:
         "baselines": summary["baselines"],
         "ranking_baselines": summary.get("ranking_baselines", {}),
         "ranking_users": final.get("ranking_users"),
+        "ranking_candidates": summary.get("ranking_candidates"),
     }
 
 
@@ -43,17 +43,24 @@ def _cell(value: float | None, spec: str, none: str = "-") -> str:
     return none if value is None else format(value, spec)
 
 
+def _estimate(metrics: Mapping[str, Any], key: str, spec: str) -> str:
+    """``value ± se`` (``-`` when undefined)."""
+    value, se = metrics.get(key), metrics.get(f"{key}_se")
+    return "-" if value is None else format(value, spec) + ("" if se is None else f" ± {format(se, spec)}")
+
+
 def main_table(rows: list[Mapping[str, Any]]) -> str:
     """The main table, in Markdown."""
     lines = [
-        "| method | AUC | round-0 AUC | HR@10 | NDCG@10 | record-level ε | client-level ε "
+        "| method | AUC | UAUC | round-0 AUC | HR@10 | NDCG@10 | record-level ε | client-level ε "
         "| bytes up / client-round | bytes total | adapter / backbone | seconds |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['method']} | {r['auc']:.4f} | {r['initial_auc']:.4f} | {_cell(r['hr@10'], '.3f')} "
-            f"| {_cell(r['ndcg@10'], '.3f')} | {_cell(r['epsilon'], '.2f', '∞')} "
+            f"| {r['method']} | {_estimate(r, 'auc', '.4f')} | {_estimate(r, 'uauc', '.4f')} "
+            f"| {r['initial_auc']:.4f} | {_estimate(r, 'hr@10', '.3f')} "
+            f"| {_estimate(r, 'ndcg@10', '.3f')} | {_cell(r['epsilon'], '.2f', '∞')} "
             f"| {_cell(r['client_epsilon'], '.2f', '∞')} | {r['bytes_up_per_client_round']:,.0f} "
             f"| {r['bytes_total']:,} | {r['adapter_to_full_model']:.4%} | {r['seconds']:.0f} |"
         )
@@ -63,11 +70,15 @@ def main_table(rows: list[Mapping[str, Any]]) -> str:
 def render_report(results: Mapping[str, Any]) -> str:
     """``report.md``: the main table, the baselines on the same split, plots and runs."""
     rows = results["rows"]
+    candidates = {r["ranking_candidates"] for r in rows if r.get("ranking_candidates")}
+    negatives = " / ".join(str(c - 1) for c in sorted(candidates)) or "no"
     lines = [
         f"# fedrec benchmark: {results['suite']}",
         "",
         f"{results['description']}; machine {results['machine']}. Every row is evaluated on the same held-out "
-        "interactions (AUC) and ranking cases (HR@10, NDCG@10: the held-out liked item among 99 unrated ones); "
+        "interactions (AUC pooled over users; UAUC: the mean of each user's AUC over users with both classes "
+        f"held out) and ranking cases (HR@10, NDCG@10: the held-out liked item among {negatives} unrated ones), ± one "
+        "standard error; "
         "epsilon at delta 1e-5 (record-level: Opacus per client, max over clients; client-level: the server's "
         "RDP accountant); ∞ = no DP of that kind.",
         "",
@@ -76,14 +87,18 @@ def render_report(results: Mapping[str, Any]) -> str:
     ]
     if rows:
         lines += [
-            "Preference baselines (AUC; no training, no privacy cost): "
-            + ", ".join(f"{name} {auc:.4f}" for name, auc in rows[0]["baselines"].items()),
+            "| preference baseline (no training, no privacy cost) | AUC | UAUC |",
+            "|---|---|---|",
+            *(
+                f"| {name} | {_estimate(m, 'auc', '.4f')} | {_estimate(m, 'uauc', '.4f')} |"
+                for name, m in rows[0]["baselines"].items()
+            ),
             "",
         ]
         if rows[0]["ranking_baselines"]:
             lines += ["| ranking baseline | HR@10 | NDCG@10 |", "|---|---|---|"]
             lines += [
-                f"| {name} | {m['hr@10']:.3f} | {m['ndcg@10']:.3f} |"
+                f"| {name} | {_estimate(m, 'hr@10', '.3f')} | {_estimate(m, 'ndcg@10', '.3f')} |"
                 for name, m in rows[0]["ranking_baselines"].items()
             ]
             lines.append("")

@@ -18,6 +18,10 @@ def evaluate(message: Message, context: Context, cfg: FedRecConfig) -> Message:
     scorer = global_model(cfg, message)  # at the global rank
     data, partition_id = node_data(cfg, context)
     metrics = evaluate_examples(
-        scorer, data, data.test_examples(partition_id), cfg.training.physical_batch_size, prefix_store(context)
+        scorer,
+        data,
+        data.held_out_examples(partition_id, cfg.evaluation.eval_split),
+        cfg.training.physical_batch_size,
+        prefix_store(context),
     )
     return Message(content=RecordDict({METRICS: MetricRecord(metrics)}), reply_to=message)

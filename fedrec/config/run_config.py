@@ -46,6 +46,8 @@ class FedRecConfig:
                 f"config key 'dp-planned-rounds' must be in [0, num-server-rounds = {rounds}] "
                 f"(0: all rounds), got {self.record_dp.dp_planned_rounds}"
             )
+        if self.evaluation.eval_split == "validation" and not self.data.validation_interactions:
+            raise ConfigError("eval-split = 'validation' needs validation-interactions > 0")
         if self.model.client_lora_ranks and not self.freeze_lora_a:
             raise ConfigError(
                 "heterogeneous 'lora-ranks' aggregate exactly only with A frozen: "

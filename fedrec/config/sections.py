@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .choices import ACCOUNTANTS, CLIENT_DP_NOISE, COMPUTE_DTYPES, PARTITIONERS, STRATEGIES
+from .choices import ACCOUNTANTS, CLIENT_DP_NOISE, COMPUTE_DTYPES, EVAL_SPLITS, PARTITIONERS, STRATEGIES
 from .options import FRACTION, NON_NEGATIVE, POSITIVE, ConfigError, Section, option
 
 
@@ -64,6 +64,9 @@ class DataConfig(Section):
     like_threshold: float = option(3.0, "a rating above it is a like (label 1)")
     history_length: int = option(10, "rated items in a prompt's history", check=POSITIVE)
     test_interactions: int = option(1, "each user's latest interactions held out for testing", check=POSITIVE)
+    validation_interactions: int = option(
+        0, "each user's interactions before the test ones held out for validation (0: none)", check=NON_NEGATIVE
+    )
     train_examples_per_user: int = option(
         0, "each user's most recent training examples kept; 0: all", check=NON_NEGATIVE
     )
@@ -86,6 +89,9 @@ class EvaluationConfig(Section):
 
     title = "evaluation"
     central_eval: bool = option(True, "evaluate the global adapter on the server after every round")
+    eval_split: str = option(
+        "test", "the held-out part evaluated: choose settings on validation, report test", choices=EVAL_SPLITS
+    )
     eval_users: int = option(300, "users (seeded) whose held-out interactions are scored; 0: all", check=NON_NEGATIVE)
     ranking_users: int = option(
         0,

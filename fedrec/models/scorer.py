@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from collections.abc import Iterator
 
 import torch
 from peft import PeftModel
@@ -218,18 +219,26 @@ class Scorer(nn.Module):
                 f"model's forward ({error}); this architecture is not supported"
             )
 
-    def _split_error(self, token_lists: list[list[int]]) -> str | None:
-        """How the split scores of ``token_lists`` differ from the full forward's, or None."""
+    @contextlib.contextmanager
+    def in_float32(self) -> Iterator[None]:
+        """Forward passes in float32 for the block, whatever ``compute_dtype`` is."""
         dtype, self.compute_dtype = self.compute_dtype, torch.float32
         try:
-            split = self.score(token_lists, batch_size=len(token_lists)).tolist()
-            full = [self.full_forward_score(tokens) for tokens in token_lists]
+            yield
+        finally:
+            self.compute_dtype = dtype
+
+    def _split_error(self, token_lists: list[list[int]]) -> str | None:
+        """How the split scores of ``token_lists`` differ from the full forward's, or None."""
+        try:
+            with self.in_float32():
+                split = self.score(token_lists, batch_size=len(token_lists)).tolist()
+                full = [self.full_forward_score(tokens) for tokens in token_lists]
         except (RuntimeError, TypeError, AttributeError) as err:
             return f"{type(err).__name__}: {err}"
         finally:
             for tokens in token_lists:
                 PREFIX_CACHE.drop(self._cache_key(tokens))
-            self.compute_dtype = dtype
         for s, f in zip(split, full, strict=True):
             if abs(s - f) > 1e-3 * max(1.0, abs(f)):
                 return f"{s:.5f} vs {f:.5f}"

@@ -97,10 +97,15 @@ def _central_evaluator(cfg: FedRecConfig, scorer: Scorer) -> CentralEvaluator:
     cases = []
     if evaluation.ranking_users:
         all_cases = ranking_cases(
-            central.data, central.split, central.eval_users, evaluation.ranking_negatives, cfg.federation.seed
+            central.data,
+            central.split,
+            central.eval_users,
+            evaluation.ranking_negatives,
+            cfg.federation.seed,
+            evaluation.eval_split,
         )
         cases = all_cases[: evaluation.ranking_users]
-    return CentralEvaluator(scorer, central, cfg.training.physical_batch_size, cases)
+    return CentralEvaluator(scorer, central, cfg.training.physical_batch_size, cases, evaluation.eval_split)
 
 
 def _shared_config(cfg: FedRecConfig, scorer: Scorer) -> dict[str, str | int]:

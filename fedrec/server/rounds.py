@@ -31,7 +31,8 @@ from .federation import Federation
 from .recording_grid import Exchange
 from .results import ResultsWriter
 
-RANKING_KEYS = ("hr@10", "ndcg@10", "ranking_users")
+PREFERENCE_KEYS = ("auc_se", "uauc", "uauc_se", "uauc_users")  # beside auc and eval_loss
+RANKING_KEYS = ("hr@10", "hr@10_se", "ndcg@10", "ndcg@10_se", "ranking_users")
 # Under secure aggregation a sampled client is first asked for keys (setup), for its
 # shares (share-keys), or, when it shared them with the previous round's unmask, for its
 # masked input; it reports its training in the clear beside that input.
@@ -178,7 +179,7 @@ class RoundRecorder:
             record["client_level_epsilon"] = client_dp.epsilon(self.delta)
             record["client_noise_multiplier"] = client_dp.last_noise_multiplier
         record |= {"auc": metrics.get("auc"), "eval_loss": metrics.get("loss")}
-        record |= {k: metrics[k] for k in RANKING_KEYS if k in metrics}
+        record |= {k: metrics[k] for k in (*PREFERENCE_KEYS, *RANKING_KEYS) if k in metrics}
         self.writer.append_round(record)
         if self.checkpoint is not None:
             self.checkpoint(server_round, arrays, self.node_epsilon)

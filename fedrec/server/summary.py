@@ -13,7 +13,7 @@ from flwr.app import ArrayRecord
 from ..config import FedRecConfig
 from ..models.scorer import Scorer
 from ..privacy.client_level.strategy import ClientLevelDP
-from .rounds import RANKING_KEYS
+from .rounds import PREFERENCE_KEYS, RANKING_KEYS
 
 PACKAGES = ("fedrec", "flwr", "torch", "transformers", "peft", "opacus")
 
@@ -22,7 +22,7 @@ def _metrics(record: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "auc": record.get("auc"),
         "loss": record.get("eval_loss"),
-        **{k: record[k] for k in RANKING_KEYS if k in record},
+        **{k: record[k] for k in (*PREFERENCE_KEYS, *RANKING_KEYS) if k in record},
     }
 
 

@@ -19,14 +19,13 @@ def harness_baselines(cfg: FedRecConfig) -> dict[str, Any]:
     """``baselines`` (preference AUC on the central evaluation users' held-out
     interactions) and, when the run ranks, ``ranking_baselines`` on the same cases.
     """
-    seed, evaluation = cfg.federation.seed, cfg.evaluation
+    seed, evaluation, part = cfg.federation.seed, cfg.evaluation, cfg.evaluation.eval_split
     central = load_split(cfg.data, seed, evaluation.eval_users)
-    found: dict[str, Any] = {
-        "baselines": preference_baselines(central.split, central.test_examples(), cfg.data.like_threshold)
-    }
+    examples = central.held_out_examples(part)
+    found: dict[str, Any] = {"baselines": preference_baselines(central.split, examples, cfg.data.like_threshold)}
     if not evaluation.ranking_users:
         return found
-    cases = ranking_cases(central.data, central.split, central.eval_users, evaluation.ranking_negatives, seed)
+    cases = ranking_cases(central.data, central.split, central.eval_users, evaluation.ranking_negatives, seed, part)
     cases = cases[: evaluation.ranking_users]
     if not cases:
         return found

@@ -10,8 +10,13 @@ def _cell(value: Any, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def summary_table(rounds: list[Mapping[str, Any]], summary: Mapping[str, Any]) -> str:
-    """Per-round table (AUC, epsilon, bytes, time), totals and baselines beside."""
+def _estimate(metrics: Mapping[str, Any], key: str) -> str:
+    """``value ± se`` of a metric (``-`` when undefined)."""
+    value, se = metrics.get(key), metrics.get(f"{key}_se")
+    return "-" if value is None else f"{value:.4f}" + ("" if se is None else f" ± {se:.4f}")
+
+
+def _round_rows(rounds: list[Mapping[str, Any]]) -> list[str]:
     lines = [
         f"{'round':>5} {'AUC':>7} {'fed AUC':>7} {'loss':>7} {'eps max':>8} {'eps med':>8} "
         f"{'ok/dec/fail':>11} {'bytes up':>12} {'bytes down':>12} {'sec':>7}",
@@ -24,6 +29,10 @@ def summary_table(rounds: list[Mapping[str, Any]], summary: Mapping[str, Any]) -
             f"{r['clients_ok']}/{r['clients_declined']}/{r['clients_failed']:<5}".rjust(11)
             + f" {r['bytes_up']:>12,} {r['bytes_down']:>12,} {r['seconds']:>7.1f}"
         )
+    return lines
+
+
+def _privacy(summary: Mapping[str, Any]) -> str:
     eps = summary["epsilon"]
     privacy = (
         f"record-level DP: epsilon max {_cell(eps['max'], '.3f')}, median {_cell(eps['median'], '.3f')} "
@@ -37,29 +46,56 @@ def summary_table(rounds: list[Mapping[str, Any]], summary: Mapping[str, Any]) -
             f"\nclient-level DP ({client_dp['noise']} noise, clip {client_dp['clip']}, noise multiplier "
             f"{client_dp['noise_multiplier']}): epsilon {client_dp['epsilon']:.3f}, delta {client_dp['delta']}"
         )
-    size = summary["bytes"]
-    lines += [
+    return privacy
+
+
+def _preference(summary: Mapping[str, Any]) -> list[str]:
+    final, initial = summary["metrics"], summary["initial_metrics"]
+    users = f" over {final['uauc_users']} users" if final.get("uauc_users") else " (no user has both classes held out)"
+    lines = [
+        f"final AUC {_estimate(final, 'auc')} on {summary['eval_examples']} held-out interactions "
+        f"(round 0: {_cell(initial['auc'], '.4f')}); UAUC {_estimate(final, 'uauc')}{users}",
+    ]
+    if summary.get("baselines"):
+        lines.append("baselines on the same held-out interactions (no training, no privacy cost):")
+        lines += [
+            f"  {name:<16} AUC {_estimate(m, 'auc')}  UAUC {_estimate(m, 'uauc')}"
+            for name, m in summary["baselines"].items()
+        ]
+    return lines
+
+
+def _ranking(summary: Mapping[str, Any]) -> list[str]:
+    final, initial = summary["metrics"], summary["initial_metrics"]
+    if "hr@10" not in final or "ranking_baselines" not in summary:
+        return []
+    lines = [
         "",
-        f"final AUC {_cell(summary['metrics']['auc'], '.4f')} on {summary['eval_examples']} held-out interactions "
-        f"(round 0: {_cell(summary['initial_metrics']['auc'], '.4f')})",
-        privacy,
+        f"ranking ({final['ranking_users']} users, target among {summary['ranking_candidates']} candidates): "
+        f"HR@10 {_estimate(final, 'hr@10')}, NDCG@10 {_estimate(final, 'ndcg@10')} "
+        f"(round 0: {initial['hr@10']:.4f}, {initial['ndcg@10']:.4f})",
+        "ranking baselines on the same cases (HR@10, NDCG@10):",
+    ]
+    return lines + [
+        f"  {name:<16} {_estimate(m, 'hr@10')}  {_estimate(m, 'ndcg@10')}"
+        for name, m in summary["ranking_baselines"].items()
+    ]
+
+
+def summary_table(rounds: list[Mapping[str, Any]], summary: Mapping[str, Any]) -> str:
+    """Per-round table (AUC, epsilon, bytes, time), totals, and the final metrics with
+    their standard errors beside the baselines'.
+    """
+    size, preference = summary["bytes"], _preference(summary)
+    lines = [
+        *_round_rows(rounds),
+        "",
+        *preference[:1],
+        _privacy(summary),
         f"bytes: up {size['up']:,}  down {size['down']:,}  total {size['total']:,}; one adapter {size['adapter']:,} "
         f"= {size['adapter_to_full_model']:.3%} of the backbone ({size['full_model']:,})",
         f"time: {summary['seconds']:.1f} s",
+        *preference[1:],
+        *_ranking(summary),
     ]
-    if summary.get("baselines"):
-        lines.append("baselines on the same held-out interactions (AUC, no training, no privacy cost):")
-        lines += [f"  {name:<16} {_cell(auc, '.4f')}" for name, auc in summary["baselines"].items()]
-    final, initial = summary["metrics"], summary["initial_metrics"]
-    if "hr@10" in final and "ranking_baselines" in summary:
-        lines += [
-            "",
-            f"ranking ({final['ranking_users']} users, target among {summary['ranking_candidates']} candidates): "
-            f"HR@10 {final['hr@10']:.4f}, NDCG@10 {final['ndcg@10']:.4f} "
-            f"(round 0: {initial['hr@10']:.4f}, {initial['ndcg@10']:.4f})",
-            "ranking baselines on the same cases (HR@10, NDCG@10):",
-        ]
-        lines += [
-            f"  {name:<16} {m['hr@10']:.4f}  {m['ndcg@10']:.4f}" for name, m in summary["ranking_baselines"].items()
-        ]
     return "\n".join(lines)

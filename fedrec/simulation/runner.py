@@ -88,10 +88,10 @@ def simulate(
     return out, summary
 
 
-def resume(run_folder: str | Path, verbose: bool = False, echo: Callable[[str], None] | None = print
-           ) -> tuple[Path, dict[str, Any]]:
+def resume(
+    run_folder: str | Path, verbose: bool = False, echo: Callable[[str], None] | None = print
+) -> tuple[Path, dict[str, Any]]:
     """Continue an interrupted simulation from its checkpoint, with its own settings."""
     folder = Path(run_folder).expanduser().resolve()
     cfg = FedRecConfig.from_mapping(read_config_file(folder / "config.toml"))
     return simulate(cfg.replace(out=str(folder), resume=True), verbose, echo)
-

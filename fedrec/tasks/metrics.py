@@ -1,4 +1,6 @@
-"""Accuracy metrics: AUC of the preference task; HR, NDCG, recall and coverage of ranking."""
+"""Accuracy metrics, with their standard errors: AUC and per-user AUC (UAUC) of the
+preference task; HR, NDCG, recall and coverage of ranking.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +27,42 @@ def roc_auc(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.nda
         return math.nan
     ranks = rankdata(s)
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def auc_standard_error(auc: float, n_pos: int, n_neg: int) -> float:
+    """Standard error of an AUC over ``n_pos`` positives and ``n_neg`` negatives (Hanley
+    and McNeil, 1982); NaN when the AUC is.
+    """
+    if math.isnan(auc) or n_pos == 0 or n_neg == 0:
+        return math.nan
+    q1, q2 = auc / (2.0 - auc), 2.0 * auc**2 / (1.0 + auc)
+    variance = auc * (1.0 - auc) + (n_pos - 1) * (q1 - auc**2) + (n_neg - 1) * (q2 - auc**2)
+    return math.sqrt(max(variance, 0.0) / (n_pos * n_neg))
+
+
+def mean_and_standard_error(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
+    """The mean of ``values`` and its standard error (sample std / sqrt(n)); NaN when empty,
+    standard error NaN for one value.
+    """
+    x = np.asarray(values, dtype=float)
+    if not len(x):
+        return math.nan, math.nan
+    return float(x.mean()), float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else math.nan
+
+
+def user_auc(
+    users: Sequence[str], labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray
+) -> tuple[float, float, int]:
+    """UAUC (as CoLLM reports it): the mean over users of each user's own AUC, over the
+    users whose examples hold both classes, with its standard error and that number of
+    users. Unlike the pooled AUC it compares items within a user, so a per-user offset in
+    the scores does not count.
+    """
+    y, s, u = np.asarray(labels, dtype=bool), np.asarray(scores, dtype=float), np.asarray(users)
+    per_user = [roc_auc(y[u == user], s[u == user]) for user in np.unique(u)]
+    defined = [auc for auc in per_user if not math.isnan(auc)]
+    mean, se = mean_and_standard_error(defined)
+    return mean, se, len(defined)
 
 
 def score_histograms(labels: np.ndarray, scores: np.ndarray) -> tuple[list[int], list[int]]:

@@ -1,4 +1,5 @@
-"""Non-learned preference baselines, computed without test interactions.
+"""Non-learned preference baselines, computed without test interactions, measured like
+the model (:func:`~fedrec.tasks.preference.evaluation.preference_metrics`).
 
 * ``user-like-rate``: the share of liked items in the prompt's own history;
 * ``item-like-rate``: the item's like rate over training interactions (smoothed);
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..metrics import roc_auc
+from .evaluation import preference_metrics
 from .examples import ExampleSplit, PreferenceExample
 
 PRIOR_STRENGTH = 5.0
@@ -22,15 +23,22 @@ def _logit(p: np.ndarray) -> np.ndarray:
 
 def preference_baselines(
     split: ExampleSplit, examples: list[PreferenceExample], like_threshold: float = 3.0
-) -> dict[str, float]:
-    """AUC of each baseline on ``examples``."""
+) -> dict[str, dict[str, float | int]]:
+    """Each baseline's metrics on ``examples`` (AUC, UAUC and their standard errors)."""
+    scores = baseline_scores(split, examples, like_threshold)
+    return {name: preference_metrics(examples, values) for name, values in scores.items()}
+
+
+def baseline_scores(
+    split: ExampleSplit, examples: list[PreferenceExample], like_threshold: float = 3.0
+) -> dict[str, np.ndarray]:
+    """Each baseline's score of every example."""
     train = split.train_interactions
     liked = (train["rating"] > like_threshold).astype(float)
     prior = float(liked.mean())
     stats = liked.groupby(train["item"]).agg(["sum", "count"])
     likes = stats["sum"].to_dict()
     counts = stats["count"].to_dict()
-    labels = np.array([ex.label for ex in examples])
     item_rate = np.array(
         [
             (likes.get(ex.item, 0.0) + PRIOR_STRENGTH * prior) / (counts.get(ex.item, 0) + PRIOR_STRENGTH)
@@ -43,8 +51,8 @@ def preference_baselines(
     user_smoothed = (user_likes + PRIOR_STRENGTH * prior) / (user_len + PRIOR_STRENGTH)
     popularity = np.array([counts.get(ex.item, 0) for ex in examples], dtype=float)
     return {
-        "user-like-rate": roc_auc(labels, user_rate),
-        "item-like-rate": roc_auc(labels, item_rate),
-        "user+item": roc_auc(labels, _logit(user_smoothed) + _logit(item_rate)),
-        "most-popular": roc_auc(labels, popularity),
+        "user-like-rate": user_rate,
+        "item-like-rate": item_rate,
+        "user+item": _logit(user_smoothed) + _logit(item_rate),
+        "most-popular": popularity,
     }

@@ -25,9 +25,10 @@ class CentralSplit:
     split: ExampleSplit
     eval_users: list[str]
 
-    def test_examples(self) -> list[PreferenceExample]:
-        """Held-out examples of the central evaluation users."""
-        return [ex for user in self.eval_users for ex in self.split.test[user]]
+    def held_out_examples(self, part: str = "test") -> list[PreferenceExample]:
+        """Held-out examples (``part``: test or validation) of the central evaluation users."""
+        held_out = self.split.held_out(part)
+        return [ex for user in self.eval_users for ex in held_out.get(user, [])]
 
     def prompts(self, examples: list[PreferenceExample]) -> list[str]:
         """Rendered prompt text of each example."""
@@ -46,9 +47,10 @@ class FederatedData:
         """Training examples of the users of one client."""
         return [ex for user in self._users(partition_id) for ex in self.central.split.train[user]]
 
-    def test_examples(self, partition_id: int) -> list[PreferenceExample]:
-        """Held-out examples of the users of one client."""
-        return [ex for user in self._users(partition_id) for ex in self.central.split.test[user]]
+    def held_out_examples(self, partition_id: int, part: str = "test") -> list[PreferenceExample]:
+        """Held-out examples (``part``: test or validation) of the users of one client."""
+        held_out = self.central.split.held_out(part)
+        return [ex for user in self._users(partition_id) for ex in held_out.get(user, [])]
 
     def prompts(self, examples: list[PreferenceExample]) -> list[str]:
         """Rendered prompt text of each example."""
@@ -79,6 +81,7 @@ def _split(interactions: InteractionData, data: DataConfig) -> ExampleSplit:
         interactions,
         history_length=data.history_length,
         test_interactions=data.test_interactions,
+        validation_interactions=data.validation_interactions,
         like_threshold=data.like_threshold,
         train_examples_per_user=data.train_examples_per_user,
         targets_per_history=data.targets_per_history,

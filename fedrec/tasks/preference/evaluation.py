@@ -13,12 +13,29 @@ from ...models.adapter import load_adapter_arrays
 from ...models.prefix_store import PrefixStore
 from ...models.scorer import Scorer
 from ...protocol.records import AUC, LOSS, NEG_HIST, NUM_EXAMPLES, POS_HIST
-from ..metrics import auc_from_histograms, roc_auc, score_histograms
+from ..metrics import auc_from_histograms, auc_standard_error, roc_auc, score_histograms, user_auc
 from ..ranking.cases import RankingCase
 from ..ranking.ranker import LLMRanker, ranking_metrics
 from .dataset import CentralSplit, FederatedData
 from .examples import PreferenceExample
 from .scoring import preference_loss
+
+
+def preference_metrics(examples: list[PreferenceExample], scores: np.ndarray) -> dict[str, float | int]:
+    """Pooled AUC and UAUC (the mean of each user's AUC, over users with both classes
+    among their held-out examples) of ``scores``, with their standard errors.
+    """
+    labels = np.array([ex.label for ex in examples])
+    auc = roc_auc(labels, scores)
+    uauc, uauc_se, uauc_users = user_auc([ex.user for ex in examples], labels, scores)
+    positives = int(labels.sum())
+    return {
+        AUC: auc,
+        "auc_se": auc_standard_error(auc, positives, len(labels) - positives),
+        "uauc": uauc,
+        "uauc_se": uauc_se,
+        "uauc_users": uauc_users,
+    }
 
 
 def evaluate_examples(
@@ -61,23 +78,31 @@ class CentralEvaluator:
     """
 
     def __init__(
-        self, scorer: Scorer, central: CentralSplit, batch_size: int, ranking_cases: list[RankingCase] | None = None
+        self,
+        scorer: Scorer,
+        central: CentralSplit,
+        batch_size: int,
+        ranking_cases: list[RankingCase] | None = None,
+        part: str = "test",
     ) -> None:
         self.scorer = scorer
-        self.examples = central.test_examples()
+        self.examples = central.held_out_examples(part)
         self.tokens = scorer.encode(central.prompts(self.examples))
         self.labels = np.array([ex.label for ex in self.examples])
         self.batch_size = batch_size
         self.ranker = LLMRanker(scorer, ranking_cases, central.prompts, batch_size) if ranking_cases else None
 
     def __call__(self, arrays: ArrayRecord, rank: bool = True) -> dict[str, float]:
-        """AUC and log-loss of the adapter in ``arrays``, and HR@10, NDCG@10 when it has
-        ranking cases and ``rank`` is true.
+        """AUC, UAUC (with standard errors) and log-loss of the adapter in ``arrays``, and
+        HR@10, NDCG@10 when it has ranking cases and ``rank`` is true.
         """
         load_adapter_arrays(self.scorer, arrays, "global adapter")
         scores = self.scorer.score(self.tokens, batch_size=self.batch_size)
         loss = preference_loss(scores, torch.tensor(self.labels, dtype=torch.float32))
-        metrics = {"auc": roc_auc(self.labels, scores.numpy()), "loss": float(loss), "examples": len(self.labels)}
+        metrics = preference_metrics(self.examples, scores.numpy()) | {
+            "loss": float(loss),
+            "examples": len(self.labels),
+        }
         if self.ranker is not None and rank:
             metrics |= ranking_metrics(self.ranker.ranks())
         return metrics

@@ -7,7 +7,8 @@ averaged by FedAvg; no privacy mechanism).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
@@ -24,6 +25,17 @@ def popularity_ranks(train: pd.DataFrame, cases: list[RankingCase]) -> list[int]
     return [target_rank([counts.get(item, 0) for item in case.candidates]) for case in cases]
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Torch's intra-op parallelism off for the block (restored after)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 class BPRModel:
     """Matrix factorization ``u . i + b_i`` trained with the BPR loss on likes."""
 
@@ -38,7 +50,13 @@ class BPRModel:
     def fit(self, likes: pd.DataFrame, epochs: int, learning_rate: float, l2: float = 1e-4) -> None:
         """``epochs`` passes of BPR (one uniformly sampled negative per like), with L2
         on the rows of each batch only, so rows outside ``likes`` stay exactly as they are.
+        Runs on one thread: the gradients of repeated embedding rows are summed in an order
+        that depends on the threads, and runs must be repeatable.
         """
+        with one_thread():
+            self._fit(likes, epochs, learning_rate, l2)
+
+    def _fit(self, likes: pd.DataFrame, epochs: int, learning_rate: float, l2: float) -> None:
         pos_u = torch.tensor([self.user_index[u] for u in likes["user"]], dtype=torch.long)
         pos_i = torch.tensor([self.item_index[i] for i in likes["item"]], dtype=torch.long)
         params = [self.user_emb, self.item_emb, self.item_bias]

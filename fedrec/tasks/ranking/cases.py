@@ -36,14 +36,21 @@ def _user_seed(seed: int, user: str) -> int:
 
 
 def ranking_cases(
-    data: InteractionData, split: ExampleSplit, users: list[str], num_negatives: int = 99, seed: int = 0
+    data: InteractionData,
+    split: ExampleSplit,
+    users: list[str],
+    num_negatives: int = 99,
+    seed: int = 0,
+    part: str = "test",
 ) -> list[RankingCase]:
-    """The ranking case of each of ``users`` whose held-out interaction is liked."""
+    """The ranking case of each of ``users`` whose last held-out interaction of ``part``
+    (test or validation) is liked.
+    """
     catalog = np.array(sorted(data.items["item"].astype(str)))
     rated = data.interactions.groupby("user")["item"].agg(set).to_dict()
     cases = []
     for user in users:
-        positives = [ex for ex in split.test.get(user, []) if ex.label == 1]
+        positives = [ex for ex in split.held_out(part).get(user, []) if ex.label == 1]
         if not positives:
             continue
         target = positives[-1]

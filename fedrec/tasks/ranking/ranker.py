@@ -8,15 +8,23 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from ...models.scorer import Scorer
-from ..metrics import hit_rate_at_k, ndcg_at_k, target_rank
+from ..metrics import hit_rate_at_k, mean_and_standard_error, ndcg_at_k, target_rank
 from .cases import RankingCase
 
 K = 10
 
 
 def ranking_metrics(ranks: Sequence[int], k: int = K) -> dict[str, float]:
-    """HR@k and NDCG@k of the targets' ranks."""
-    return {f"hr@{k}": hit_rate_at_k(ranks, k), f"ndcg@{k}": ndcg_at_k(ranks, k), "ranking_users": len(ranks)}
+    """HR@k and NDCG@k of the targets' ranks, with their standard errors over the users."""
+    hits = [hit_rate_at_k([r], k) for r in ranks]
+    gains = [ndcg_at_k([r], k) for r in ranks]
+    return {
+        f"hr@{k}": hit_rate_at_k(ranks, k),
+        f"hr@{k}_se": mean_and_standard_error(hits)[1],
+        f"ndcg@{k}": ndcg_at_k(ranks, k),
+        f"ndcg@{k}_se": mean_and_standard_error(gains)[1],
+        "ranking_users": len(ranks),
+    }
 
 
 class LLMRanker:
@@ -27,5 +35,8 @@ class LLMRanker:
         self.tokens = [scorer.encode(prompts(case.examples())) for case in cases]
 
     def ranks(self) -> list[int]:
-        """The target's rank in every case."""
-        return [target_rank(self.scorer.score_candidates(t, self.batch_size).numpy()) for t in self.tokens]
+        """The target's rank in every case, scored in float32 (a bfloat16 forward would
+        quantize close candidates into ties, which count against the target).
+        """
+        with self.scorer.in_float32():
+            return [target_rank(self.scorer.score_candidates(t, self.batch_size).numpy()) for t in self.tokens]
