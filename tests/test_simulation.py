@@ -40,6 +40,9 @@ def test_results_folder_has_every_part(smoke_run):
     cfg, out, summary = smoke_run
     assert (out / "config.toml").read_text().count("=") == len(cfg.to_run_config())
     assert SUMMARY_KEYS <= set(summary)
+    assert summary == json.loads((out / "summary.json").read_text())  # what is printed is what is stored
+    json.dumps(summary, allow_nan=False)  # undefined metrics (UAUC of one held-out item) are null, not NaN
+    assert summary["baselines"]["most-popular"]["uauc"] is None and summary["metrics"]["auc_se"] > 0
     assert summary["rounds"] == 2
     rounds = _rounds(out)
     assert [r["round"] for r in rounds] == [0, 1, 2]

@@ -83,8 +83,8 @@ def simulate(
     summary_path = out / "summary.json"
     if not summary_path.exists():
         raise SimulationError(f"the simulation ended without writing {summary_path}; see {out / FLOWER_LOG}")
-    summary = json.loads(summary_path.read_text()) | harness_baselines(cfg)
-    write_atomic(summary_path, json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n")
+    summary = json_safe(json.loads(summary_path.read_text()) | harness_baselines(cfg))  # NaN: undefined, null
+    write_atomic(summary_path, json.dumps(summary, indent=2, allow_nan=False) + "\n")
     return out, summary
 
 
