@@ -20,7 +20,7 @@ from fedrec.tasks.ranking.baselines import (
     random_expectation,
 )
 from fedrec.tasks.ranking.cases import RankingCase, ranking_cases
-from fedrec.tasks.ranking.ranker import ranking_metrics
+from fedrec.tasks.ranking.ranker import paired_differences, ranking_metrics
 from tests.conftest import tiny_scorer
 
 
@@ -36,6 +36,19 @@ def test_rank_metrics_match_hand_computed_values():
     assert random_expectation(100)["hr@10"] == pytest.approx(0.1)
     with pytest.raises(ValueError, match="finite"):
         target_rank([0.1, float("nan")])
+
+
+def test_paired_differences_are_per_user_means_with_paired_standard_errors():
+    model, baseline = [0, 3, 12, 1], [2, 3, 0, 20]
+    diff = paired_differences(model, baseline)
+    hits = np.array([0, 0, -1, 1])
+    gains = np.array([1 - 1 / math.log2(4), 0, -1, 1 / math.log2(3)])
+    assert diff["hr@10_diff"] == pytest.approx(hits.mean())
+    assert diff["ndcg@10_diff"] == pytest.approx(gains.mean())
+    assert diff["ndcg@10_diff_se"] == pytest.approx(gains.std(ddof=1) / 2)
+    assert paired_differences(model, model)["ndcg@10_diff_se"] == 0.0
+    with pytest.raises(ValueError, match="same cases"):
+        paired_differences(model, baseline[:3])
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from flwr.app import ConfigRecord
@@ -12,6 +13,7 @@ from fedrec.models.adapter import adapter_to_arrays
 from fedrec.privacy.ledger import PersistentAccountant
 from fedrec.privacy.record_level import plan_round
 from fedrec.simulation.runner import simulate
+from fedrec.tasks.metrics import ndcg_at_k
 from fedrec.tasks.preference.dataset import load_federated_data
 from fedrec.tasks.preference.scoring import scorer_for
 
@@ -57,6 +59,14 @@ def test_results_folder_has_every_part(smoke_run):
     assert [r["round"] for r in ranked] == [0, 2]  # the initial and the final adapter
     assert all(0.0 <= r["hr@10"] <= 1.0 and r["ranking_users"] == cfg.evaluation.ranking_users for r in ranked)
     assert set(summary["ranking_baselines"]) == {"most-popular", "bpr-mf", "federated-mf", "random"}
+    ranks = summary["metrics"]["ranks"]
+    assert len(ranks) == cfg.evaluation.ranking_users and rounds[2]["ranks"] == ranks
+    paired = summary["paired_differences"]
+    assert set(paired) == {"most-popular", "bpr-mf", "federated-mf"}  # random has no ranks
+    baseline = summary["ranking_baselines"]["bpr-mf"]["ranks"]
+    gains = [ndcg_at_k([r], 10) - ndcg_at_k([b], 10) for r, b in zip(ranks, baseline, strict=True)]
+    assert paired["bpr-mf"]["ndcg@10_diff"] == pytest.approx(np.mean(gains))
+    assert paired["bpr-mf"]["ndcg@10_diff_se"] == pytest.approx(np.std(gains, ddof=1) / np.sqrt(len(gains)))
     assert summary["ranking_candidates"] == cfg.evaluation.ranking_negatives + 1
     assert {p.name for p in (out / "plots").iterdir()} == {
         "accuracy_vs_round.png",

@@ -13,6 +13,7 @@ from ..tasks.preference.baselines import preference_baselines
 from ..tasks.preference.dataset import load_federated_data, load_split
 from ..tasks.ranking.baselines import random_expectation, ranking_baselines
 from ..tasks.ranking.cases import ranking_cases
+from ..tasks.ranking.ranker import paired_differences
 
 
 def harness_baselines(cfg: FedRecConfig) -> dict[str, Any]:
@@ -37,3 +38,18 @@ def harness_baselines(cfg: FedRecConfig) -> dict[str, Any]:
     )
     ranking["random"] = random_expectation(evaluation.ranking_negatives + 1)
     return found | {"ranking_baselines": ranking}
+
+
+def paired_with_model(summary: dict[str, Any]) -> dict[str, Any]:
+    """``paired_differences``: the final model's HR@10 and NDCG@10 minus each ranking
+    baseline's on the same cases, with paired standard errors (empty without ranks).
+    """
+    ranks = summary["metrics"].get("ranks")
+    if not ranks:
+        return {}
+    baselines = summary.get("ranking_baselines", {})
+    return {
+        "paired_differences": {
+            name: paired_differences(ranks, m["ranks"]) for name, m in baselines.items() if "ranks" in m
+        }
+    }

@@ -15,7 +15,7 @@ from ..config import FedRecConfig, read_config_file
 from ..files import write_atomic
 from ..server.checkpoint import read_checkpoint
 from ..server.results import check_resumable, default_out_dir, json_safe
-from .baselines import harness_baselines
+from .baselines import harness_baselines, paired_with_model
 from .engine import FlowerApp, LocalSuperLink, flwr_run
 
 FLOWER_LOG = "flower.log"  # Flower's log stream of the run, in its results folder
@@ -83,7 +83,8 @@ def simulate(
     summary_path = out / "summary.json"
     if not summary_path.exists():
         raise SimulationError(f"the simulation ended without writing {summary_path}; see {out / FLOWER_LOG}")
-    summary = json_safe(json.loads(summary_path.read_text()) | harness_baselines(cfg))  # NaN: undefined, null
+    summary = json.loads(summary_path.read_text()) | harness_baselines(cfg)
+    summary = json_safe(summary | paired_with_model(summary))  # NaN: undefined, null
     write_atomic(summary_path, json.dumps(summary, indent=2, allow_nan=False) + "\n")
     return out, summary
 

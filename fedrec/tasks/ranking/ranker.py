@@ -14,17 +14,34 @@ from .cases import RankingCase
 K = 10
 
 
-def ranking_metrics(ranks: Sequence[int], k: int = K) -> dict[str, float]:
-    """HR@k and NDCG@k of the targets' ranks, with their standard errors over the users."""
+def ranking_metrics(ranks: Sequence[int], k: int = K) -> dict[str, float | list[int]]:
+    """HR@k and NDCG@k of the targets' ranks, with their standard errors over the users,
+    and the ranks themselves (for paired comparisons on the same cases).
+    """
     hits = [hit_rate_at_k([r], k) for r in ranks]
     gains = [ndcg_at_k([r], k) for r in ranks]
     return {
+        "ranks": [int(r) for r in ranks],
         f"hr@{k}": hit_rate_at_k(ranks, k),
         f"hr@{k}_se": mean_and_standard_error(hits)[1],
         f"ndcg@{k}": ndcg_at_k(ranks, k),
         f"ndcg@{k}_se": mean_and_standard_error(gains)[1],
         "ranking_users": len(ranks),
     }
+
+
+def paired_differences(ranks: Sequence[int], other: Sequence[int], k: int = K) -> dict[str, float]:
+    """HR@k and NDCG@k of ``ranks`` minus those of ``other`` on the same cases: the mean
+    of the per-user differences and its standard error (paired, so the users' shared
+    difficulty cancels).
+    """
+    if len(ranks) != len(other):
+        raise ValueError(f"paired differences need the same cases: {len(ranks)} and {len(other)} ranks")
+    result = {}
+    for name, metric in (("hr", hit_rate_at_k), ("ndcg", ndcg_at_k)):
+        diffs = [metric([a], k) - metric([b], k) for a, b in zip(ranks, other, strict=True)]
+        result[f"{name}@{k}_diff"], result[f"{name}@{k}_diff_se"] = mean_and_standard_error(diffs)
+    return result
 
 
 class LLMRanker:
