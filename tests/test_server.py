@@ -13,6 +13,7 @@ from flwr.app import Array, ArrayRecord, MessageType
 from fedrec.config import resolve_config
 from fedrec.models.adapter import adapter_to_arrays
 from fedrec.server.federation import compose
+from fedrec.server.models import AdapterModel
 from fedrec.server.recording_grid import Exchange
 from fedrec.server.results import ResultsWriter
 from fedrec.server.rounds import RoundRecorder, summarize_round
@@ -21,7 +22,6 @@ from fedrec.tasks.metrics import auc_from_histograms
 from fedrec.tasks.preference.dataset import load_split
 from fedrec.tasks.preference.evaluation import CentralEvaluator, preference_metrics
 from fedrec.tasks.preference.scoring import scorer_for
-from tests.conftest import tiny_scorer
 
 TRAIN, EVALUATE = MessageType.TRAIN, MessageType.EVALUATE
 
@@ -132,8 +132,8 @@ def test_the_layers_state_survives_a_checkpoint():
 
 def test_the_summary_reports_final_metrics_privacy_and_bytes():
     cfg = resolve_config("smoke", overrides={"ranking-users": 4})
-    scorer = tiny_scorer()
-    adapter = ArrayRecord({"b": Array(np.zeros((4, 2), dtype=np.float32))})
+    model = AdapterModel(cfg)
+    scorer, adapter = model.scorer, model.initial
     rounds = [
         {"round": 0, "auc": 0.5, "eval_loss": 0.7, "hr@10": 0.1, "bytes_up": 0, "bytes_down": 0},
         {"round": 1, "auc": 0.6, "eval_loss": 0.6, "bytes_up": 300, "bytes_down": 200},
@@ -147,7 +147,7 @@ def test_the_summary_reports_final_metrics_privacy_and_bytes():
             "bytes_down": 200,
         },
     ]
-    summary = build_summary(cfg, rounds, {1: 4.0, 2: 6.0, 3: 5.5}, scorer, adapter, 30, 12.0)
+    summary = build_summary(cfg, rounds, {1: 4.0, 2: 6.0, 3: 5.5}, model, 30, 12.0)
     assert summary["rounds"] == 2 and summary["eval_examples"] == 30 and summary["seconds"] == 12.0
     assert summary["metrics"] == {"auc": 0.7, "loss": 0.5, "hr@10": 0.3, "auc_federated": 0.65}
     assert summary["initial_metrics"] == {"auc": 0.5, "loss": 0.7, "hr@10": 0.1}
@@ -156,7 +156,8 @@ def test_the_summary_reports_final_metrics_privacy_and_bytes():
     assert (size["up"], size["down"], size["total"], size["adapter"]) == (600, 400, 1000, adapter.count_bytes())
     assert size["full_model"] == sum(p.numel() * 4 for n, p in scorer.named_parameters() if "lora_" not in n)
     assert summary["ranking_candidates"] == 50 and summary["backbone"]["fingerprint"] == scorer.fingerprint
-    plain = build_summary(cfg.replace(dp=False), rounds, {}, scorer, adapter, 30, 1.0)
+    assert summary["recommender"] == "llm"
+    plain = build_summary(cfg.replace(dp=False), rounds, {}, model, 30, 1.0)
     assert plain["epsilon"] == {"max": None, "median": None, "target": None} and plain["delta"] is None
 
 

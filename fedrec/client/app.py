@@ -18,6 +18,7 @@ from flwr.clientapp.typing import Mod
 from ..config import FedRecConfig
 from ..privacy.client_level.mod import client_dp_mod
 from ..privacy.secagg.mod import secagg_mod
+from ..protocol.records import CONFIG, ITEM_STATISTICS, TASK
 
 
 def build_client_app(run_config: Mapping[str, Any] | None = None, outer_mods: Sequence[Mod] = ()) -> ClientApp:
@@ -34,9 +35,18 @@ def build_client_app(run_config: Mapping[str, Any] | None = None, outer_mods: Se
 
     @app.train()
     def _train(message: Message, context: Context) -> Message:
-        from .train import train  # the training stack, only for messages that need it
+        cfg = config_of(context)
+        if message.content.config_records[CONFIG].get(TASK) == ITEM_STATISTICS:
+            from .item_statistics import answer_item_statistics
 
-        return train(message, context, config_of(context))
+            return answer_item_statistics(message, context, cfg)
+        if cfg.model.recommender == "mf":
+            from .collaborative import train_collaborative  # the training stack, only for messages that need it
+
+            return train_collaborative(message, context, cfg)
+        from .train import train
+
+        return train(message, context, cfg)
 
     @app.evaluate()
     def _evaluate(message: Message, context: Context) -> Message:

@@ -1,5 +1,7 @@
 """On-device recommendations: rank the catalog for one user from a local history file
-with a run's global adapter. Everything is read and computed on this machine.
+with a run's global adapter, or retrieve with a collaborative run's item tables and let
+the adapter rerank the top (:mod:`.retrieval`). Everything is read and computed on this
+machine.
 
 The prompt is the one training and evaluation use (the preference task's):
 the last ``history-length`` rated items, liked when the rating is above
@@ -21,12 +23,15 @@ from ..config import ConfigError, FedRecConfig, read_config_file
 from ..data.interactions import DataError, InteractionData, load_interaction_data, read_table, validate
 from ..models.adapter import load_adapter_folder
 from ..models.errors import BackboneError
+from ..models.scorer import Scorer
 from ..models.wire import AdapterMismatchError
 from ..tasks.preference.examples import PreferenceExample
 from ..tasks.preference.prompt import render_preference_prompt
 from ..tasks.preference.scoring import scorer_for
+from .retrieval import retrieve
 
 LOCAL_USER = "(local)"
+DEFAULT_RERANK = 50  # retrieved items the LLM reranks
 JSON_LINES_SUFFIXES = (".jsonl", ".ndjson", ".json")
 
 
@@ -36,7 +41,9 @@ class RecommendError(ValueError):
 
 @dataclass(frozen=True)
 class Recommendation:
-    """One recommended catalog item and its preference score ``logit(Yes) - logit(No)``."""
+    """One recommended catalog item and its score: the LLM's ``logit(Yes) - logit(No)``,
+    or the collaborative model's when it ranks alone.
+    """
 
     item: str
     title: str
@@ -85,7 +92,7 @@ def run_config(adapter_dir: str | Path, config_file: str | Path | None = None) -
     else:
         path = Path(adapter_dir).expanduser().resolve().parent / "config.toml"
         if not path.is_file():
-            raise ConfigError(f"{path} does not exist: no run config beside the adapter folder; pass --config FILE")
+            raise ConfigError(f"{path} does not exist: no run config beside {adapter_dir}; pass --config FILE")
     values = read_config_file(path)
     try:
         return FedRecConfig.from_mapping(values)
@@ -94,22 +101,69 @@ def run_config(adapter_dir: str | Path, config_file: str | Path | None = None) -
 
 
 def recommend(
-    adapter_dir: str | Path,
+    adapter_dir: str | Path | None,
     history: str | Path | pd.DataFrame,
     k: int = 10,
     config: FedRecConfig | str | Path | None = None,
     candidates: int = 0,
+    item_tables: str | Path | None = None,
 ) -> list[Recommendation]:
     """The ``k`` best-scored catalog items the history does not hold, best first.
 
-    ``config``: the run's configuration or its TOML file (default: ``config.toml``
-    beside ``adapter_dir``). ``candidates`` > 0 scores only the most-rated unrated
-    items of the dataset, 0 the whole catalog. Raises :class:`RecommendError` naming
-    the path and the problem for a bad adapter folder, config, history or ``k``.
+    With ``item_tables`` (a collaborative run's ``item-tables.npz``) the run's model
+    retrieves: it ranks the whole catalog, and the LLM adapter, when given, reranks its
+    top ``candidates`` (default 50). Without it the adapter scores the ``candidates``
+    most-rated unrated items of the dataset (0: the whole catalog). ``config``: the
+    adapter run's configuration or its TOML file (default: ``config.toml`` beside
+    ``adapter_dir``). Raises :class:`RecommendError` naming the path and the problem for
+    a bad adapter folder, item-tables file, config, history or ``k``.
     """
-    if k < 1 or candidates < 0:
-        raise RecommendError(f"k must be >= 1 and candidates >= 0, got k={k}, candidates={candidates}")
-    adapter_dir = Path(adapter_dir).expanduser()
+    if k < 1 or candidates < 0 or (adapter_dir is None and item_tables is None):
+        raise RecommendError(
+            f"need an adapter or item tables, k >= 1 and candidates >= 0; got k={k}, candidates={candidates}"
+        )
+    retrieved = _retrieved(Path(item_tables).expanduser(), history) if item_tables is not None else None
+    if adapter_dir is None:
+        assert retrieved is not None
+        data, ranked = retrieved
+        titles = data.titles()
+        return [Recommendation(item, titles[item], score) for item, score in ranked[:k]]
+    cfg, data, rated, scorer = _adapter_scorer(Path(adapter_dir).expanduser(), history, config)
+    if retrieved is not None:
+        pool = [item for item, _ in retrieved[1][: candidates or DEFAULT_RERANK]]
+    else:
+        pool = sorted(set(data.items["item"]) - set(rated["item"]))
+        if candidates:
+            counts = data.interactions["item"].value_counts().to_dict()
+            pool = sorted(pool, key=lambda item: -counts.get(item, 0))[:candidates]  # ties stay in id order
+    if not pool:
+        raise RecommendError(f"the history rates every item of the catalog of '{data.name}': nothing to recommend")
+    liked = rated["rating"].to_numpy() > cfg.data.like_threshold
+    recent = tuple(zip(rated["item"], liked.tolist(), strict=True))[-cfg.data.history_length :]
+    titles = data.titles()
+    examples = [PreferenceExample(LOCAL_USER, item, 0, recent) for item in pool]
+    prompts = [render_preference_prompt(example, titles, data.noun) for example in examples]
+    scores = scorer.score_candidates(scorer.encode(prompts), cfg.training.physical_batch_size).numpy()
+    best = np.argsort(-scores, kind="stable")[:k]
+    return [Recommendation(pool[i], titles[pool[i]], float(scores[i])) for i in best]
+
+
+def _retrieved(path: Path, history: str | Path | pd.DataFrame) -> tuple[InteractionData, list[tuple[str, float]]]:
+    """The catalog and the collaborative run's ranking of it for the history."""
+    try:
+        if not path.is_file():
+            raise ConfigError(f"item-tables file {path} does not exist")
+        cfg = run_config(path)
+        data = load_interaction_data(cfg.data.dataset, cfg.data.items_path)
+        return data, retrieve(path, load_history(history, data), data, cfg)
+    except (ConfigError, DataError, ValueError) as err:
+        raise RecommendError(str(err)) from None
+
+
+def _adapter_scorer(
+    adapter_dir: Path, history: str | Path | pd.DataFrame, config: FedRecConfig | str | Path | None
+) -> tuple[FedRecConfig, InteractionData, pd.DataFrame, Scorer]:
+    """The adapter run's config, catalog, the checked history and the scorer holding the adapter."""
     try:
         if not adapter_dir.is_dir():
             problem = "is not a folder" if adapter_dir.exists() else "does not exist"
@@ -123,20 +177,7 @@ def recommend(
         raise RecommendError(f"{adapter_dir}: adapter_model.safetensors cannot be read: {err}") from None
     except (ConfigError, DataError, AdapterMismatchError, BackboneError) as err:
         raise RecommendError(str(err)) from None
-    pool = sorted(set(data.items["item"]) - set(rated["item"]))
-    if candidates:
-        counts = data.interactions["item"].value_counts().to_dict()
-        pool = sorted(pool, key=lambda item: -counts.get(item, 0))[:candidates]  # ties stay in id order
-    if not pool:
-        raise RecommendError(f"the history rates every item of the catalog of '{data.name}': nothing to recommend")
-    liked = rated["rating"].to_numpy() > cfg.data.like_threshold
-    recent = tuple(zip(rated["item"], liked.tolist(), strict=True))[-cfg.data.history_length :]
-    titles = data.titles()
-    examples = [PreferenceExample(LOCAL_USER, item, 0, recent) for item in pool]
-    prompts = [render_preference_prompt(example, titles, data.noun) for example in examples]
-    scores = scorer.score_candidates(scorer.encode(prompts), cfg.training.physical_batch_size).numpy()
-    best = np.argsort(-scores, kind="stable")[:k]
-    return [Recommendation(pool[i], titles[pool[i]], float(scores[i])) for i in best]
+    return cfg, data, rated, scorer
 
 
 def format_recommendations(recommendations: list[Recommendation]) -> str:

@@ -9,7 +9,6 @@ fails while training has still used its data), and a round that would exceed
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
@@ -20,31 +19,25 @@ from ..config import FedRecConfig
 from ..models.adapter import adapter_to_arrays
 from ..models.scorer import Scorer
 from ..models.wire import pad_to_rank
-from ..privacy.ledger import PersistentAccountant
-from ..privacy.record_level import PrivateTraining, decline_reason, plan_round
+from ..privacy.record_level import PrivateTraining
 from ..protocol.records import (
     ARRAYS,
     CONFIG,
     DECLINED,
-    DELTA,
-    EPSILON,
     LORA_RANK,
-    NOISE_MULTIPLIER,
     NUM_EXAMPLES,
     PROXIMAL_MU,
-    SAMPLE_RATE,
     SECONDS,
     SERVER_ROUND,
     STEPS,
     TRAIN_LOSS,
 )
 from ..protocol.replies import decline_reply, train_reply
-from ..tasks.preference.dataset import FederatedData
-from ..tasks.preference.examples import PreferenceExample
 from ..tasks.preference.scoring import preference_loss
 from ..tasks.training import LocalTraining, TrainResult, train_adapter
+from .budget import train_within_budget
 from .model import global_model
-from .node import load_privacy_ledger, node_data, prefix_store, store_privacy_ledger
+from .node import node_data, prefix_store, round_seed
 
 
 def train(message: Message, context: Context, cfg: FedRecConfig) -> Message:
@@ -60,59 +53,25 @@ def train(message: Message, context: Context, cfg: FedRecConfig) -> Message:
     local = LocalTraining(
         cfg.training,
         preference_loss,
-        seed=cfg.federation.seed * 1_000_003 + int(config[SERVER_ROUND]) * 1009 + partition_id,
+        seed=round_seed(cfg, int(config[SERVER_ROUND]), partition_id),
         proximal_mu=float(config.get(PROXIMAL_MU, 0.0)),
     )
     metrics: dict[str, Any] = {NUM_EXAMPLES: len(examples), DECLINED: 0, LORA_RANK: rank}
-    if cfg.record_dp.dp:
-        declined, privacy_metrics, result = _train_private(cfg, context, scorer, data, examples, local)
-        if declined is not None:
-            return decline_reply(message, declined, privacy_metrics)
-        metrics |= privacy_metrics
-    else:
-        result = train_adapter(scorer, *_states_and_labels(scorer, data, examples, context), local)
-        rate = min(1.0, cfg.training.batch_size / len(examples))
-        metrics |= {EPSILON: math.inf, DELTA: 0.0, NOISE_MULTIPLIER: 0.0, SAMPLE_RATE: rate}
-    metrics |= {TRAIN_LOSS: result.loss, STEPS: result.steps, SECONDS: time.perf_counter() - started}
+
+    def run(private: PrivateTraining | None) -> TrainResult:
+        states = scorer.prefix_states(scorer.encode(data.prompts(examples)), store=prefix_store(context))
+        return train_adapter(scorer, states, torch.tensor([ex.label for ex in examples]), local, private)
+
+    training = cfg.training
+    outcome = train_within_budget(
+        cfg, context, len(examples), training.batch_size, training.local_epochs, cfg.record_dp.max_grad_norm, run
+    )
+    if outcome.declined is not None:
+        return decline_reply(message, outcome.declined, outcome.metrics)
+    assert outcome.result is not None
+    metrics |= outcome.metrics
+    metrics |= {TRAIN_LOSS: outcome.result.loss, STEPS: outcome.result.steps, SECONDS: time.perf_counter() - started}
     return train_reply(message, _released_adapter(cfg, scorer, message, rank), metrics)
-
-
-def _states_and_labels(
-    scorer: Scorer, data: FederatedData, examples: list[PreferenceExample], context: Context
-) -> tuple[list[torch.Tensor], torch.Tensor]:
-    states = scorer.prefix_states(scorer.encode(data.prompts(examples)), store=prefix_store(context))
-    return states, torch.tensor([ex.label for ex in examples])
-
-
-def _train_private(
-    cfg: FedRecConfig,
-    context: Context,
-    scorer: Scorer,
-    data: FederatedData,
-    examples: list[PreferenceExample],
-    local: LocalTraining,
-) -> tuple[str | None, dict[str, float], TrainResult | None]:
-    """DP-SGD within the node's budget: (decline reason or None, privacy metrics, result)."""
-    dp = cfg.record_dp
-    accountant = load_privacy_ledger(context, cfg)
-    plan = plan_round(dp, cfg.planned_dp_rounds, len(examples), cfg.training.batch_size, cfg.training.local_epochs)
-    reason = decline_reason(dp, plan, accountant)
-    privacy_metrics = {
-        EPSILON: accountant.epsilon(dp.target_delta),
-        DELTA: dp.target_delta,
-        NOISE_MULTIPLIER: plan.noise_multiplier,
-        SAMPLE_RATE: plan.sample_rate,
-    }
-    if reason is not None:
-        return reason, privacy_metrics, None
-    # spend first: a node that fails while training has still used its data
-    planned = (plan.noise_multiplier, plan.sample_rate, plan.steps)
-    store_privacy_ledger(context, cfg, PersistentAccountant(accountant.mechanism, [*accountant.history, planned]))
-    states, labels = _states_and_labels(scorer, data, examples, context)
-    result = train_adapter(scorer, states, labels, local, PrivateTraining(plan, dp.max_grad_norm, accountant))
-    store_privacy_ledger(context, cfg, accountant)
-    privacy_metrics[EPSILON] = accountant.epsilon(dp.target_delta)
-    return None, privacy_metrics, result
 
 
 def _released_adapter(cfg: FedRecConfig, scorer: Scorer, message: Message, rank: int) -> ArrayRecord:

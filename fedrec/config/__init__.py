@@ -3,16 +3,18 @@ shared by the CLI, the ServerApp and the ClientApp (Flower's ``run_config``), re
 from a preset, an optional TOML file and ``--set key=value`` overrides.
 """
 
-from .choices import ACCOUNTANTS, CLIENT_DP_NOISE, COMPUTE_DTYPES, EVAL_SPLITS, PARTITIONERS, STRATEGIES
+from .choices import ACCOUNTANTS, CLIENT_DP_NOISE, COMPUTE_DTYPES, EVAL_SPLITS, PARTITIONERS, RECOMMENDERS, STRATEGIES
 from .options import ConfigError, Section
 from .presets import PRESETS, parse_overrides, read_config_file, resolve_config
 from .run_config import FedRecConfig
 from .sections import (
     AggregationConfig,
     ClientDPConfig,
+    CollaborativeConfig,
     DataConfig,
     EvaluationConfig,
     FederationConfig,
+    ItemStatisticsConfig,
     ModelConfig,
     RecordDPConfig,
     SecAggConfig,
@@ -27,14 +29,17 @@ __all__ = [
     "EVAL_SPLITS",
     "PARTITIONERS",
     "PRESETS",
+    "RECOMMENDERS",
     "STRATEGIES",
     "AggregationConfig",
     "ClientDPConfig",
+    "CollaborativeConfig",
     "ConfigError",
     "DataConfig",
     "EvaluationConfig",
     "FedRecConfig",
     "FederationConfig",
+    "ItemStatisticsConfig",
     "ModelConfig",
     "RecordDPConfig",
     "SecAggConfig",

@@ -13,9 +13,11 @@ from .options import ConfigError, Section, coerce
 from .sections import (
     AggregationConfig,
     ClientDPConfig,
+    CollaborativeConfig,
     DataConfig,
     EvaluationConfig,
     FederationConfig,
+    ItemStatisticsConfig,
     ModelConfig,
     RecordDPConfig,
     SecAggConfig,
@@ -34,6 +36,8 @@ class FedRecConfig:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    collaborative: CollaborativeConfig = field(default_factory=CollaborativeConfig)
+    item_statistics: ItemStatisticsConfig = field(default_factory=ItemStatisticsConfig)
     record_dp: RecordDPConfig = field(default_factory=RecordDPConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
     client_dp: ClientDPConfig = field(default_factory=ClientDPConfig)
@@ -53,11 +57,29 @@ class FedRecConfig:
                 "heterogeneous 'lora-ranks' aggregate exactly only with A frozen: "
                 "use strategy = ffa-lora or set lora-freeze-a = true"
             )
+        if self.model.recommender == "mf":
+            self._check_collaborative()
+        elif self.item_statistics.item_statistics:
+            raise ConfigError("item-statistics are used by recommender = 'mf' only (mf-popularity-weight)")
+        statistics = self.item_statistics
+        if statistics.item_statistics and self.record_dp.dp and statistics.item_statistics_noise == 0:
+            raise ConfigError("with dp = true, item-statistics-noise must be > 0 (exact counts are not private)")
+        if self.collaborative.mf_popularity_weight > 0 and not statistics.item_statistics:
+            raise ConfigError("mf-popularity-weight > 0 needs item-statistics = true")
         if self.secagg.secure_aggregation:
             try:
                 self.secagg.check_sum(self.federation.num_clients)
             except ValueError as err:
                 raise ConfigError(f"secure aggregation: {err}") from None
+
+    def _check_collaborative(self) -> None:
+        """Settings that only the LLM's adapter has."""
+        if self.freeze_lora_a or self.model.client_lora_ranks:
+            raise ConfigError(
+                "recommender = 'mf' has no LoRA: strategy ffa-lora, lora-freeze-a, lora-ranks do not apply"
+            )
+        if self.federation.fraction_evaluate > 0:
+            raise ConfigError("recommender = 'mf' is evaluated centrally: set fraction-evaluate = 0")
 
     @property
     def freeze_lora_a(self) -> bool:

@@ -6,7 +6,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .choices import ACCOUNTANTS, CLIENT_DP_NOISE, COMPUTE_DTYPES, EVAL_SPLITS, PARTITIONERS, STRATEGIES
+from .choices import (
+    ACCOUNTANTS,
+    CLIENT_DP_NOISE,
+    COMPUTE_DTYPES,
+    EVAL_SPLITS,
+    PARTITIONERS,
+    RECOMMENDERS,
+    STRATEGIES,
+)
 from .options import FRACTION, NON_NEGATIVE, POSITIVE, ConfigError, Section, option
 
 
@@ -106,6 +114,12 @@ class ModelConfig(Section):
     """The frozen backbone and its LoRA adapter."""
 
     title = "model"
+    recommender: str = option(
+        "llm",
+        "the model trained: 'llm' (LoRA adapter of the frozen backbone) or 'mf' (matrix factorization: item "
+        "embeddings aggregated, each user's embedding kept on its client)",
+        choices=RECOMMENDERS,
+    )
     backbone: str = option("smollm2", "smollm2, minilm, tiny-llama, tiny-bert, a local folder or a hub id")
     max_length: int = option(256, "prompt tokens; the oldest content is cut", check=POSITIVE)
     lora_rank: int = option(8, "LoRA rank", check=POSITIVE)
@@ -174,6 +188,50 @@ class TrainingConfig(Section):
 
 
 @dataclass(frozen=True)
+class CollaborativeConfig(Section):
+    """The matrix-factorization model (``recommender = 'mf'``): BPR on each client's likes."""
+
+    title = "collaborative model"
+    mf_dim: int = option(16, "embedding dimension of users and items", check=POSITIVE)
+    mf_learning_rate: float = option(
+        100.0, "SGD learning rate of local BPR training (of the batch-mean gradient)", check=POSITIVE
+    )
+    mf_max_grad_norm: float = option(0.5, "DP-SGD: per-record gradient clipping bound", check=POSITIVE)
+    mf_batch_size: int = option(
+        2048,
+        "(expected) batch of (user, liked item) records; with DP, Poisson sampling rate = batch / N",
+        check=POSITIVE,
+    )
+    mf_local_epochs: int = option(1, "passes over the client's likes per round", check=POSITIVE)
+    mf_popularity_weight: float = option(
+        0.0,
+        "weight of log(1 + an item's federated rating count) added to its score (needs item-statistics)",
+        check=NON_NEGATIVE,
+    )
+
+
+@dataclass(frozen=True)
+class ItemStatisticsConfig(Section):
+    """Federated item statistics: each item's ratings and likes summed over the clients."""
+
+    title = "federated item statistics"
+    item_statistics: bool = option(
+        False, "before round 1, sum each item's ratings and likes over the clients (SecAgg+ when on)"
+    )
+    item_statistics_bound: float = option(
+        5.0,
+        "L2 bound on one user's contribution: a user's (ratings, likes) indicators are scaled to it",
+        check=POSITIVE,
+    )
+    item_statistics_noise: float = option(
+        4.0,
+        "Gaussian noise std on each summed count = this multiplier x the bound, added in shares by the clients "
+        "(0: exact sums, no privacy)",
+        check=NON_NEGATIVE,
+    )
+
+
+@dataclass(frozen=True)
 class RecordDPConfig(Section):
     """Record-level differential privacy: DP-SGD with Opacus on every client."""
 
@@ -189,7 +247,7 @@ class RecordDPConfig(Section):
         "rounds each client's noise is calibrated for (0: num-server-rounds); with fraction-train < 1, the rounds "
         "a client is expected to join: less noise, and rounds beyond the budget are declined",
     )
-    max_grad_norm: float = option(1.0, "per-example gradient clipping bound", check=POSITIVE)
+    max_grad_norm: float = option(1.0, "per-example gradient clipping bound of the LLM adapter", check=POSITIVE)
     accountant: str = option("rdp", "Opacus accountant", choices=ACCOUNTANTS)
 
     def validate(self) -> None:

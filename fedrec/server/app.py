@@ -13,15 +13,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from ..config import FedRecConfig
-from ..models.adapter import adapter_to_arrays, frozen_a_fingerprint, load_adapter_arrays, save_adapter
-from ..models.scorer import Scorer
-from ..protocol.records import BACKBONE, BACKBONE_FINGERPRINT, LORA_A_FINGERPRINT, LORA_A_ROWS
-from ..tasks.preference.dataset import load_split
-from ..tasks.preference.evaluation import CentralEvaluator
-from ..tasks.preference.scoring import scorer_for
-from ..tasks.ranking.cases import ranking_cases
+from ..models.collaborative import ITEM_BIASES
 from .checkpoint import ServerCheckpoint, read_checkpoint, write_checkpoint
 from .federation import Federation, compose
+from .item_statistics import item_statistics
+from .models import ServedModel, served_model
 from .owner import stop_with_owner
 from .results import ResultsWriter, default_out_dir
 from .rounds import Checkpoint, RoundRecorder
@@ -36,16 +32,17 @@ def run_server(grid: Grid, cfg: FedRecConfig) -> dict[str, Any]:
     start_round = resumed.round if resumed is not None else 0
     writer = ResultsWriter(cfg.server.out or default_out_dir(), cfg.to_run_config(), resumed and start_round)
     print(f"[fedrec] results folder: {writer.folder}", flush=True)
-    scorer = scorer_for(cfg)
-    scorer.reset_adapter(cfg.federation.seed)
-    initial = adapter_to_arrays(scorer)
+    model = served_model(cfg)
     federation = compose(cfg, grid)
-    evaluator = _central_evaluator(cfg, scorer) if cfg.evaluation.central_eval else None
+    counts, statistics = None, None
+    if cfg.item_statistics.item_statistics:
+        counts, statistics = item_statistics(cfg, federation, len(model.initial[ITEM_BIASES].numpy()), writer.folder)
+    evaluator = model.evaluator(counts) if cfg.evaluation.central_eval else None
     recorder = RoundRecorder(writer, federation, evaluator, cfg, start_round, _checkpointer(writer, federation))
     if resumed is not None:
         _continue(resumed, federation, recorder)
-    start_arrays = resumed.arrays if resumed is not None else initial
-    request = ConfigRecord(_shared_config(cfg, scorer))
+    start_arrays = resumed.arrays if resumed is not None else model.initial
+    request = ConfigRecord(model.request_config())
     result = federation.strategy.start(
         grid=federation.grid,
         initial_arrays=start_arrays,
@@ -58,8 +55,10 @@ def run_server(grid: Grid, cfg: FedRecConfig) -> dict[str, Any]:
     final = result.arrays if len(result.arrays) else start_arrays  # no round aggregated: the start
     eval_examples = len(evaluator.examples) if evaluator is not None else 0
     seconds = time.perf_counter() - started
-    summary = build_summary(cfg, writer.rounds, recorder.node_epsilon, scorer, initial, eval_examples, seconds)
-    _finish(writer, federation, scorer, final, summary, cfg)
+    summary = build_summary(cfg, writer.rounds, recorder.node_epsilon, model, eval_examples, seconds)
+    if statistics is not None:
+        summary["item_statistics"] = statistics
+    _finish(writer, federation, model, final, summary, cfg)
     return summary
 
 
@@ -90,41 +89,16 @@ def _checkpoint_to_resume(cfg: FedRecConfig) -> ServerCheckpoint | None:
     return read_checkpoint(cfg.server.out)
 
 
-def _central_evaluator(cfg: FedRecConfig, scorer: Scorer) -> CentralEvaluator:
-    """The held-out interactions (and ranking cases) of the evaluation users."""
-    central = load_split(cfg.data, cfg.federation.seed, cfg.evaluation.eval_users)
-    evaluation = cfg.evaluation
-    cases = []
-    if evaluation.ranking_users:
-        all_cases = ranking_cases(
-            central.data,
-            central.split,
-            central.eval_users,
-            evaluation.ranking_negatives,
-            cfg.federation.seed,
-            evaluation.eval_split,
-        )
-        cases = all_cases[: evaluation.ranking_users]
-    return CentralEvaluator(scorer, central, cfg.training.physical_batch_size, cases, evaluation.eval_split)
-
-
-def _shared_config(cfg: FedRecConfig, scorer: Scorer) -> dict[str, str | int]:
-    """What every request carries: the backbone's identity and, when A does not travel,
-    the frozen A's fingerprint (every node must draw the same one).
-    """
-    shared: dict[str, str | int] = {BACKBONE: cfg.model.backbone, BACKBONE_FINGERPRINT: scorer.fingerprint}
-    if cfg.freeze_lora_a:
-        rows = min(cfg.model.client_lora_ranks, default=cfg.model.global_lora_rank)
-        shared |= {LORA_A_FINGERPRINT: frozen_a_fingerprint(scorer, rows), LORA_A_ROWS: rows}
-    return shared
-
-
 def _finish(
-    writer: ResultsWriter, federation: Federation, scorer: Scorer, final: ArrayRecord, summary: dict, cfg: FedRecConfig
+    writer: ResultsWriter,
+    federation: Federation,
+    model: ServedModel,
+    final: ArrayRecord,
+    summary: dict,
+    cfg: FedRecConfig,
 ) -> None:
-    """Save the final adapter, then write the summary and the plots."""
-    load_adapter_arrays(scorer, final, "final adapter")
-    save_adapter(scorer, writer.folder / "adapter")
+    """Save the final model, then write the summary and the plots."""
+    model.save(final, writer.folder)
     if federation.client_dp is not None:
         summary["client_dp"] = client_dp_summary(cfg, federation.client_dp)
     writer.write_summary(summary)

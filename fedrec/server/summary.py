@@ -8,11 +8,10 @@ from importlib.metadata import version
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord
 
 from ..config import FedRecConfig
-from ..models.scorer import Scorer
 from ..privacy.client_level.strategy import ClientLevelDP
+from .models import ServedModel
 from .rounds import PREFERENCE_KEYS, RANKING_KEYS
 
 PACKAGES = ("fedrec", "flwr", "torch", "transformers", "peft", "opacus")
@@ -30,15 +29,15 @@ def build_summary(
     cfg: FedRecConfig,
     rounds: list[dict[str, Any]],
     node_epsilon: Mapping[int, float],
-    scorer: Scorer,
-    adapter: ArrayRecord,
+    model: ServedModel,
     eval_examples: int,
     seconds: float,
 ) -> dict[str, Any]:
     """The summary of a run from its round records and the clients' last epsilons."""
     first, last = rounds[0], rounds[-1]
     epsilons = list(node_epsilon.values())
-    full_model = sum(p.numel() * p.element_size() for n, p in scorer.named_parameters() if "lora_" not in n)
+    size = model.initial.count_bytes()
+    facts = model.facts(size)
     up, down = sum(r["bytes_up"] for r in rounds), sum(r["bytes_down"] for r in rounds)
     dp = cfg.record_dp
     summary = {
@@ -53,15 +52,8 @@ def build_summary(
             "target": dp.target_epsilon if dp.dp else None,
         },
         "delta": dp.target_delta if dp.dp else None,
-        "bytes": {
-            "up": up,
-            "down": down,
-            "total": up + down,
-            "adapter": adapter.count_bytes(),
-            "full_model": full_model,
-            "adapter_to_full_model": adapter.count_bytes() / full_model,
-        },
-        "backbone": {"name": cfg.model.backbone, "fingerprint": scorer.fingerprint},
+        "bytes": {"up": up, "down": down, "total": up + down, "adapter": size, **facts.pop("bytes", {})},
+        **facts,
         "seconds": seconds,
         "versions": {name: version(name) for name in PACKAGES},
         "torch_threads": torch.get_num_threads(),

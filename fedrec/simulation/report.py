@@ -40,6 +40,14 @@ def _privacy(summary: Mapping[str, Any]) -> str:
         if summary["dp"]
         else "non-private (no DP): epsilon = infinity"
     )
+    statistics = summary.get("item_statistics")
+    if statistics is not None:
+        eps = statistics["user_level_epsilon"]
+        privacy += (
+            f"\nitem statistics from {statistics['clients']} clients (noise multiplier "
+            f"{statistics['noise_multiplier']}, bound {statistics['bound']}): user-level epsilon {_cell(eps, '.3f')}, "
+            "included in the record-level epsilon above"
+        )
     client_dp = summary.get("client_dp")
     if client_dp is not None:
         privacy += (
@@ -76,10 +84,28 @@ def _ranking(summary: Mapping[str, Any]) -> list[str]:
         f"(round 0: {initial['hr@10']:.4f}, {initial['ndcg@10']:.4f})",
         "ranking baselines on the same cases (HR@10, NDCG@10):",
     ]
-    return lines + [
+    lines += [
         f"  {name:<16} {_estimate(m, 'hr@10')}  {_estimate(m, 'ndcg@10')}"
         for name, m in summary["ranking_baselines"].items()
     ]
+    paired = summary.get("paired_differences") or {}
+    if paired:
+        lines.append("the model minus each baseline, per user on the same cases (HR@10, NDCG@10; paired SE):")
+        lines += [
+            f"  {name:<16} {d['hr@10_diff']:+.4f} ± {d['hr@10_diff_se']:.4f}  "
+            f"{d['ndcg@10_diff']:+.4f} ± {d['ndcg@10_diff_se']:.4f}"
+            for name, d in paired.items()
+        ]
+    return lines
+
+
+def _model_size(summary: Mapping[str, Any]) -> str:
+    """The size of what travels, against the backbone's for an adapter."""
+    size = summary["bytes"]
+    if "full_model" not in size:
+        return f"global model (item tables) {size['adapter']:,}"
+    share = size["adapter_to_full_model"]
+    return f"one adapter {size['adapter']:,} = {share:.3%} of the backbone ({size['full_model']:,})"
 
 
 def summary_table(rounds: list[Mapping[str, Any]], summary: Mapping[str, Any]) -> str:
@@ -92,8 +118,7 @@ def summary_table(rounds: list[Mapping[str, Any]], summary: Mapping[str, Any]) -
         "",
         *preference[:1],
         _privacy(summary),
-        f"bytes: up {size['up']:,}  down {size['down']:,}  total {size['total']:,}; one adapter {size['adapter']:,} "
-        f"= {size['adapter_to_full_model']:.3%} of the backbone ({size['full_model']:,})",
+        f"bytes: up {size['up']:,}  down {size['down']:,}  total {size['total']:,}; {_model_size(summary)}",
         f"time: {summary['seconds']:.1f} s",
         *preference[1:],
         *_ranking(summary),

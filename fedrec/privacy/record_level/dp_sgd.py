@@ -10,7 +10,7 @@ the client's :class:`~fedrec.privacy.ledger.PersistentAccountant`.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -40,15 +40,25 @@ class PrivateTraining:
     accountant: PersistentAccountant
 
 
-def plan_round(dp: RecordDPConfig, planned_rounds: int, num_examples: int, batch_size: int, epochs: int) -> RoundPlan:
+def plan_round(
+    dp: RecordDPConfig,
+    planned_rounds: int,
+    num_examples: int,
+    batch_size: int,
+    epochs: int,
+    spent: Sequence[tuple[float, float, int]] = (),
+) -> RoundPlan:
     """Sampling rate ``1/ceil(N/B)`` (Poisson, expected batch ~B), ``epochs/q`` steps, and
-    the noise multiplier (``noise-multiplier``, or the smallest that fits
-    ``planned_rounds`` such rounds into ``target-epsilon``).
+    the noise multiplier (``noise-multiplier``, or the smallest that fits ``planned_rounds``
+    such rounds into ``target-epsilon`` after the other releases ``spent`` on the same
+    data, e.g. federated item statistics).
     """
     batches = max(1, math.ceil(num_examples / batch_size))
     sample_rate, steps = 1.0 / batches, epochs * batches
     sigma = dp.noise_multiplier
-    if sigma == 0.0:
+    if sigma == 0.0 and spent:
+        sigma = _noise_after(dp, sample_rate, steps * planned_rounds, spent)
+    elif sigma == 0.0:
         sigma = get_noise_multiplier(
             target_epsilon=dp.target_epsilon,
             target_delta=dp.target_delta,
@@ -57,6 +67,29 @@ def plan_round(dp: RecordDPConfig, planned_rounds: int, num_examples: int, batch
             accountant=dp.accountant,
         )
     return RoundPlan(sigma, sample_rate, steps)
+
+
+def _noise_after(
+    dp: RecordDPConfig, sample_rate: float, steps: int, spent: Sequence[tuple[float, float, int]]
+) -> float:
+    """The smallest noise multiplier (within 0.1 %) whose ``steps`` fit into the budget left after ``spent``."""
+    prior = PersistentAccountant(dp.accountant, list(spent))
+    if prior.epsilon(dp.target_delta) >= dp.target_epsilon:
+        raise ValueError(
+            f"the releases before DP-SGD already spend epsilon {prior.epsilon(dp.target_delta):.3f} "
+            f">= target-epsilon {dp.target_epsilon:g}: raise item-statistics-noise or target-epsilon"
+        )
+
+    def fits(sigma: float) -> bool:
+        return prior.epsilon_after(sigma, sample_rate, steps, dp.target_delta) <= dp.target_epsilon
+
+    low, high = 0.0, 1.0
+    while not fits(high):
+        low, high = high, high * 2
+    while high - low > 1e-3 * high:
+        middle = (low + high) / 2
+        low, high = (low, middle) if fits(middle) else (middle, high)
+    return high
 
 
 def decline_reason(dp: RecordDPConfig, plan: RoundPlan, accountant: PersistentAccountant) -> str | None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from ...config import DataConfig
 from ...data.interactions import InteractionData, load_interaction_data, read_table, validate
@@ -45,18 +46,24 @@ class FederatedData:
 
     def train_examples(self, partition_id: int) -> list[PreferenceExample]:
         """Training examples of the users of one client."""
-        return [ex for user in self._users(partition_id) for ex in self.central.split.train[user]]
+        return [ex for user in self.users(partition_id) for ex in self.central.split.train[user]]
 
     def held_out_examples(self, partition_id: int, part: str = "test") -> list[PreferenceExample]:
         """Held-out examples (``part``: test or validation) of the users of one client."""
         held_out = self.central.split.held_out(part)
-        return [ex for user in self._users(partition_id) for ex in held_out.get(user, [])]
+        return [ex for user in self.users(partition_id) for ex in held_out.get(user, [])]
 
     def prompts(self, examples: list[PreferenceExample]) -> list[str]:
         """Rendered prompt text of each example."""
         return self.central.prompts(examples)
 
-    def _users(self, partition_id: int) -> list[str]:
+    def train_interactions(self, partition_id: int) -> pd.DataFrame:
+        """Training interactions (neither validation nor test) of the users of one client."""
+        train = self.central.split.train_interactions
+        return train[train["user"].isin(set(self.users(partition_id)))]
+
+    def users(self, partition_id: int) -> list[str]:
+        """The users of one client."""
         if not 0 <= partition_id < len(self.partitions):
             raise ValueError(f"partition {partition_id} does not exist ({len(self.partitions)} partitions)")
         return self.partitions[partition_id]

@@ -1,0 +1,65 @@
+"""The ClientApp's answer to an item-statistics request: its users' scaled rating and
+like indicators summed per item, plus its share of the Gaussian noise (see
+:mod:`fedrec.privacy.item_statistics`). The noise comes from the operating system's
+random source, and the release is written to the node's ledger before it is sent.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Context, Message
+
+from ..config import FedRecConfig
+from ..privacy.item_statistics import COUNT_UNIT, noise_share, record_level_entry, user_contributions
+from ..privacy.ledger import PersistentAccountant
+from ..protocol.records import (
+    CLIENT_DP_WEIGHT,
+    CONFIG,
+    DECLINED,
+    ITEM_LIKES,
+    ITEM_RATINGS,
+    NUM_EXAMPLES,
+    STATISTICS_CLIENTS,
+)
+from ..protocol.replies import decline_reply, train_reply
+from ..tasks.collaborative.training import catalog_order
+from .node import load_privacy_ledger, node_data, store_privacy_ledger
+
+
+def answer_item_statistics(message: Message, context: Context, cfg: FedRecConfig) -> Message:
+    """Reply the node's noised item counts (in thousands), weight 1 each."""
+    data, partition_id = node_data(cfg, context)
+    items = catalog_order(data.central.data.items["item"])
+    stats = cfg.item_statistics
+    counts = user_contributions(
+        data.train_interactions(partition_id), cfg.data.like_threshold, items, stats.item_statistics_bound
+    )
+    if stats.item_statistics_noise > 0:
+        if cfg.record_dp.dp:
+            reason = _spend(context, cfg)
+            if reason is not None:
+                return decline_reply(message, reason, {})
+        clients = int(message.content.config_records[CONFIG][STATISTICS_CLIENTS])
+        std = noise_share(stats.item_statistics_noise, stats.item_statistics_bound, clients)
+        source = random.SystemRandom()
+        counts = tuple(values + np.array([source.gauss(0.0, std) for _ in values]) for values in counts)
+    arrays = {
+        name: Array((values / COUNT_UNIT).astype(np.float32))
+        for name, values in zip((ITEM_RATINGS, ITEM_LIKES), counts, strict=True)
+    }
+    return train_reply(message, ArrayRecord(arrays), {NUM_EXAMPLES: 1, CLIENT_DP_WEIGHT: 1, DECLINED: 0})
+
+
+def _spend(context: Context, cfg: FedRecConfig) -> str | None:
+    """Write the release to the node's ledger (None), or why it would exceed the budget."""
+    dp = cfg.record_dp
+    accountant = load_privacy_ledger(context, cfg)
+    entry = record_level_entry(cfg.item_statistics.item_statistics_noise)
+    after = accountant.epsilon_after(*entry, dp.target_delta)
+    if dp.target_epsilon > 0 and after > dp.target_epsilon:
+        spent = f"the item statistics would reach epsilon {after:.3f}"
+        return f"privacy budget: {spent} > target-epsilon {dp.target_epsilon:g}"
+    store_privacy_ledger(context, cfg, PersistentAccountant(accountant.mechanism, [*accountant.history, entry]))
+    return None

@@ -1,0 +1,141 @@
+"""What the ServerApp trains, by ``recommender``: the LLM's LoRA adapter or the
+collaborative model's item tables. Each gives the initial arrays, the central
+evaluator, the config every request carries, its facts for the summary, and saves
+the final arrays.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from flwr.app import Array, ArrayRecord
+
+from ..config import FedRecConfig
+from ..files import write_atomic
+from ..models.adapter import adapter_to_arrays, frozen_a_fingerprint, load_adapter_arrays, save_adapter
+from ..models.collaborative import initial_item_arrays
+from ..protocol.records import BACKBONE, BACKBONE_FINGERPRINT, LORA_A_FINGERPRINT, LORA_A_ROWS
+from ..tasks.collaborative.evaluation import CollaborativeEvaluator
+from ..tasks.collaborative.training import catalog_order
+from ..tasks.preference.dataset import CentralSplit, load_split
+from ..tasks.preference.evaluation import CentralEvaluator
+from ..tasks.preference.scoring import scorer_for
+from ..tasks.ranking.cases import RankingCase, ranking_cases
+from .item_statistics import ItemCounts
+from .rounds import Evaluator
+
+
+class ServedModel(Protocol):
+    """The global model of a run, as the server handles it."""
+
+    initial: ArrayRecord
+
+    def evaluator(self, counts: ItemCounts | None = None) -> Evaluator:
+        """The central evaluation of the held-out interactions (``counts``: federated item statistics)."""
+
+    def request_config(self) -> dict[str, str | int]:
+        """What every train and evaluate request carries."""
+
+    def facts(self, size: int) -> dict[str, Any]:
+        """Summary fields describing the model (``size``: bytes of its global arrays)."""
+
+    def save(self, final: ArrayRecord, folder: Path) -> None:
+        """Save the final global arrays in the results folder."""
+
+
+def _central(cfg: FedRecConfig) -> tuple[CentralSplit, list[RankingCase]]:
+    """The evaluation users' split and the first ``ranking-users`` of their ranking cases."""
+    central = load_split(cfg.data, cfg.federation.seed, cfg.evaluation.eval_users)
+    evaluation, cases = cfg.evaluation, []
+    if evaluation.ranking_users:
+        cases = ranking_cases(
+            central.data,
+            central.split,
+            central.eval_users,
+            evaluation.ranking_negatives,
+            cfg.federation.seed,
+            evaluation.eval_split,
+        )[: evaluation.ranking_users]
+    return central, cases
+
+
+class AdapterModel:
+    """The LoRA adapter of the frozen backbone (``recommender = 'llm'``)."""
+
+    def __init__(self, cfg: FedRecConfig) -> None:
+        self.cfg = cfg
+        self.scorer = scorer_for(cfg)
+        self.scorer.reset_adapter(cfg.federation.seed)
+        self.initial = adapter_to_arrays(self.scorer)
+
+    def evaluator(self, counts: ItemCounts | None = None) -> Evaluator:  # noqa: D102
+        central, cases = _central(self.cfg)
+        batch = self.cfg.training.physical_batch_size
+        return CentralEvaluator(self.scorer, central, batch, cases, self.cfg.evaluation.eval_split)
+
+    def request_config(self) -> dict[str, str | int]:
+        """The backbone's identity and, when A does not travel, the frozen A's
+        fingerprint (every node must draw the same one).
+        """
+        cfg = self.cfg
+        shared: dict[str, str | int] = {BACKBONE: cfg.model.backbone, BACKBONE_FINGERPRINT: self.scorer.fingerprint}
+        if cfg.freeze_lora_a:
+            rows = min(cfg.model.client_lora_ranks, default=cfg.model.global_lora_rank)
+            shared |= {LORA_A_FINGERPRINT: frozen_a_fingerprint(self.scorer, rows), LORA_A_ROWS: rows}
+        return shared
+
+    def facts(self, size: int) -> dict[str, Any]:  # noqa: D102
+        params = self.scorer.named_parameters()
+        full_model = sum(p.numel() * p.element_size() for n, p in params if "lora_" not in n)
+        return {
+            "recommender": "llm",
+            "backbone": {"name": self.cfg.model.backbone, "fingerprint": self.scorer.fingerprint},
+            "bytes": {"full_model": full_model, "adapter_to_full_model": size / full_model},
+        }
+
+    def save(self, final: ArrayRecord, folder: Path) -> None:
+        """The adapter as a peft folder, ``adapter/``."""
+        load_adapter_arrays(self.scorer, final, "final adapter")
+        save_adapter(self.scorer, folder / "adapter")
+
+
+class CollaborativeModel:
+    """Matrix factorization's global item tables (``recommender = 'mf'``)."""
+
+    def __init__(self, cfg: FedRecConfig) -> None:
+        self.cfg = cfg
+        central = load_split(cfg.data, cfg.federation.seed, cfg.evaluation.eval_users)
+        self.num_items = len(catalog_order(central.data.items["item"]))
+        arrays = initial_item_arrays(self.num_items, cfg.collaborative.mf_dim, cfg.federation.seed)
+        self.initial = ArrayRecord({name: Array(values) for name, values in arrays.items()})
+
+    def evaluator(self, counts: ItemCounts | None = None) -> Evaluator:
+        """Fold-in evaluation; with ``counts``, each item's score gets ``mf-popularity-weight``
+        times its federated popularity.
+        """
+        central, cases = _central(self.cfg)
+        cfg = self.cfg
+        popularity = counts.popularity() * cfg.collaborative.mf_popularity_weight if counts is not None else None
+        return CollaborativeEvaluator(
+            central, cfg.data.like_threshold, cfg.collaborative.mf_dim, cases, cfg.evaluation.eval_split, popularity
+        )
+
+    def request_config(self) -> dict[str, str | int]:  # noqa: D102
+        return {}
+
+    def facts(self, size: int) -> dict[str, Any]:  # noqa: D102
+        return {"recommender": "mf", "mf": {"items": self.num_items, "dim": self.cfg.collaborative.mf_dim}}
+
+    def save(self, final: ArrayRecord, folder: Path) -> None:
+        """The item tables as ``item-tables.npz`` (one array per name)."""
+        buffer = io.BytesIO()
+        np.savez(buffer, **{name: array.numpy() for name, array in final.items()})
+        write_atomic(folder / "item-tables.npz", buffer.getvalue())
+
+
+def served_model(cfg: FedRecConfig) -> ServedModel:
+    """The model ``recommender`` names."""
+    return CollaborativeModel(cfg) if cfg.model.recommender == "mf" else AdapterModel(cfg)

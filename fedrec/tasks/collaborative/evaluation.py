@@ -1,0 +1,84 @@
+"""Central evaluation of the collaborative model on the preference and ranking tasks'
+held-out interactions.
+
+The evaluation users' embeddings stay on their clients, so the evaluator folds each
+user in from their training likes against the global item tables (as a new user's
+device would): the item tables are what the federation trains and what is measured.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord
+
+from ...models.collaborative import MatrixFactorization
+from ..metrics import target_rank
+from ..preference.dataset import CentralSplit
+from ..preference.evaluation import preference_metrics
+from ..ranking.baselines import full_catalog_metrics
+from ..ranking.cases import RankingCase
+from ..ranking.ranker import ranking_metrics
+from .training import Likes, catalog_order, fold_in
+
+
+class CollaborativeEvaluator:
+    """Scores the evaluation users' held-out interactions (and ranking cases) with the
+    item tables of a round, each user folded in from their training likes; ``item_prior``
+    (one value per catalog item, e.g. weighted federated popularity) is added to every score.
+    """
+
+    def __init__(
+        self,
+        central: CentralSplit,
+        like_threshold: float,
+        dim: int,
+        ranking_cases: list[RankingCase] | None = None,
+        part: str = "test",
+        item_prior: np.ndarray | None = None,
+    ) -> None:
+        self.examples = central.held_out_examples(part)
+        self.cases = ranking_cases or []
+        self.items = catalog_order(central.data.items["item"])
+        self.users = sorted({ex.user for ex in self.examples} | {case.user for case in self.cases})
+        self.likes = Likes.of(central.split.train_interactions, like_threshold, self.users, self.items)
+        self.model = MatrixFactorization(len(self.users), len(self.items), dim)
+        self.item_prior = torch.as_tensor(item_prior, dtype=torch.float32) if item_prior is not None else None
+        item_row = {item: n for n, item in enumerate(self.items)}
+        user_row = {user: n for n, user in enumerate(self.users)}
+        self.example_users = torch.tensor([user_row[ex.user] for ex in self.examples], dtype=torch.long)
+        self.example_items = torch.tensor([item_row[ex.item] for ex in self.examples], dtype=torch.long)
+        self.case_users = torch.tensor([user_row[case.user] for case in self.cases], dtype=torch.long)
+        self.case_items = torch.tensor(
+            [[item_row[i] for i in case.candidates] for case in self.cases], dtype=torch.long
+        )
+        self.user_row = user_row
+        self.rated = central.data.interactions.groupby("user")["item"].agg(set).to_dict()
+
+    def __call__(self, arrays: ArrayRecord, rank: bool = True) -> dict[str, float]:
+        """AUC and UAUC (with standard errors) of the held-out interactions, and, when
+        there are ranking cases and ``rank`` is true, HR@10 and NDCG@10 among each case's
+        candidates and Recall@20 and coverage@10 over the whole catalog (as the baselines').
+        """
+        self.model.load_item_arrays({name: array.numpy() for name, array in arrays.items()}, "global item tables")
+        fold_in(self.model, self.likes)
+        with torch.no_grad():
+            scores = self._scores(self.example_users, self.example_items[:, None])[:, 0].numpy()
+        metrics: dict[str, float] = {**preference_metrics(self.examples, scores), "examples": len(self.examples)}
+        if self.cases and rank:
+            with torch.no_grad():
+                candidate_scores = self._scores(self.case_users, self.case_items).numpy()
+            metrics |= ranking_metrics([target_rank(row) for row in candidate_scores])
+            metrics |= full_catalog_metrics(self._catalog_scores, self.items, self.cases, self.rated)
+        return metrics
+
+    @torch.no_grad()
+    def _catalog_scores(self, user: str) -> np.ndarray:
+        """Every catalog item's score for a folded-in evaluation user."""
+        catalog = torch.arange(len(self.items))[None]
+        return self._scores(torch.tensor([self.user_row[user]]), catalog)[0].numpy()
+
+    def _scores(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """The model's scores plus the item prior, when there is one."""
+        scores = self.model(users, items)
+        return scores if self.item_prior is None else scores + self.item_prior[items]
