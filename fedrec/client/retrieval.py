@@ -15,7 +15,7 @@ import torch
 from ..config import FedRecConfig
 from ..data.interactions import InteractionData
 from ..models.collaborative import ITEM_EMBEDDINGS, MatrixFactorization
-from ..privacy.item_statistics import STATISTICS_FILE
+from ..privacy.item_statistics import STATISTICS_FILE, popularity
 from ..protocol.records import ITEM_RATINGS
 from ..tasks.collaborative.training import Likes, catalog_order, fold_in
 
@@ -47,7 +47,7 @@ def retrieve(path: Path, history: pd.DataFrame, data: InteractionData, cfg: FedR
     statistics = path.parent / STATISTICS_FILE
     if weight > 0 and statistics.exists():
         with np.load(statistics) as stored:
-            scores = scores + weight * np.log1p(np.maximum(stored[ITEM_RATINGS], 0.0))
+            scores = scores + weight * popularity(stored[ITEM_RATINGS])
     rated = set(history["item"].astype(str))
     order = np.argsort(-scores, kind="stable")
     return [(items[i], float(scores[i])) for i in order if items[i] not in rated]

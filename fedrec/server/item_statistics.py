@@ -18,7 +18,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Rec
 
 from ..config import FedRecConfig
 from ..files import write_atomic
-from ..privacy.item_statistics import COUNT_UNIT, STATISTICS_FILE, user_level_epsilon
+from ..privacy.item_statistics import COUNT_UNIT, STATISTICS_FILE, popularity, user_level_epsilon
 from ..privacy.secagg.grid import SecAggGrid, masking_parameters
 from ..protocol.records import (
     ARRAYS,
@@ -45,7 +45,7 @@ class ItemCounts:
 
     def popularity(self) -> np.ndarray:
         """``log(1 + ratings)``, negative noisy counts read as 0."""
-        return np.log1p(np.maximum(self.ratings, 0.0))
+        return popularity(self.ratings)
 
 
 def item_statistics(

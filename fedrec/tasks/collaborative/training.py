@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ...models.collaborative import MatrixFactorization
 from ...privacy.record_level import PrivateTraining, dp_sgd
-from ..training import TrainResult
+from ..training import TrainResult, one_thread
 
 
 @dataclass(frozen=True)
@@ -120,21 +120,23 @@ def fold_in(
     with Adam from zero, on one thread (repeatable). Users without likes keep a zero
     embedding (they are scored by the item biases).
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    item_tables = (model.items.weight, model.item_biases.weight)
+    with one_thread():
         with torch.no_grad():
             model.users.weight.zero_()
         optimizer = torch.optim.Adam(model.users.parameters(), lr=learning_rate)
         generator = torch.Generator().manual_seed(seed)
-        for _ in range(epochs if len(likes) else 0):
-            negatives = torch.randint(model.items.num_embeddings, (len(likes),), generator=generator)
-            optimizer.zero_grad()
-            bpr_loss(model, likes.users, likes.items, negatives).backward()
-            optimizer.step()
-    finally:
-        torch.set_num_threads(threads)
-    model.items.weight.grad = model.item_biases.weight.grad = None
+        try:
+            for table in item_tables:  # fixed: no gradient computed for them
+                table.requires_grad_(False)
+            for _ in range(epochs if len(likes) else 0):
+                negatives = torch.randint(model.items.num_embeddings, (len(likes),), generator=generator)
+                optimizer.zero_grad()
+                bpr_loss(model, likes.users, likes.items, negatives).backward()
+                optimizer.step()
+        finally:
+            for table in item_tables:
+                table.requires_grad_(True)
 
 
 def catalog_order(items: pd.Series) -> list[str]:

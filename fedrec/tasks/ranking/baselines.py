@@ -7,14 +7,14 @@ averaged by FedAvg; no privacy mechanism).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 import torch
 
 from ..metrics import catalog_coverage, hit_rate_at_k, ndcg_at_k, target_rank
+from ..training import one_thread
 from .cases import RankingCase
 from .ranker import K, ranking_metrics
 
@@ -23,17 +23,6 @@ def popularity_ranks(train: pd.DataFrame, cases: list[RankingCase]) -> list[int]
     """Ranks by the number of training ratings of each candidate."""
     counts = train["item"].value_counts().to_dict()
     return [target_rank([counts.get(item, 0) for item in case.candidates]) for case in cases]
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """Torch's intra-op parallelism off for the block (restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 class BPRModel:
