@@ -187,9 +187,9 @@ def test_batch_memory_manager_splits_logical_batches(scorer, monkeypatch):
     plan = plan_round(RecordDPConfig(noise_multiplier=1.0), 1, len(states), 32, 1)
     forward, sizes = type(scorer).forward, []
 
-    def counted(self, batch, mask):
+    def counted(self, batch, mask, signals=None):
         sizes.append(len(batch))
-        return forward(self, batch, mask)
+        return forward(self, batch, mask, signals)
 
     monkeypatch.setattr(type(scorer), "forward", counted)
     result = train_adapter(

@@ -7,6 +7,7 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 from ..config import FedRecConfig
 from ..protocol.records import METRICS
 from ..tasks.preference.evaluation import evaluate_examples
+from ..tasks.preference.signals import node_signals
 from .model import global_model
 from .node import node_data, prefix_store
 
@@ -17,11 +18,14 @@ def evaluate(message: Message, context: Context, cfg: FedRecConfig) -> Message:
     """
     scorer = global_model(cfg, message)  # at the global rank
     data, partition_id = node_data(cfg, context)
+    examples = data.held_out_examples(partition_id, cfg.evaluation.eval_split)
+    signals = node_signals(cfg, data, partition_id)
     metrics = evaluate_examples(
         scorer,
         data,
-        data.held_out_examples(partition_id, cfg.evaluation.eval_split),
+        examples,
         cfg.training.physical_batch_size,
         prefix_store(context),
+        None if signals is None else signals.of(examples),
     )
     return Message(content=RecordDict({METRICS: MetricRecord(metrics)}), reply_to=message)

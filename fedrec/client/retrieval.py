@@ -14,19 +14,10 @@ import torch
 
 from ..config import FedRecConfig
 from ..data.interactions import InteractionData
-from ..models.collaborative import ITEM_EMBEDDINGS, MatrixFactorization
+from ..models.collaborative import ITEM_EMBEDDINGS, MatrixFactorization, read_item_tables
 from ..privacy.item_statistics import STATISTICS_FILE, popularity
 from ..protocol.records import ITEM_RATINGS
 from ..tasks.collaborative.training import Likes, catalog_order, fold_in
-
-
-def read_item_tables(path: Path) -> dict[str, np.ndarray]:
-    """The arrays of a run's ``item-tables.npz`` (``ValueError`` naming the file when unreadable)."""
-    try:
-        with np.load(path) as stored:
-            return {name: stored[name] for name in stored.files}
-    except (OSError, ValueError, EOFError) as err:
-        raise ValueError(f"{path}: not a readable item-tables file ({type(err).__name__}: {err})") from None
 
 
 def retrieve(path: Path, history: pd.DataFrame, data: InteractionData, cfg: FedRecConfig) -> list[tuple[str, float]]:

@@ -34,6 +34,7 @@ from ..protocol.records import (
 )
 from ..protocol.replies import decline_reply, train_reply
 from ..tasks.preference.scoring import preference_loss
+from ..tasks.preference.signals import node_signals
 from ..tasks.training import LocalTraining, TrainResult, train_adapter
 from .budget import train_within_budget
 from .model import global_model
@@ -58,9 +59,12 @@ def train(message: Message, context: Context, cfg: FedRecConfig) -> Message:
     )
     metrics: dict[str, Any] = {NUM_EXAMPLES: len(examples), DECLINED: 0, LORA_RANK: rank}
 
+    signals = node_signals(cfg, data, partition_id)
+
     def run(private: PrivateTraining | None) -> TrainResult:
         states = scorer.prefix_states(scorer.encode(data.prompts(examples)), store=prefix_store(context))
-        return train_adapter(scorer, states, torch.tensor([ex.label for ex in examples]), local, private)
+        labels = torch.tensor([ex.label for ex in examples])
+        return train_adapter(scorer, states, labels, local, private, None if signals is None else signals.of(examples))
 
     training = cfg.training
     outcome = train_within_budget(

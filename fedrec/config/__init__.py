@@ -3,7 +3,16 @@ shared by the CLI, the ServerApp and the ClientApp (Flower's ``run_config``), re
 from a preset, an optional TOML file and ``--set key=value`` overrides.
 """
 
-from .choices import ACCOUNTANTS, CLIENT_DP_NOISE, COMPUTE_DTYPES, EVAL_SPLITS, PARTITIONERS, RECOMMENDERS, STRATEGIES
+from .choices import (
+    ACCOUNTANTS,
+    CLIENT_DP_NOISE,
+    COMPUTE_DTYPES,
+    EVAL_SPLITS,
+    LLM_INPUTS,
+    PARTITIONERS,
+    RECOMMENDERS,
+    STRATEGIES,
+)
 from .options import ConfigError, Section
 from .presets import PRESETS, parse_overrides, read_config_file, resolve_config
 from .run_config import FedRecConfig
@@ -27,6 +36,7 @@ __all__ = [
     "CLIENT_DP_NOISE",
     "COMPUTE_DTYPES",
     "EVAL_SPLITS",
+    "LLM_INPUTS",
     "PARTITIONERS",
     "PRESETS",
     "RECOMMENDERS",

@@ -57,6 +57,8 @@ class FedRecConfig:
                 "heterogeneous 'lora-ranks' aggregate exactly only with A frozen: "
                 "use strategy = ffa-lora or set lora-freeze-a = true"
             )
+        if self.model.llm_input == "hybrid" and (self.model.recommender != "llm" or not self.collaborative.item_tables):
+            raise ConfigError("llm-input = 'hybrid' needs recommender = 'llm' and item-tables (an mf run's file)")
         if self.model.recommender == "mf":
             self._check_collaborative()
         elif self.item_statistics.item_statistics:

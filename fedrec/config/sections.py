@@ -11,6 +11,7 @@ from .choices import (
     CLIENT_DP_NOISE,
     COMPUTE_DTYPES,
     EVAL_SPLITS,
+    LLM_INPUTS,
     PARTITIONERS,
     RECOMMENDERS,
     STRATEGIES,
@@ -120,6 +121,12 @@ class ModelConfig(Section):
         "embeddings aggregated, each user's embedding kept on its client)",
         choices=RECOMMENDERS,
     )
+    llm_input: str = option(
+        "text",
+        "what the LLM reads: 'text' (the history's titles) or 'hybrid' (also collaborative soft tokens: the "
+        "user's folded-in and the item's embedding from item-tables, projected by a trained projector)",
+        choices=LLM_INPUTS,
+    )
     backbone: str = option("smollm2", "smollm2, minilm, tiny-llama, tiny-bert, a local folder or a hub id")
     max_length: int = option(256, "prompt tokens; the oldest content is cut", check=POSITIVE)
     lora_rank: int = option(8, "LoRA rank", check=POSITIVE)
@@ -207,6 +214,11 @@ class CollaborativeConfig(Section):
         0.0,
         "weight of log(1 + an item's federated rating count) added to its score (needs item-statistics)",
         check=NON_NEGATIVE,
+    )
+    item_tables: str = option(
+        "",
+        "llm-input = 'hybrid': the item-tables.npz of a finished recommender = 'mf' run (its summary.json beside "
+        "it gives the epsilon the hybrid run composes with)",
     )
 
 

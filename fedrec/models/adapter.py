@@ -1,7 +1,9 @@
 """A scorer's adapter on the wire and on disk: ``ArrayRecord`` by name, and peft's format.
 
 Only the trainable tensors travel: under FFA-LoRA (A frozen at the shared seeded
-initialisation) that is B alone, half the bytes (see :mod:`.wire` for ranks).
+initialisation) that is B alone, half the bytes (see :mod:`.wire` for ranks). A
+collaborative soft-token projector is part of the adapter: its tensors travel and are
+saved beside peft's, named with :data:`~.soft_tokens.PROJECTOR_PREFIX`.
 """
 
 from __future__ import annotations
@@ -15,23 +17,42 @@ from pathlib import Path
 import torch
 from flwr.app import ArrayRecord
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from .scorer import Scorer
+from .soft_tokens import PROJECTOR_PREFIX
 from .wire import AdapterMismatchError, slice_to_rank
+
+PROJECTOR_FILE = "soft_tokens.safetensors"
+
+
+def _projector_state(scorer: Scorer) -> dict[str, torch.Tensor]:
+    if scorer.projector is None:
+        return {}
+    return {PROJECTOR_PREFIX + k: v.detach().clone() for k, v in scorer.projector.state_dict().items()}
 
 
 def adapter_state(scorer: Scorer) -> dict[str, torch.Tensor]:
-    """The adapter's tensors by peft name (detached copies)."""
-    return {k: v.detach().clone() for k, v in get_peft_model_state_dict(scorer.peft).items()}
+    """The adapter's tensors by peft name, and the projector's (detached copies)."""
+    peft_state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(scorer.peft).items()}
+    return peft_state | _projector_state(scorer)
 
 
 def wire_state(scorer: Scorer) -> dict[str, torch.Tensor]:
-    """The adapter's trainable tensors by peft name (detached copies)."""
+    """The adapter's trainable tensors by peft name, and the projector's (detached copies)."""
     trainable = {p.data_ptr() for p in scorer.trainable_parameters()}
-    return {
-        k: v.detach().clone() for k, v in get_peft_model_state_dict(scorer.peft).items() if v.data_ptr() in trainable
-    }
+    peft_state = get_peft_model_state_dict(scorer.peft)
+    return {k: v.detach().clone() for k, v in peft_state.items() if v.data_ptr() in trainable} | _projector_state(
+        scorer
+    )
+
+
+def _set_state(scorer: Scorer, state: dict[str, torch.Tensor]) -> None:
+    """Set peft's tensors and the projector's from one checked state."""
+    projector = {k[len(PROJECTOR_PREFIX) :]: v for k, v in state.items() if k.startswith(PROJECTOR_PREFIX)}
+    set_peft_model_state_dict(scorer.peft, {k: v for k, v in state.items() if not k.startswith(PROJECTOR_PREFIX)})
+    if scorer.projector is not None:
+        scorer.projector.load_state_dict(projector)
 
 
 def adapter_to_arrays(scorer: Scorer) -> ArrayRecord:
@@ -72,8 +93,8 @@ def check_adapter_state(expected: dict[str, torch.Tensor], received: dict[str, t
 
 def load_adapter_state(scorer: Scorer, state: dict[str, torch.Tensor], source: str = "adapter") -> None:
     """Set the adapter from a peft-named state after checking it fits."""
-    check_adapter_state(get_peft_model_state_dict(scorer.peft), state, source)
-    set_peft_model_state_dict(scorer.peft, state)
+    check_adapter_state(adapter_state(scorer), state, source)
+    _set_state(scorer, state)
 
 
 def load_adapter_arrays(scorer: Scorer, arrays: ArrayRecord, source: str = "message", rank: int | None = None) -> None:
@@ -84,18 +105,21 @@ def load_adapter_arrays(scorer: Scorer, arrays: ArrayRecord, source: str = "mess
     if rank is not None:
         state = slice_to_rank(state, rank)
     check_adapter_state(wire_state(scorer), state, source)
-    set_peft_model_state_dict(scorer.peft, state)
+    _set_state(scorer, state)
 
 
 def save_adapter(scorer: Scorer, folder: str | Path) -> Path:
     """Write the adapter in peft's format (``adapter_config.json``,
-    ``adapter_model.safetensors``); the folder is replaced atomically.
+    ``adapter_model.safetensors``; a projector in ``soft_tokens.safetensors``); the
+    folder is replaced atomically.
     """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
     try:
         scorer.peft.save_pretrained(staging)
+        if scorer.projector is not None:
+            save_file(_projector_state(scorer), str(staging / PROJECTOR_FILE))
         if folder.exists():
             old = folder.with_name(f".{folder.name}-old")
             shutil.rmtree(old, ignore_errors=True)
@@ -114,4 +138,8 @@ def load_adapter_folder(scorer: Scorer, folder: str | Path) -> None:
     path = Path(folder) / "adapter_model.safetensors"
     if not path.exists():
         raise AdapterMismatchError(f"{folder}: no adapter_model.safetensors")
-    load_adapter_state(scorer, load_file(str(path)), str(folder))
+    state = load_file(str(path))
+    projector = Path(folder) / PROJECTOR_FILE
+    if projector.exists():
+        state |= load_file(str(projector))
+    load_adapter_state(scorer, state, str(folder))

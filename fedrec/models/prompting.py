@@ -20,12 +20,15 @@ _CONTENT_MARKER = "\u0001CONTENT\u0001"
 class AnswerPrompt:
     """How a task asks a causal LM a two-way question: the system message of a chat
     template, the cue after the content for tokenizers without one, and the two answers
-    whose next-token logits are compared (positive first).
+    whose next-token logits are compared (positive first). ``signal_slots`` (for
+    collaborative soft tokens, see :mod:`.soft_tokens`) are texts placed after the content,
+    one per soft token, whose last token carries it.
     """
 
     system: str
     plain_cue: str
     answers: tuple[str, str]
+    signal_slots: tuple[str, ...] = ()
 
 
 class PromptFormat:
@@ -36,7 +39,10 @@ class PromptFormat:
     def __init__(self, tokenizer: PreTrainedTokenizerBase, kind: str, question: AnswerPrompt, name: str) -> None:
         self.tokenizer = tokenizer
         self.answer_ids: torch.Tensor | None = None
+        self.slot_ids: list[list[int]] = []
         if kind == "encoder":
+            if question.signal_slots:
+                raise BackboneError(f"{name}: collaborative soft tokens need a causal LM (slots at fixed offsets)")
             special = tokenizer("")["input_ids"]
             self.head_ids, self.tail_ids = special[:1], special[1:]
             return
@@ -54,6 +60,7 @@ class PromptFormat:
             bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
         self.head_ids = bos + tokenizer.encode(before, add_special_tokens=False)
         self.tail_ids = tokenizer.encode(after, add_special_tokens=False)
+        self.slot_ids = [tokenizer.encode(slot, add_special_tokens=False) for slot in question.signal_slots]
         positive, negative = (tokenizer.encode(answer_prefix + a, add_special_tokens=False) for a in question.answers)
         if positive[0] == negative[0]:
             raise BackboneError(f"{name}: {question.answers[0]!r} and {question.answers[1]!r} share their first token")
@@ -63,8 +70,18 @@ class PromptFormat:
         """Token ids of each prompt inside the template, truncated to ``max_length`` by
         dropping the oldest part of the content.
         """
-        budget = max_length - len(self.head_ids) - len(self.tail_ids)
+        slots = [token for ids in self.slot_ids for token in ids]
+        budget = max_length - len(self.head_ids) - len(slots) - len(self.tail_ids)
         if budget <= 8:
             raise BackboneError(f"max-length {max_length} leaves no room for the prompt")
         contents = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        return [self.head_ids + ids[-budget:] + self.tail_ids for ids in contents]
+        return [self.head_ids + ids[-budget:] + slots + self.tail_ids for ids in contents]
+
+    @property
+    def slot_offsets(self) -> tuple[int, ...]:
+        """Each signal slot's carrying token, counted from the prompt's end (1: the last token)."""
+        offsets, after = [], len(self.tail_ids)
+        for ids in reversed(self.slot_ids):
+            offsets.append(after + 1)
+            after += len(ids)
+        return tuple(reversed(offsets))

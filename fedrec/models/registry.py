@@ -14,12 +14,17 @@ from .scorer import Scorer
 
 @functools.lru_cache(maxsize=4)  # server + up to three client ranks
 def shared_scorer(
-    backbone: str, lora: LoraSettings, question: AnswerPrompt, max_length: int, compute_dtype: str
+    backbone: str,
+    lora: LoraSettings,
+    question: AnswerPrompt,
+    max_length: int,
+    compute_dtype: str,
+    signal_dim: int = 0,
 ) -> Scorer:
     """The process's scorer for these settings, loaded on first use (on the GPU when
     one is visible). Callers set the adapter weights they need before use.
     """
-    scorer = Scorer(load_backbone(backbone), lora, question, max_length, getattr(torch, compute_dtype))
+    scorer = Scorer(load_backbone(backbone), lora, question, max_length, getattr(torch, compute_dtype), signal_dim)
     if torch.cuda.is_available():
         scorer.to("cuda")
     return scorer

@@ -8,8 +8,9 @@ cached state is the token embedding. A self-check at construction verifies that 
 split path reproduces the model's own forward.
 
 It composes the parts: the backbone's kind (:mod:`.kinds`), LoRA (:mod:`.lora`), the
-split forward (:mod:`.split`), the head (:mod:`.heads`) and the prompt format
-(:mod:`.prompting`, with the task's :class:`~.prompting.AnswerPrompt`).
+split forward (:mod:`.split`), the head (:mod:`.heads`), the prompt format
+(:mod:`.prompting`, with the task's :class:`~.prompting.AnswerPrompt`) and, with
+``signal_dim`` > 0, the collaborative soft tokens' projector (:mod:`.soft_tokens`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from .lora import LoraSettings, attach_lora, lora_train_mode, reset_lora, split_
 from .prefix_cache import PREFIX_CACHE, shared_prefix_groups
 from .prefix_store import PrefixStore
 from .prompting import AnswerPrompt, PromptFormat
+from .soft_tokens import SoftTokenProjector, add_at_slots
 from .split import SplitForward, layer_list
 
 PREFIX_BATCH_SIZE = 16  # prompts per frozen-prefix forward
@@ -39,7 +41,8 @@ _CHECK_TEXTS = ["One two three, four five six. Seven eight nine ten?", "Eleven t
 
 class Scorer(nn.Module):
     """Frozen backbone + peft LoRA adapter; ``forward`` maps cached layer-``k`` states
-    to scores. Its only submodule is :attr:`peft` (what Opacus hooks).
+    (and, with a projector, each prompt's collaborative signals) to scores. Its
+    submodules are :attr:`peft` and :attr:`projector` (what Opacus hooks).
     """
 
     def __init__(
@@ -49,6 +52,7 @@ class Scorer(nn.Module):
         question: AnswerPrompt,
         max_length: int = 256,
         compute_dtype: torch.dtype = torch.float32,
+        signal_dim: int = 0,
     ) -> None:
         super().__init__()
         self.compute_dtype, self.max_length = compute_dtype, max_length
@@ -64,6 +68,12 @@ class Scorer(nn.Module):
         self.prompt = PromptFormat(self.tokenizer, self.kind.name, question, backbone.name)
         self.head = self.kind.head(self.peft, self.prompt)
         self.head.reset()
+        self.projector: SoftTokenProjector | None = None
+        if signal_dim:
+            if len(question.signal_slots) != 2:
+                raise BackboneError("collaborative soft tokens need a question with two signal slots (user, item)")
+            self.projector = SoftTokenProjector(signal_dim, trunk.config.hidden_size)
+            self.projector.reset(lora.seed)
         self.eval()
         self._check_split()
 
@@ -150,9 +160,20 @@ class Scorer(nn.Module):
         digest = hashlib.sha1(torch.tensor(tokens, dtype=torch.int32).numpy().tobytes()).hexdigest()
         return f"{self.fingerprint}:{self.split_layer}:{self.compute_dtype}:{digest}"
 
-    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Scores of a padded batch of split-layer states ``[B, T, d]``."""
+    @property
+    def signal_dim(self) -> int:
+        """Dimension of the collaborative signals the projector takes (0: none)."""
+        return self.projector.signal_dim if self.projector is not None else 0
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor, signals: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores of a padded batch of split-layer states ``[B, T, d]``; ``signals``
+        ``[B, 2, signal_dim]`` (user, item) become soft tokens at the prompt's slots.
+        """
         with self._autocast():
+            if signals is not None:
+                if self.projector is None:
+                    raise ValueError("collaborative signals given to a scorer without a projector")
+                states = add_at_slots(states, self.projector(signals.to(states.device)), self.prompt.slot_offsets)
             return self.head(self.split, states, mask)
 
     def batch(self, states: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,26 +184,38 @@ class Scorer(nn.Module):
 
     @torch.no_grad()
     def score(
-        self, token_lists: list[list[int]], batch_size: int = 16, store: PrefixStore | None = None
+        self,
+        token_lists: list[list[int]],
+        batch_size: int = 16,
+        store: PrefixStore | None = None,
+        signals: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Scores of tokenized prompts (evaluation; adapter in eval mode)."""
+        """Scores of tokenized prompts (evaluation; adapter in eval mode), with each
+        prompt's collaborative ``signals`` when given.
+        """
         was_training = self.training
         self.eval()
         states = self.prefix_states(token_lists, store=store)
         scores = [
-            self(*self.batch(states[i : i + batch_size])).float().cpu() for i in range(0, len(states), batch_size)
+            self(*self.batch(states[i : i + batch_size]), None if signals is None else signals[i : i + batch_size])
+            .float()
+            .cpu()
+            for i in range(0, len(states), batch_size)
         ]
         self.train(was_training)
         return torch.cat(scores) if scores else torch.empty(0)
 
     @torch.no_grad()
-    def score_candidates(self, token_lists: list[list[int]], batch_size: int = 32) -> torch.Tensor:
+    def score_candidates(
+        self, token_lists: list[list[int]], batch_size: int = 32, signals: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Scores of prompts that differ only after a shared prefix (see
         :mod:`.candidates`); equal to :meth:`full_forward_score` of each prompt up to
-        float error.
+        float error. With ``signals`` (soft tokens) the frozen layers' shared prefix is
+        still computed once (:meth:`prefix_states`), the adapter's layers per prompt.
         """
-        if self.kind.name != "causal" or len(token_lists) < 2:
-            return self.score(token_lists, batch_size)
+        if self.kind.name != "causal" or len(token_lists) < 2 or signals is not None:
+            return self.score(token_lists, batch_size, signals=signals)
         shared = shared_length(token_lists)
         if shared < 1:
             return self.score(token_lists, batch_size)
@@ -248,12 +281,14 @@ class Scorer(nn.Module):
         return next(self.peft.parameters()).device
 
     def reset_adapter(self, seed: int) -> None:
-        """Re-initialise the adapter from ``seed`` (see :func:`.lora.reset_lora`) and the
-        head's trainable parameters.
+        """Re-initialise the adapter from ``seed`` (see :func:`.lora.reset_lora`), the
+        head's trainable parameters and the projector.
         """
         reset_lora(self.peft, seed)
         self.head.reset()
+        if self.projector is not None:
+            self.projector.reset(seed)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """The adapter's parameters (LoRA factors, and the head for encoders)."""
+        """The adapter's parameters (LoRA factors, the head for encoders, the projector)."""
         return [p for p in self.parameters() if p.requires_grad]

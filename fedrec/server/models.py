@@ -23,6 +23,7 @@ from ..tasks.collaborative.training import catalog_order
 from ..tasks.preference.dataset import CentralSplit, load_split
 from ..tasks.preference.evaluation import CentralEvaluator
 from ..tasks.preference.scoring import scorer_for
+from ..tasks.preference.signals import central_signals
 from ..tasks.ranking.cases import RankingCase, ranking_cases
 from .item_statistics import ItemCounts
 from .rounds import Evaluator
@@ -74,7 +75,8 @@ class AdapterModel:
     def evaluator(self, counts: ItemCounts | None = None) -> Evaluator:  # noqa: D102
         central, cases = _central(self.cfg)
         batch = self.cfg.training.physical_batch_size
-        return CentralEvaluator(self.scorer, central, batch, cases, self.cfg.evaluation.eval_split)
+        signals = central_signals(self.cfg, central, central.eval_users)
+        return CentralEvaluator(self.scorer, central, batch, cases, self.cfg.evaluation.eval_split, signals)
 
     def request_config(self) -> dict[str, str | int]:
         """The backbone's identity and, when A does not travel, the frozen A's

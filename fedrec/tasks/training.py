@@ -62,10 +62,14 @@ def train_adapter(
     targets: torch.Tensor,
     local: LocalTraining,
     private: PrivateTraining | None = None,
+    signals: torch.Tensor | None = None,
 ) -> TrainResult:
-    """Train the adapter on ``states`` (from :meth:`Scorer.prefix_states`)."""
-    if len(states) != len(targets):
-        raise ValueError(f"{len(states)} states but {len(targets)} targets")
+    """Train the adapter on ``states`` (from :meth:`Scorer.prefix_states`), with each
+    example's collaborative ``signals`` when the scorer has a projector.
+    """
+    signal_count = len(states) if signals is None else len(signals)
+    if not len(states) == len(targets) == signal_count:
+        raise ValueError(f"{len(states)} states, {len(targets)} targets, signals of {signal_count} examples")
     training = local.training
     torch.manual_seed(local.seed)
     optimizer = torch.optim.AdamW(scorer.trainable_parameters(), lr=training.learning_rate, weight_decay=0.0)
@@ -76,7 +80,7 @@ def train_adapter(
         dataset, batch_size=training.batch_size, shuffle=True, generator=torch.Generator().manual_seed(local.seed)
     )
     scorer.train()
-    batches = _Batches(scorer, states, local.loss)
+    batches = _Batches(scorer, states, local.loss, signals)
     try:
         if private is None:
             steps = _train_plain(batches, optimizer, loader, training)
@@ -101,15 +105,15 @@ def _add_proximal_step(optimizer: torch.optim.Optimizer, rate: float) -> None:
 
 
 class _Batches:
-    """The loss of batches of cached states, and its running mean over the examples seen."""
+    """The loss of batches of cached states (and signals), and its running mean over the examples seen."""
 
-    def __init__(self, scorer: Scorer, states: list[torch.Tensor], loss: Loss) -> None:
-        self.scorer, self.states, self.loss = scorer, states, loss
+    def __init__(self, scorer: Scorer, states: list[torch.Tensor], loss: Loss, signals: torch.Tensor | None) -> None:
+        self.scorer, self.states, self.loss, self.signals = scorer, states, loss, signals
         self.total, self.count = 0.0, 0
 
     def __call__(self, index: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         batch, mask = self.scorer.batch([self.states[i] for i in index.tolist()])
-        scores = self.scorer(batch, mask)
+        scores = self.scorer(batch, mask, None if self.signals is None else self.signals[index])
         loss = self.loss(scores, targets.to(scores.device))
         self.total += float(loss.detach()) * len(index)
         self.count += len(index)

@@ -19,6 +19,7 @@ from ..ranking.ranker import LLMRanker, ranking_metrics
 from .dataset import CentralSplit, FederatedData
 from .examples import PreferenceExample
 from .scoring import preference_loss
+from .signals import CollaborativeSignals
 
 
 def preference_metrics(examples: list[PreferenceExample], scores: np.ndarray) -> dict[str, float | int]:
@@ -39,12 +40,17 @@ def preference_metrics(examples: list[PreferenceExample], scores: np.ndarray) ->
 
 
 def evaluate_examples(
-    scorer: Scorer, data: FederatedData, examples: list[PreferenceExample], batch_size: int, store: PrefixStore | None
+    scorer: Scorer,
+    data: FederatedData,
+    examples: list[PreferenceExample],
+    batch_size: int,
+    store: PrefixStore | None,
+    signals: torch.Tensor | None = None,
 ) -> dict[str, int | float | list[int]]:
     """A client's evaluation metrics: AUC (NaN with one class), loss, and the score
     histograms per label from which the server pools the AUC.
     """
-    scores = scorer.score(scorer.encode(data.prompts(examples)), batch_size=batch_size, store=store)
+    scores = scorer.score(scorer.encode(data.prompts(examples)), batch_size, store, signals)
     labels = np.array([ex.label for ex in examples])
     pos, neg = score_histograms(labels, scores.numpy())
     loss = preference_loss(scores, torch.tensor(labels, dtype=torch.float32)) if len(labels) else torch.tensor(0.0)
@@ -84,20 +90,22 @@ class CentralEvaluator:
         batch_size: int,
         ranking_cases: list[RankingCase] | None = None,
         part: str = "test",
+        signals: CollaborativeSignals | None = None,
     ) -> None:
         self.scorer = scorer
         self.examples = central.held_out_examples(part)
         self.tokens = scorer.encode(central.prompts(self.examples))
+        self.signals = None if signals is None else signals.of(self.examples)
         self.labels = np.array([ex.label for ex in self.examples])
         self.batch_size = batch_size
-        self.ranker = LLMRanker(scorer, ranking_cases, central.prompts, batch_size) if ranking_cases else None
+        self.ranker = LLMRanker(scorer, ranking_cases, central.prompts, batch_size, signals) if ranking_cases else None
 
     def __call__(self, arrays: ArrayRecord, rank: bool = True) -> dict[str, float]:
         """AUC, UAUC (with standard errors) and log-loss of the adapter in ``arrays``, and
         HR@10, NDCG@10 when it has ranking cases and ``rank`` is true.
         """
         load_adapter_arrays(self.scorer, arrays, "global adapter")
-        scores = self.scorer.score(self.tokens, batch_size=self.batch_size)
+        scores = self.scorer.score(self.tokens, batch_size=self.batch_size, signals=self.signals)
         loss = preference_loss(scores, torch.tensor(self.labels, dtype=torch.float32))
         metrics = preference_metrics(self.examples, scores.numpy()) | {
             "loss": float(loss),

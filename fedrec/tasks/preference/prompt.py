@@ -9,6 +9,8 @@ on MovieLens-100K (10 history items) from 0.45 (one line per item with a mark) t
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ...models.prompting import AnswerPrompt
 from .examples import PreferenceExample
 
@@ -25,3 +27,8 @@ def render_preference_prompt(example: PreferenceExample, titles: dict[str, str],
 
 
 PREFERENCE_QUESTION = AnswerPrompt(system="You are a recommender system.", plain_cue="\nAnswer:", answers=("Yes", "No"))
+# llm-input = 'hybrid': the user's and the item's collaborative soft tokens ride on the
+# last token of these two lines, after the question.
+HYBRID_PREFERENCE_QUESTION = replace(
+    PREFERENCE_QUESTION, signal_slots=("\nThe user's collaborative signal:", "\nThe item's collaborative signal:")
+)

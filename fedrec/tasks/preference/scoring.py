@@ -11,16 +11,21 @@ from ...config import FedRecConfig
 from ...models.lora import LoraSettings
 from ...models.registry import shared_scorer
 from ...models.scorer import Scorer
-from .prompt import PREFERENCE_QUESTION
+from .prompt import HYBRID_PREFERENCE_QUESTION, PREFERENCE_QUESTION
 
 
 def scorer_for(cfg: FedRecConfig, rank: int | None = None) -> Scorer:
-    """The process-wide scorer (backbone + LoRA of ``rank``, default the global rank);
-    the server's initial adapter is drawn from ``seed``.
+    """The process-wide scorer (backbone + LoRA of ``rank``, default the global rank, and
+    the soft tokens' projector with ``llm-input = 'hybrid'``); the server's initial
+    adapter is drawn from ``seed``.
     """
     lora = LoraSettings.of(cfg.model, cfg.freeze_lora_a, cfg.federation.seed, rank)
     model = cfg.model
-    return shared_scorer(model.backbone, lora, PREFERENCE_QUESTION, model.max_length, model.compute_dtype)
+    if model.llm_input == "hybrid":
+        question, signal_dim = HYBRID_PREFERENCE_QUESTION, cfg.collaborative.mf_dim
+    else:
+        question, signal_dim = PREFERENCE_QUESTION, 0
+    return shared_scorer(model.backbone, lora, question, model.max_length, model.compute_dtype, signal_dim)
 
 
 def preference_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

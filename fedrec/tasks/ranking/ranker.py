@@ -6,6 +6,7 @@ HR@10 and NDCG@10 over the cases.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from ...models.scorer import Scorer
 from ..metrics import hit_rate_at_k, mean_and_standard_error, ndcg_at_k, target_rank
@@ -45,15 +46,23 @@ def paired_differences(ranks: Sequence[int], other: Sequence[int], k: int = K) -
 
 
 class LLMRanker:
-    """Ranks each case's candidates with the scorer's current adapter."""
+    """Ranks each case's candidates with the scorer's current adapter (and soft tokens
+    from ``signals``, an object whose ``of(examples)`` gives each example's signals).
+    """
 
-    def __init__(self, scorer: Scorer, cases: list[RankingCase], prompts: Callable, batch_size: int) -> None:
+    def __init__(
+        self, scorer: Scorer, cases: list[RankingCase], prompts: Callable, batch_size: int, signals: Any = None
+    ) -> None:
         self.scorer, self.batch_size = scorer, batch_size
         self.tokens = [scorer.encode(prompts(case.examples())) for case in cases]
+        self.signals = [None if signals is None else signals.of(case.examples()) for case in cases]
 
     def ranks(self) -> list[int]:
         """The target's rank in every case, scored in float32 (a bfloat16 forward would
         quantize close candidates into ties, which count against the target).
         """
         with self.scorer.in_float32():
-            return [target_rank(self.scorer.score_candidates(t, self.batch_size).numpy()) for t in self.tokens]
+            return [
+                target_rank(self.scorer.score_candidates(t, self.batch_size, s).numpy())
+                for t, s in zip(self.tokens, self.signals, strict=True)
+            ]
