@@ -15,11 +15,13 @@ import torch
 from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 from opacus.accountants import RDPAccountant
+from safetensors.torch import load_file
 
 from fedrec.client.app import build_client_app
 from fedrec.client.recommend import RecommendError, recommend
 from fedrec.config import ConfigError, FedRecConfig, RecordDPConfig, resolve_config
 from fedrec.data.interactions import load_interaction_data
+from fedrec.models.adapter import PROJECTOR_FILE
 from fedrec.models.collaborative import (
     ITEM_BIASES,
     ITEM_EMBEDDINGS,
@@ -30,7 +32,7 @@ from fedrec.models.collaborative import (
 from fedrec.privacy.item_statistics import user_contributions
 from fedrec.privacy.ledger import PersistentAccountant
 from fedrec.privacy.record_level import PrivateTraining, plan_round
-from fedrec.simulation.runner import federation_config
+from fedrec.simulation.runner import federation_config, simulate
 from fedrec.tasks.collaborative.training import BPRTraining, Likes, catalog_order, fold_in, train_bpr
 from fedrec.tasks.preference.dataset import load_federated_data, load_split
 from tests.conftest import run_test_apps
@@ -290,3 +292,21 @@ def test_recommend_refuses_a_missing_or_broken_item_tables_file(mf_run, tmp_path
     shutil.copy(mf_run[1] / "run" / "config.toml", broken.parent / "config.toml")
     with pytest.raises(RecommendError, match="not a readable item-tables file"):
         recommend(None, HISTORY, item_tables=broken)
+
+
+def test_hybrid_llm_reads_an_mf_runs_tables_trains_its_projector_and_composes_epsilon(mf_run, tmp_path):
+    _, folder = mf_run
+    tables = folder / "run" / "item-tables.npz"
+    overrides = {"llm-input": "hybrid", "item-tables": str(tables), "mf-dim": 8, "out": str(tmp_path / "hybrid")}
+    cfg = resolve_config("smoke", overrides=overrides | {"num-server-rounds": 1, "learning-rate": 0.05})
+    out, summary = simulate(cfg, echo=None)
+    assert summary["llm_input"] == "hybrid" and summary["rounds"] == 1
+    assert summary["metrics"]["hr@10"] is not None and summary["metrics"]["auc"] is not None
+    mf_summary = json.loads((folder / "run" / "summary.json").read_text())
+    composed = summary["epsilon"]["composed"]
+    assert composed["max"] == pytest.approx(summary["epsilon"]["max"] + mf_summary["epsilon"]["max"])
+    assert composed["delta"] == pytest.approx(2 * cfg.record_dp.target_delta)
+    projector = load_file(str(out / "adapter" / PROJECTOR_FILE))
+    assert projector["soft_tokens.outer.weight"].abs().max() > 0  # trained away from its zero start
+    with pytest.raises(ConfigError, match="hybrid"):
+        resolve_config("smoke", overrides={"llm-input": "hybrid"})

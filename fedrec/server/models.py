@@ -7,6 +7,7 @@ the final arrays.
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -92,11 +93,15 @@ class AdapterModel:
     def facts(self, size: int) -> dict[str, Any]:  # noqa: D102
         params = self.scorer.named_parameters()
         full_model = sum(p.numel() * p.element_size() for n, p in params if "lora_" not in n)
-        return {
+        facts = {
             "recommender": "llm",
+            "llm_input": self.cfg.model.llm_input,
             "backbone": {"name": self.cfg.model.backbone, "fingerprint": self.scorer.fingerprint},
             "bytes": {"full_model": full_model, "adapter_to_full_model": size / full_model},
         }
+        if self.cfg.model.llm_input == "hybrid":
+            facts["item_tables"] = item_tables_privacy(Path(self.cfg.collaborative.item_tables))
+        return facts
 
     def save(self, final: ArrayRecord, folder: Path) -> None:
         """The adapter as a peft folder, ``adapter/``."""
@@ -136,6 +141,23 @@ class CollaborativeModel:
         buffer = io.BytesIO()
         np.savez(buffer, **{name: array.numpy() for name, array in final.items()})
         write_atomic(folder / "item-tables.npz", buffer.getvalue())
+
+
+def item_tables_privacy(path: Path) -> dict[str, Any]:
+    """The file a hybrid run reads and the guarantee its run reported (``summary.json``
+    beside it; None where there is none, e.g. tables from elsewhere).
+    """
+    summary_path = path.expanduser().parent / "summary.json"
+    try:
+        summary = json.loads(summary_path.read_text())
+    except (OSError, ValueError):
+        return {"path": str(path), "epsilon_max": None, "delta": None, "client_dp": None}
+    return {
+        "path": str(path),
+        "epsilon_max": summary.get("epsilon", {}).get("max") if summary.get("dp") else None,
+        "delta": summary.get("delta"),
+        "client_dp": summary.get("client_dp"),
+    }
 
 
 def served_model(cfg: FedRecConfig) -> ServedModel:

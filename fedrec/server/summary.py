@@ -60,7 +60,22 @@ def build_summary(
     }
     if cfg.evaluation.ranking_users:
         summary["ranking_candidates"] = cfg.evaluation.ranking_negatives + 1
+    tables = facts.get("item_tables")
+    if tables is not None and dp.dp and epsilons and tables["epsilon_max"] is not None:
+        summary["epsilon"]["composed"] = composed_with_item_tables(max(epsilons), dp.target_delta, tables)
     return summary
+
+
+def composed_with_item_tables(epsilon: float, delta: float, tables: Mapping[str, Any]) -> dict[str, Any]:
+    """The run's record-level guarantee composed with the one of the run that made its
+    item tables (same clients' data): basic composition, epsilons and deltas add. Both
+    are maxima over clients, so the sum bounds every client's total.
+    """
+    return {
+        "max": epsilon + float(tables["epsilon_max"]),
+        "delta": delta + float(tables["delta"] or 0.0),
+        "rule": "basic composition: this run's max epsilon + the item tables' run's max epsilon",
+    }
 
 
 def client_dp_summary(cfg: FedRecConfig, client_dp: ClientLevelDP) -> dict[str, Any]:

@@ -46,7 +46,7 @@ def federation_config(cfg: FedRecConfig, verbose: bool = False) -> dict[str, Any
 
 
 def absolute_paths(cfg: FedRecConfig) -> FedRecConfig:
-    """``cfg`` with its results folder, client state folder and local data paths absolute
+    """``cfg`` with its results folder, client state folder and local data and table paths absolute
     (the Flower processes resolve them from another working directory).
     """
     out = Path(cfg.server.out or default_out_dir()).expanduser().resolve()
@@ -55,8 +55,9 @@ def absolute_paths(cfg: FedRecConfig) -> FedRecConfig:
     dataset = Path(cfg.data.dataset).expanduser()
     if dataset.exists():
         changes["dataset"] = str(dataset.resolve())
-    if cfg.data.items_path:
-        changes["items_path"] = str(Path(cfg.data.items_path).expanduser().resolve())
+    for key, path in (("items_path", cfg.data.items_path), ("item_tables", cfg.collaborative.item_tables)):
+        if path:
+            changes[key] = str(Path(path).expanduser().resolve())
     return cfg.replace(**changes)
 
 
