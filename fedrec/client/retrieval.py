@@ -10,14 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ..config import FedRecConfig
 from ..data.interactions import InteractionData
-from ..models.collaborative import ITEM_EMBEDDINGS, MatrixFactorization, read_item_tables
 from ..privacy.item_statistics import STATISTICS_FILE, popularity
 from ..protocol.records import ITEM_RATINGS
-from ..tasks.collaborative.training import Likes, catalog_order, fold_in
+from ..tasks.collaborative.folded import FoldedInTables
 
 
 def retrieve(path: Path, history: pd.DataFrame, data: InteractionData, cfg: FedRecConfig) -> list[tuple[str, float]]:
@@ -25,15 +23,9 @@ def retrieve(path: Path, history: pd.DataFrame, data: InteractionData, cfg: FedR
     user folded in from the history's likes, plus the run's weighted federated
     popularity when it used one.
     """
-    arrays = read_item_tables(path)
-    items = catalog_order(data.items["item"])
-    dim = arrays[ITEM_EMBEDDINGS].shape[-1] if ITEM_EMBEDDINGS in arrays else 0
-    model = MatrixFactorization(1, len(items), dim)
-    model.load_item_arrays(arrays, str(path))
     user = history.assign(user="user")
-    fold_in(model, Likes.of(user, cfg.data.like_threshold, ["user"], items))
-    with torch.no_grad():
-        scores = model(torch.zeros(1, dtype=torch.long), torch.arange(len(items))[None])[0].numpy().astype(float)
+    folded = FoldedInTables.from_file(path, data.items["item"], user, cfg.data.like_threshold, ["user"])
+    items, scores = folded.items, folded.catalog_scores("user")
     weight = cfg.collaborative.mf_popularity_weight
     statistics = path.parent / STATISTICS_FILE
     if weight > 0 and statistics.exists():

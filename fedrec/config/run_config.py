@@ -59,6 +59,8 @@ class FedRecConfig:
             )
         if self.model.llm_input == "hybrid" and (self.model.recommender != "llm" or not self.collaborative.item_tables):
             raise ConfigError("llm-input = 'hybrid' needs recommender = 'llm' and item-tables (an mf run's file)")
+        if self.evaluation.rerank_top and (self.model.recommender != "llm" or not self.collaborative.item_tables):
+            raise ConfigError("rerank-top > 0 needs recommender = 'llm' and item-tables (the retriever)")
         if self.model.recommender == "mf":
             self._check_collaborative()
         elif self.item_statistics.item_statistics:

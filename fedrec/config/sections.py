@@ -108,6 +108,12 @@ class EvaluationConfig(Section):
         check=NON_NEGATIVE,
     )
     ranking_negatives: int = option(99, "unrated items sampled per ranking user (fixed seed)", check=POSITIVE)
+    rerank_top: int = option(
+        0,
+        "ranking by retrieve-then-rerank: item-tables' MF (users folded in) orders the candidates and the whole "
+        "catalog, the LLM reranks its top N (0: the LLM scores every sampled candidate, no catalog metrics)",
+        check=NON_NEGATIVE,
+    )
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,10 @@ from ..tasks.collaborative.training import catalog_order
 from ..tasks.preference.dataset import CentralSplit, load_split
 from ..tasks.preference.evaluation import CentralEvaluator
 from ..tasks.preference.scoring import scorer_for
-from ..tasks.preference.signals import central_signals
+from ..tasks.preference.signals import CollaborativeSignals, folded_tables
 from ..tasks.ranking.cases import RankingCase, ranking_cases
+from ..tasks.ranking.ranker import LLMRanker, Ranker
+from ..tasks.ranking.rerank import RerankEvaluation
 from .item_statistics import ItemCounts
 from .rounds import Evaluator
 
@@ -74,10 +76,21 @@ class AdapterModel:
         self.initial = adapter_to_arrays(self.scorer)
 
     def evaluator(self, counts: ItemCounts | None = None) -> Evaluator:  # noqa: D102
-        central, cases = _central(self.cfg)
-        batch = self.cfg.training.physical_batch_size
-        signals = central_signals(self.cfg, central, central.eval_users)
-        return CentralEvaluator(self.scorer, central, batch, cases, self.cfg.evaluation.eval_split, signals)
+        cfg, (central, cases) = self.cfg, _central(self.cfg)
+        batch = cfg.training.physical_batch_size
+        folded = None
+        if cfg.model.llm_input == "hybrid" or cfg.evaluation.rerank_top:
+            catalog, train = central.data.items["item"], central.split.train_interactions
+            folded = folded_tables(cfg, catalog, train, central.eval_users)
+        signals = CollaborativeSignals(folded) if folded is not None and cfg.model.llm_input == "hybrid" else None
+        ranker: Ranker | None = None
+        if cases and folded is not None and cfg.evaluation.rerank_top:
+            rated = central.data.interactions.groupby("user")["item"].agg(set).to_dict()
+            top = cfg.evaluation.rerank_top
+            ranker = RerankEvaluation(self.scorer, cases, central.prompts, batch, folded, top, rated, signals)
+        elif cases:
+            ranker = LLMRanker(self.scorer, cases, central.prompts, batch, signals)
+        return CentralEvaluator(self.scorer, central, batch, ranker, cfg.evaluation.eval_split, signals)
 
     def request_config(self) -> dict[str, str | int]:
         """The backbone's identity and, when A does not travel, the frozen A's

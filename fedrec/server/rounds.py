@@ -33,6 +33,8 @@ from .results import ResultsWriter
 
 PREFERENCE_KEYS = ("auc_se", "uauc", "uauc_se", "uauc_users")  # beside auc and eval_loss
 RANKING_KEYS = ("hr@10", "hr@10_se", "ndcg@10", "ndcg@10_se", "ranking_users", "ranks", "recall@20", "coverage@10")
+# retrieve-then-rerank (rerank-top > 0) also reports the retriever alone on the same cases
+RANKING_KEYS += tuple(f"retriever_{key}" for key in RANKING_KEYS if key != "ranking_users")
 # Under secure aggregation a sampled client is first asked for keys (setup), for its
 # shares (share-keys), or, when it shared them with the previous round's unmask, for its
 # masked input; it reports its training in the clear beside that input.
@@ -184,7 +186,7 @@ class RoundRecorder:
         if self.checkpoint is not None:
             self.checkpoint(server_round, arrays, self.node_epsilon)
         print(progress_line(record, self.num_rounds), flush=True)
-        shown = {k: v for k, v in metrics.items() if v is not None and k != "ranks"}  # Flower logs them
+        shown = {k: v for k, v in metrics.items() if v is not None and not k.endswith("ranks")}  # Flower logs them
         return MetricRecord(shown) if shown else None
 
     def _secure_aggregation(self, server_round: int, record: Mapping[str, Any]) -> dict[str, Any]:

@@ -42,14 +42,14 @@ def harness_baselines(cfg: FedRecConfig) -> dict[str, Any]:
 
 def paired_with_model(summary: dict[str, Any]) -> dict[str, Any]:
     """``paired_differences``: the final model's HR@10 and NDCG@10 minus each ranking
-    baseline's on the same cases, with paired standard errors (empty without ranks).
+    baseline's on the same cases, and minus its own retriever's when it reranked, with
+    paired standard errors (empty without ranks).
     """
-    ranks = summary["metrics"].get("ranks")
+    metrics = summary["metrics"]
+    ranks = metrics.get("ranks")
     if not ranks:
         return {}
-    baselines = summary.get("ranking_baselines", {})
-    return {
-        "paired_differences": {
-            name: paired_differences(ranks, m["ranks"]) for name, m in baselines.items() if "ranks" in m
-        }
-    }
+    others = {name: m["ranks"] for name, m in summary.get("ranking_baselines", {}).items() if "ranks" in m}
+    if metrics.get("retriever_ranks"):
+        others["retriever"] = metrics["retriever_ranks"]
+    return {"paired_differences": {name: paired_differences(ranks, other) for name, other in others.items()}}

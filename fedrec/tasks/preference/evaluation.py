@@ -14,8 +14,7 @@ from ...models.prefix_store import PrefixStore
 from ...models.scorer import Scorer
 from ...protocol.records import AUC, LOSS, NEG_HIST, NUM_EXAMPLES, POS_HIST
 from ..metrics import auc_from_histograms, auc_standard_error, roc_auc, score_histograms, user_auc
-from ..ranking.cases import RankingCase
-from ..ranking.ranker import LLMRanker, ranking_metrics
+from ..ranking.ranker import Ranker
 from .dataset import CentralSplit, FederatedData
 from .examples import PreferenceExample
 from .scoring import preference_loss
@@ -88,7 +87,7 @@ class CentralEvaluator:
         scorer: Scorer,
         central: CentralSplit,
         batch_size: int,
-        ranking_cases: list[RankingCase] | None = None,
+        ranker: Ranker | None = None,
         part: str = "test",
         signals: CollaborativeSignals | None = None,
     ) -> None:
@@ -98,7 +97,7 @@ class CentralEvaluator:
         self.signals = None if signals is None else signals.of(self.examples)
         self.labels = np.array([ex.label for ex in self.examples])
         self.batch_size = batch_size
-        self.ranker = LLMRanker(scorer, ranking_cases, central.prompts, batch_size, signals) if ranking_cases else None
+        self.ranker = ranker
 
     def __call__(self, arrays: ArrayRecord, rank: bool = True) -> dict[str, float]:
         """AUC, UAUC (with standard errors) and log-loss of the adapter in ``arrays``, and
@@ -112,5 +111,5 @@ class CentralEvaluator:
             "examples": len(self.labels),
         }
         if self.ranker is not None and rank:
-            metrics |= ranking_metrics(self.ranker.ranks())
+            metrics |= self.ranker.metrics()
         return metrics

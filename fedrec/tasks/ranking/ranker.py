@@ -6,7 +6,7 @@ HR@10 and NDCG@10 over the cases.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from ...models.scorer import Scorer
 from ..metrics import hit_rate_at_k, mean_and_standard_error, ndcg_at_k, target_rank
@@ -45,6 +45,14 @@ def paired_differences(ranks: Sequence[int], other: Sequence[int], k: int = K) -
     return result
 
 
+class Ranker(Protocol):
+    """Ranks a central evaluation's cases with the scorer's current adapter."""
+
+    def metrics(self) -> dict[str, Any]:
+        """Ranking metrics of the cases, with the target's rank in each (``ranks``)."""
+        ...
+
+
 class LLMRanker:
     """Ranks each case's candidates with the scorer's current adapter (and soft tokens
     from ``signals``, an object whose ``of(examples)`` gives each example's signals).
@@ -56,6 +64,10 @@ class LLMRanker:
         self.scorer, self.batch_size = scorer, batch_size
         self.tokens = [scorer.encode(prompts(case.examples())) for case in cases]
         self.signals = [None if signals is None else signals.of(case.examples()) for case in cases]
+
+    def metrics(self) -> dict[str, float | list[int]]:
+        """HR@10 and NDCG@10 of :meth:`ranks`."""
+        return ranking_metrics(self.ranks())
 
     def ranks(self) -> list[int]:
         """The target's rank in every case, scored in float32 (a bfloat16 forward would
