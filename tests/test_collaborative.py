@@ -294,14 +294,21 @@ def test_recommend_refuses_a_missing_or_broken_item_tables_file(mf_run, tmp_path
         recommend(None, HISTORY, item_tables=broken)
 
 
-def test_hybrid_llm_reads_an_mf_runs_tables_trains_its_projector_and_composes_epsilon(mf_run, tmp_path):
+def test_hybrid_llm_trained_to_rank_reranks_an_mf_runs_retrieval_and_composes_epsilon(mf_run, tmp_path):
     _, folder = mf_run
     tables = folder / "run" / "item-tables.npz"
     overrides = {"llm-input": "hybrid", "item-tables": str(tables), "mf-dim": 8, "out": str(tmp_path / "hybrid")}
+    overrides |= {"objective": "ranking", "train-negatives": 3, "rerank-top": 10}
     cfg = resolve_config("smoke", overrides=overrides | {"num-server-rounds": 1, "learning-rate": 0.05})
     out, summary = simulate(cfg, echo=None)
     assert summary["llm_input"] == "hybrid" and summary["rounds"] == 1
-    assert summary["metrics"]["hr@10"] is not None and summary["metrics"]["auc"] is not None
+    trained = json.loads((out / "rounds.jsonl").read_text().splitlines()[-1])
+    assert trained["clients_ok"] == cfg.federation.num_clients and trained["train_loss"] > 0
+    metrics = summary["metrics"]
+    assert metrics["auc"] is not None and len(metrics["ranks"]) == len(metrics["retriever_ranks"]) > 0
+    for rank, retrieved in zip(metrics["ranks"], metrics["retriever_ranks"], strict=True):
+        assert (rank < 10) == (retrieved < 10)  # the LLM only reorders the retriever's top 10
+    assert 0 < metrics["coverage@10"] <= 1 and "retriever" in summary["paired_differences"]
     mf_summary = json.loads((folder / "run" / "summary.json").read_text())
     composed = summary["epsilon"]["composed"]
     assert composed["max"] == pytest.approx(summary["epsilon"]["max"] + mf_summary["epsilon"]["max"])

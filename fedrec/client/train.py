@@ -10,6 +10,7 @@ fails while training has still used its data), and a round that would exceed
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -33,12 +34,40 @@ from ..protocol.records import (
     TRAIN_LOSS,
 )
 from ..protocol.replies import decline_reply, train_reply
+from ..tasks.preference.dataset import FederatedData
+from ..tasks.preference.examples import PreferenceExample
 from ..tasks.preference.scoring import preference_loss
 from ..tasks.preference.signals import node_signals
-from ..tasks.training import LocalTraining, TrainResult, train_adapter
+from ..tasks.ranking.training import ranking_groups, ranking_loss
+from ..tasks.training import LocalTraining, Loss, TrainResult, train_adapter
 from .budget import train_within_budget
 from .model import global_model
 from .node import node_data, prefix_store, round_seed
+
+
+@dataclass(frozen=True)
+class _Records:
+    """What a round trains on: prompt rows (``group_size`` per record), one target per
+    record, and the loss.
+    """
+
+    rows: list[PreferenceExample]
+    targets: torch.Tensor
+    loss: Loss
+    group_size: int
+
+
+def _records(cfg: FedRecConfig, data: FederatedData, partition_id: int, seed: int) -> _Records:
+    """Preference examples with their labels, or (``objective = 'ranking'``) each liked
+    example's group with unrated negatives.
+    """
+    examples = data.train_examples(partition_id)
+    if cfg.training.objective == "preference":
+        return _Records(examples, torch.tensor([ex.label for ex in examples]), preference_loss, 1)
+    catalog = data.central.data.items["item"].astype(str).tolist()
+    negatives = cfg.training.train_negatives
+    groups = ranking_groups(examples, data.train_interactions(partition_id), catalog, negatives, seed)
+    return _Records([ex for group in groups for ex in group], torch.zeros(len(groups)), ranking_loss, 1 + negatives)
 
 
 def train(message: Message, context: Context, cfg: FedRecConfig) -> Message:
@@ -47,28 +76,27 @@ def train(message: Message, context: Context, cfg: FedRecConfig) -> Message:
     data, partition_id = node_data(cfg, context)
     rank = cfg.model.client_lora_rank(partition_id)
     scorer = global_model(cfg, message, rank)
-    examples = data.train_examples(partition_id)
     config = message.content.config_records[CONFIG]
-    if not examples:
-        return decline_reply(message, "no training examples on this node", {})
+    seed = round_seed(cfg, int(config[SERVER_ROUND]), partition_id)
+    records = _records(cfg, data, partition_id, seed)
+    if not len(records.targets):
+        return decline_reason_reply(message, cfg)
     local = LocalTraining(
-        cfg.training,
-        preference_loss,
-        seed=round_seed(cfg, int(config[SERVER_ROUND]), partition_id),
-        proximal_mu=float(config.get(PROXIMAL_MU, 0.0)),
+        cfg.training, records.loss, seed, float(config.get(PROXIMAL_MU, 0.0)), group_size=records.group_size
     )
-    metrics: dict[str, Any] = {NUM_EXAMPLES: len(examples), DECLINED: 0, LORA_RANK: rank}
-
+    metrics: dict[str, Any] = {NUM_EXAMPLES: len(records.targets), DECLINED: 0, LORA_RANK: rank}
     signals = node_signals(cfg, data, partition_id)
+    rows = records.rows
 
     def run(private: PrivateTraining | None) -> TrainResult:
-        states = scorer.prefix_states(scorer.encode(data.prompts(examples)), store=prefix_store(context))
-        labels = torch.tensor([ex.label for ex in examples])
-        return train_adapter(scorer, states, labels, local, private, None if signals is None else signals.of(examples))
+        states = scorer.prefix_states(scorer.encode(data.prompts(rows)), store=prefix_store(context))
+        return train_adapter(
+            scorer, states, records.targets, local, private, None if signals is None else signals.of(rows)
+        )
 
     training = cfg.training
     outcome = train_within_budget(
-        cfg, context, len(examples), training.batch_size, training.local_epochs, cfg.record_dp.max_grad_norm, run
+        cfg, context, len(records.targets), training.batch_size, training.local_epochs, cfg.record_dp.max_grad_norm, run
     )
     if outcome.declined is not None:
         return decline_reply(message, outcome.declined, outcome.metrics)
@@ -76,6 +104,12 @@ def train(message: Message, context: Context, cfg: FedRecConfig) -> Message:
     metrics |= outcome.metrics
     metrics |= {TRAIN_LOSS: outcome.result.loss, STEPS: outcome.result.steps, SECONDS: time.perf_counter() - started}
     return train_reply(message, _released_adapter(cfg, scorer, message, rank), metrics)
+
+
+def decline_reason_reply(message: Message, cfg: FedRecConfig) -> Message:
+    """The decline of a node without anything to train on."""
+    what = "liked training examples" if cfg.training.objective == "ranking" else "training examples"
+    return decline_reply(message, f"no {what} on this node", {})
 
 
 def _released_adapter(cfg: FedRecConfig, scorer: Scorer, message: Message, rank: int) -> ArrayRecord:

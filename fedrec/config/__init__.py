@@ -37,6 +37,7 @@ __all__ = [
     "COMPUTE_DTYPES",
     "EVAL_SPLITS",
     "LLM_INPUTS",
+    "LLM_OBJECTIVES",
     "PARTITIONERS",
     "PRESETS",
     "RECOMMENDERS",

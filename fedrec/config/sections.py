@@ -12,6 +12,7 @@ from .choices import (
     COMPUTE_DTYPES,
     EVAL_SPLITS,
     LLM_INPUTS,
+    LLM_OBJECTIVES,
     PARTITIONERS,
     RECOMMENDERS,
     STRATEGIES,
@@ -198,6 +199,16 @@ class TrainingConfig(Section):
         16, "examples per forward/backward pass (bounds memory; Opacus's BatchMemoryManager)", check=POSITIVE
     )
     learning_rate: float = option(5e-4, "AdamW learning rate", check=POSITIVE)
+    objective: str = option(
+        "preference",
+        "what the LLM learns: 'preference' (like or not, binary cross-entropy on rated items) or 'ranking' "
+        "(each liked training item against train-negatives unrated ones after the same history, softmax "
+        "cross-entropy; DP-SGD clips per group: a record is a liked interaction with its negatives)",
+        choices=LLM_OBJECTIVES,
+    )
+    train_negatives: int = option(
+        4, "objective = 'ranking': unrated items (seeded per user and round) per liked training item", check=POSITIVE
+    )
 
 
 @dataclass(frozen=True)

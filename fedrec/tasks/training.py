@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ..config import TrainingConfig
 from ..models.scorer import Scorer
-from ..privacy.record_level import PrivateTraining, dp_sgd, physical_batches
+from ..privacy.record_level import PrivateTraining, dp_sgd, group_grad_samples, physical_batches
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (scores, targets) -> mean loss
 
@@ -35,7 +35,9 @@ def one_thread() -> Iterator[None]:
 @dataclass(frozen=True)
 class LocalTraining:
     """One client's optimisation in one round: the training keys, the task's loss, the
-    round's seed, and FedProx's ``proximal_mu``. ``proximal_mu`` > 0 follows every
+    round's seed, FedProx's ``proximal_mu``, and the rows of one record: with
+    ``group_size`` G > 1 record r is rows ``r*G .. r*G+G-1`` and the loss gets scores
+    ``[B, G]`` (under DP the group is clipped as one). ``proximal_mu`` > 0 follows every
     optimizer step with ``w -= learning_rate * mu * (w - w_start)``: the proximal term's
     gradient step, decoupled from the data gradient so that under DP-SGD it is neither
     clipped nor noised (it does not depend on the data).
@@ -45,6 +47,7 @@ class LocalTraining:
     loss: Loss
     seed: int = 0
     proximal_mu: float = 0.0
+    group_size: int = 1
 
 
 @dataclass(frozen=True)
@@ -65,22 +68,25 @@ def train_adapter(
     signals: torch.Tensor | None = None,
 ) -> TrainResult:
     """Train the adapter on ``states`` (from :meth:`Scorer.prefix_states`), with each
-    example's collaborative ``signals`` when the scorer has a projector.
+    row's collaborative ``signals`` when the scorer has a projector; ``targets`` has one
+    entry per record (``local.group_size`` rows).
     """
     signal_count = len(states) if signals is None else len(signals)
-    if not len(states) == len(targets) == signal_count:
-        raise ValueError(f"{len(states)} states, {len(targets)} targets, signals of {signal_count} examples")
+    if not len(states) == len(targets) * local.group_size == signal_count:
+        raise ValueError(
+            f"{len(states)} states, {len(targets)} targets of {local.group_size} rows, signals of {signal_count} rows"
+        )
     training = local.training
     torch.manual_seed(local.seed)
     optimizer = torch.optim.AdamW(scorer.trainable_parameters(), lr=training.learning_rate, weight_decay=0.0)
     if local.proximal_mu > 0:
         _add_proximal_step(optimizer, training.learning_rate * local.proximal_mu)
-    dataset = TensorDataset(torch.arange(len(states)), targets.float())
+    dataset = TensorDataset(torch.arange(len(targets)), targets.float())
     loader = DataLoader(
         dataset, batch_size=training.batch_size, shuffle=True, generator=torch.Generator().manual_seed(local.seed)
     )
     scorer.train()
-    batches = _Batches(scorer, states, local.loss, signals)
+    batches = _Batches(scorer, states, local, signals)
     try:
         if private is None:
             steps = _train_plain(batches, optimizer, loader, training)
@@ -107,13 +113,19 @@ def _add_proximal_step(optimizer: torch.optim.Optimizer, rate: float) -> None:
 class _Batches:
     """The loss of batches of cached states (and signals), and its running mean over the examples seen."""
 
-    def __init__(self, scorer: Scorer, states: list[torch.Tensor], loss: Loss, signals: torch.Tensor | None) -> None:
-        self.scorer, self.states, self.loss, self.signals = scorer, states, loss, signals
+    def __init__(
+        self, scorer: Scorer, states: list[torch.Tensor], local: LocalTraining, signals: torch.Tensor | None
+    ) -> None:
+        self.scorer, self.states, self.loss, self.signals = scorer, states, local.loss, signals
+        self.group_size = local.group_size
         self.total, self.count = 0.0, 0
 
     def __call__(self, index: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        batch, mask = self.scorer.batch([self.states[i] for i in index.tolist()])
-        scores = self.scorer(batch, mask, None if self.signals is None else self.signals[index])
+        rows = (index[:, None] * self.group_size + torch.arange(self.group_size)).flatten()
+        batch, mask = self.scorer.batch([self.states[i] for i in rows.tolist()])
+        scores = self.scorer(batch, mask, None if self.signals is None else self.signals[rows])
+        if self.group_size > 1:
+            scores = scores.reshape(len(index), self.group_size)
         loss = self.loss(scores, targets.to(scores.device))
         self.total += float(loss.detach()) * len(index)
         self.count += len(index)
@@ -130,8 +142,9 @@ def _train_plain(
     for _ in range(training.local_epochs):
         for index, y in loader:
             optimizer.zero_grad()
-            for start in range(0, len(index), training.physical_batch_size):
-                part = slice(start, start + training.physical_batch_size)
+            physical = max(1, training.physical_batch_size // batches.group_size)
+            for start in range(0, len(index), physical):
+                part = slice(start, start + physical)
                 loss = batches(index[part], y[part])
                 (loss * len(index[part]) / len(index)).backward()
             optimizer.step()
@@ -156,7 +169,8 @@ def _train_private(
     ):
         warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed")
         for _ in range(training.local_epochs):
-            with physical_batches(dp_loader, dp_optimizer, training.physical_batch_size) as physical_loader:
+            physical = max(1, training.physical_batch_size // batches.group_size)
+            with physical_batches(dp_loader, dp_optimizer, physical) as physical_loader:
                 for index, y in physical_loader:
                     dp_optimizer.zero_grad()
                     if len(index) == 0:
@@ -166,5 +180,7 @@ def _train_private(
                             p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
                     else:
                         batches(index, y).backward()
+                        if batches.group_size > 1:
+                            group_grad_samples(scorer.trainable_parameters(), batches.group_size)
                     dp_optimizer.step()
     return private.accountant.steps - steps_before

@@ -3,6 +3,22 @@ accounted per round in the client's persistent ledger (:mod:`fedrec.privacy.ledg
 which the client keeps across rounds (see :mod:`fedrec.client.node`).
 """
 
-from .dp_sgd import PrivateTraining, RoundPlan, decline_reason, dp_sgd, physical_batches, plan_round
+from .dp_sgd import (
+    PrivateTraining,
+    RoundPlan,
+    decline_reason,
+    dp_sgd,
+    group_grad_samples,
+    physical_batches,
+    plan_round,
+)
 
-__all__ = ["PrivateTraining", "RoundPlan", "decline_reason", "dp_sgd", "physical_batches", "plan_round"]
+__all__ = [
+    "PrivateTraining",
+    "RoundPlan",
+    "decline_reason",
+    "dp_sgd",
+    "group_grad_samples",
+    "physical_batches",
+    "plan_round",
+]

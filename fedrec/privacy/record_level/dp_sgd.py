@@ -147,3 +147,17 @@ def physical_batches(loader: DataLoader, optimizer: DPOptimizer, max_physical_ba
     steps once per logical batch (Opacus's ``BatchMemoryManager``).
     """
     return BatchMemoryManager(data_loader=loader, max_physical_batch_size=max_physical_batch_size, optimizer=optimizer)
+
+
+def group_grad_samples(params: list[torch.nn.Parameter], group_size: int) -> None:
+    """Make consecutive runs of ``group_size`` per-sample gradients one record's (their
+    sum, divided by ``group_size``: Opacus scales a mean loss's per-sample gradients by
+    the rows in the batch, here ``group_size`` times the records), before clipping.
+    """
+    for p in params:
+        samples = p.grad_sample
+        if isinstance(samples, list):
+            raise ValueError("group the per-sample gradients of each physical batch before the next one")
+        if len(samples) % group_size:
+            raise ValueError(f"{len(samples)} per-sample gradients do not form groups of {group_size}")
+        p.grad_sample = samples.reshape(-1, group_size, *samples.shape[1:]).sum(1) / group_size

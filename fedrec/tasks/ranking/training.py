@@ -1,0 +1,55 @@
+"""Training the LLM to rank (``objective = 'ranking'``): each liked training example is
+asked beside ``train-negatives`` items its user never rated in training, after the same
+history, and a softmax cross-entropy over the group's scores puts the liked one first.
+A per-user offset (the like-rate the preference loss rewards) cancels within a group:
+only what tells items apart lowers the loss.
+
+Under DP-SGD a group is one record: its rows' per-sample gradients are summed before
+clipping (:func:`fedrec.privacy.record_level.group_grad_samples`), so one liked
+interaction, with its history and negatives, moves the update by at most the clip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from ..preference.examples import PreferenceExample
+
+
+def _seed(seed: int, user: str, item: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}/{user}/{item}".encode()).digest()[:8], "little")
+
+
+def ranking_groups(
+    examples: list[PreferenceExample], train_interactions: pd.DataFrame, catalog: list[str], negatives: int, seed: int
+) -> list[list[PreferenceExample]]:
+    """Each liked example followed by ``negatives`` items (label 0) its user did not rate
+    in ``train_interactions``, drawn uniformly with a generator seeded by (seed, user,
+    item); a user with fewer unrated items gets no groups.
+    """
+    items = np.array(sorted(catalog))
+    rated = train_interactions.groupby("user")["item"].agg(set).to_dict()
+    unrated: dict[str, np.ndarray] = {}
+    groups = []
+    for example in examples:
+        if not example.label:
+            continue
+        if example.user not in unrated:
+            unrated[example.user] = items[~np.isin(items, list(rated.get(example.user, set())))]
+        pool = unrated[example.user]
+        if len(pool) < negatives:
+            continue
+        picks = np.random.default_rng(_seed(seed, example.user, example.item)).choice(pool, negatives, replace=False)
+        others = [PreferenceExample(example.user, str(item), 0, example.history) for item in picks]
+        groups.append([example, *others])
+    return groups
+
+
+def ranking_loss(scores: torch.Tensor, _targets: torch.Tensor) -> torch.Tensor:
+    """Mean softmax cross-entropy of groups ``[B, G]`` whose first member is the liked item."""
+    return F.cross_entropy(scores, torch.zeros(len(scores), dtype=torch.long, device=scores.device))
