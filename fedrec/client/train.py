@@ -57,16 +57,18 @@ class _Records:
     group_size: int
 
 
-def _records(cfg: FedRecConfig, data: FederatedData, partition_id: int, seed: int) -> _Records:
+def _records(cfg: FedRecConfig, data: FederatedData, partition_id: int) -> _Records:
     """Preference examples with their labels, or (``objective = 'ranking'``) each liked
-    example's group with unrated negatives.
+    example's group with unrated negatives, drawn once per run (the run's seed): the
+    same prompts every round, so the frozen layers' states are computed once.
     """
     examples = data.train_examples(partition_id)
     if cfg.training.objective == "preference":
         return _Records(examples, torch.tensor([ex.label for ex in examples]), preference_loss, 1)
     catalog = data.central.data.items["item"].astype(str).tolist()
     negatives = cfg.training.train_negatives
-    groups = ranking_groups(examples, data.train_interactions(partition_id), catalog, negatives, seed)
+    train = data.train_interactions(partition_id)
+    groups = ranking_groups(examples, train, catalog, negatives, cfg.federation.seed)
     return _Records([ex for group in groups for ex in group], torch.zeros(len(groups)), ranking_loss, 1 + negatives)
 
 
@@ -78,7 +80,7 @@ def train(message: Message, context: Context, cfg: FedRecConfig) -> Message:
     scorer = global_model(cfg, message, rank)
     config = message.content.config_records[CONFIG]
     seed = round_seed(cfg, int(config[SERVER_ROUND]), partition_id)
-    records = _records(cfg, data, partition_id, seed)
+    records = _records(cfg, data, partition_id)
     if not len(records.targets):
         return decline_reason_reply(message, cfg)
     local = LocalTraining(

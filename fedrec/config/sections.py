@@ -207,7 +207,7 @@ class TrainingConfig(Section):
         choices=LLM_OBJECTIVES,
     )
     train_negatives: int = option(
-        4, "objective = 'ranking': unrated items (seeded per user and round) per liked training item", check=POSITIVE
+        4, "objective = 'ranking': unrated items (drawn once per run) per liked training item", check=POSITIVE
     )
 
 
