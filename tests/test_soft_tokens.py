@@ -2,6 +2,8 @@
 scores, zero signals give the text-only scores, only LoRA and the projector train, and
 Opacus computes per-sample gradients for both."""
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,9 +18,13 @@ from fedrec.models.scorer import Scorer
 from fedrec.models.soft_tokens import add_at_slots
 from fedrec.privacy.ledger import PersistentAccountant
 from fedrec.privacy.record_level import PrivateTraining, dp_sgd, plan_round
+from fedrec.tasks.collaborative.folded import FoldedInTables
+from fedrec.tasks.metrics import roc_auc
+from fedrec.tasks.preference.examples import PreferenceExample
 from fedrec.tasks.preference.prompt import HYBRID_PREFERENCE_QUESTION
+from fedrec.tasks.preference.signals import CollaborativeSignals
 from fedrec.tasks.training import train_adapter
-from tests.conftest import local
+from tests.conftest import local, tiny_scorer
 
 DIM = 6
 
@@ -40,10 +46,11 @@ def _nonzero_projector(scorer: Scorer) -> None:
 def test_slots_sit_at_the_stated_offsets_from_the_end():
     scorer = hybrid_scorer()
     tokens = _prompts(scorer, 2)
-    user_offset, item_offset = scorer.prompt.slot_offsets
+    offsets = scorer.prompt.slot_offsets
+    assert len(offsets) == 3 and offsets[0] > offsets[1] > offsets[2] > len(scorer.prompt.tail_ids)
     for ids in tokens:
-        assert ids[-item_offset] == scorer.prompt.slot_ids[1][-1]
-        assert ids[-user_offset] == scorer.prompt.slot_ids[0][-1]
+        for offset, slot in zip(offsets, scorer.prompt.slot_ids, strict=True):
+            assert ids[-offset] == slot[-1]
     states = torch.zeros(2, 10, 3)
     added = add_at_slots(states, torch.ones(2, 2, 3), (4, 2))
     assert added[:, 6].eq(1).all() and added[:, 8].eq(1).all() and added.sum() == 2 * 2 * 3
@@ -53,7 +60,7 @@ def test_slots_sit_at_the_stated_offsets_from_the_end():
 def test_soft_tokens_change_scores_and_zero_signals_give_the_text_scores(top_layers):
     scorer = hybrid_scorer(top_layers)
     tokens = _prompts(scorer)
-    signals = torch.randn(len(tokens), 2, DIM)
+    signals = torch.randn(len(tokens), 3, DIM)
     text = scorer.score(tokens)
     fresh = scorer.score(tokens, signals=signals)  # zero-initialised output layer: no change yet
     torch.testing.assert_close(fresh, text)
@@ -70,7 +77,7 @@ def test_gradients_reach_only_lora_and_projector_and_training_changes_both():
     _nonzero_projector(scorer)
     tokens = _prompts(scorer, 24)
     states, labels = scorer.prefix_states(tokens), torch.tensor([i % 2 for i in range(24)])
-    signals = torch.randn(24, 2, DIM)
+    signals = torch.randn(24, 3, DIM)
     before = {n: p.detach().clone() for n, p in scorer.named_parameters()}
     trainable = {n for n, p in scorer.named_parameters() if p.requires_grad}
     assert trainable == {n for n in before if "lora_" in n or n.startswith("projector.")}
@@ -93,7 +100,7 @@ def test_opacus_per_sample_gradients_exist_for_lora_and_projector_and_are_each_e
     scorer = hybrid_scorer()
     _nonzero_projector(scorer)
     tokens = _prompts(scorer, 3)
-    states, labels, signals = scorer.prefix_states(tokens), torch.tensor([1.0, 0.0, 1.0]), torch.randn(3, 2, DIM)
+    states, labels, signals = scorer.prefix_states(tokens), torch.tensor([1.0, 0.0, 1.0]), torch.randn(3, 3, DIM)
     params = {n: p for n, p in scorer.named_parameters() if p.requires_grad}
     scorer.train()
     expected = []
@@ -116,7 +123,7 @@ def test_opacus_per_sample_gradients_exist_for_lora_and_projector_and_are_each_e
 def test_dp_sgd_hooks_the_projector():
     scorer = hybrid_scorer()
     tokens = _prompts(scorer, 16)
-    states, labels, signals = scorer.prefix_states(tokens), torch.ones(16), torch.randn(16, 2, DIM)
+    states, labels, signals = scorer.prefix_states(tokens), torch.ones(16), torch.randn(16, 3, DIM)
     plan = plan_round(RecordDPConfig(noise_multiplier=1.0), 1, 16, 8, 1)
     optimizer = torch.optim.SGD(scorer.trainable_parameters(), lr=0.1)
     loader = DataLoader(TensorDataset(torch.arange(16), labels), batch_size=8)
@@ -148,7 +155,7 @@ def test_signals_without_a_projector_and_slots_for_an_encoder_are_refused():
     text = Scorer(load_backbone("tiny-llama"), LoraSettings(rank=2), HYBRID_PREFERENCE_QUESTION, max_length=96)
     states, mask = text.batch(text.prefix_states(_prompts(text, 2)))
     with pytest.raises(ValueError, match="without a projector"):
-        text(states, mask, torch.zeros(2, 2, DIM))
+        text(states, mask, torch.zeros(2, 3, DIM))
     with pytest.raises(Exception, match="causal LM"):
         Scorer(
             load_backbone("tiny-bert"),
@@ -157,3 +164,53 @@ def test_signals_without_a_projector_and_slots_for_an_encoder_are_refused():
             max_length=96,
             signal_dim=DIM,
         )
+
+
+def test_the_match_token_reads_out_the_collaborative_score():
+    users, items = ["a", "b"], [str(i) for i in range(6)]
+    rng = np.random.default_rng(0)
+    tables = {"mf.item_embeddings": rng.standard_normal((6, 4)).astype(np.float32) * 3}
+    tables["mf.item_biases"] = rng.standard_normal(6).astype(np.float32)
+    likes = pd.DataFrame({"user": ["a", "a", "b"], "item": ["0", "1", "2"], "rating": [5.0, 4.0, 5.0]})
+    folded = FoldedInTables(tables, pd.Series(items), likes, 3.0, users, "tables")
+    signals = CollaborativeSignals(folded)
+    examples = [PreferenceExample(u, i, 0, ()) for u in users for i in items]
+    vectors = signals.of(examples)
+    assert vectors.shape == (12, 3, 5) and torch.all(vectors[:, 0, -1] == 0)
+    item_scale = float(np.sqrt(np.mean(tables["mf.item_embeddings"] ** 2)))
+    bias_scale = float(np.sqrt(np.mean(tables["mf.item_biases"] ** 2)))
+    readout = vectors[:, 2, :-1].sum(1) * item_scale**2 + vectors[:, 2, -1] * bias_scale
+    expected = torch.cat([torch.tensor(folded.catalog_scores(u), dtype=torch.float32) for u in users])
+    torch.testing.assert_close(readout, expected, atol=1e-4, rtol=1e-4)
+
+
+def _planted(users: range, items: range) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """Liked iff the user's and the item's groups match (visible to the collaborative
+    signals only) and the item is good (visible in its title only)."""
+    texts, signals, labels = [], [], []
+    for u in users:
+        for i in items:
+            user_group, item_group, good = u % 2 * 2 - 1, i % 2 * 2 - 1, (i // 2) % 2 == 0
+            texts.append(f"Will the user like the {'good' if good else 'bad'} film number {i}?")
+            user, item = [user_group, 0.0, 0.0], [item_group, 0.0, 0.0]
+            signals.append([user, item, [user_group * item_group, 0.0, 0.0]])
+            labels.append(int(user_group == item_group and good))
+    return texts, torch.tensor(signals, dtype=torch.float32), torch.tensor(labels)
+
+
+def test_on_planted_structure_the_hybrid_beats_text_alone_and_the_collaborative_score():
+    train_texts, train_signals, train_labels = _planted(range(12), range(16))
+    test_texts, test_signals, test_labels = _planted(range(12, 20), range(16, 32))
+    settings = LoraSettings(rank=4, alpha=8.0, target_modules=("q_proj", "v_proj"), top_layers=1)
+    scorer = Scorer(load_backbone("tiny-llama"), settings, HYBRID_PREFERENCE_QUESTION, max_length=96, signal_dim=3)
+    states = scorer.prefix_states(scorer.encode(train_texts))
+    training = local(epochs=20, batch_size=32, physical_batch_size=32, learning_rate=5e-2)
+    train_adapter(scorer, states, train_labels, training, signals=train_signals)
+    tokens = scorer.encode(test_texts)
+    hybrid = roc_auc(test_labels.numpy(), scorer.score(tokens, signals=test_signals).numpy())
+    collaborative = roc_auc(test_labels.numpy(), test_signals[:, 2, 0].numpy())  # the MF score: group match
+    text_scorer = tiny_scorer(top_layers=1)  # the same backbone and LoRA reading the text alone
+    train_adapter(text_scorer, text_scorer.prefix_states(text_scorer.encode(train_texts)), train_labels, training)
+    text = roc_auc(test_labels.numpy(), text_scorer.score(text_scorer.encode(test_texts)).numpy())
+    assert collaborative == pytest.approx(5 / 6)  # ties with matched bad items, beats the rest
+    assert hybrid >= max(text, collaborative) + 0.1, (hybrid, text, collaborative)

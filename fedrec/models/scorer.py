@@ -70,8 +70,8 @@ class Scorer(nn.Module):
         self.head.reset()
         self.projector: SoftTokenProjector | None = None
         if signal_dim:
-            if len(question.signal_slots) != 2:
-                raise BackboneError("collaborative soft tokens need a question with two signal slots (user, item)")
+            if not question.signal_slots:
+                raise BackboneError("collaborative soft tokens need a question with signal slots")
             self.projector = SoftTokenProjector(signal_dim, trunk.config.hidden_size)
             self.projector.reset(lora.seed)
         self.eval()
@@ -167,7 +167,7 @@ class Scorer(nn.Module):
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor, signals: torch.Tensor | None = None) -> torch.Tensor:
         """Scores of a padded batch of split-layer states ``[B, T, d]``; ``signals``
-        ``[B, 2, signal_dim]`` (user, item) become soft tokens at the prompt's slots.
+        ``[B, slots, signal_dim]`` become soft tokens at the prompt's slots.
         """
         with self._autocast():
             if signals is not None:

@@ -27,8 +27,7 @@ def render_preference_prompt(example: PreferenceExample, titles: dict[str, str],
 
 
 PREFERENCE_QUESTION = AnswerPrompt(system="You are a recommender system.", plain_cue="\nAnswer:", answers=("Yes", "No"))
-# llm-input = 'hybrid': the user's and the item's collaborative soft tokens ride on the
-# last token of these two lines, after the question.
-HYBRID_PREFERENCE_QUESTION = replace(
-    PREFERENCE_QUESTION, signal_slots=("\nThe user's collaborative signal:", "\nThe item's collaborative signal:")
-)
+# llm-input = 'hybrid': the user's, the item's and their match's collaborative soft tokens
+# ride on the last token of these lines, after the question (see ..signals).
+SIGNAL_SLOTS = ("\nThe user's collaborative signal:", "\nThe item's collaborative signal:", "\nTheir match:")
+HYBRID_PREFERENCE_QUESTION = replace(PREFERENCE_QUESTION, signal_slots=SIGNAL_SLOTS)

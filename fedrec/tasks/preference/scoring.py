@@ -22,7 +22,7 @@ def scorer_for(cfg: FedRecConfig, rank: int | None = None) -> Scorer:
     lora = LoraSettings.of(cfg.model, cfg.freeze_lora_a, cfg.federation.seed, rank)
     model = cfg.model
     if model.llm_input == "hybrid":
-        question, signal_dim = HYBRID_PREFERENCE_QUESTION, cfg.collaborative.mf_dim
+        question, signal_dim = HYBRID_PREFERENCE_QUESTION, cfg.collaborative.mf_dim + 1
     else:
         question, signal_dim = PREFERENCE_QUESTION, 0
     return shared_scorer(model.backbone, lora, question, model.max_length, model.compute_dtype, signal_dim)

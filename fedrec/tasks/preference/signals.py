@@ -1,10 +1,17 @@
-"""Collaborative signals of preference examples (``llm-input = 'hybrid'``): the user's
-embedding, folded in from their own training likes against a finished collaborative
-run's item tables (on the user's client: it never leaves), and the item's embedding
-from those tables. The projector turns them into soft tokens (:mod:`fedrec.models.soft_tokens`).
+"""Collaborative signals of preference examples (``llm-input = 'hybrid'``).
 
-Both are divided by the tables' root-mean-square embedding entry, a public constant of
-the tables, so the projector's inputs are of order one whatever the tables' scale.
+Three vectors of ``mf-dim + 1`` per example, one per soft token (:mod:`fedrec.models.soft_tokens`):
+
+* the user: their embedding ``p``, folded in from their own training likes against a
+  finished collaborative run's item tables (on the user's client: it never leaves), then 0;
+* the item: its embedding ``q`` and bias ``b`` from those tables;
+* their match: ``p * q`` (elementwise) and ``b``, whose sum is the collaborative model's
+  score, so a linear read-out of this token recovers it; the other two carry the
+  identities CoLLM's tokens carry.
+
+Embeddings are divided by the tables' root-mean-square embedding entry ``s`` (a public
+constant of the tables; products by ``s**2``, biases by the root-mean-square bias), so
+the projector's inputs are of order one whatever the tables' scale.
 """
 
 from __future__ import annotations
@@ -18,24 +25,33 @@ from .dataset import FederatedData
 from .examples import PreferenceExample
 
 
+def _rms(values: torch.Tensor) -> float:
+    return float(values.square().mean().sqrt()) or 1.0
+
+
 class CollaborativeSignals:
-    """The (user, item) signal vectors of examples of the folded-in users."""
+    """The user, item and match signal vectors of examples of the folded-in users."""
+
+    slots = 3
 
     def __init__(self, folded: FoldedInTables) -> None:
-        items = folded.model.items.weight.detach()
-        scale = float(items.square().mean().sqrt()) or 1.0
-        self.dim = items.shape[-1]
-        self.user_vectors = folded.model.users.weight.detach() / scale
-        self.item_vectors = items / scale
+        model = folded.model
+        items, biases = model.items.weight.detach(), model.item_biases.weight.detach()
+        scale = _rms(items)
+        self.dim = items.shape[-1] + 1
+        self.users = model.users.weight.detach() / scale
+        self.items, self.biases = items / scale, biases / _rms(biases)
         self.user_row, self.item_row = folded.user_row, folded.item_row
 
     def of(self, examples: list[PreferenceExample]) -> torch.Tensor:
-        """``[len(examples), 2, dim]``: each example's user and item vectors."""
+        """``[len(examples), 3, mf-dim + 1]``: each example's user, item and match vectors."""
         if not examples:
-            return torch.zeros(0, 2, self.dim)
-        users = torch.tensor([self.user_row[ex.user] for ex in examples])
-        items = torch.tensor([self.item_row[ex.item] for ex in examples])
-        return torch.stack([self.user_vectors[users], self.item_vectors[items]], dim=1)
+            return torch.zeros(0, self.slots, self.dim)
+        users = self.users[torch.tensor([self.user_row[ex.user] for ex in examples])]
+        rows = torch.tensor([self.item_row[ex.item] for ex in examples])
+        items, biases = self.items[rows], self.biases[rows]
+        user = torch.cat([users, torch.zeros_like(biases)], dim=1)
+        return torch.stack([user, torch.cat([items, biases], 1), torch.cat([users * items, biases], 1)], dim=1)
 
 
 def folded_tables(
