@@ -317,3 +317,11 @@ def test_hybrid_llm_trained_to_rank_reranks_an_mf_runs_retrieval_and_composes_ep
     assert projector["soft_tokens.outer.weight"].abs().max() > 0  # trained away from its zero start
     with pytest.raises(ConfigError, match="hybrid"):
         resolve_config("smoke", overrides={"llm-input": "hybrid"})
+    # on the device: the hybrid adapter reranks with the user folded in from the history
+    found = recommend(out / "adapter", HISTORY, k=5, candidates=20, item_tables=tables)
+    retrieved = [r.item for r in recommend(None, HISTORY, k=20, item_tables=tables)]
+    assert len(found) == 5 and {r.item for r in found} <= set(retrieved)
+    default_tables = recommend(out / "adapter", HISTORY, k=5, candidates=20)  # the tables it was trained with
+    assert len(default_tables) == 5
+    with pytest.raises(RecommendError, match="soft tokens"):
+        recommend(out / "adapter", HISTORY, k=5, candidates=20, config=cfg.replace(item_tables=str(tmp_path)))

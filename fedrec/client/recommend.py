@@ -25,9 +25,11 @@ from ..models.adapter import load_adapter_folder
 from ..models.errors import BackboneError
 from ..models.scorer import Scorer
 from ..models.wire import AdapterMismatchError
+from ..tasks.collaborative.folded import FoldedInTables
 from ..tasks.preference.examples import PreferenceExample
 from ..tasks.preference.prompt import render_preference_prompt
 from ..tasks.preference.scoring import scorer_for
+from ..tasks.preference.signals import CollaborativeSignals
 from .retrieval import retrieve
 
 LOCAL_USER = "(local)"
@@ -138,14 +140,41 @@ def recommend(
             pool = sorted(pool, key=lambda item: -counts.get(item, 0))[:candidates]  # ties stay in id order
     if not pool:
         raise RecommendError(f"the history rates every item of the catalog of '{data.name}': nothing to recommend")
+    scores = _llm_scores(cfg, data, scorer, rated, pool, item_tables)
+    best = np.argsort(-scores, kind="stable")[:k]
+    titles = data.titles()
+    return [Recommendation(pool[i], titles[pool[i]], float(scores[i])) for i in best]
+
+
+def _llm_scores(
+    cfg: FedRecConfig,
+    data: InteractionData,
+    scorer: Scorer,
+    rated: pd.DataFrame,
+    pool: list[str],
+    item_tables: str | Path | None,
+) -> np.ndarray:
+    """The adapter's score of each item of ``pool`` after the history; a hybrid adapter's
+    soft tokens come from ``item_tables`` (default: the ones it was trained with) and the
+    user folded in from the history, here.
+    """
     liked = rated["rating"].to_numpy() > cfg.data.like_threshold
     recent = tuple(zip(rated["item"], liked.tolist(), strict=True))[-cfg.data.history_length :]
     titles = data.titles()
     examples = [PreferenceExample(LOCAL_USER, item, 0, recent) for item in pool]
     prompts = [render_preference_prompt(example, titles, data.noun) for example in examples]
-    scores = scorer.score_candidates(scorer.encode(prompts), cfg.training.physical_batch_size).numpy()
-    best = np.argsort(-scores, kind="stable")[:k]
-    return [Recommendation(pool[i], titles[pool[i]], float(scores[i])) for i in best]
+    signals = None
+    if scorer.projector is not None:
+        tables = item_tables or cfg.collaborative.item_tables
+        user = rated.assign(user=LOCAL_USER)
+        try:
+            folded = FoldedInTables.from_file(
+                tables, data.items["item"], user, cfg.data.like_threshold, [LOCAL_USER], cfg.collaborative.mf_dim
+            )
+        except ValueError as err:
+            raise RecommendError(f"the adapter reads collaborative soft tokens (llm-input = 'hybrid'): {err}") from None
+        signals = CollaborativeSignals(folded).of(examples)
+    return scorer.score_candidates(scorer.encode(prompts), cfg.training.physical_batch_size, signals).numpy()
 
 
 def _retrieved(path: Path, history: str | Path | pd.DataFrame) -> tuple[InteractionData, list[tuple[str, float]]]:
