@@ -42,19 +42,22 @@ VARIANTS = {
 }
 
 
-def _cell(metrics: dict[str, Any], key: str) -> str:
+def cell(metrics: dict[str, Any], key: str) -> str:
+    """A metric with its standard error, or '-'."""
     value, se = metrics.get(key), metrics.get(f"{key}_se")
     return "-" if value is None else f"{value:.4f}" + ("" if se is None else f" ± {se:.4f}")
 
 
-def _difference(paired: dict[str, float], key: str) -> str:
+def paired_cell(paired: dict[str, float], key: str) -> str:
+    """A paired difference with its standard error, or '-'."""
     if f"{key}_diff" not in paired:
         return "-"
     return f"{paired[f'{key}_diff']:+.4f} ± {paired[f'{key}_diff_se']:.4f}"
 
 
-def _row(name: str, privacy: str, metrics: dict[str, Any], extra: str = "| - | - | - |") -> str:
-    cells = " | ".join(_cell(metrics, k) for k in ("hr@10", "ndcg@10", "recall@20", "coverage@10", "auc", "uauc"))
+def metric_row(name: str, privacy: str, metrics: dict[str, Any], extra: str) -> str:
+    """A table row: the ranking and preference metrics, then ``extra`` cells."""
+    cells = " | ".join(cell(metrics, k) for k in ("hr@10", "ndcg@10", "recall@20", "coverage@10", "auc", "uauc"))
     return f"| {name} | {privacy} | {cells} {extra}"
 
 
@@ -75,18 +78,20 @@ def report(summaries: dict[str, dict[str, Any]], clients: int) -> str:
             privacy += f" (with item statistics; alone: user-level ε {statistics['user_level_epsilon']:.2f})"
         per_round = s["bytes"]["up"] / (s["rounds"] * clients)
         extra = f"| {s['rounds']} | {per_round:,.0f} | {s['seconds']:.0f} |"
-        lines.append(_row(name, privacy, s["metrics"], extra))
+        lines.append(metric_row(name, privacy, s["metrics"], extra))
     first = next(iter(summaries.values()))
     ranking, preference = first.get("ranking_baselines", {}), first.get("baselines", {})
     for name in sorted(set(ranking) | set(preference)):
-        lines.append(_row(name, "none (central data)", ranking.get(name, {}) | preference.get(name, {})))
+        lines.append(
+            metric_row(name, "none (central data)", ranking.get(name, {}) | preference.get(name, {}), "| - | - | - |")
+        )
     lines += ["", "Paired differences on the same cases, model minus baseline (mean ± paired standard error):", ""]
     lines += ["| model | HR@10 − most-popular | NDCG@10 − most-popular | NDCG@10 − federated-mf (harness) |"]
     lines += ["|---|---|---|---|"]
     for name, s in summaries.items():
         paired = s.get("paired_differences", {})
         popular, federated = paired.get("most-popular", {}), paired.get("federated-mf", {})
-        cells = [_difference(popular, "hr@10"), _difference(popular, "ndcg@10"), _difference(federated, "ndcg@10")]
+        cells = [paired_cell(popular, "hr@10"), paired_cell(popular, "ndcg@10"), paired_cell(federated, "ndcg@10")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     users = first["metrics"].get("ranking_users")
     lines += [

@@ -30,6 +30,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from federated_mf import metric_row, paired_cell
+
 from fedrec.config import resolve_config
 from fedrec.simulation.runner import simulate
 
@@ -38,28 +40,13 @@ RUNS = Path("runs") / "benchmark-llm-rerank"
 SPLIT = {"eval-users": 300, "test-interactions": 5, "ranking-users": 300, "max-weight": 100_000.0}
 RETRIEVER = {"recommender": "mf", "strategy": "fedavg", "num-server-rounds": 10, "client-cpus": 1.0}
 RERANK = {"rerank-top": 20}
+NONE = "| - | - |"  # the bytes and seconds cells of a row without them
 VARIANTS = {
     "LLM text, preference loss": {"llm-input": "text", "objective": "preference"},
     "LLM hybrid, ranking loss": {"llm-input": "hybrid", "objective": "ranking"},
     "LLM text, ranking loss": {"llm-input": "text", "objective": "ranking"},
     "LLM hybrid, preference loss": {"llm-input": "hybrid", "objective": "preference"},
 }
-
-
-def _cell(metrics: dict[str, Any], key: str) -> str:
-    value, se = metrics.get(key), metrics.get(f"{key}_se")
-    return "-" if value is None else f"{value:.4f}" + ("" if se is None else f" ± {se:.4f}")
-
-
-def _paired(paired: dict[str, float], key: str) -> str:
-    if f"{key}_diff" not in paired:
-        return "-"
-    return f"{paired[f'{key}_diff']:+.4f} ± {paired[f'{key}_diff_se']:.4f}"
-
-
-def _row(name: str, privacy: str, metrics: dict[str, Any], extra: str = "| - | - |") -> str:
-    cells = " | ".join(_cell(metrics, k) for k in ("hr@10", "ndcg@10", "recall@20", "coverage@10", "auc", "uauc"))
-    return f"| {name} | {privacy} | {cells} {extra}"
 
 
 def _privacy(summary: dict[str, Any]) -> str:
@@ -72,14 +59,14 @@ def _privacy(summary: dict[str, Any]) -> str:
 
 def _rows(retriever: dict[str, Any], llms: dict[str, dict[str, Any]]) -> list[str]:
     """The retriever, each LLM variant (zero-shot and trained) and the baselines."""
-    rows = [_row("federated MF, DP (the retriever)", _privacy(retriever), retriever["metrics"])]
+    rows = [metric_row("federated MF, DP (the retriever)", _privacy(retriever), retriever["metrics"], NONE)]
     for name, (summary, initial) in llms.items():
         extra = f"| {summary['bytes']['up'] / summary['rounds'] / 2:,.0f} | {summary['seconds']:.0f} |"
-        rows.append(_row(f"{name}: zero-shot rerank", "-", initial))
-        rows.append(_row(f"{name}: trained rerank", _privacy(summary), summary["metrics"], extra))
+        rows.append(metric_row(f"{name}: zero-shot rerank", "-", initial, NONE))
+        rows.append(metric_row(f"{name}: trained rerank", _privacy(summary), summary["metrics"], extra))
     ranking, preference = retriever.get("ranking_baselines", {}), retriever.get("baselines", {})
     for name in sorted(set(ranking) | set(preference)):
-        rows.append(_row(name, "none (central data)", ranking.get(name, {}) | preference.get(name, {})))
+        rows.append(metric_row(name, "none (central data)", ranking.get(name, {}) | preference.get(name, {}), NONE))
     return rows
 
 
@@ -100,8 +87,8 @@ def report(retriever: dict[str, Any], llms: dict[str, tuple[dict[str, Any], dict
     ]
     for name, (summary, _) in llms.items():
         paired = summary.get("paired_differences", {})
-        cells = [_paired(paired.get("retriever", {}), "hr@10"), _paired(paired.get("retriever", {}), "ndcg@10")]
-        cells += [_paired(paired.get(b, {}), "ndcg@10") for b in ("most-popular", "federated-mf")]
+        cells = [paired_cell(paired.get("retriever", {}), "hr@10"), paired_cell(paired.get("retriever", {}), "ndcg@10")]
+        cells += [paired_cell(paired.get(b, {}), "ndcg@10") for b in ("most-popular", "federated-mf")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     users = retriever["metrics"].get("ranking_users")
     lines += [

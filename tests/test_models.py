@@ -69,7 +69,7 @@ def test_shared_prefixes_give_the_same_states_as_separate_prompts():
     assert [len(m) for _, m in shared_prefix_groups(tokens, 8) if len(m) > 1] == [5]
     shared = scorer.prefix_states(tokens, batch_size=3, min_shared_tokens=8)
     for t in tokens:
-        PREFIX_CACHE.drop(scorer._cache_key(t))
+        PREFIX_CACHE.drop(scorer.cache_key(t))
     separate = scorer.prefix_states(tokens, min_shared_tokens=10**6)
     for a, b, t in zip(shared, separate, tokens, strict=True):
         assert a.shape == b.shape and a.shape[0] == len(t)
@@ -152,7 +152,7 @@ def test_mismatched_update_is_refused(scorer, mutate, message):
 def test_prefix_cache_reuses_states(scorer):
     tokens = scorer.encode(["cache me please"])
     first = scorer.prefix_states(tokens)[0]
-    assert PREFIX_CACHE.get(scorer._cache_key(tokens[0])) is first
+    assert PREFIX_CACHE.get(scorer.cache_key(tokens[0])) is first
     assert scorer.prefix_states(tokens)[0] is first
 
 

@@ -4,8 +4,8 @@ The backbone is frozen, so when LoRA sits only on layers ``k..L-1`` the input of
 ``k`` is a fixed function of the prompt: :class:`Scorer` computes it once per prompt
 (:meth:`Scorer.prefix_states`, cached per process and optionally on disk) and trains
 and scores from it (:meth:`Scorer.forward`). With LoRA on all layers ``k = 0`` and the
-cached state is the token embedding. A self-check at construction verifies that the
-split path reproduces the model's own forward.
+cached state is the token embedding. A self-check at construction (:mod:`.split_check`)
+verifies that the split path reproduces the model's own forward.
 
 It composes the parts: the backbone's kind (:mod:`.kinds`), LoRA (:mod:`.lora`), the
 split forward (:mod:`.split`), the head (:mod:`.heads`), the prompt format
@@ -33,10 +33,10 @@ from .prefix_store import PrefixStore
 from .prompting import AnswerPrompt, PromptFormat
 from .soft_tokens import SoftTokenProjector, add_at_slots
 from .split import SplitForward, layer_list
+from .split_check import check_split
 
 PREFIX_BATCH_SIZE = 16  # prompts per frozen-prefix forward
 MIN_SHARED_TOKENS = 32  # shortest leading run of tokens worth computing once for several prompts
-_CHECK_TEXTS = ["One two three, four five six. Seven eight nine ten?", "Eleven twelve. Thirteen fourteen?"]
 
 
 class Scorer(nn.Module):
@@ -75,7 +75,7 @@ class Scorer(nn.Module):
             self.projector = SoftTokenProjector(signal_dim, trunk.config.hidden_size)
             self.projector.reset(lora.seed)
         self.eval()
-        self._check_split()
+        check_split(self)
 
     def train(self, mode: bool = True) -> Scorer:
         """Training mode reaches only the adapter (its layers and LoRA dropout)."""
@@ -112,7 +112,7 @@ class Scorer(nn.Module):
         batches are fastest (batch 16 ran 1.6-1.9x faster than 128 with SmolLM2).
         """
         if store is not None:
-            keys = [self._cache_key(tokens) for tokens in token_lists]
+            keys = [self.cache_key(tokens) for tokens in token_lists]
             stored = store.load(keys)
             if stored is None:
                 stored = self.prefix_states(token_lists, batch_size, min_shared_tokens)
@@ -121,14 +121,14 @@ class Scorer(nn.Module):
         out: dict[int, torch.Tensor] = {}
         missing = []
         for i, tokens in enumerate(token_lists):
-            hit = PREFIX_CACHE.get(self._cache_key(tokens))
+            hit = PREFIX_CACHE.get(self.cache_key(tokens))
             if hit is None:
                 missing.append(i)
             else:
                 out[i] = hit
         out |= self._compute_prefixes(token_lists, missing, batch_size, min_shared_tokens)
         for i in missing:
-            PREFIX_CACHE.put(self._cache_key(token_lists[i]), out[i])
+            PREFIX_CACHE.put(self.cache_key(token_lists[i]), out[i])
         return [out[i] for i in range(len(token_lists))]
 
     def _compute_prefixes(
@@ -156,7 +156,8 @@ class Scorer(nn.Module):
             out |= dict(zip((i for m in members for i in m), states, strict=True))
         return out
 
-    def _cache_key(self, tokens: list[int]) -> str:
+    def cache_key(self, tokens: list[int]) -> str:
+        """The prefix cache's key of a prompt's split-layer states."""
         digest = hashlib.sha1(torch.tensor(tokens, dtype=torch.int32).numpy().tobytes()).hexdigest()
         return f"{self.fingerprint}:{self.split_layer}:{self.compute_dtype}:{digest}"
 
@@ -238,20 +239,6 @@ class Scorer(nn.Module):
         with self._autocast():
             return self.head.full_forward(self.split, ids)
 
-    def _check_split(self) -> None:
-        """Verify on a padded batch that the split forward reproduces the model's own;
-        the last-position top layer is used only where it does.
-        """
-        token_lists = self.encode(_CHECK_TEXTS)
-        if self.split.last_position_top_layer and self._split_error(token_lists) is not None:
-            self.split.last_position_top_layer = False
-        error = self._split_error(token_lists)
-        if error is not None:
-            raise BackboneError(
-                f"{self.backbone_name}: the split at layer {self.split_layer} does not reproduce the "
-                f"model's forward ({error}); this architecture is not supported"
-            )
-
     @contextlib.contextmanager
     def in_float32(self) -> Iterator[None]:
         """Forward passes in float32 for the block, whatever ``compute_dtype`` is."""
@@ -260,22 +247,6 @@ class Scorer(nn.Module):
             yield
         finally:
             self.compute_dtype = dtype
-
-    def _split_error(self, token_lists: list[list[int]]) -> str | None:
-        """How the split scores of ``token_lists`` differ from the full forward's, or None."""
-        try:
-            with self.in_float32():
-                split = self.score(token_lists, batch_size=len(token_lists)).tolist()
-                full = [self.full_forward_score(tokens) for tokens in token_lists]
-        except (RuntimeError, TypeError, AttributeError) as err:
-            return f"{type(err).__name__}: {err}"
-        finally:
-            for tokens in token_lists:
-                PREFIX_CACHE.drop(self._cache_key(tokens))
-        for s, f in zip(split, full, strict=True):
-            if abs(s - f) > 1e-3 * max(1.0, abs(f)):
-                return f"{s:.5f} vs {f:.5f}"
-        return None
 
     def _device(self) -> torch.device:
         return next(self.peft.parameters()).device
