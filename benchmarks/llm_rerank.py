@@ -15,7 +15,11 @@ Privacy: an MF run and an LLM run on the same clients compose (basic composition
 hybrid run's ``epsilon.composed`` adds the two); a text-only reranker reads the tables
 at ranking time only, so its recommendations compose the same way.
 
-    python benchmarks/llm_rerank.py [--variants 0,1] [--report-only]
+    python benchmarks/llm_rerank.py [--variants 0,1] [--fresh-retriever] [--report-only]
+
+The retriever runs only when its tables are not there yet (or with ``--fresh-retriever``):
+its DP noise is not seeded, so a later variant must read the same tables as the earlier
+ones to share their retriever.
 
 Results: benchmarks/results/llm_rerank/ (report.md, each run's summary.json,
 rounds.jsonl, config.toml); whole run folders under runs/benchmark-llm-rerank/.
@@ -126,19 +130,20 @@ def _initial(folder: str) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default=",".join(str(n) for n in range(len(VARIANTS))))
+    parser.add_argument("--fresh-retriever", action="store_true", help="run the retriever again (new DP noise)")
     parser.add_argument("--report-only", action="store_true", help="rewrite report.md from the kept results")
     args = parser.parse_args()
     chosen = [int(n) for n in args.variants.split(",") if n.strip()]
-    if args.report_only:
+    tables = (RUNS / "retriever" / "item-tables.npz").resolve()
+    if args.report_only or (tables.exists() and not args.fresh_retriever):
         retriever = json.loads((RESULTS / "retriever" / "summary.json").read_text())
     else:
         retriever = _run("federated MF, DP", RETRIEVER, "retriever")
-    tables = str((RUNS / "retriever" / "item-tables.npz").resolve())
     llms = {}
     for n, (name, overrides) in enumerate(VARIANTS.items()):
         folder = f"variant-{n}"
         if n in chosen and not args.report_only:
-            _run(name, overrides | RERANK | {"item-tables": tables}, folder)
+            _run(name, overrides | RERANK | {"item-tables": str(tables)}, folder)
         if (RESULTS / folder / "summary.json").exists():
             llms[name] = (json.loads((RESULTS / folder / "summary.json").read_text()), _initial(folder))
     (RESULTS / "report.md").write_text(report(retriever, llms))
