@@ -34,6 +34,8 @@ def test_rerank_order_is_the_llms_with_every_candidate_and_the_retrievers_with_n
     retrieved = rerank_order(retriever, target, 0, lambda head: llm[head])
     assert sorted(order[:10]) == sorted(retrieved[:10]) and np.array_equal(order[10:], retrieved[10:])
     assert np.all(np.diff(llm[order[:10]]) <= 0)  # the head follows the LLM
+    with pytest.raises(ValueError, match="needs the LLM"):
+        rerank_order(retriever, target, 3)
 
 
 @pytest.fixture(scope="module")

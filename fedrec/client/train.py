@@ -82,7 +82,7 @@ def train(message: Message, context: Context, cfg: FedRecConfig) -> Message:
     seed = round_seed(cfg, int(config[SERVER_ROUND]), partition_id)
     records = _records(cfg, data, partition_id)
     if not len(records.targets):
-        return decline_reason_reply(message, cfg)
+        return _nothing_to_train(message, cfg)
     local = LocalTraining(
         cfg.training, records.loss, seed, float(config.get(PROXIMAL_MU, 0.0)), group_size=records.group_size
     )
@@ -108,7 +108,7 @@ def train(message: Message, context: Context, cfg: FedRecConfig) -> Message:
     return train_reply(message, _released_adapter(cfg, scorer, message, rank), metrics)
 
 
-def decline_reason_reply(message: Message, cfg: FedRecConfig) -> Message:
+def _nothing_to_train(message: Message, cfg: FedRecConfig) -> Message:
     """The decline of a node without anything to train on."""
     what = "liked training examples" if cfg.training.objective == "ranking" else "training examples"
     return decline_reply(message, f"no {what} on this node", {})

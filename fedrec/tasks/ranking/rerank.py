@@ -26,15 +26,20 @@ from .ranker import K, ranking_metrics
 RETRIEVER = "retriever_"  # prefix of the retriever's own metrics
 
 
-def rerank_order(retriever: np.ndarray, target: int, top: int, llm: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+def rerank_order(
+    retriever: np.ndarray, target: int, top: int, llm: Callable[[np.ndarray], np.ndarray] | None = None
+) -> np.ndarray:
     """Candidate indices best first: the retriever's order, its first ``top`` reordered
-    by ``llm`` (their scores, given their indices); ties rank the target last.
+    by ``llm`` (their scores, given their indices; needed when ``top`` > 0); ties rank
+    the target last.
     """
     is_target = np.zeros(len(retriever), dtype=bool)
     is_target[target] = True
     order = np.lexsort((is_target, -retriever))
     head = order[:top]
     if len(head):
+        if llm is None:
+            raise ValueError(f"reranking the top {top} needs the LLM's scores")
         head = head[np.lexsort((is_target[head], -np.asarray(llm(head), dtype=float)))]
     return np.concatenate([head, order[top:]])
 
@@ -84,11 +89,11 @@ class RerankEvaluation:
         """Metrics of the reranked lists, and the retriever's prefixed with ``retriever_``."""
         reranked, plain = _Lists(), _Lists()
         for case in self.cases:
-            self._case(case, self.batch_size, reranked, plain)
+            self._case(case, reranked, plain)
         size = len(self.retriever.items)
         return reranked.metrics(size) | {RETRIEVER + k: v for k, v in plain.metrics(size).items()}
 
-    def _case(self, case: RankingCase, batch_size: int, reranked: _Lists, plain: _Lists) -> None:
+    def _case(self, case: RankingCase, reranked: _Lists, plain: _Lists) -> None:
         """Add one case's reranked and retriever-only orders."""
         row = self.retriever.item_row
         scores = self.retriever.catalog_scores(case.user)
@@ -99,25 +104,21 @@ class RerankEvaluation:
         catalog = np.flatnonzero(allowed)
         target = int(np.flatnonzero(catalog == sampled[0])[0])
         retrieved = {
-            "sampled": rerank_order(scores[sampled], 0, 0, _no_llm),
-            "catalog": rerank_order(scores[catalog], target, 0, _no_llm),
+            "sampled": rerank_order(scores[sampled], 0, 0),
+            "catalog": rerank_order(scores[catalog], target, 0),
         }
         plain.add(retrieved["sampled"], retrieved["catalog"], target, catalog)
         heads = set(sampled[retrieved["sampled"][: self.top]]) | set(catalog[retrieved["catalog"][: self.top]])
-        llm = self._llm_scores(case, sorted(int(r) for r in heads), int(sampled[0]), batch_size)
+        llm = self._llm_scores(case, sorted(int(r) for r in heads), int(sampled[0]))
         in_sampled = rerank_order(scores[sampled], 0, self.top, lambda head: [llm[sampled[i]] for i in head])
         in_catalog = rerank_order(scores[catalog], target, self.top, lambda head: [llm[catalog[i]] for i in head])
         reranked.add(in_sampled, in_catalog, target, catalog)
 
-    def _llm_scores(self, case: RankingCase, rows: list[int], target_row: int, batch_size: int) -> dict[int, float]:
+    def _llm_scores(self, case: RankingCase, rows: list[int], target_row: int) -> dict[int, float]:
         """The LLM's score of each item row (both lists' heads, scored in one pass)."""
         items = self.retriever.items
         examples = [PreferenceExample(case.user, items[r], int(r == target_row), case.history) for r in rows]
         signals = None if self.signals is None else self.signals.of(examples)
         with self.scorer.in_float32():
-            llm = self.scorer.score_candidates(self.scorer.encode(self.prompts(examples)), batch_size, signals)
+            llm = self.scorer.score_candidates(self.scorer.encode(self.prompts(examples)), self.batch_size, signals)
         return dict(zip(rows, llm.tolist(), strict=True))
-
-
-def _no_llm(head: np.ndarray) -> np.ndarray:
-    raise AssertionError("the retriever's own order asks no LLM scores")
