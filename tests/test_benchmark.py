@@ -1,11 +1,14 @@
-"""The benchmark harness: the smoke suite runs end to end, writes report.md, results
-and plots, and a restart keeps finished points and resumes an interrupted one.
+"""The benchmark harness: the smoke suite runs end to end (a retriever, a reranker that
+reads its tables, a text LLM), writes report.md, results and plots, and a restart keeps
+finished points and resumes an interrupted one.
 """
 
 import json
 
-from fedrec.bench.run import eta_note
-from fedrec.bench.suites import SUITES
+import pytest
+
+from fedrec.bench.run import eta_note, point_overrides
+from fedrec.bench.suites import SUITES, Point, Suite
 from fedrec.cli import main
 from fedrec.config import resolve_config
 
@@ -17,14 +20,20 @@ def test_smoke_suite_writes_report_and_plots_and_restart_skips_finished_points(t
     labels = [p.label for p in SUITES["smoke"].points]
     rows = {r["method"]: r for r in results["rows"]}
     assert list(rows) == labels
-    fedavg, ffa = (rows[label] for label in labels)
-    assert fedavg["epsilon"] > 0 and ffa["epsilon"] is None  # record-level DP on one point only
+    retriever, fedavg, ffa = (rows[label] for label in labels)
+    assert retriever["recommender"] == "mf" and retriever["adapter_to_full_model"] is None
+    assert fedavg["epsilon"] > 0 and ffa["epsilon"] is None  # record-level DP on one LLM point only
     assert ffa["client_epsilon"] > 0 and fedavg["client_epsilon"] is None  # client-level DP on the other
     assert 0 < ffa["bytes_up_per_client_round"] < 0.6 * fedavg["bytes_up_per_client_round"]  # only B travels
     assert all(0.0 <= r["hr@10"] <= 1.0 and r["ranking_users"] == 4 for r in rows.values())
     assert set(fedavg["ranking_baselines"]) == {"most-popular", "bpr-mf", "federated-mf", "random"}
+    # the reranker read the retriever point's tables: its composed epsilon adds that run's
+    assert fedavg["composed_epsilon"] == pytest.approx(fedavg["epsilon"] + retriever["epsilon"])
+    assert fedavg["retriever_hr@10"] is not None and "ndcg@10_diff" in fedavg["minus_retriever"]
+    assert ffa["retriever_hr@10"] is None and ffa["composed_epsilon"] is None
     report = (out / "report.md").read_text()
     assert all(label in report for label in labels) and "ranking baseline" in report
+    assert report.count(fedavg["method"]) == 2  # in the main table and the rerank table
     assert {p.name for p in (out / "plots").iterdir()} == {
         "accuracy_vs_epsilon.png",
         "accuracy_vs_round.png",
@@ -36,7 +45,7 @@ def test_smoke_suite_writes_report_and_plots_and_restart_skips_finished_points(t
     assert main(["benchmark", "--suite", "smoke", "--out", str(out)]) == 0
     assert capsys.readouterr().out.count("(done before, kept)") == len(labels)
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/summary.json")} == summaries
-    interrupted = next(iter(summaries))  # as if killed after its last checkpoint, before the summary
+    interrupted = out / ffa["folder"] / "summary.json"  # as if killed after its last checkpoint, before the summary
     finished = json.loads(interrupted.read_text())
     interrupted.unlink()
     assert main(["benchmark", "--suite", "smoke", "--out", str(out)]) == 0
@@ -49,14 +58,26 @@ def test_unknown_suite_is_refused(capsys):
     assert "unknown suite 'nope'" in capsys.readouterr().err
 
 
-def test_every_suite_point_resolves_to_a_valid_config():
+def test_every_suite_point_resolves_to_a_valid_config(tmp_path):
     for name, suite in SUITES.items():
         labels = [p.label for p in suite.points]
         assert len(set(labels)) == len(labels), name
         for point in suite.points:
-            cfg = resolve_config(suite.preset, overrides={**suite.base, **point.overrides})
+            cfg = resolve_config(suite.preset, overrides=point_overrides(suite, point, tmp_path))
             if cfg.data.partitioner == "user":
                 assert cfg.federation.num_clients == cfg.data.max_users, point.label  # one client per user
+            if point.item_tables_from:
+                source = next(p for p in suite.points if p.label == point.item_tables_from)
+                assert source.overrides["recommender"] == "mf", point.label
+                assert cfg.collaborative.item_tables.startswith(str(tmp_path)), point.label
+
+
+def test_a_point_may_read_only_an_earlier_points_item_tables():
+    retriever = Point("retriever", {"recommender": "mf"})
+    reranker = Point("reranker", {"rerank-top": 5}, item_tables_from="retriever")
+    Suite("smoke", {}, (retriever, reranker), "fine")
+    with pytest.raises(ValueError, match="'reranker' reads the item tables of 'retriever': no earlier point"):
+        Suite("smoke", {}, (reranker, retriever), "backwards")
 
 
 def test_eta_note_extrapolates_the_mean_point_time():

@@ -9,6 +9,8 @@ from typing import Any
 
 from .suites import Point
 
+_RANKING_KEYS = ("hr@10", "hr@10_se", "ndcg@10", "ndcg@10_se", "recall@20", "coverage@10")
+
 
 def row(point: Point, folder: Path) -> dict[str, Any]:
     """One point's row, from its run folder."""
@@ -16,19 +18,25 @@ def row(point: Point, folder: Path) -> dict[str, Any]:
     rounds = [json.loads(line) for line in (folder / "rounds.jsonl").read_text().splitlines()]
     client_rounds = sum(r["clients_sampled"] for r in rounds[1:])
     client_dp = summary.get("client_dp")
-    final = summary["metrics"]
+    final, initial = summary["metrics"], summary["initial_metrics"]
+    composed = summary["epsilon"].get("composed")
     return {
         "method": point.label,
         "folder": folder.name,
         "overrides": dict(point.overrides),
+        "recommender": summary.get("recommender", "llm"),
         "auc": final["auc"],
-        "initial_auc": summary["initial_metrics"]["auc"],
-        **{key: final.get(key) for key in ("auc_se", "uauc", "uauc_se", "hr@10", "hr@10_se", "ndcg@10", "ndcg@10_se")},
+        "initial_auc": initial["auc"],
+        **{key: final.get(key) for key in ("auc_se", "uauc", "uauc_se", *_RANKING_KEYS)},
+        **{f"initial_{key}": initial.get(key) for key in ("hr@10", "ndcg@10")},
+        **{f"retriever_{key}": final.get(f"retriever_{key}") for key in _RANKING_KEYS},
+        "minus_retriever": summary.get("paired_differences", {}).get("retriever"),
         "epsilon": summary["epsilon"]["max"] if summary["dp"] else None,
+        "composed_epsilon": composed["max"] if composed else None,
         "client_epsilon": client_dp["epsilon"] if client_dp else None,
         "bytes_up_per_client_round": summary["bytes"]["up"] / client_rounds if client_rounds else 0,
         "bytes_total": summary["bytes"]["total"],
-        "adapter_to_full_model": summary["bytes"]["adapter_to_full_model"],
+        "adapter_to_full_model": summary["bytes"].get("adapter_to_full_model"),
         "seconds": summary["seconds"],
         "auc_by_round": [r.get("auc") for r in rounds],
         "bytes_up_by_round": [r["bytes_up"] for r in rounds],
@@ -62,7 +70,29 @@ def main_table(rows: list[Mapping[str, Any]]) -> str:
             f"| {r['initial_auc']:.4f} | {_estimate(r, 'hr@10', '.3f')} "
             f"| {_estimate(r, 'ndcg@10', '.3f')} | {_cell(r['epsilon'], '.2f', '∞')} "
             f"| {_cell(r['client_epsilon'], '.2f', '∞')} | {r['bytes_up_per_client_round']:,.0f} "
-            f"| {r['bytes_total']:,} | {r['adapter_to_full_model']:.4%} | {r['seconds']:.0f} |"
+            f"| {r['bytes_total']:,} | {_cell(r['adapter_to_full_model'], '.4%')} | {r['seconds']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def rerank_table(rows: list[Mapping[str, Any]]) -> str:
+    """Retrieve-then-rerank rows: each reranker beside its retriever on the same cases."""
+    lines = [
+        "| method | HR@10 | NDCG@10 | Recall@20 | coverage@10 | round-0 HR@10 / NDCG@10 | retriever HR@10 "
+        "| retriever NDCG@10 | NDCG@10 − retriever (paired) | ε composed with the tables |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r["retriever_hr@10"] is None:
+            continue
+        paired = r["minus_retriever"] or {}
+        difference = "-" if not paired else f"{paired['ndcg@10_diff']:+.3f} ± {paired['ndcg@10_diff_se']:.3f}"
+        lines.append(
+            f"| {r['method']} | {_estimate(r, 'hr@10', '.3f')} | {_estimate(r, 'ndcg@10', '.3f')} "
+            f"| {_cell(r['recall@20'], '.3f')} | {_cell(r['coverage@10'], '.3f')} "
+            f"| {_cell(r['initial_hr@10'], '.3f')} / {_cell(r['initial_ndcg@10'], '.3f')} "
+            f"| {_estimate(r, 'retriever_hr@10', '.3f')} | {_estimate(r, 'retriever_ndcg@10', '.3f')} "
+            f"| {difference} | {_cell(r['composed_epsilon'], '.2f')} |"
         )
     return "\n".join(lines)
 
@@ -85,6 +115,15 @@ def render_report(results: Mapping[str, Any]) -> str:
         main_table(rows),
         "",
     ]
+    if any(r["retriever_hr@10"] is not None for r in rows):
+        lines += [
+            "Retrieve, then rerank: the LLM reorders its retriever's top N of each ranking list (HR@10, NDCG@10 "
+            "over the sampled candidates; Recall@20, coverage@10 over the whole unrated catalog); the retriever "
+            "alone on the same cases, and the paired difference:",
+            "",
+            rerank_table(rows),
+            "",
+        ]
     if rows:
         lines += [
             "| preference baseline (no training, no privacy cost) | AUC | UAUC |",
@@ -96,9 +135,10 @@ def render_report(results: Mapping[str, Any]) -> str:
             "",
         ]
         if rows[0]["ranking_baselines"]:
-            lines += ["| ranking baseline | HR@10 | NDCG@10 |", "|---|---|---|"]
+            lines += ["| ranking baseline | HR@10 | NDCG@10 | Recall@20 | coverage@10 |", "|---|---|---|---|---|"]
             lines += [
-                f"| {name} | {_estimate(m, 'hr@10', '.3f')} | {_estimate(m, 'ndcg@10', '.3f')} |"
+                f"| {name} | {_estimate(m, 'hr@10', '.3f')} | {_estimate(m, 'ndcg@10', '.3f')} "
+                f"| {_cell(m.get('recall@20'), '.3f')} | {_cell(m.get('coverage@10'), '.3f')} |"
                 for name, m in rows[0]["ranking_baselines"].items()
             ]
             lines.append("")

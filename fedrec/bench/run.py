@@ -12,6 +12,7 @@ import json
 import platform
 import time
 from pathlib import Path
+from typing import Any
 
 from ..config import resolve_config
 from ..files import write_atomic
@@ -19,7 +20,7 @@ from ..server.checkpoint import CHECKPOINT_DIR
 from ..server.results import json_safe
 from ..simulation.runner import resume, simulate
 from .report import main_table, render_report, row, write_plots
-from .suites import SUITES
+from .suites import SUITES, Point, Suite
 
 
 def _slug(label: str) -> str:
@@ -42,7 +43,7 @@ def run_suite(name: str, out: str | Path) -> Path:
                 resume(folder)
             else:
                 print(f"{head}{eta_note(run_seconds, len(suite.points) - i + 1)}", flush=True)
-                cfg = resolve_config(suite.preset, overrides={**suite.base, **point.overrides, "out": str(folder)})
+                cfg = resolve_config(suite.preset, overrides=point_overrides(suite, point, out))
                 simulate(cfg)
             run_seconds.append(time.perf_counter() - started)
         else:
@@ -55,6 +56,16 @@ def run_suite(name: str, out: str | Path) -> Path:
     write_atomic(report, render_report(results))
     print(main_table(rows))
     return report
+
+
+def point_overrides(suite: Suite, point: Point, out: Path) -> dict[str, Any]:
+    """A point's config keys: the suite's base, the point's own, its run folder under
+    ``out`` and, when it reads an earlier point's item tables, that run's file.
+    """
+    overrides = {**suite.base, **point.overrides, "out": str(out / _slug(point.label))}
+    if point.item_tables_from:
+        overrides["item-tables"] = str(out / _slug(point.item_tables_from) / "item-tables.npz")
+    return overrides
 
 
 def eta_note(run_seconds: list[float], remaining: int) -> str:

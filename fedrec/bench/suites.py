@@ -1,5 +1,6 @@
 """Benchmark suites: several runs on the same data, seeds and budget, one table each.
-Each point is a label and config keys over its suite's preset and base keys.
+Each point is a label and config keys over its suite's preset and base keys; a point
+may read the item tables of an earlier point's collaborative run (its retriever).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ class Point:
 
     label: str
     overrides: Mapping[str, Any] = field(default_factory=dict)
+    item_tables_from: str = ""  # label of an earlier ``recommender = 'mf'`` point: its item-tables.npz
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,14 @@ class Suite:
     base: Mapping[str, Any]
     points: tuple[Point, ...]
     description: str
+
+    def __post_init__(self) -> None:
+        labels: list[str] = []
+        for point in self.points:
+            if point.item_tables_from and point.item_tables_from not in labels:
+                source = point.item_tables_from
+                raise ValueError(f"point '{point.label}' reads the item tables of '{source}': no earlier point")
+            labels.append(point.label)
 
 
 NON_PRIVATE_LEARNING_RATE = 0.03  # the demo's 0.3 is tuned for noisy DP steps; without noise it diverges
@@ -42,6 +52,7 @@ _STRATEGY_POINTS = (
     ("FFA-LoRA ranks 2,4", {"strategy": "ffa-lora", "lora-ranks": "2,4"}),
 )
 
+_RETRIEVER = "federated MF, DP (the retriever)"
 _CPU_BASE = {"max-users": 300, "batch-size": 60, "ranking-users": 20}
 _PER_USER = {
     "partitioner": "user",
@@ -122,12 +133,39 @@ SUITES: dict[str, Suite] = {
         ),
         description="demo preset on 300 users: clients per round, per-user clients, LoRA rank (CPU-sized)",
     ),
+    # Retrieve, then rerank (issue 18): DP federated MF is the retriever (and gives the
+    # hybrid LLM its item tables); each LLM reorders the MF's top 20 of every ranking
+    # list, on the same clients, split and cases. 100 evaluation users x 5 held-out
+    # interactions: an LLM ranking evaluation of 300 users takes over 30 min here.
+    "rerank": Suite(
+        preset="demo",
+        base={"eval-users": 100, "test-interactions": 5, "ranking-users": 100, "max-weight": 100_000.0},
+        points=(
+            Point(_RETRIEVER, {"recommender": "mf", "strategy": "fedavg", "num-server-rounds": 10, "client-cpus": 1.0}),
+            Point(
+                "LLM text, preference loss, reranks the top 20",
+                {"llm-input": "text", "objective": "preference", "rerank-top": 20},
+                item_tables_from=_RETRIEVER,
+            ),
+            Point(
+                "LLM hybrid, ranking loss, reranks the top 20",
+                {"llm-input": "hybrid", "objective": "ranking", "rerank-top": 20},
+                item_tables_from=_RETRIEVER,
+            ),
+        ),
+        description="demo preset, DP federated MF retrieving and the LLM reranking (CPU-sized, about 45 min)",
+    ),
     # For tests: the tiny random model, two methods, each privacy guarantee on one of them.
     "smoke": Suite(
         preset="smoke",
-        base={"num-server-rounds": 1, "ranking-users": 4},
+        base={"num-server-rounds": 1, "ranking-users": 4, "mf-dim": 8},
         points=(
-            Point("FedAvg-LoRA, epsilon 50", {"strategy": "fedavg"}),
+            Point(_RETRIEVER, {"recommender": "mf", "strategy": "fedavg"}),
+            Point(
+                "FedAvg-LoRA hybrid, epsilon 50, reranks the top 10",
+                {"strategy": "fedavg", "llm-input": "hybrid", "rerank-top": 10},
+                item_tables_from=_RETRIEVER,
+            ),
             Point(
                 "FFA-LoRA, no record-level DP, client-level DP",
                 {"strategy": "ffa-lora", "dp": False, "client-dp": True},
