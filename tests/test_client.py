@@ -195,7 +195,7 @@ def test_a_node_trains_on_its_own_data_file_and_a_bad_file_is_named(tmp_path):
     assert metrics["declined"] == 0 and metrics["num-examples"] == 2 * CFG.data.train_examples_per_user
     bad = tmp_path / "bad.csv"
     bad.write_text("user,item,rating,timestamp\n1,1,great,0\n")
-    with pytest.raises(DataError, match=r"bad\.csv: column 'rating' must be numeric"):
+    with pytest.raises(DataError, match=r"bad\.csv line 2: column 'rating' must be a finite number"):
         train(_message(CFG, 1), _context(**{"data-path": str(bad)}), CFG)
 
 

@@ -224,6 +224,29 @@ def test_item_statistics_are_the_clients_sums_within_the_stated_noise_and_compos
         assert ledger["history"][0] == [stats.item_statistics_noise / 2, 1.0, 1]  # released before round 1
 
 
+def test_mf_under_client_level_dp_without_secagg_gets_exact_item_statistics(tmp_path):
+    overrides = {"recommender": "mf", "strategy": "fedavg", "secure-aggregation": False, "dp": False}
+    overrides |= {"client-dp": True, "item-statistics": True, "item-statistics-noise": 0.0}
+    overrides |= {"item-statistics-bound": 1000.0, "mf-popularity-weight": 0.5, "out": str(tmp_path / "run")}
+    cfg = resolve_config("smoke", overrides=overrides)
+    out, summary = simulate(cfg, echo=None)
+    rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    assert [r["clients_ok"] for r in rounds[1:]] == [cfg.federation.num_clients] * cfg.federation.num_server_rounds
+    assert summary["client_dp"]["epsilon"] > 0 and not summary["dp"]  # the guarantee is client-level only
+    assert summary["item_statistics"]["user_level_epsilon"] is None  # noise off: no privacy claimed
+    central = load_split(cfg.data, cfg.federation.seed, cfg.evaluation.eval_users)
+    items = catalog_order(central.data.items["item"])
+    train, clients = central.split.train_interactions, cfg.federation.num_clients
+    partitions = load_federated_data(cfg.data, cfg.federation.seed, cfg.evaluation.eval_users, clients).partitions
+    bound = cfg.item_statistics.item_statistics_bound
+    exact = [user_contributions(train[train["user"].isin(p)], 3.0, items, bound) for p in partitions]
+    with np.load(out / "item-statistics.npz") as stored:
+        for n, name in enumerate(("stats.ratings", "stats.likes")):
+            plain = sum(e[n] for e in exact)
+            assert np.allclose(stored[name], plain, atol=1e-3), name  # the plain sums, float32 in thousands
+            assert stored[name].sum() > 0
+
+
 def test_user_contributions_are_exact_sums_of_indicators_scaled_to_the_bound():
     interactions = pd.DataFrame(
         {"user": ["a", "a", "a", "b"], "item": ["1", "2", "3", "2"], "rating": [5.0, 1.0, 4.0, 5.0]}

@@ -128,22 +128,46 @@ def _write(tmp_path: Path, inter: str, items: str = "item,title\n1,A\n2,B\n") ->
     [
         ("user,item,rating\n1,1,5\n", "item,title\n1,A\n", r"i\.csv: missing column\(s\) \['timestamp'\]"),
         (
-            "user,item,rating,timestamp\n1,1,five,3\n",
-            "item,title\n1,A\n",
-            r"i\.csv: column 'rating' must be numeric; row 0 holds 'five'",
+            "user,item,rating,timestamp\n1,1,5,3\n1,2,five,3\n",
+            "item,title\n1,A\n2,B\n",
+            r"i\.csv line 3: column 'rating' must be a finite number, found 'five'$",
+        ),
+        (
+            "user,item,rating,timestamp\n1,1,5,3\n1,2,inf,3\n",
+            "item,title\n1,A\n2,B\n",
+            r"i\.csv line 3: column 'rating' must be a finite number, found inf$",
+        ),
+        (
+            "user,item,rating,timestamp\n1,1,5,3\n1,2,,3\n",
+            "item,title\n1,A\n2,B\n",
+            r"i\.csv line 3: empty value in column 'rating'$",
+        ),
+        (
+            "user,item,rating,timestamp\n1,1,5,3\n1,2,4,nan\n",
+            "item,title\n1,A\n2,B\n",
+            r"i\.csv line 3: empty value in column 'timestamp'$",
         ),
         ("", "item,title\n1,A\n", r"i\.csv is empty"),
         ("user,item,rating,timestamp\n", "item,title\n1,A\n", r"i\.csv: no interactions"),
         (
             "user,item,rating,timestamp\n1,1,5,3\n1,1,4,4\n",
             "item,title\n1,A\n",
-            r"i\.csv: 1 duplicate \(user, item\) pairs, e\.g\. user 1 item 1",
+            r"i\.csv line 3: duplicate \(user, item\) pair: user 1 item 1 \(1 duplicates in all\)",
         ),
-        ("user,item,rating,timestamp\n1,1,5,3\n", "item,title\n1,A\n1,B\n", r"items\.csv: 1 duplicate item ids"),
         (
-            "user,item,rating,timestamp\n1,9,5,3\n",
+            "user,item,rating,timestamp\n1,1,5,3\n",
+            "item,title\n1,A\n1,B\n",
+            r"items\.csv line 3: duplicate item id 1 \(1 duplicates in all\)",
+        ),
+        (
+            "user,item,rating,timestamp\n1,1,5,3\n",
+            "item,title\n1,A\n,B\n",
+            r"items\.csv line 3: empty item id",
+        ),
+        (
+            "user,item,rating,timestamp\n1,1,5,3\n1,9,5,3\n",
             "item,title\n1,A\n",
-            r"1 interactions name items missing from .*items\.csv, e\.g\. item 9",
+            r"i\.csv line 3: item 9 is missing from .*items\.csv \(1 interactions name unknown items\)",
         ),
         ("user,item,rating,timestamp\n1,1,5,3\n", "item,name\n1,A\n", r"items\.csv: missing column\(s\) \['title'\]"),
     ],

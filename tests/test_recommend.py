@@ -130,11 +130,11 @@ BAD_INPUTS = {
     ),
     "unknown item": (
         lambda a, h, t: (a, _write(t / "h.csv", "item,rating\n2,5\n999,4\n")),
-        r"h.csv: 1 interactions name items missing from .*item 999",
+        r"h.csv line 3: item 999 is missing from the catalog",
     ),
     "malformed rating": (
         lambda a, h, t: (a, _write(t / "h.csv", "item,rating\n2,5\n4,great\n")),
-        r"h.csv: column 'rating' must be numeric; row 1 holds 'great'",
+        r"h.csv line 3: column 'rating' must be a finite number, found 'great'",
     ),
     "empty history": (lambda a, h, t: (a, _write(t / "h.jsonl", "")), r"h.jsonl is empty"),
     "no header": (

@@ -7,6 +7,7 @@ import json
 import sys
 
 from ..config import ConfigError
+from ..data.interactions import DataError
 from ..server.checkpoint import CheckpointError
 from ..server.results import ResultsFolderError
 from .options import add_config_args, config_from_args
@@ -21,20 +22,32 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--resume", metavar="RUN", help="continue the interrupted run in folder RUN from its checkpoint, as configured"
     )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="check the settings, data, item tables and results folder, then stop (nothing is written)",
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run (or resume) the simulation; 2 on invalid settings or results folder."""
+    """Run (or resume, or only check) the simulation; 2 on invalid settings, data, item
+    tables or results folder, found before anything is written or started.
+    """
+    from ..simulation.preflight import preflight
     from ..simulation.report import summary_table
-    from ..simulation.runner import resume, simulate
+    from ..simulation.runner import absolute_paths, resume_config, simulate
 
     try:
-        if args.resume:
-            out, summary = resume(args.resume, verbose=args.verbose)
-        else:
-            out, summary = simulate(config_from_args(args), verbose=args.verbose)
-    except (ConfigError, ResultsFolderError, CheckpointError) as err:
+        cfg = resume_config(args.resume) if args.resume else config_from_args(args)
+        if args.check:
+            checked = absolute_paths(cfg)
+            data = preflight(checked)
+            users = sum(len(p) for p in data.partitions)
+            print(f"fedrec: ok: {users} users on {len(data.partitions)} clients; results folder {checked.server.out}")
+            return 0
+        out, summary = simulate(cfg, verbose=args.verbose)
+    except (ConfigError, DataError, ResultsFolderError, CheckpointError) as err:
         print(f"fedrec: {err}", file=sys.stderr)
         return 2
     rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]

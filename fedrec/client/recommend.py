@@ -20,7 +20,7 @@ import pandas as pd
 from safetensors import SafetensorError
 
 from ..config import ConfigError, FedRecConfig, read_config_file
-from ..data.interactions import DataError, InteractionData, load_interaction_data, read_table, validate
+from ..data.interactions import DataError, InteractionData, Source, load_interaction_data, read_table, validate
 from ..models.adapter import load_adapter_folder
 from ..models.errors import BackboneError
 from ..models.scorer import Scorer
@@ -72,18 +72,22 @@ def load_history(source: str | Path | pd.DataFrame, data: InteractionData) -> pd
     without timestamps), from a CSV/TSV or JSON-lines file (or a frame) of
     ``item,rating[,timestamp]``. Items must be in ``data``'s catalog; ratings numeric.
     """
-    name = "history" if isinstance(source, pd.DataFrame) else str(source)
-    frame = source.copy() if isinstance(source, pd.DataFrame) else _read_history(Path(source).expanduser())
+    if isinstance(source, pd.DataFrame):
+        name, frame = Source("history", None), source.copy()
+    else:
+        path = Path(source).expanduser()
+        frame = _read_history(path)
+        name = Source(str(source), 1) if path.suffix in JSON_LINES_SUFFIXES else Source.of(source)
     missing = [c for c in ("item", "rating") if c not in frame.columns]
     if missing:
         raise DataError(
-            f"{name}: missing column(s) {missing}; expected a header line item,rating[,timestamp], "
+            f"{name.name}: missing column(s) {missing}; expected a header line item,rating[,timestamp], "
             f"found {[str(c) for c in frame.columns]}"
         )
     if "timestamp" not in frame.columns:
         frame["timestamp"] = np.arange(len(frame))
     frame.insert(0, "user", LOCAL_USER)
-    checked = validate(frame, data.items, name, f"the catalog of '{data.name}'").interactions
+    checked = validate(frame, data.items, name, Source(f"the catalog of '{data.name}'", None)).interactions
     return checked.sort_values("timestamp", kind="stable")[["item", "rating", "timestamp"]].reset_index(drop=True)
 
 

@@ -13,6 +13,7 @@ import importlib.util
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 INTERACTION_COLUMNS = ("user", "item", "rating", "timestamp")
@@ -21,6 +22,27 @@ ITEM_COLUMNS = ("item", "title")
 
 class DataError(ValueError):
     """A data file is missing, malformed or inconsistent."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a table came from, for error messages: its name and the 1-based file line
+    of its first data row (``None``: not a text file, rows are counted instead).
+    """
+
+    name: str
+    first_line: int | None = 2
+
+    @classmethod
+    def of(cls, path: Path | str) -> Source:
+        """A table file read by :func:`read_table`: a header line, unless Parquet."""
+        return cls(str(path), None if Path(path).suffix == ".parquet" else 2)
+
+    def at(self, row: int) -> str:
+        """``NAME line N`` (or ``row N``) of the 0-based data row ``row``."""
+        if self.first_line is None:
+            return f"{self.name} row {row + 1}"
+        return f"{self.name} line {row + self.first_line}"
 
 
 @dataclass(frozen=True)
@@ -68,7 +90,8 @@ def load_interaction_data(dataset: str, items_path: str = "") -> InteractionData
         return _load_atomic_dir(path, inter[0].stem)
     if not items_path:
         raise DataError(f"dataset {path}: set 'items-path' to the item table (item,title[,genres])")
-    return validate(read_table(path), read_table(Path(items_path).expanduser()), str(path), items_path)
+    items = Path(items_path).expanduser()
+    return validate(read_table(path), read_table(items), Source.of(path), Source.of(items))
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -104,7 +127,7 @@ def _load_atomic_dir(folder: Path, name: str) -> InteractionData:
     if "release_year" in items.columns and "title" in items.columns:
         year = items["release_year"].astype("string").fillna("")
         items["title"] = items["title"].astype("string") + year.map(lambda y: f" ({y})" if y else "")
-    return validate(inter, items, str(inter_path), str(item_path))
+    return validate(inter, items, Source(str(inter_path)), Source(str(item_path)))
 
 
 def _load_ml1m_dir(folder: Path) -> InteractionData:
@@ -113,7 +136,7 @@ def _load_ml1m_dir(folder: Path) -> InteractionData:
     inter = pd.read_csv(folder / "ratings.dat", names=list(INTERACTION_COLUMNS), **opts)
     items = pd.read_csv(folder / "movies.dat", names=["item", "title", "genres"], **opts)
     items["genres"] = items["genres"].str.replace("|", " ")
-    return validate(inter, items, str(folder / "ratings.dat"), str(folder / "movies.dat"))
+    return validate(inter, items, Source(str(folder / "ratings.dat"), 1), Source(str(folder / "movies.dat"), 1))
 
 
 def _load_hub(dataset_id: str, items_path: str) -> InteractionData:
@@ -126,55 +149,67 @@ def _load_hub(dataset_id: str, items_path: str) -> InteractionData:
         items = frame[["item", "title"]].drop_duplicates("item")
     else:
         raise DataError(f"hub dataset {dataset_id} has no 'title' column; set 'items-path'")
-    return validate(frame, items, f"hf:{dataset_id}", items_path or f"hf:{dataset_id}")
+    hub = Source(f"hf:{dataset_id}", None)
+    return validate(frame, items, hub, Source.of(items_path) if items_path else hub)
 
 
-def validate(inter: pd.DataFrame, items: pd.DataFrame, inter_src: str, items_src: str) -> InteractionData:
-    """Check columns, types, emptiness, duplicates and references; normalise dtypes."""
-    missing = [c for c in INTERACTION_COLUMNS if c not in inter.columns]
-    if missing:
-        raise DataError(f"{inter_src}: missing column(s) {missing}; found {list(inter.columns)}")
-    missing = [c for c in ITEM_COLUMNS if c not in items.columns]
-    if missing:
-        raise DataError(f"{items_src}: missing column(s) {missing}; found {list(items.columns)}")
-    if inter.empty:
-        raise DataError(f"{inter_src}: no interactions")
-    if items.empty:
-        raise DataError(f"{items_src}: no items")
-    inter = inter[list(INTERACTION_COLUMNS)].copy()
-    for col in ("rating", "timestamp"):
-        values = pd.to_numeric(inter[col], errors="coerce")
-        bad = values.isna() & inter[col].notna()
-        if bad.any():
-            row = int(bad.to_numpy().nonzero()[0][0])
-            raise DataError(f"{inter_src}: column '{col}' must be numeric; row {row} holds {inter[col].iloc[row]!r}")
-        inter[col] = values.astype("float64")
-    if inter.isna().any().any():
-        col = inter.columns[inter.isna().any()].tolist()
-        raise DataError(f"{inter_src}: empty values in column(s) {col}")
-    for col in ("user", "item"):
-        inter[col] = inter[col].astype("string")
+def validate(inter: pd.DataFrame, items: pd.DataFrame, inter_src: Source, items_src: Source) -> InteractionData:
+    """Check columns, types, values, emptiness, duplicates and references; normalise
+    dtypes. Errors name the file and the line (or row) of the first offending entry.
+    """
+    for frame, src, columns in ((inter, inter_src, INTERACTION_COLUMNS), (items, items_src, ITEM_COLUMNS)):
+        missing = [c for c in columns if c not in frame.columns]
+        if missing:
+            raise DataError(f"{src.name}: missing column(s) {missing}; found {[str(c) for c in frame.columns]}")
+        if frame.empty:
+            raise DataError(f"{src.name}: no {'interactions' if frame is inter else 'items'}")
+    inter = _checked_interactions(inter[list(INTERACTION_COLUMNS)].copy(), inter_src)
     dup = inter.duplicated(["user", "item"])
     if dup.any():
-        first = inter[dup].iloc[0]
+        first = int(dup.to_numpy().nonzero()[0][0])
         raise DataError(
-            f"{inter_src}: {int(dup.sum())} duplicate (user, item) pairs, "
-            f"e.g. user {first['user']} item {first['item']}"
+            f"{inter_src.at(first)}: duplicate (user, item) pair: user {inter['user'].iloc[first]} item "
+            f"{inter['item'].iloc[first]} ({int(dup.sum())} duplicates in all)"
         )
     items = items.copy()
+    if items["item"].isna().any():
+        raise DataError(f"{items_src.at(int(items['item'].isna().to_numpy().nonzero()[0][0]))}: empty item id")
     items["item"] = items["item"].astype("string")
     items["title"] = items["title"].astype("string").fillna("").str.strip()
     items["genres"] = items["genres"].astype("string").fillna("") if "genres" in items else ""
     dup_items = items.duplicated("item")
     if dup_items.any():
+        first = int(dup_items.to_numpy().nonzero()[0][0])
         raise DataError(
-            f"{items_src}: {int(dup_items.sum())} duplicate item ids, e.g. {items[dup_items]['item'].iloc[0]}"
+            f"{items_src.at(first)}: duplicate item id {items['item'].iloc[first]} "
+            f"({int(dup_items.sum())} duplicates in all)"
         )
     unknown = ~inter["item"].isin(items["item"])
     if unknown.any():
+        first = int(unknown.to_numpy().nonzero()[0][0])
         raise DataError(
-            f"{inter_src}: {int(unknown.sum())} interactions name items missing from "
-            f"{items_src}, e.g. item {inter[unknown]['item'].iloc[0]}"
+            f"{inter_src.at(first)}: item {inter['item'].iloc[first]} is missing from {items_src.name} "
+            f"({int(unknown.sum())} interactions name unknown items)"
         )
     items = items[["item", "title", "genres"]].reset_index(drop=True)
-    return InteractionData(inter.reset_index(drop=True), items, Path(inter_src).stem)
+    return InteractionData(inter.reset_index(drop=True), items, Path(inter_src.name).stem)
+
+
+def _checked_interactions(inter: pd.DataFrame, src: Source) -> pd.DataFrame:
+    """Numeric, finite ratings and timestamps; no empty value; string ids."""
+    for col in INTERACTION_COLUMNS:
+        empty = inter[col].isna()
+        if empty.any():
+            raise DataError(f"{src.at(int(empty.to_numpy().nonzero()[0][0]))}: empty value in column '{col}'")
+    for col in ("rating", "timestamp"):
+        values = pd.to_numeric(inter[col], errors="coerce")
+        bad = values.isna() | ~np.isfinite(values.to_numpy(dtype="float64", na_value=np.nan))
+        if bad.any():
+            row = int(bad.to_numpy().nonzero()[0][0])
+            value = inter[col].iloc[row]
+            shown = repr(value) if isinstance(value, str) else str(value)
+            raise DataError(f"{src.at(row)}: column '{col}' must be a finite number, found {shown}")
+        inter[col] = values.astype("float64")
+    for col in ("user", "item"):
+        inter[col] = inter[col].astype("string")
+    return inter

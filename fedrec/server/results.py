@@ -39,6 +39,14 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def check_fresh(folder: str | Path) -> None:
+    """Refuse a results folder that already holds a run."""
+    folder = Path(folder).expanduser().resolve()
+    existing = [name for name in RESULT_FILES if (folder / name).exists()]
+    if existing:
+        raise ResultsFolderError(f"{folder} already holds a run ({', '.join(existing)}); choose another --out")
+
+
 def check_resumable(folder: str | Path, run_config: Mapping[str, Any]) -> None:
     """Refuse to resume a finished run, or one whose ``config.toml`` differs from
     ``run_config`` (``resume`` aside).
@@ -71,9 +79,7 @@ class ResultsWriter:
         if resume_after is not None:
             self._reopen(dict(run_config), resume_after)
             return
-        existing = [name for name in RESULT_FILES if (self.folder / name).exists()]
-        if existing:
-            raise ResultsFolderError(f"{self.folder} already holds a run ({', '.join(existing)}); choose another --out")
+        check_fresh(self.folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         write_atomic(self.folder / "config.toml", tomli_w.dumps(dict(run_config)))
 

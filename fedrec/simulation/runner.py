@@ -13,10 +13,10 @@ from typing import Any
 
 from ..config import FedRecConfig, read_config_file
 from ..files import write_atomic
-from ..server.checkpoint import read_checkpoint
-from ..server.results import check_resumable, default_out_dir, json_safe
+from ..server.results import default_out_dir, json_safe
 from .baselines import harness_baselines, paired_with_model
 from .engine import FlowerApp, LocalSuperLink, flwr_run
+from .preflight import preflight
 
 FLOWER_LOG = "flower.log"  # Flower's log stream of the run, in its results folder
 SUPERLINK_LOG = "superlink.log"
@@ -72,15 +72,13 @@ def simulate(
     cfg: FedRecConfig, verbose: bool = False, echo: Callable[[str], None] | None = print
 ) -> tuple[Path, dict[str, Any]]:
     """Run a federated simulation; returns the results folder and its summary (with the
-    harness's baselines). ``echo`` receives the run's progress lines.
+    harness's baselines). ``echo`` receives the run's progress lines. Its inputs are
+    checked (:func:`.preflight.preflight`) before anything is written or started.
     """
     cfg = absolute_paths(cfg)
     out = Path(cfg.server.out)
-    run_config = cfg.to_run_config()
-    if cfg.server.resume:  # refuse before the engine starts
-        check_resumable(out, run_config)
-        read_checkpoint(out)
-    run_apps(FlowerApp(run_config), federation_config(cfg, verbose), out, echo)
+    preflight(cfg)
+    run_apps(FlowerApp(cfg.to_run_config()), federation_config(cfg, verbose), out, echo)
     summary_path = out / "summary.json"
     if not summary_path.exists():
         raise SimulationError(f"the simulation ended without writing {summary_path}; see {out / FLOWER_LOG}")
@@ -94,6 +92,11 @@ def resume(
     run_folder: str | Path, verbose: bool = False, echo: Callable[[str], None] | None = print
 ) -> tuple[Path, dict[str, Any]]:
     """Continue an interrupted simulation from its checkpoint, with its own settings."""
+    return simulate(resume_config(run_folder), verbose, echo)
+
+
+def resume_config(run_folder: str | Path) -> FedRecConfig:
+    """The settings of an interrupted run in ``run_folder``, set to resume it."""
     folder = Path(run_folder).expanduser().resolve()
     cfg = FedRecConfig.from_mapping(read_config_file(folder / "config.toml"))
-    return simulate(cfg.replace(out=str(folder), resume=True), verbose, echo)
+    return cfg.replace(out=str(folder), resume=True)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ...config import DataConfig
-from ...data.interactions import InteractionData, load_interaction_data, read_table, validate
+from ...data.interactions import InteractionData, Source, load_interaction_data, read_table, validate
 from ...data.partition import partition_users, sample_users
 from .examples import ExampleSplit, PreferenceExample, split_examples
 from .prompt import render_preference_prompt
@@ -118,7 +118,8 @@ def load_node_data(data: DataConfig, data_path: str) -> FederatedData:
     """
     catalog = load_interaction_data(data.dataset, data.items_path)
     path = Path(data_path).expanduser()
-    interactions = validate(read_table(path), catalog.items, str(path), f"the catalog of '{data.dataset}'")
+    catalog_source = Source(f"the catalog of '{data.dataset}'", None)
+    interactions = validate(read_table(path), catalog.items, Source.of(path), catalog_source)
     interactions = replace(interactions, noun=catalog.noun)
     split = _split(interactions, data)
     return FederatedData(CentralSplit(interactions, split, split.users), [sorted(split.train)])

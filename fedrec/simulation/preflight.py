@@ -1,0 +1,46 @@
+"""Checks of a run's inputs before anything is written or started: the results folder,
+the data (loaded, validated, split and partitioned as the clients will do it) and the
+item tables it reads. Each failure is one error that names the problem and where.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import ConfigError, FedRecConfig
+from ..models.collaborative import ITEM_EMBEDDINGS, read_item_tables
+from ..server.checkpoint import read_checkpoint
+from ..server.results import check_fresh, check_resumable
+from ..tasks.preference.dataset import FederatedData, load_federated_data
+
+
+def preflight(cfg: FedRecConfig) -> FederatedData:
+    """Check ``cfg``'s results folder, data and item tables; returns the partitioned
+    data. Raises ``ResultsFolderError``, ``CheckpointError``, ``DataError`` or
+    ``ConfigError``.
+    """
+    out = Path(cfg.server.out)
+    if cfg.server.resume:
+        check_resumable(out, cfg.to_run_config())
+        read_checkpoint(out)
+    else:
+        check_fresh(out)
+    data = load_federated_data(cfg.data, cfg.federation.seed, cfg.evaluation.eval_users, cfg.federation.num_clients)
+    if cfg.collaborative.item_tables:
+        _check_item_tables(Path(cfg.collaborative.item_tables), cfg.collaborative.mf_dim, len(data.central.data.items))
+    return data
+
+
+def _check_item_tables(path: Path, dim: int, num_items: int) -> None:
+    """``path`` holds an mf run's item embeddings for this catalog, ``dim`` wide."""
+    try:
+        tables = read_item_tables(path)
+    except ValueError as err:
+        raise ConfigError(f"item-tables: {err}") from None
+    if ITEM_EMBEDDINGS not in tables:
+        raise ConfigError(f"item-tables: {path} has no '{ITEM_EMBEDDINGS}' array (not an mf run's item tables)")
+    rows, width = tables[ITEM_EMBEDDINGS].shape
+    if width != dim:
+        raise ConfigError(f"item-tables: {path} holds item embeddings of width {width}, but mf-dim is {dim}")
+    if rows != num_items:
+        raise ConfigError(f"item-tables: {path} holds {rows} items, but the dataset's catalog has {num_items}")
