@@ -40,7 +40,10 @@ def test_overrides_file_then_set(tmp_path):
         ({"num-clients": 0}, "'num-clients' must be > 0"),
         ({"partitioner": "random"}, "'partitioner' must be one of user, iid, skewed"),
         ({"fraction-train": 1.5}, "'fraction-train' must be in"),
-        ({"target-epsilon": 0.0}, "set 'target-epsilon' > 0 or 'noise-multiplier' > 0"),
+        ({"target-epsilon": 0.0}, "'target-epsilon' must be > 0, got 0.0"),
+        ({"target-epsilon": -1.0, "noise-multiplier": 1.0}, "'target-epsilon' must be > 0, got -1.0"),
+        ({"target-epsilon": float("nan")}, "'target-epsilon' must be finite"),
+        ({"fraction-train": 0.0}, r"'fraction-train' must be in \(0, 1\], got 0.0"),
         ({"eval-split": "validation"}, "eval-split = 'validation' needs validation-interactions > 0"),
         (
             {"dp-planned-rounds": 3, "num-server-rounds": 2},

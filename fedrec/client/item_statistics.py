@@ -58,7 +58,7 @@ def _spend(context: Context, cfg: FedRecConfig) -> str | None:
     accountant = load_privacy_ledger(context, cfg)
     entry = record_level_entry(cfg.item_statistics.item_statistics_noise)
     after = accountant.epsilon_after(*entry, dp.target_delta)
-    if dp.target_epsilon > 0 and after > dp.target_epsilon:
+    if after > dp.target_epsilon:
         spent = f"the item statistics would reach epsilon {after:.3f}"
         return f"privacy budget: {spent} > target-epsilon {dp.target_epsilon:g}"
     store_privacy_ledger(context, cfg, PersistentAccountant(accountant.mechanism, [*accountant.history, entry]))

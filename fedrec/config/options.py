@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 POSITIVE = "> 0"
 NON_NEGATIVE = ">= 0"
 FRACTION = "in [0, 1]"
+SHARE = "in (0, 1]"
 
 
 class ConfigError(ValueError):
@@ -61,14 +62,16 @@ def _check_value(key: str, value: Any, metadata: Any) -> None:
     choices, check = metadata.get("choices", ()), metadata.get("check")
     if choices and value not in choices:
         raise ConfigError(f"config key '{key}' must be one of {', '.join(choices)}; got '{value}'")
-    if isinstance(value, float) and not math.isfinite(value) and check is not None:
+    if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"config key '{key}' must be finite, got {value}")
     if check == POSITIVE and not value > 0:
         raise ConfigError(f"config key '{key}' must be > 0, got {value}")
     if check == NON_NEGATIVE and not value >= 0:
         raise ConfigError(f"config key '{key}' must be >= 0, got {value}")
     if check == FRACTION and not 0.0 <= value <= 1.0:
-        raise ConfigError(f"config key '{key}' must be in [0, 1]")
+        raise ConfigError(f"config key '{key}' must be in [0, 1], got {value}")
+    if check == SHARE and not 0.0 < value <= 1.0:
+        raise ConfigError(f"config key '{key}' must be in (0, 1], got {value}")
 
 
 _TYPES = {"bool": bool, "int": int, "float": float, "str": str}

@@ -17,7 +17,7 @@ from .choices import (
     RECOMMENDERS,
     STRATEGIES,
 )
-from .options import FRACTION, NON_NEGATIVE, POSITIVE, ConfigError, Section, option
+from .options import FRACTION, NON_NEGATIVE, POSITIVE, SHARE, ConfigError, Section, option
 
 
 @dataclass(frozen=True)
@@ -29,18 +29,20 @@ class FederationConfig(Section):
     num_clients: int = option(
         4, "clients (simulated SuperNodes), each holding a disjoint group of users", check=POSITIVE
     )
-    fraction_train: float = option(1.0, "share of the clients sampled to train each round", check=FRACTION)
+    fraction_train: float = option(1.0, "share of the clients sampled to train each round", check=SHARE)
     fraction_evaluate: float = option(
         0.0,
         "share of the clients sampled for federated evaluation each round (0: central evaluation only)",
         check=FRACTION,
     )
-    round_timeout: float = option(3600.0, "seconds a round waits for the training replies")
+    round_timeout: float = option(3600.0, "seconds a round waits for the training replies", check=POSITIVE)
     client_cpus: float = option(
-        2.0, "CPUs per simulated client (Ray; Flower counts whole CPUs: a fraction is rounded up)"
+        2.0, "CPUs per simulated client (Ray; Flower counts whole CPUs: a fraction is rounded up)", check=POSITIVE
     )
     client_gpus: float = option(0.0, "GPU fraction per simulated client (Ray); 0: CPU only", check=NON_NEGATIVE)
-    seed: int = option(42, "seed of the split, the partitions, the initial adapter, node sampling and training")
+    seed: int = option(
+        42, "seed of the split, the partitions, the initial adapter, node sampling and training", check=NON_NEGATIVE
+    )
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,7 @@ class ModelConfig(Section):
     backbone: str = option("smollm2", "smollm2, minilm, tiny-llama, tiny-bert, a local folder or a hub id")
     max_length: int = option(256, "prompt tokens; the oldest content is cut", check=POSITIVE)
     lora_rank: int = option(8, "LoRA rank", check=POSITIVE)
-    lora_alpha: float = option(16.0, "LoRA scale numerator (scale = alpha / rank)")
+    lora_alpha: float = option(16.0, "LoRA scale numerator (scale = alpha / rank)", check=POSITIVE)
     lora_dropout: float = option(0.0, "LoRA dropout", check=NON_NEGATIVE)
     lora_target_modules: str = option("q_proj,v_proj", "comma-separated module names that get LoRA")
     lora_layers: int = option(
@@ -269,7 +271,9 @@ class RecordDPConfig(Section):
     noise_multiplier: float = option(
         0.0, "DP-SGD noise multiplier; 0: calibrated to target-epsilon", check=NON_NEGATIVE
     )
-    target_epsilon: float = option(8.0, "each client's privacy budget; a round that would exceed it is declined")
+    target_epsilon: float = option(
+        8.0, "each client's privacy budget; a round that would exceed it is declined (dp = false: none)", check=POSITIVE
+    )
     target_delta: float = option(1e-5, "delta of the budget", check=POSITIVE)
     dp_planned_rounds: int = option(
         0,
@@ -280,11 +284,9 @@ class RecordDPConfig(Section):
     accountant: str = option("rdp", "Opacus accountant", choices=ACCOUNTANTS)
 
     def validate(self) -> None:
-        """Delta a probability; a budget or a noise level when DP is on."""
+        """Delta a probability."""
         if not 0.0 < self.target_delta < 1.0:
-            raise ConfigError("config key 'target-delta' must be in (0, 1)")
-        if self.dp and self.noise_multiplier == 0.0 and self.target_epsilon <= 0.0:
-            raise ConfigError("with dp = true, set 'target-epsilon' > 0 or 'noise-multiplier' > 0")
+            raise ConfigError(f"config key 'target-delta' must be in (0, 1), got {self.target_delta}")
 
 
 @dataclass(frozen=True)
@@ -298,14 +300,18 @@ class SecAggConfig(Section):
         3, "shares needed to reconstruct a secret (drop-out tolerance vs. collusion)"
     )
     clipping_range: float = option(
-        4.0, "bound on each weighted update value (num-examples / max-weight) * (local - global)"
+        4.0, "bound on each weighted update value (num-examples / max-weight) * (local - global)", check=POSITIVE
     )
-    quantization_range: int = option(4_194_304, "levels over [-clipping-range, clipping-range] (2**22)")
+    quantization_range: int = option(4_194_304, "levels over [-clipping-range, clipping-range] (2**22)", check=POSITIVE)
     modulus_range: int = option(4_294_967_296, "arithmetic modulus of the masked sum (2**32)")
     max_weight: float = option(
-        10_000.0, "largest num-examples a client may report (r = num-examples / max-weight); a larger one is excluded"
+        10_000.0,
+        "largest num-examples a client may report (r = num-examples / max-weight); a larger one is excluded",
+        check=POSITIVE,
     )
-    secagg_timeout: float = option(600.0, "seconds per key/unmask stage (the training stage uses round-timeout)")
+    secagg_timeout: float = option(
+        600.0, "seconds per key/unmask stage (the training stage uses round-timeout)", check=POSITIVE
+    )
 
     def check_sum(self, num_inputs: int) -> None:
         """Refuse settings under which ``num_inputs`` survivors could overflow the modulus
@@ -325,8 +331,6 @@ class SecAggConfig(Section):
                 f"reconstruction-threshold must be in [2, num-shares = {self.num_shares}], "
                 f"got {self.reconstruction_threshold}"
             )
-        if self.clipping_range <= 0 or self.max_weight <= 0 or self.secagg_timeout <= 0:
-            raise ValueError("clipping-range, max-weight and secagg-timeout must be > 0")
 
     def threshold_for(self, group_size: int) -> int:
         """Shares needed to reconstruct a secret shared among ``group_size`` nodes."""

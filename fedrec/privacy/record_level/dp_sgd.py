@@ -93,11 +93,7 @@ def _noise_after(
 
 
 def decline_reason(dp: RecordDPConfig, plan: RoundPlan, accountant: PersistentAccountant) -> str | None:
-    """Why this round must not run (it would exceed the budget), or None
-    (``target-epsilon`` <= 0: no budget).
-    """
-    if dp.target_epsilon <= 0.0:
-        return None
+    """Why this round must not run (it would exceed the budget), or None."""
     after = accountant.epsilon_after(plan.noise_multiplier, plan.sample_rate, plan.steps, dp.target_delta)
     if after > dp.target_epsilon * 1.001:
         spent = accountant.epsilon(dp.target_delta)
