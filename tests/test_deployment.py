@@ -266,7 +266,9 @@ def test_flwr_run_over_tls_with_authenticated_supernodes(federation):
         assert (r["clients_sampled"], r["clients_ok"], r["clients_failed"]) == (ONLINE, NUM_NODES, 1), r
         assert list(r["secagg_dropped"]) == [fed.broken_id], r
         assert r["secagg_dropped"][fed.broken_id].startswith("collect-masked: ")
-        assert "missing.csv does not exist" in r["secagg_dropped"][fed.broken_id]  # the node's own error
+        reason = r["secagg_dropped"][fed.broken_id]
+        assert "missing.csv does not exist" in reason  # the node's own error, from its traceback's last line
+        assert "\n" not in reason and "\x1b" not in reason and len(reason) <= 300, reason
         assert "bytes_by_stage" in r
     assert "secure-aggregation = true" in (out / "config.toml").read_text()
 

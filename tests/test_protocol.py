@@ -7,7 +7,14 @@ import pytest
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
 from fedrec.protocol.records import DECLINE, METRICS, NUM_EXAMPLES
-from fedrec.protocol.replies import decline_reason, decline_reply, is_declined, reply_metrics
+from fedrec.protocol.replies import (
+    REASON_LENGTH,
+    decline_reason,
+    decline_reply,
+    is_declined,
+    readable_reason,
+    reply_metrics,
+)
 from fedrec.protocol.secagg import (
     STAGE_COLLECT,
     STAGE_SETUP,
@@ -110,3 +117,23 @@ def test_a_decline_is_written_and_read_in_one_place(task_identity):
     trained = Message(RecordDict({METRICS: reply.content[METRICS]}), reply_to=request)
     trained.content[METRICS]["declined"] = 0
     assert not is_declined(trained) and decline_reason(trained) == "no reason given"
+
+
+RAY_TRACEBACK = (
+    "\x1b[36mray::ClientAppActor.run()\x1b[39m (pid=4242, ip=127.0.0.1)\n"
+    "Traceback (most recent call last):\n"
+    '  File "/site-packages/flwr/clientapp/client_app.py", line 144, in __call__\n'
+    "    return self._call(message, context)\n"
+    * 30
+    + "\x1b[31mfedrec.data.interactions.DataError: /data/missing.csv does not exist\x1b[0m\n\n"
+)
+
+
+def test_a_failure_reason_is_one_readable_line():
+    assert readable_reason(RAY_TRACEBACK) == "fedrec.data.interactions.DataError: /data/missing.csv does not exist"
+    assert readable_reason("collect-masked: the masked input tensors differ") == (
+        "collect-masked: the masked input tensors differ"
+    )
+    long = readable_reason("x" * 5000)
+    assert len(long) == REASON_LENGTH and long.endswith("…")
+    assert readable_reason(" \n\x1b[0m\n") == "no reason given"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -9,6 +10,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from .records import ARRAYS, DECLINE, DECLINED, METRICS, NUM_EXAMPLES, REASON
 
 MetricValue = int | float | list[int] | list[float]
+REASON_LENGTH = 240  # characters kept of a failure's reason
+_TERMINAL_CODES = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
 
 def train_reply(request: Message, arrays: ArrayRecord, metrics: Mapping[str, MetricValue]) -> Message:
@@ -44,3 +47,13 @@ def decline_reason(message: Message) -> str:
 def reply_metrics(message: Message) -> dict[str, MetricValue]:
     """Every metric of a reply (all its metric records merged)."""
     return {k: v for record in message.content.metric_records.values() for k, v in record.items()}
+
+
+def readable_reason(reason: str) -> str:
+    """A failure's reason as one readable line: terminal colour codes removed and, of a
+    traceback (a Ray worker's, say), its last line, the exception; at most
+    ``REASON_LENGTH`` characters.
+    """
+    lines = [line.strip() for line in _TERMINAL_CODES.sub("", reason).splitlines() if line.strip()]
+    line = lines[-1] if lines else "no reason given"
+    return line if len(line) <= REASON_LENGTH else line[: REASON_LENGTH - 1] + "…"

@@ -16,7 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 
 from ..protocol.exchange import DelegatingGrid, replies_as_they_arrive
-from ..protocol.replies import reply_metrics
+from ..protocol.replies import readable_reason, reply_metrics
 from ..protocol.secagg import stage_of
 
 
@@ -77,7 +77,8 @@ class RecordingGrid(DelegatingGrid):
         for msg in replies:
             meta = msg.metadata
             if msg.has_error():
-                self._pending.append(Exchange("up", meta.message_type, meta.src_node_id, 0, msg.error.reason))
+                reason = readable_reason(msg.error.reason)
+                self._pending.append(Exchange("up", meta.message_type, meta.src_node_id, 0, reason))
                 continue
             metrics = reply_metrics(msg)
             configs = {k: v for rec in msg.content.config_records.values() for k, v in rec.items()}

@@ -13,6 +13,7 @@ from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from ...protocol.exchange import replies_as_they_arrive
+from ...protocol.replies import readable_reason
 from ...protocol.secagg import SECAGG_RECORD, ProtocolError
 from .crypto import SecAggError
 
@@ -62,7 +63,7 @@ class StageExchange:
                 if handle is not None:
                     handle(node, record, reply)
             except (SecAggError, ProtocolError, KeyError, ValueError, TypeError) as err:
-                self.drop(node, f"{stage}: {err}")
+                self.drop(node, f"{stage}: {readable_reason(str(err))}")
                 continue
             answered[node] = reply
         self.seconds[stage] = time.perf_counter() - started
