@@ -17,6 +17,7 @@ from flwr.clientapp.typing import ClientAppCallable
 from opacus.accountants import RDPAccountant
 from safetensors.torch import load_file
 
+from fedrec.cli import main
 from fedrec.client.app import build_client_app
 from fedrec.client.recommend import RecommendError, recommend
 from fedrec.config import ConfigError, FedRecConfig, RecordDPConfig, resolve_config
@@ -222,6 +223,11 @@ def test_item_statistics_are_the_clients_sums_within_the_stated_noise_and_compos
     for partition in range(3):
         ledger = json.loads((folder / "nodes" / f"partition-{partition}" / "privacy-ledger.json").read_text())
         assert ledger["history"][0] == [stats.item_statistics_noise / 2, 1.0, 1]  # released before round 1
+    reports = [json.loads(line) for line in (folder / "run" / "privacy.jsonl").read_text().splitlines()]
+    before_training = [r for r in reports if r["round"] == 0]
+    assert len(before_training) == 3  # the release is in the results folder too, for `fedrec audit`
+    assert all(r["ledger"] == [[stats.item_statistics_noise / 2, 1.0, 1]] for r in before_training)
+    assert main(["audit", str(folder / "run")]) == 0
 
 
 def test_mf_under_client_level_dp_without_secagg_gets_exact_item_statistics(tmp_path):

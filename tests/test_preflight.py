@@ -31,8 +31,14 @@ def _tables(tmp: Path, rows: int, width: int) -> list[str]:
     return [*_csv(tmp, GOOD), *hybrid, "--set", f"item-tables={tmp / 'tables.npz'}"]
 
 
-def _held_run(tmp: Path) -> list[str]:
+def _finished_run(tmp: Path) -> list[str]:
     (tmp / "out").mkdir()
+    (tmp / "out" / "summary.json").write_text("{}\n")
+    return []
+
+
+def _interrupted_run(tmp: Path) -> list[str]:
+    (tmp / "out" / "checkpoint").mkdir(parents=True)
     (tmp / "out" / "rounds.jsonl").write_text('{"round": 0}\n')
     return []
 
@@ -55,7 +61,8 @@ BAD_INPUTS: dict[str, tuple[Callable[[Path], list[str]], str]] = {
         r"nope\.csv does not exist",
     ),
     "more clients than users": (lambda t: ["--set", "num-clients=40"], r"40 clients but only 30 users"),
-    "results folder holds a run": (_held_run, r"already holds a run \(rounds\.jsonl\)"),
+    "results folder holds a finished run": (_finished_run, r"already holds a finished run \(summary\.json\)"),
+    "results folder holds an interrupted run": (_interrupted_run, r"holds an interrupted run: continue it with"),
     "item tables missing": (
         lambda t: [*_tables(t, 3, 8)[:-2], "--set", f"item-tables={t / 'gone.npz'}"],
         r"item-tables: .*gone\.npz: not a readable item-tables file",

@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from fedrec.config import RecordDPConfig, resolve_config
 from fedrec.data.interactions import load_interaction_data
+from fedrec.privacy.audit import audit_ledgers
 from fedrec.privacy.ledger import PersistentAccountant
 from fedrec.privacy.record_level import PrivateTraining, decline_reason, dp_sgd, plan_round
 from fedrec.tasks.metrics import roc_auc
@@ -218,3 +219,21 @@ def test_frozen_a_factors_stay_fixed_and_get_no_per_sample_gradients():
     )
     for name, param in scorer.named_parameters():
         assert torch.equal(param, before[name]) == ("lora_B" not in name), name
+
+
+def test_audit_flags_a_client_over_budget_a_ledger_that_lost_steps_and_another_delta():
+    def line(round_, ledger, delta=1e-5):
+        accountant = PersistentAccountant("rdp", [tuple(entry) for entry in ledger])
+        return {"round": round_, "client": "c", "epsilon": accountant.epsilon(1e-5), "delta": delta, "ledger": ledger}
+
+    merged = [line(1, [[1.0, 0.1, 10]]), line(2, [[1.0, 0.1, 20]])]  # Opacus merged round 2 into the entry
+    (ok,) = audit_ledgers(merged, "rdp", 1e-5, target_epsilon=100.0)
+    assert ok.problems == () and ok.releases == 1 and ok.recomputed == pytest.approx(merged[-1]["epsilon"])
+    (over,) = audit_ledgers(merged, "rdp", 1e-5, target_epsilon=0.5 * ok.recomputed)
+    assert over.problems == (f"epsilon {ok.recomputed:.4f} > target-epsilon {0.5 * ok.recomputed:g}",)
+    shrunk = [line(1, [[1.0, 0.1, 10]]), line(2, [[1.0, 0.1, 5], [2.0, 0.1, 5]], delta=1e-6)]
+    (bad,) = audit_ledgers(shrunk, "rdp", 1e-5, target_epsilon=100.0)
+    assert bad.problems == (
+        "round 2: the ledger lost steps it reported before",
+        "round 2: delta 1e-06 is not the run's 1e-05",
+    )

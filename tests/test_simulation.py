@@ -8,6 +8,7 @@ import torch
 from flwr.app import ConfigRecord
 from safetensors.torch import load_file
 
+from fedrec.cli import main
 from fedrec.config import resolve_config
 from fedrec.models.adapter import adapter_to_arrays
 from fedrec.privacy.ledger import PersistentAccountant
@@ -138,3 +139,30 @@ def test_secure_aggregation_gives_the_plain_runs_adapter(smoke_run, tmp_path):
         assert r["bytes_down"] == sum(s["down"] for s in r["bytes_by_stage"].values())
         assert r["secagg_clipped"] == 0 and r["secagg_failure"] is None
     assert summary["epsilon"]["max"] == pytest.approx(plain["epsilon"]["max"])
+
+
+def test_fedrec_audit_recomputes_every_epsilon_and_fails_on_a_ledger_edited_by_one_step(smoke_run, tmp_path, capsys):
+    cfg, out, summary = smoke_run
+    assert main(["audit", str(out)]) == 0
+    assert "ok: 3 clients, every epsilon recomputed with Opacus" in capsys.readouterr().out
+    lines = [json.loads(line) for line in (out / "privacy.jsonl").read_text().splitlines()]
+    assert sorted({line["round"] for line in lines}) == [1, 2] and len({line["client"] for line in lines}) == 3
+    steps = {}
+    for line in lines:
+        ledger = PersistentAccountant("rdp", [tuple(entry) for entry in line["ledger"]])
+        assert line["epsilon"] == pytest.approx(ledger.epsilon(cfg.record_dp.target_delta), rel=1e-12)
+        steps.setdefault(line["client"], []).append(ledger.steps)
+    assert all(0 < first < second for first, second in steps.values())  # round 2's ledger adds its steps
+    assert summary["epsilon"]["max"] == pytest.approx(max(line["epsilon"] for line in lines if line["round"] == 2))
+    copy = tmp_path / "edited"
+    copy.mkdir()
+    for name in ("config.toml", "summary.json"):
+        (copy / name).write_text((out / name).read_text())
+    lines[-1]["ledger"][-1][2] -= 1  # one DP-SGD step fewer than the client took
+    (copy / "privacy.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert main(["audit", str(copy)]) == 1
+    err = capsys.readouterr().err
+    assert f"client {lines[-1]['client']}: round 2: reported epsilon" in err and "FAILED" in err
+    (copy / "privacy.jsonl").unlink()
+    assert main(["audit", str(copy)]) == 2
+    assert "privacy.jsonl: cannot be read" in capsys.readouterr().err

@@ -5,11 +5,13 @@ carrying it out.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+from types import FrameType
 
-from . import benchmark, config, deploy, recommend, simulate
+from . import audit, benchmark, config, deploy, recommend, simulate
 
-COMMANDS = (simulate, config, benchmark, recommend, deploy)
+COMMANDS = (simulate, config, benchmark, recommend, deploy, audit)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,7 +21,15 @@ def main(argv: list[str] | None = None) -> int:
     for command in COMMANDS:
         command.add_parser(commands)
     args = parser.parse_args(argv)
-    return args.run(args)
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM unwinds like Ctrl-C: runs stop cleanly
+    try:
+        return args.run(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 if __name__ == "__main__":

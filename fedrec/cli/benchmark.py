@@ -18,9 +18,15 @@ def run(args: argparse.Namespace) -> int:
     """Run (or continue) the suite; 2 for an unknown suite."""
     from ..bench.run import run_suite
     from ..bench.suites import SUITES
+    from .simulate import INTERRUPTED
 
     if args.suite not in SUITES:
         print(f"fedrec: unknown suite '{args.suite}' (choose from {', '.join(SUITES)})", file=sys.stderr)
         return 2
-    print(f"\nreport: {run_suite(args.suite, args.out)}")
+    try:
+        report = run_suite(args.suite, args.out)
+    except KeyboardInterrupt:
+        print(f"fedrec: interrupted; run the same command again to continue the suite in {args.out}", file=sys.stderr)
+        return INTERRUPTED
+    print(f"\nreport: {report}")
     return 0

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from ..config import ConfigError
 from ..data.interactions import DataError
-from ..server.checkpoint import CheckpointError
+from ..server.checkpoint import CHECKPOINT_DIR, CheckpointError
 from ..server.results import ResultsFolderError
 from .options import add_config_args, config_from_args
 
@@ -30,6 +31,16 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
+INTERRUPTED = 130  # the shell's exit status of a process ended by SIGINT
+
+
+def interrupted_run(out: Path) -> str:
+    """What an interrupted run left in ``out`` and how to go on."""
+    if (out / CHECKPOINT_DIR).exists():
+        return f"continue with: fedrec simulate --resume {out}"
+    return f"no round was checkpointed; {out} can be used again"
+
+
 def run(args: argparse.Namespace) -> int:
     """Run (or resume, or only check) the simulation; 2 on invalid settings, data, item
     tables or results folder, found before anything is written or started.
@@ -38,18 +49,22 @@ def run(args: argparse.Namespace) -> int:
     from ..simulation.report import summary_table
     from ..simulation.runner import absolute_paths, resume_config, simulate
 
+    cfg = None
     try:
-        cfg = resume_config(args.resume) if args.resume else config_from_args(args)
+        cfg = absolute_paths(resume_config(args.resume) if args.resume else config_from_args(args))
         if args.check:
-            checked = absolute_paths(cfg)
-            data = preflight(checked)
+            data = preflight(cfg)
             users = sum(len(p) for p in data.partitions)
-            print(f"fedrec: ok: {users} users on {len(data.partitions)} clients; results folder {checked.server.out}")
+            print(f"fedrec: ok: {users} users on {len(data.partitions)} clients; results folder {cfg.server.out}")
             return 0
         out, summary = simulate(cfg, verbose=args.verbose)
     except (ConfigError, DataError, ResultsFolderError, CheckpointError) as err:
         print(f"fedrec: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        where = f"; {interrupted_run(Path(cfg.server.out))}" if cfg is not None else ""
+        print(f"fedrec: interrupted{where}", file=sys.stderr)
+        return INTERRUPTED
     rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     print()
     print(summary_table(rounds, summary))

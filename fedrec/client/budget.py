@@ -17,7 +17,7 @@ from ..config import FedRecConfig
 from ..privacy.item_statistics import record_level_entry
 from ..privacy.ledger import PersistentAccountant
 from ..privacy.record_level import PrivateTraining, decline_reason, plan_round
-from ..protocol.records import DELTA, EPSILON, NOISE_MULTIPLIER, SAMPLE_RATE
+from ..protocol.records import DELTA, EPSILON, LEDGER, NOISE_MULTIPLIER, SAMPLE_RATE
 from ..tasks.training import TrainResult
 from .node import load_privacy_ledger, store_privacy_ledger
 
@@ -29,7 +29,7 @@ class BudgetedRound:
     """The decline reason (None: it trained), the round's privacy metrics and its result."""
 
     declined: str | None
-    metrics: dict[str, float]
+    metrics: dict[str, float | list[float]]
     result: TrainResult | None = None
 
 
@@ -73,4 +73,11 @@ def train_within_budget(
     store_privacy_ledger(context, cfg, PersistentAccountant(accountant.mechanism, [*accountant.history, planned]))
     result = run(PrivateTraining(plan, max_grad_norm, accountant))
     store_privacy_ledger(context, cfg, accountant)
-    return BudgetedRound(None, metrics | {EPSILON: accountant.epsilon(dp.target_delta)}, result)
+    return BudgetedRound(None, metrics | ledger_metrics(accountant, dp.target_delta), result)
+
+
+def ledger_metrics(accountant: PersistentAccountant, delta: float) -> dict[str, float | list[float]]:
+    """What a reply says of the node's privacy: its epsilon and its whole ledger, from
+    which anyone can recompute that epsilon (``fedrec audit``).
+    """
+    return {EPSILON: accountant.epsilon(delta), DELTA: delta, LEDGER: accountant.flat()}

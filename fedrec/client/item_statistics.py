@@ -25,6 +25,7 @@ from ..protocol.records import (
 )
 from ..protocol.replies import decline_reply, train_reply
 from ..tasks.collaborative.training import catalog_order
+from .budget import ledger_metrics
 from .node import load_privacy_ledger, node_data, store_privacy_ledger
 
 
@@ -36,11 +37,13 @@ def answer_item_statistics(message: Message, context: Context, cfg: FedRecConfig
     counts = user_contributions(
         data.train_interactions(partition_id), cfg.data.like_threshold, items, stats.item_statistics_bound
     )
+    privacy: dict[str, float | list[float]] = {}
     if stats.item_statistics_noise > 0:
         if cfg.record_dp.dp:
-            reason = _spend(context, cfg)
-            if reason is not None:
-                return decline_reply(message, reason, {})
+            spent = _spend(context, cfg)
+            if isinstance(spent, str):
+                return decline_reply(message, spent, {})
+            privacy = ledger_metrics(spent, cfg.record_dp.target_delta)
         clients = int(message.content.config_records[CONFIG][STATISTICS_CLIENTS])
         std = noise_share(stats.item_statistics_noise, stats.item_statistics_bound, clients)
         source = random.SystemRandom()
@@ -49,11 +52,11 @@ def answer_item_statistics(message: Message, context: Context, cfg: FedRecConfig
         name: Array((values / COUNT_UNIT).astype(np.float32))
         for name, values in zip((ITEM_RATINGS, ITEM_LIKES), counts, strict=True)
     }
-    return train_reply(message, ArrayRecord(arrays), {NUM_EXAMPLES: 1, CLIENT_DP_WEIGHT: 1, DECLINED: 0})
+    return train_reply(message, ArrayRecord(arrays), {NUM_EXAMPLES: 1, CLIENT_DP_WEIGHT: 1, DECLINED: 0, **privacy})
 
 
-def _spend(context: Context, cfg: FedRecConfig) -> str | None:
-    """Write the release to the node's ledger (None), or why it would exceed the budget."""
+def _spend(context: Context, cfg: FedRecConfig) -> PersistentAccountant | str:
+    """Write the release to the node's ledger (and return it), or why it would exceed the budget."""
     dp = cfg.record_dp
     accountant = load_privacy_ledger(context, cfg)
     entry = record_level_entry(cfg.item_statistics.item_statistics_noise)
@@ -61,5 +64,6 @@ def _spend(context: Context, cfg: FedRecConfig) -> str | None:
     if after > dp.target_epsilon:
         spent = f"the item statistics would reach epsilon {after:.3f}"
         return f"privacy budget: {spent} > target-epsilon {dp.target_epsilon:g}"
-    store_privacy_ledger(context, cfg, PersistentAccountant(accountant.mechanism, [*accountant.history, entry]))
-    return None
+    released = PersistentAccountant(accountant.mechanism, [*accountant.history, entry])
+    store_privacy_ledger(context, cfg, released)
+    return released

@@ -54,6 +54,18 @@ class PersistentAccountant:
         """DP-SGD steps taken over all rounds."""
         return sum(step for _, _, step in self.history)
 
+    def flat(self) -> list[float]:
+        """The history as one flat list ``[noise, rate, steps, noise, rate, steps, ...]`` (a metric value)."""
+        return [float(value) for entry in self.history for value in entry]
+
+    @classmethod
+    def from_flat(cls, mechanism: str, flat: list[float]) -> PersistentAccountant:
+        """The inverse of :meth:`flat`."""
+        if len(flat) % 3:
+            raise ValueError(f"a flat ledger holds triples (noise, rate, steps); got {len(flat)} values")
+        entries = [(float(flat[i]), float(flat[i + 1]), int(flat[i + 2])) for i in range(0, len(flat), 3)]
+        return cls(mechanism, entries)
+
     def to_record(self) -> ConfigRecord:
         """Serialise into a ``ConfigRecord`` (for ``context.state``)."""
         return ConfigRecord(

@@ -34,6 +34,7 @@ EPSILON = "epsilon"
 DELTA = "delta"
 NOISE_MULTIPLIER = "noise_multiplier"
 SAMPLE_RATE = "sample_rate"
+LEDGER = "ledger"  # the node's record-level privacy ledger after this reply: (noise, rate, steps) per release, flat
 UPDATE_NORM = "update-norm"  # the update's L2 norm before client-level clipping
 CLIENT_DP_WEIGHT = "client-dp-weight"  # 1: the uniform weight of a client-level DP mean
 SECAGG_CLIPPED = "secagg-clipped"  # update values clipped to clipping-range before masking

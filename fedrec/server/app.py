@@ -36,7 +36,7 @@ def run_server(grid: Grid, cfg: FedRecConfig) -> dict[str, Any]:
     federation = compose(cfg, grid)
     counts, statistics = None, None
     if cfg.item_statistics.item_statistics:
-        counts, statistics = item_statistics(cfg, federation, len(model.initial[ITEM_BIASES].numpy()), writer.folder)
+        counts, statistics = item_statistics(cfg, federation, len(model.initial[ITEM_BIASES].numpy()), writer)
     evaluator = model.evaluator(counts) if cfg.evaluation.central_eval else None
     recorder = RoundRecorder(writer, federation, evaluator, cfg, start_round, _checkpointer(writer, federation))
     if resumed is not None:

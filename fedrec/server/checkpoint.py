@@ -23,7 +23,8 @@ import numpy as np
 from flwr.app import Array, ArrayRecord
 from flwr.serverapp.strategy import Strategy
 
-CHECKPOINT_DIR = "checkpoint"
+from .results import CHECKPOINT_DIR
+
 STRATEGY_STATE = ("m_t", "v_t", "momentum_vector")  # Flower's FedOpt family and FedAvgM
 
 

@@ -10,7 +10,6 @@ import io
 import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +31,8 @@ from ..protocol.records import (
     TASK,
 )
 from .federation import Federation
+from .privacy_log import privacy_lines
+from .results import ResultsWriter
 
 REPORT_FILE = "item-statistics.json"
 
@@ -49,16 +50,19 @@ class ItemCounts:
 
 
 def item_statistics(
-    cfg: FedRecConfig, federation: Federation, num_items: int, folder: Path
+    cfg: FedRecConfig, federation: Federation, num_items: int, writer: ResultsWriter
 ) -> tuple[ItemCounts, dict[str, Any]]:
-    """The run's item counts and their report (clients, noise, epsilon, bytes): from
-    ``folder`` when a resumed run has them, else asked for and kept there.
+    """The run's item counts and their report (clients, noise, epsilon, bytes): from the
+    results folder when a resumed run has them, else asked for and kept there, with the
+    clients' privacy reports of the release (round 0 of ``privacy.jsonl``).
     """
+    folder = writer.folder
     path, report_path = folder / STATISTICS_FILE, folder / REPORT_FILE
     if path.exists() and report_path.exists():
         with np.load(path) as stored:
             return ItemCounts(stored[ITEM_RATINGS], stored[ITEM_LIKES]), json.loads(report_path.read_text())
-    counts, report = collect_item_statistics(cfg, federation, num_items)
+    counts, report, privacy = collect_item_statistics(cfg, federation, num_items)
+    writer.append_privacy(privacy)
     buffer = io.BytesIO()
     np.savez(buffer, **{ITEM_RATINGS: counts.ratings, ITEM_LIKES: counts.likes})
     write_atomic(path, buffer.getvalue())
@@ -68,8 +72,12 @@ def item_statistics(
     return counts, report
 
 
-def collect_item_statistics(cfg: FedRecConfig, federation: Federation, num_items: int) -> tuple[ItemCounts, dict]:
-    """Ask every node for its counts and sum them; returns the sums and what was spent."""
+def collect_item_statistics(
+    cfg: FedRecConfig, federation: Federation, num_items: int
+) -> tuple[ItemCounts, dict, list[dict[str, Any]]]:
+    """Ask every node for its counts and sum them; returns the sums, what was spent and
+    the nodes' privacy reports.
+    """
     nodes = _all_nodes(federation, cfg.federation.num_clients, cfg.federation.round_timeout)
     zeros = np.zeros(num_items, dtype=np.float32)
     config = {SERVER_ROUND: 0, TASK: ITEM_STATISTICS, STATISTICS_CLIENTS: len(nodes)}
@@ -114,7 +122,8 @@ def collect_item_statistics(cfg: FedRecConfig, federation: Federation, num_items
         "bytes_up": sum(e.num_bytes for e in exchanges if e.direction == "up"),
         "bytes_down": sum(e.num_bytes for e in exchanges if e.direction == "down"),
     }
-    return ItemCounts(total[ITEM_RATINGS] * COUNT_UNIT, total[ITEM_LIKES] * COUNT_UNIT), report
+    counts = ItemCounts(total[ITEM_RATINGS] * COUNT_UNIT, total[ITEM_LIKES] * COUNT_UNIT)
+    return counts, report, privacy_lines(0, exchanges)
 
 
 def _all_nodes(federation: Federation, expected: int, timeout: float) -> list[int]:

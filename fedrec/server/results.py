@@ -17,6 +17,8 @@ import tomli_w
 from ..files import write_atomic
 
 RESULT_FILES = ("config.toml", "rounds.jsonl", "summary.json")
+CHECKPOINT_DIR = "checkpoint"  # the server's state after the latest round (see .checkpoint)
+PRIVACY_FILE = "privacy.jsonl"  # each client's epsilon and ledger per round (see .privacy_log)
 
 
 def default_out_dir() -> Path:
@@ -25,7 +27,7 @@ def default_out_dir() -> Path:
 
 
 class ResultsFolderError(ValueError):
-    """The results folder cannot be used (it already holds a run)."""
+    """The results folder cannot be used (it holds a finished or a resumable run)."""
 
 
 def json_safe(value: Any) -> Any:
@@ -40,11 +42,18 @@ def json_safe(value: Any) -> Any:
 
 
 def check_fresh(folder: str | Path) -> None:
-    """Refuse a results folder that already holds a run."""
+    """Refuse a results folder that holds a finished run, or an interrupted one that can
+    be resumed. A start that failed before its first checkpoint left nothing to keep:
+    a new run may take its folder.
+    """
     folder = Path(folder).expanduser().resolve()
-    existing = [name for name in RESULT_FILES if (folder / name).exists()]
-    if existing:
-        raise ResultsFolderError(f"{folder} already holds a run ({', '.join(existing)}); choose another --out")
+    if (folder / "summary.json").exists():
+        raise ResultsFolderError(f"{folder} already holds a finished run (summary.json); choose another --out")
+    if (folder / CHECKPOINT_DIR).exists():
+        raise ResultsFolderError(
+            f"{folder} holds an interrupted run: continue it with `fedrec simulate --resume {folder}`, "
+            "or choose another --out"
+        )
 
 
 def check_resumable(folder: str | Path, run_config: Mapping[str, Any]) -> None:
@@ -65,7 +74,7 @@ def check_resumable(folder: str | Path, run_config: Mapping[str, Any]) -> None:
 
 
 class ResultsWriter:
-    """Creates the folder (refusing one that already holds a run) and writes into it.
+    """Creates the folder (refusing one that holds a finished or resumable run) and writes into it.
 
     ``resume_after``: reopen a run's folder to continue after that round; its
     ``config.toml`` must match ``run_config`` (``resume`` aside), and ``rounds.jsonl``
@@ -81,6 +90,8 @@ class ResultsWriter:
             return
         check_fresh(self.folder)
         self.folder.mkdir(parents=True, exist_ok=True)
+        for stale in (*RESULT_FILES, PRIVACY_FILE):  # of a start that failed before its first checkpoint
+            (self.folder / stale).unlink(missing_ok=True)
         write_atomic(self.folder / "config.toml", tomli_w.dumps(dict(run_config)))
 
     def _reopen(self, run_config: dict[str, Any], resume_after: int) -> None:
@@ -94,12 +105,23 @@ class ResultsWriter:
         if [r["round"] for r in self.rounds] != list(range(resume_after + 1)):
             raise ResultsFolderError(f"{self.folder}/rounds.jsonl lacks rounds up to {resume_after}; cannot resume")
         write_atomic(self.folder / "rounds.jsonl", "".join(json.dumps(r, allow_nan=False) + "\n" for r in self.rounds))
+        privacy = self.folder / PRIVACY_FILE
+        if privacy.exists():  # lines of rounds the checkpoint holds
+            kept = [line for line in privacy.read_text().splitlines() if json.loads(line)["round"] <= resume_after]
+            write_atomic(privacy, "".join(line + "\n" for line in kept))
 
     def append_round(self, record: Mapping[str, Any]) -> None:
         """Add one line to ``rounds.jsonl`` (flushed at once)."""
         self.rounds.append(dict(record))
         with open(self.folder / "rounds.jsonl", "a") as handle:
             handle.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
+
+    def append_privacy(self, lines: list[Mapping[str, Any]]) -> None:
+        """Add the round's client privacy lines to ``privacy.jsonl`` (flushed at once)."""
+        if not lines:
+            return
+        with open(self.folder / PRIVACY_FILE, "a") as handle:
+            handle.write("".join(json.dumps(json_safe(line), allow_nan=False) + "\n" for line in lines))
 
     def write_summary(self, summary: Mapping[str, Any]) -> Path:
         """Write ``summary.json`` atomically."""

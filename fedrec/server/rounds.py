@@ -28,6 +28,7 @@ from ..protocol.records import (
 from ..protocol.secagg import STAGE_COLLECT, STAGE_SETUP, STAGE_SHARE_KEYS
 from ..tasks.metrics import auc_from_histograms
 from .federation import Federation
+from .privacy_log import privacy_lines
 from .recording_grid import Exchange
 from .results import ResultsWriter
 
@@ -159,6 +160,7 @@ class RoundRecorder:
             return None
         server_round += self.start_round
         exchanges = self.federation.recording.take()
+        self.writer.append_privacy(privacy_lines(server_round, exchanges))
         for e in exchanges:
             if e.direction == "up" and e.error is None and EPSILON in e.metrics:
                 self.node_epsilon[e.node_id] = float(e.metrics[EPSILON])

@@ -97,11 +97,14 @@ class LocalSuperLink:
             tomli_w.dumps({"superlink": {"local": {"address": f"127.0.0.1:{self.port}", "insecure": True}}})
         )
         deadline = time.monotonic() + STARTUP_SECONDS
-        while not self._healthy():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise EngineError(f"the local SuperLink did not start; see {self.log_path}")
-            time.sleep(0.2)
+        try:
+            while not self._healthy():
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise EngineError(f"the local SuperLink did not start; see {self.log_path}")
+                time.sleep(0.2)
+        except BaseException:  # an interrupt too: __exit__ does not run when __enter__ raises
+            self.stop()
+            raise
         return self
 
     def _healthy(self) -> bool:

@@ -7,7 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from flwr.app import MetricRecord, RecordDict
 from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from ..config import STRATEGIES, AggregationConfig, FedRecConfig
 from ..tasks.preference.evaluation import pooled_evaluation_metrics
@@ -37,6 +39,22 @@ BUILDERS: dict[str, Callable[[AggregationConfig, dict[str, Any]], Strategy]] = {
 assert tuple(BUILDERS) == STRATEGIES, "every configurable strategy has one builder"
 
 
+def scalar_train_metrics(contents: list[RecordDict], weighting_metric_name: str) -> MetricRecord:
+    """Flower's weighted mean of the replies' scalar metrics; per-client lists (a node's
+    privacy ledger, whose length differs between nodes) are not averaged.
+    """
+    scalars = [
+        RecordDict(
+            {
+                name: MetricRecord({k: v for k, v in record.items() if not isinstance(v, list)})
+                for name, record in content.metric_records.items()
+            }
+        )
+        for content in contents
+    ]
+    return aggregate_metricrecords(scalars, weighting_metric_name)
+
+
 def build_strategy(cfg: FedRecConfig) -> Strategy:
     """The configured strategy, with its sampling and server-optimizer keys."""
     common: dict[str, Any] = {
@@ -47,6 +65,7 @@ def build_strategy(cfg: FedRecConfig) -> Strategy:
         "min_available_nodes": cfg.federation.num_clients,
         "client_ranks": cfg.model.client_lora_ranks,
         "max_weight": cfg.secagg.max_weight,
+        "train_metrics_aggr_fn": scalar_train_metrics,
         "evaluate_metrics_aggr_fn": pooled_evaluation_metrics,
     }
     return BUILDERS[cfg.aggregation.strategy](cfg.aggregation, common)

@@ -1,0 +1,94 @@
+"""SIGTERM (or Ctrl-C) at any phase of ``fedrec simulate`` stops the run and every process
+it started, exits 130 with one line saying how to go on, and leaves either a resumable
+checkpoint or a folder a new run may use.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fedrec.server.checkpoint import read_checkpoint
+from fedrec.server.owner import OWNER_PID_ENV
+from fedrec.server.results import check_fresh
+
+FEDREC = Path(sys.executable).parent / "fedrec"
+LIMIT = 300.0  # seconds any phase may take here; every wait below is bounded by it
+
+
+def _start(out: Path) -> subprocess.Popen:
+    command = [str(FEDREC), "simulate", "--preset", "smoke", "--set", "num-server-rounds=50"]
+    command += ["--set", "ranking-users=0", "--out", str(out)]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(condition, child: subprocess.Popen) -> None:
+    deadline = time.monotonic() + LIMIT
+    while not condition():
+        assert child.poll() is None, f"fedrec ended before the phase: {child.communicate()[1]}"
+        assert time.monotonic() < deadline, "the phase never came"
+        time.sleep(0.1)
+
+
+def _terminate(child: subprocess.Popen) -> tuple[int, str]:
+    child.send_signal(signal.SIGTERM)
+    try:
+        _, err = child.communicate(timeout=LIMIT)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    return child.returncode, err
+
+
+def _left_behind(pid: int, limit: float = 30.0) -> list[str]:
+    """Processes of the run started by ``pid`` still there after ``limit`` seconds (a
+    SIGKILLed process may take a moment to go).
+    """
+    marker = f"{OWNER_PID_ENV}={pid}".encode()
+    deadline = time.monotonic() + limit
+    while True:
+        found = []
+        for entry in Path("/proc").glob("[0-9]*"):
+            try:
+                if marker in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(entry.name)
+            except OSError:
+                continue
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+def _rounds_done(out: Path) -> int:
+    path = out / "rounds.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return max((json.loads(line)["round"] for line in lines if line.endswith("}")), default=-1)
+
+
+@pytest.mark.parametrize("phase", ["start-up", "round"])
+def test_sigterm_stops_the_run_and_its_processes_and_says_how_to_go_on(tmp_path, phase):
+    out = tmp_path / "run"
+    child = _start(out)
+    if phase == "start-up":  # the local SuperLink is starting, no round has run
+        _wait_for(lambda: (out / "superlink.log").exists(), child)
+    else:
+        _wait_for(lambda: _rounds_done(out) >= 1, child)
+    code, err = _terminate(child)
+    assert code == 130, err
+    last = err.strip().splitlines()[-1]
+    assert not _left_behind(child.pid)  # SuperLink, SuperExec, simulation and Ray processes are gone
+    assert not (out / "summary.json").exists()
+    if (out / "checkpoint").exists():
+        assert last == f"fedrec: interrupted; continue with: fedrec simulate --resume {out}"
+        assert read_checkpoint(out).round >= (1 if phase == "round" else 0)
+    else:
+        assert (
+            phase == "start-up" and last == f"fedrec: interrupted; no round was checkpointed; {out} can be used again"
+        )
+        check_fresh(out)  # a new run may take the folder
