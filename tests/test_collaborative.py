@@ -33,6 +33,9 @@ from fedrec.models.collaborative import (
 from fedrec.privacy.item_statistics import user_contributions
 from fedrec.privacy.ledger import PersistentAccountant
 from fedrec.privacy.record_level import PrivateTraining, plan_round
+from fedrec.protocol.records import NUM_EXAMPLES, SECONDS, STEPS, TRAIN_LOSS, UPDATE_NORM
+from fedrec.protocol.replies import reply_metrics
+from fedrec.protocol.secagg import CLEAR_METRICS
 from fedrec.simulation.runner import federation_config, simulate
 from fedrec.tasks.collaborative.training import BPRTraining, Likes, catalog_order, fold_in, train_bpr
 from fedrec.tasks.preference.dataset import load_federated_data, load_split
@@ -137,6 +140,7 @@ def message_log_mod(message: Message, context: Context, call_next: ClientAppCall
     folder.mkdir(parents=True, exist_ok=True)
     entry = {"node": context.node_id, "partition": int(context.node_config["partition-id"])}
     entry |= {"down": _array_shapes(message), "up": _array_shapes(reply) if not reply.has_error() else []}
+    entry["up_metrics"] = sorted(reply_metrics(reply)) if not reply.has_error() else []
     (folder / f"{message.metadata.message_id}.json").write_text(json.dumps(entry))
     return reply
 
@@ -182,6 +186,11 @@ def test_federated_mf_trains_with_secagg_and_dp_and_user_embeddings_never_travel
     for entry in entries:
         for name, shape in entry["down"] + entry["up"]:
             assert shape != users[entry["partition"]] and "user" not in name, entry
+        # per-client facts stay on the node: only the allowlisted metrics travel in the clear
+        assert set(entry["up_metrics"]) <= CLEAR_METRICS, entry["up_metrics"]
+    hidden = {NUM_EXAMPLES, TRAIN_LOSS, STEPS, SECONDS, UPDATE_NORM}
+    assert not hidden & CLEAR_METRICS and any(e["up_metrics"] for e in trained)
+    assert all(r["train_examples"] > 0 and r["train_loss"] > 0 for r in rounds[1:])  # from the unmasked sum
     summary = json.loads((folder / "run" / "summary.json").read_text())
     assert summary["recommender"] == "mf" and (folder / "run" / "item-tables.npz").exists()
 

@@ -41,6 +41,7 @@ from fedrec.privacy.secagg.quantization import (
     split_flat,
 )
 from fedrec.protocol.secagg import (
+    CLEAR_METRICS,
     MASKED_RECORD,
     SECAGG_RECORD,
     STAGE_COLLECT,
@@ -325,16 +326,26 @@ def _what_the_server_receives(grid: Grid, nodes: list[int]) -> dict:
         )
         for n in chosen
     ]
-    SecAggGrid(capture, SETTINGS, seed=seed).send_and_receive(messages, timeout=120)
-    arrays_seen, correlations, mask_means = [], [], []
+    masking = masking_parameters(SETTINGS, secure_metrics=("train_loss",))
+    replies = list(SecAggGrid(capture, SETTINGS, masking, seed=seed).send_and_receive(messages, timeout=120))
+    arrays_seen, correlations, mask_means, clear = [], [], [], set()
     for reply in capture.received:
+        clear |= {key for record in reply.content.metric_records.values() for key in record}
         for name, record in reply.content.array_records.items():
             arrays_seen.append(name)
             masked = record["t0"].numpy().astype(np.float64).ravel()
             update, _ = client_update(seed, reply.metadata.src_node_id, [shape])
             correlations.append(abs(float(np.corrcoef(masked, update[0].ravel())[0, 1])))
             mask_means.append(float(masked.mean() / SETTINGS.modulus_range))
-    return {"arrays_seen": arrays_seen, "correlations": correlations, "mask_means": mask_means}
+    weights = [client_update(seed, n, [shape])[1] for n in chosen]
+    return {
+        "arrays_seen": arrays_seen,
+        "correlations": correlations,
+        "mask_means": mask_means,
+        "clear_metrics": sorted(clear),
+        "reply_metrics": [dict(r.content.metric_records["metrics"]) for r in replies],
+        "mean_weight": float(np.mean(weights)),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -506,6 +517,12 @@ def test_server_side_receives_no_update_in_the_clear(secagg_results):
     assert privacy["arrays_seen"] == [MASKED_RECORD] * 8  # the only arrays: one masked input per client
     assert max(privacy["correlations"]) < 0.3  # 400 values each: masked inputs are unrelated to updates
     assert all(0.4 < m < 0.6 for m in privacy["mask_means"])  # and spread over the whole ring
+    # no client's example count or loss in the clear: the weight and the loss were masked with the update
+    assert set(privacy["clear_metrics"]) <= CLEAR_METRICS and "num-examples" not in privacy["clear_metrics"]
+    assert "train_loss" not in privacy["clear_metrics"]
+    for metrics in privacy["reply_metrics"]:  # what the strategy gets: the unmasked sum's means
+        assert metrics["train_loss"] == pytest.approx(0.5, abs=1e-5)
+        assert metrics["num-examples"] == pytest.approx(privacy["mean_weight"], rel=1e-4)
 
 
 @pytest.mark.parametrize("strategy", ["fedadam", "dp-client-side-clipping"])

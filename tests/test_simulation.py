@@ -138,6 +138,10 @@ def test_secure_aggregation_gives_the_plain_runs_adapter(smoke_run, tmp_path):
         assert r["bytes_up"] == sum(s["up"] for s in r["bytes_by_stage"].values())
         assert r["bytes_down"] == sum(s["down"] for s in r["bytes_by_stage"].values())
         assert r["secagg_clipped"] == 0 and r["secagg_failure"] is None
+    # loss and example counts stayed on the nodes; the unmasked sum gives the plain run's totals
+    for secure, clear in zip(rounds[1:], _rounds(plain_out)[1:], strict=True):
+        assert secure["train_examples"] == clear["train_examples"] > 0
+        assert secure["train_loss"] == pytest.approx(clear["train_loss"], abs=1e-4)
     assert summary["epsilon"]["max"] == pytest.approx(plain["epsilon"]["max"])
 
 

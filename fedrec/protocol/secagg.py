@@ -14,9 +14,32 @@ from typing import NamedTuple
 
 from flwr.app import ConfigRecord, RecordDict
 
+from .records import (
+    CLIENT_DP_WEIGHT,
+    DECLINED,
+    DELTA,
+    EPSILON,
+    LEDGER,
+    LORA_RANK,
+    NOISE_MULTIPLIER,
+    SAMPLE_RATE,
+    SECAGG_CLIPPED,
+)
+
 SECAGG_RECORD = "secagg"  # name of the ConfigRecord that carries a protocol stage
 MASKED_RECORD = "masked"  # name of the ArrayRecord that carries a masked vector
 WEIGHT_KEY = "__weight__"  # first entry of a masked vector: the quantized weight
+SECURE_METRICS_KEY = "__metrics__"  # last entry of a masked vector: the reply metrics summed securely
+# Under SecAgg+ a reply's metrics travel in the clear only if named here (an allowlist:
+# a new metric stays hidden until it is added): whether the client declined, its
+# record-level privacy (needed to enforce and audit budgets; the sample rate and the
+# ledger tell its example count to within the batch size), its LoRA rank (a setting),
+# the constant weight of a client-level DP mean, and how many of its update values it
+# clipped to clipping-range. Example counts, losses, update norms, steps and times do
+# not leave the node in the clear: the weight and the secure metrics are masked.
+CLEAR_METRICS = frozenset(
+    {DECLINED, EPSILON, DELTA, NOISE_MULTIPLIER, SAMPLE_RATE, LEDGER, LORA_RANK, CLIENT_DP_WEIGHT, SECAGG_CLIPPED}
+)
 NEXT_PREFIX = "next-"  # values about the next round (its keys, neighbourhood, shares)
 
 STAGE_SETUP = "setup"
@@ -81,16 +104,20 @@ class MaskingParameters:
     modulus_range: int
     max_weight: float
     weight_key: str  # the reply metric that weights a client's update
+    secure_metrics: tuple[str, ...] = ()  # reply metrics masked with the update: the server learns their weighted mean
 
     def values(self) -> dict[str, float | int | str]:
-        """The parameters by record name."""
-        return {
+        """The parameters by record name (no ``secure-metrics`` when there are none: Flower
+        cannot size an empty string).
+        """
+        values: dict[str, float | int | str] = {
             "clipping-range": self.clipping_range,
             "quantization-range": self.quantization_range,
             "modulus-range": self.modulus_range,
             "max-weight": self.max_weight,
             "weight-key": self.weight_key,
         }
+        return values | ({"secure-metrics": ",".join(self.secure_metrics)} if self.secure_metrics else {})
 
     @classmethod
     def from_values(cls, values: Mapping[str, object]) -> MaskingParameters:
@@ -101,6 +128,7 @@ class MaskingParameters:
             modulus_range=int(values["modulus-range"]),  # type: ignore[call-overload]
             max_weight=float(values["max-weight"]),  # type: ignore[arg-type]
             weight_key=str(values["weight-key"]),
+            secure_metrics=tuple(name for name in str(values.get("secure-metrics", "")).split(",") if name),
         )
 
 

@@ -15,7 +15,7 @@ from flwr.serverapp.strategy import Strategy
 from ..config import FedRecConfig
 from ..privacy.client_level.strategy import ClientLevelDP
 from ..privacy.secagg.grid import SecAggGrid, masking_parameters, require_linear_strategy
-from ..protocol.records import CLIENT_DP_WEIGHT
+from ..protocol.records import CLIENT_DP_WEIGHT, NUM_EXAMPLES, TRAIN_LOSS
 from ..strategies import AdapterAggregation, build_strategy
 from .checkpoint import restore_strategy_state, strategy_state
 from .recording_grid import RecordingGrid
@@ -81,8 +81,9 @@ def compose(cfg: FedRecConfig, grid: Grid) -> Federation:
     federation = Federation(aggregation, RecordingGrid(grid))
     if cfg.secagg.secure_aggregation:
         require_linear_strategy(aggregation)
-        # a client-level DP mean is unweighted: each survivor counts once
-        masking = masking_parameters(cfg.secagg, CLIENT_DP_WEIGHT, 1.0) if cfg.client_dp.client_dp else None
+        # a client-level DP mean is unweighted: each survivor counts once; the loss is masked too
+        weighting = (CLIENT_DP_WEIGHT, 1.0) if cfg.client_dp.client_dp else (NUM_EXAMPLES, cfg.secagg.max_weight)
+        masking = masking_parameters(cfg.secagg, *weighting, secure_metrics=(TRAIN_LOSS,))
         federation.secure = SecAggGrid(federation.recording, cfg.secagg, masking, seed=cfg.federation.seed)
     if cfg.client_dp.client_dp:
         federation.client_dp = ClientLevelDP(

@@ -94,10 +94,13 @@ def summarize_round(
 
 
 def _training(trained: list[Exchange]) -> dict[str, Any]:
-    """Loss, examples and record-level privacy of the clients that trained."""
-    examples = sum(int(e.metrics[NUM_EXAMPLES]) for e in trained)
+    """Loss, examples and record-level privacy of the clients that trained (under SecAgg+
+    loss and examples stay on the nodes: see :meth:`RoundRecorder._secure_aggregation`).
+    """
+    reported = [e for e in trained if NUM_EXAMPLES in e.metrics and TRAIN_LOSS in e.metrics]
+    examples = sum(int(e.metrics[NUM_EXAMPLES]) for e in reported)
     epsilons = [float(e.metrics[EPSILON]) for e in trained if EPSILON in e.metrics]
-    loss = sum(float(e.metrics[TRAIN_LOSS]) * int(e.metrics[NUM_EXAMPLES]) for e in trained)
+    loss = sum(float(e.metrics[TRAIN_LOSS]) * int(e.metrics[NUM_EXAMPLES]) for e in reported)
     return {
         "train_loss": loss / examples if examples else None,
         "train_examples": examples,
@@ -198,6 +201,8 @@ class RoundRecorder:
         failures = secure.failures[self._failures_seen :]
         self._failures_seen = len(secure.failures)
         fields: dict[str, Any] = {"secagg_failure": failures[-1][1] if failures else None}
+        totals = secure.last_totals  # the unmasked sum's: the nodes sent no loss or example count in the clear
+        fields |= {"train_loss": totals.get(TRAIN_LOSS), "train_examples": totals.get("train_examples")}
         if secure.last_dropped:
             fields["secagg_dropped"] = {str(n): why for n, why in sorted(secure.last_dropped.items())}
         if record.get("secagg_clipped"):

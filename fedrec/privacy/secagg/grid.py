@@ -84,10 +84,14 @@ def require_linear_strategy(strategy: Strategy) -> None:
 
 
 def masking_parameters(
-    config: SecAggConfig, weight_key: str = NUM_EXAMPLES, max_weight: float | None = None
+    config: SecAggConfig,
+    weight_key: str = NUM_EXAMPLES,
+    max_weight: float | None = None,
+    secure_metrics: tuple[str, ...] = (),
 ) -> MaskingParameters:
     """The masking of ``config``, weighting each update by the reply metric ``weight_key``
-    of at most ``max_weight`` (default ``max-weight``).
+    of at most ``max_weight`` (default ``max-weight``), with ``secure_metrics`` masked
+    beside it.
     """
     return MaskingParameters(
         clipping_range=config.clipping_range,
@@ -95,6 +99,7 @@ def masking_parameters(
         modulus_range=config.modulus_range,
         max_weight=config.max_weight if max_weight is None else max_weight,
         weight_key=weight_key,
+        secure_metrics=secure_metrics,
     )
 
 
@@ -111,6 +116,7 @@ class SecAggGrid(DelegatingGrid):
         self.failures: list[tuple[int, str]] = []  # (secure round, reason)
         self.last_dropped: dict[int, str] = {}  # node -> why it left the latest round
         self.last_stage_seconds: dict[str, float] = {}
+        self.last_totals: dict[str, float | None] = {}  # the latest round's secure sums and means (SecureRound.totals)
         self.next_keys: dict[int, PublicKeys] = {}  # keys nodes advertised for round ``self.round + 1``
         self.next_shared: SharedKeys | None = None  # shares sent for round ``self.round + 1`` with unmask
         self.last_sample: set[int] | None = None
@@ -133,8 +139,11 @@ class SecAggGrid(DelegatingGrid):
         exchange = StageExchange(self._grid, requests_by_node(messages))
         secure_round = SecureRound(exchange, self.config, self.masking, self.round, order, timeout, known_keys)
         self.last_dropped, self.last_stage_seconds = exchange.dropped, exchange.seconds
+        self.last_totals = {}
         try:
-            return secure_round.run(shared, share_ahead, self.rng)
+            replies = secure_round.run(shared, share_ahead, self.rng)
+            self.last_totals = secure_round.totals
+            return replies
         except SecAggError as err:
             log(ERROR, "secure aggregation round %d failed: %s", self.round, err)
             self.failures.append((self.round, str(err)))

@@ -11,7 +11,9 @@ stages (one record for the current round, one for the next).
    neighbourhood; reply each neighbour's shares encrypted for it.
 3. ``collect-masked``: keep the shares addressed to this node, run the app's train
    handler on the global adapter, and reply the masked, quantized, weighted update
-   ``local - global`` (metrics stay in the clear), plus the public keys of fresh key
+   ``local - global`` with the secure metrics (e.g. the training loss) appended; of the
+   other metrics only :data:`~fedrec.protocol.secagg.CLEAR_METRICS` stay in the clear
+   (the example count is the masked weight), plus the public keys of fresh key
    pairs (and a fresh seed) for the next round. A declining app sends a zero update of
    weight 0, so the protocol still completes.
 4. ``unmask``: only after this node's masked input, reply the self-mask seed shares of
@@ -39,8 +41,10 @@ from flwr.common.secure_aggregation.secaggplus_utils import (
 from ...protocol.records import ARRAYS, METRICS, SECAGG_CLIPPED
 from ...protocol.replies import reply_metrics
 from ...protocol.secagg import (
+    CLEAR_METRICS,
     MASKED_RECORD,
     SECAGG_RECORD,
+    SECURE_METRICS_KEY,
     STAGE_COLLECT,
     STAGE_SETUP,
     STAGE_SHARE_KEYS,
@@ -193,6 +197,7 @@ def _collect_masked(
     trained = reply.content.array_records.get(ARRAYS)
     metrics = reply_metrics(reply)
     names = list(global_arrays.keys())
+    secure = request.masking.secure_metrics
     if trained is None:  # the app declined: a zero update of weight 0 keeps the protocol whole
         values = base = [np.zeros(global_arrays[n].shape) for n in names]
         weight = 0.0
@@ -202,6 +207,9 @@ def _collect_masked(
         values = [trained[n].numpy() for n in names]
         base = [global_arrays[n].numpy() for n in names]
         weight = float(metrics[request.masking.weight_key])
+    if secure:  # masked with the update, weighted like it: the server learns only their weighted mean
+        values = [*values, np.array([float(metrics.get(k, 0.0)) if weight else 0.0 for k in secure])]
+        base = [*base, np.zeros(len(secure))]
     update = quantize_update(values, base, weight, request.masking, rounding_key(values, weight))
     peers = [int(n) for n in state["peers"]]
     pair_seeds = {
@@ -210,13 +218,16 @@ def _collect_masked(
         if src != node_id
     }
     mask_update(update.flat, state["seed"], pair_seeds, node_id, request.masking.modulus_range)
-    masked = split_flat(update.flat, [(1,), *(tuple(global_arrays[n].shape) for n in names)])
+    shapes = [(1,), *(tuple(global_arrays[n].shape) for n in names), *([(len(secure),)] if secure else [])]
+    masked = split_flat(update.flat, shapes)
     state["masked"] = True
     context.state[NEXT_STATE_KEY] = upcoming = _new_round_state(request.round + 1)
+    masked_names = [WEIGHT_KEY, *names, *([SECURE_METRICS_KEY] if secure else [])]
+    clear = {k: v for k, v in metrics.items() if k in CLEAR_METRICS}
     content = RecordDict(
         {
-            MASKED_RECORD: ArrayRecord({name: Array(v) for name, v in zip([WEIGHT_KEY, *names], masked, strict=True)}),
-            METRICS: MetricRecord({**metrics, SECAGG_CLIPPED: update.clipped}),
+            MASKED_RECORD: ArrayRecord({name: Array(v) for name, v in zip(masked_names, masked, strict=True)}),
+            METRICS: MetricRecord({**clear, SECAGG_CLIPPED: update.clipped}),
             SECAGG_RECORD: CollectReply(_public_keys(upcoming)).to_record(),
         }
     )

@@ -157,9 +157,13 @@ def dequantize_mean(total: Sequence[np.ndarray], num_clients: int, settings: Mas
             raise SecAggError(
                 f"the unmasked sum leaves [0, {bound}] (overflow or a corrupted masked input); round discarded"
             )
-    q_weight = int(total[0][0])
-    if q_weight == 0:
+    weight = summed_weight(total, settings)
+    if weight == 0:
         raise SecAggError("the securely summed weight is 0: no survivor trained")
     c, levels = settings.clipping_range, settings.quantization_range
-    weight = q_weight / levels
     return [(v.astype(np.float64) * (2 * c / levels) - num_clients * c) / weight for v in total[1:]]
+
+
+def summed_weight(total: Sequence[np.ndarray], settings: MaskingParameters) -> float:
+    """The survivors' summed ``r = weight / max-weight`` from an unmasked sum (its first entry)."""
+    return int(total[0][0]) / settings.quantization_range

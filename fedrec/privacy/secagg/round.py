@@ -13,13 +13,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, RecordDict
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
 from ...config import SecAggConfig
-from ...protocol.records import ARRAYS, DECLINE
+from ...protocol.records import ARRAYS, DECLINE, DECLINED, METRICS, NUM_EXAMPLES
 from ...protocol.secagg import (
     MASKED_RECORD,
     SECAGG_RECORD,
+    SECURE_METRICS_KEY,
     STAGE_COLLECT,
     STAGE_SETUP,
     STAGE_SHARE_KEYS,
@@ -131,6 +133,10 @@ class SecureRound:
         self.next = NextRound()
         first = next(iter(self.requests.values())).content[ARRAYS]
         self.shapes = {WEIGHT_KEY: (1,), **{k: tuple(v.shape) for k, v in first.items()}}
+        if masking.secure_metrics:
+            self.shapes[SECURE_METRICS_KEY] = (len(masking.secure_metrics),)
+        self.totals: dict[str, float | None] = {}  # what the server learns of the survivors' metrics: sums, means
+        self.summed_weight = 0.0
 
     def run(self, shared: SharedKeys | None, share_ahead: bool, rng: random.Random) -> list[Message]:
         """Run the stages; one reply per requested node (aggregate, decline or error)."""
@@ -157,13 +163,16 @@ class SecureRound:
         self.exchange.run(STAGE_UNMASK, survivors, unmask_request, self.config.secagg_timeout, take_shares)
         started = time.perf_counter()
         mean = unmasker.mean_update(len(survivors), self.exchange.dropped)
+        names = [name for name in self.shapes if name not in (WEIGHT_KEY, SECURE_METRICS_KEY)]
         current = self.requests[survivors[0]].content[ARRAYS]
         aggregate = ArrayRecord(
             {
                 name: Array((current[name].numpy() + delta).astype(current[name].numpy().dtype))
-                for name, delta in zip(list(self.shapes)[1:], mean, strict=True)
+                for name, delta in zip(names, mean, strict=False)
             }
         )
+        trained = [n for n in survivors if not collected[n].content.metric_records[METRICS].get(DECLINED, 0)]
+        self._totals(unmasker.summed_weight, mean[len(names) :], len(trained))
         replies = self._replies(collected, aggregate)
         self.exchange.seconds["server-unmasking"] = time.perf_counter() - started
         return replies
@@ -212,7 +221,23 @@ class SecureRound:
             STAGE_COLLECT, list(shared.hood), collect_request, self.timeout, add_masked, carry_request=True
         )
 
+    def _totals(self, summed: float, secure: list[np.ndarray], trained: int) -> None:
+        """What the unmasked sum says of the survivors that trained: the summed weight (the
+        example count when clients weigh by it) and the secure metrics' weighted means.
+        """
+        masking, self.summed_weight = self.masking, summed
+        examples = round(summed * masking.max_weight) if masking.weight_key == NUM_EXAMPLES else None
+        means = dict(zip(masking.secure_metrics, secure[0].tolist(), strict=True)) if secure else {}
+        self.totals = {"train_examples": examples, "trained": trained, **means}
+
     def _replies(self, collected: dict[int, Message], aggregate: ArrayRecord) -> list[Message]:
+        """One reply per requested node for the strategy: an error for a dropped node; else
+        the aggregate and, in place of the metrics that stayed on the node, the survivors'
+        mean weight and secure metrics (each survivor's reply carries the same).
+        """
+        trained = int(self.totals["trained"] or 0)
+        mean_weight = self.masking.max_weight * self.summed_weight / trained if trained else 0.0
+        secure = {k: float(v) for k, v in self.totals.items() if k in self.masking.secure_metrics and v is not None}
         replies = []
         for node, request in self.requests.items():
             reply = collected.get(node)
@@ -223,8 +248,17 @@ class SecureRound:
                 continue
             content = RecordDict({name: record for name, record in reply.content.items() if name != MASKED_RECORD})
             del content[SECAGG_RECORD]
+            metrics = dict(content.metric_records[METRICS])
+            # a strategy weighting by num-examples (under client-level DP the masking weighs by
+            # client-dp-weight) still checks it: every reply carries the same aggregate, so any
+            # positive weight gives it, and 1 stands in for the count that stayed on the node
+            weights = {NUM_EXAMPLES: 1.0, self.masking.weight_key: mean_weight}
             if DECLINE not in content.config_records:
                 content[ARRAYS] = aggregate
+                metrics |= {**weights, **secure}
+            else:
+                metrics |= dict.fromkeys(weights, 0)
+            content[METRICS] = MetricRecord(metrics)
             replies.append(Message(content, reply_to=request))
         return replies
 

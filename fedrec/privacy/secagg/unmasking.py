@@ -13,7 +13,7 @@ from flwr.app import ArrayRecord
 
 from ...protocol.secagg import MaskingParameters, PublicKeys, UnmaskReply
 from .crypto import SecAggError, agreed_key, mask_private_key, reconstruct_secret
-from .quantization import MaskedSum, dequantize_mean
+from .quantization import MaskedSum, dequantize_mean, summed_weight
 
 Inbox = dict[int, tuple[list[int], list[bytes]]]  # node -> (sources, ciphertexts) of the shares it holds
 
@@ -36,6 +36,7 @@ class Unmasker:
         self.seed_shares: dict[int, list[bytes]] = {}  # survivor -> shares of its self-mask seed
         self.key_shares: dict[int, list[bytes]] = {}  # dropped node -> shares of its mask-key seed
         self.error: SecAggError | None = None
+        self.summed_weight = 0.0  # the survivors' summed r, once unmasked
 
     def add(self, node: int, masked: ArrayRecord | None) -> None:
         """Check a masked input against the adapter's tensors and the modulus, then add it."""
@@ -101,4 +102,6 @@ class Unmasker:
                 f"only {len(shares)} of the {self.threshold[node]} shares needed to reconstruct node {node}'s "
                 f"{what} arrived (dropped: {dict(dropped)})"
             )
-        return dequantize_mean(self.masked_sum.result(), survivors, self.masking)
+        total = self.masked_sum.result()
+        self.summed_weight = summed_weight(total, self.masking)
+        return dequantize_mean(total, survivors, self.masking)
