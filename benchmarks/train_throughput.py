@@ -1,8 +1,10 @@
-"""Examples/s of one client's local epoch with and without DP-SGD, and peak memory.
+"""Examples/s of one client's local epoch without DP-SGD, with it, and with it and secure
+noise (``secure-noise``: noise and Poisson sample from a CSPRNG-seeded generator, Opacus's
+secure Gaussian sampling), and peak memory.
 
 Each (backbone, mode) runs in a fresh process (so peak RSS is its own), modes
-interleaved and repeated; the report gives medians and the DP / non-DP ratio measured
-side by side in this run. The frozen-prefix pass (computed once per example, shared
+interleaved and repeated; the report gives medians and the DP / non-DP and secure / plain
+DP ratios measured side by side in this run. The frozen-prefix pass (computed once per example, shared
 by both modes) is timed separately.
 
     python benchmarks/train_throughput.py                 # tiny-llama and smollm2
@@ -23,7 +25,10 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 
 
-def _worker(backbone: str, private: bool, examples: int, top_layers: int, compute_dtype: str, queue: mp.Queue) -> None:
+MODES = ("plain", "dp", "dp-secure-noise")
+
+
+def _worker(backbone: str, mode: str, examples: int, top_layers: int, compute_dtype: str, queue: mp.Queue) -> None:
     import torch
 
     from fedrec.config import DataConfig, RecordDPConfig, TrainingConfig
@@ -57,9 +62,9 @@ def _worker(backbone: str, private: bool, examples: int, top_layers: int, comput
     labels = torch.tensor([ex.label for ex in chosen])
     training = TrainingConfig(local_epochs=1, batch_size=64, physical_batch_size=32, learning_rate=1e-3)
     private_training = None
-    if private:
+    if mode != "plain":
         plan = plan_round(RecordDPConfig(noise_multiplier=1.0), 1, len(states), training.batch_size, 1)
-        private_training = PrivateTraining(plan, 1.0, PersistentAccountant())
+        private_training = PrivateTraining(plan, 1.0, PersistentAccountant(), mode == "dp-secure-noise")
     started = time.perf_counter()
     result = train_adapter(scorer, states, labels, LocalTraining(training, preference_loss), private_training)
     seconds = time.perf_counter() - started
@@ -74,11 +79,11 @@ def _worker(backbone: str, private: bool, examples: int, top_layers: int, comput
     )
 
 
-def measure(backbone: str, private: bool, examples: int, top_layers: int, compute_dtype: str) -> dict:
+def measure(backbone: str, mode: str, examples: int, top_layers: int, compute_dtype: str) -> dict:
     """One run in a fresh process."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_worker, args=(backbone, private, examples, top_layers, compute_dtype, queue))
+    proc = ctx.Process(target=_worker, args=(backbone, mode, examples, top_layers, compute_dtype, queue))
     proc.start()
     result = queue.get(timeout=3600)
     proc.join()
@@ -103,26 +108,25 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for backbone in args.backbones.split(","):
-        runs: dict[bool, list[dict]] = {False: [], True: []}
+        runs: dict[str, list[dict]] = {mode: [] for mode in MODES}
         for _ in range(args.repeats):
-            for private in (False, True):  # interleaved, side by side
-                runs[private].append(measure(backbone, private, args.examples, args.lora_layers, args.compute_dtype))
-        plain = statistics.median(r["examples_per_s"] for r in runs[False])
-        dp = statistics.median(r["examples_per_s"] for r in runs[True])
+            for mode in MODES:  # interleaved, side by side
+                runs[mode].append(measure(backbone, mode, args.examples, args.lora_layers, args.compute_dtype))
+        plain, dp, secure = (statistics.median(r["examples_per_s"] for r in runs[mode]) for mode in MODES)
         rows.append(
             {
                 "backbone": backbone,
                 "examples": args.examples,
-                "mean_tokens": runs[False][0]["mean_tokens"],
-                "trainable_params": runs[False][0]["trainable_params"],
-                "prefix_examples_per_s": statistics.median(
-                    r["prefix_examples_per_s"] for r in runs[False] + runs[True]
-                ),
+                "mean_tokens": runs["plain"][0]["mean_tokens"],
+                "trainable_params": runs["plain"][0]["trainable_params"],
+                "prefix_examples_per_s": statistics.median(r["prefix_examples_per_s"] for m in MODES for r in runs[m]),
                 "train_examples_per_s": plain,
                 "dp_train_examples_per_s": dp,
+                "dp_secure_noise_train_examples_per_s": secure,
                 "dp_over_plain": dp / plain,
-                "peak_rss_mb": max(r["peak_rss_mb"] for r in runs[False]),
-                "dp_peak_rss_mb": max(r["peak_rss_mb"] for r in runs[True]),
+                "secure_noise_over_dp": secure / dp,
+                "peak_rss_mb": max(r["peak_rss_mb"] for r in runs["plain"]),
+                "dp_peak_rss_mb": max(r["peak_rss_mb"] for r in runs["dp"]),
             }
         )
     report = {
@@ -137,13 +141,14 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(
         f"{'backbone':<11} {'tokens':>6} {'params':>8} {'prefix ex/s':>11} {'train ex/s':>10} "
-        f"{'DP ex/s':>8} {'DP/plain':>8} {'RSS MB':>7} {'DP RSS MB':>9}"
+        f"{'DP ex/s':>8} {'DP/plain':>8} {'secure/DP':>9} {'RSS MB':>7} {'DP RSS MB':>9}"
     )
     for r in rows:
         print(
             f"{r['backbone']:<11} {r['mean_tokens']:>6.0f} {r['trainable_params']:>8} "
             f"{r['prefix_examples_per_s']:>11.1f} {r['train_examples_per_s']:>10.1f} "
-            f"{r['dp_train_examples_per_s']:>8.1f} {r['dp_over_plain']:>8.2f} {r['peak_rss_mb']:>7.0f} "
+            f"{r['dp_train_examples_per_s']:>8.1f} {r['dp_over_plain']:>8.2f} {r['secure_noise_over_dp']:>9.2f} "
+            f"{r['peak_rss_mb']:>7.0f} "
             f"{r['dp_peak_rss_mb']:>9.0f}"
         )
     print(f"written: {args.out}")

@@ -12,6 +12,7 @@ from fedrec.data.interactions import load_interaction_data
 from fedrec.privacy.audit import audit_ledgers
 from fedrec.privacy.ledger import PersistentAccountant
 from fedrec.privacy.record_level import PrivateTraining, decline_reason, dp_sgd, plan_round
+from fedrec.privacy.record_level.dp_sgd import SecureNoiseEngine
 from fedrec.tasks.metrics import roc_auc
 from fedrec.tasks.preference.examples import split_examples
 from fedrec.tasks.preference.prompt import render_preference_prompt
@@ -237,3 +238,24 @@ def test_audit_flags_a_client_over_budget_a_ledger_that_lost_steps_and_another_d
         "round 2: the ledger lost steps it reported before",
         "round 2: delta 1e-06 is not the run's 1e-05",
     )
+
+
+@pytest.mark.parametrize("secure_noise", [False, True])
+def test_secure_noise_cannot_be_recomputed_from_the_run_seed(secure_noise):
+    """Without secure noise two trainings from the same seed are identical (the noise is
+    a function of the configuration); with it they differ, and Opacus samples securely.
+    """
+    trained = []
+    for _ in range(2):
+        scorer = tiny_scorer()
+        scorer.reset_adapter(7)
+        states, labels = _examples(scorer)
+        plan = plan_round(RecordDPConfig(noise_multiplier=1.0), 1, len(states), 16, 1)
+        private = PrivateTraining(plan, 1.0, PersistentAccountant(), secure_noise)
+        train_adapter(scorer, states, labels, local(batch_size=16, learning_rate=1e-2), private)
+        trained.append({n: p.detach().clone() for n, p in scorer.named_parameters() if p.requires_grad})
+    same = all(torch.equal(trained[0][n], trained[1][n]) for n in trained[0])
+    assert same is not secure_noise
+    engine = SecureNoiseEngine(accountant="rdp")
+    assert engine.secure_mode and engine.secure_rng is not None
+    assert not torch.equal(torch.normal(0, 1, (8,), generator=engine.secure_rng), torch.normal(0, 1, (8,)))

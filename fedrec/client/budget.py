@@ -71,7 +71,7 @@ def train_within_budget(
         return BudgetedRound(reason, metrics)
     planned = (plan.noise_multiplier, plan.sample_rate, plan.steps)
     store_privacy_ledger(context, cfg, PersistentAccountant(accountant.mechanism, [*accountant.history, planned]))
-    result = run(PrivateTraining(plan, max_grad_norm, accountant))
+    result = run(PrivateTraining(plan, max_grad_norm, accountant, dp.secure_noise))
     store_privacy_ledger(context, cfg, accountant)
     return BudgetedRound(None, metrics | ledger_metrics(accountant, dp.target_delta), result)
 

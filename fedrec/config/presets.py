@@ -72,6 +72,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "client-cpus": 2.0,
         "client-gpus": 0.25,
         "secure-aggregation": True,
+        "secure-noise": True,
     },
 }
 

@@ -282,6 +282,12 @@ class RecordDPConfig(Section):
     )
     max_grad_norm: float = option(1.0, "per-example gradient clipping bound of the LLM adapter", check=POSITIVE)
     accountant: str = option("rdp", "Opacus accountant", choices=ACCOUNTANTS)
+    secure_noise: bool = option(
+        False,
+        "draw DP-SGD's noise and Poisson sample from a generator seeded by the OS's CSPRNG with Opacus's secure "
+        "Gaussian sampling (false: from the run's seed, reproducible, so anyone who knows the config can recompute "
+        "the noise; for simulations only)",
+    )
 
     def validate(self) -> None:
         """Delta a probability."""

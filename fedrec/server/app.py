@@ -32,6 +32,8 @@ def run_server(grid: Grid, cfg: FedRecConfig) -> dict[str, Any]:
     start_round = resumed.round if resumed is not None else 0
     writer = ResultsWriter(cfg.server.out or default_out_dir(), cfg.to_run_config(), resumed and start_round)
     print(f"[fedrec] results folder: {writer.folder}", flush=True)
+    if cfg.record_dp.dp and not cfg.record_dp.secure_noise:
+        print("[fedrec] DP-SGD noise follows the run's seed (secure-noise = false): for simulations only", flush=True)
     model = served_model(cfg)
     federation = compose(cfg, grid)
     counts, statistics = None, None

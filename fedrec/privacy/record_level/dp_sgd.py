@@ -10,6 +10,8 @@ the client's :class:`~fedrec.privacy.ledger.PersistentAccountant`.
 from __future__ import annotations
 
 import math
+import secrets
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,6 +40,25 @@ class PrivateTraining:
     plan: RoundPlan
     max_grad_norm: float
     accountant: PersistentAccountant
+    secure_noise: bool = False  # see :class:`SecureNoiseEngine`
+
+
+class SecureNoiseEngine(PrivacyEngine):
+    """Opacus's secure mode (the noise and the Poisson sample drawn from a generator
+    nobody can reproduce, the Gaussian sampled as a sum of four so that its float
+    rounding does not leak, per Opacus's ``_generate_noise``) with a torch generator
+    seeded from the operating system's CSPRNG: Opacus's own secure mode needs
+    ``torchcsprng``, which has no build for this torch. Without it, DP-SGD draws from
+    torch's global generator, which fedrec seeds from the run's seed (reproducible
+    simulations): whoever knows the configuration can recompute the noise.
+    """
+
+    def __init__(self, *, accountant: str) -> None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Secure RNG turned off")  # it is turned on below
+            super().__init__(accountant=accountant)
+        self.secure_mode = True
+        self.secure_rng = torch.Generator().manual_seed(secrets.randbits(63))
 
 
 def plan_round(
@@ -116,7 +137,7 @@ def dp_sgd(
     sample rate equals the plan's.
     """
     plan, accountant = private.plan, private.accountant
-    engine = PrivacyEngine(accountant=accountant.mechanism)
+    engine = (SecureNoiseEngine if private.secure_noise else PrivacyEngine)(accountant=accountant.mechanism)
     engine.accountant.history = list(accountant.history)
     hooks, dp_optimizer, dp_loader = engine.make_private(
         module=module,
