@@ -60,15 +60,15 @@ def _estimate(metrics: Mapping[str, Any], key: str, spec: str) -> str:
 def main_table(rows: list[Mapping[str, Any]]) -> str:
     """The main table, in Markdown."""
     lines = [
-        "| method | AUC | UAUC | round-0 AUC | HR@10 | NDCG@10 | record-level ε | client-level ε "
-        "| bytes up / client-round | bytes total | adapter / backbone | seconds |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| method | AUC | UAUC | round-0 AUC | HR@10 | NDCG@10 | Recall@20 | coverage@10 | record-level ε "
+        "| client-level ε | bytes up / client-round | bytes total | adapter / backbone | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['method']} | {_estimate(r, 'auc', '.4f')} | {_estimate(r, 'uauc', '.4f')} "
-            f"| {r['initial_auc']:.4f} | {_estimate(r, 'hr@10', '.3f')} "
-            f"| {_estimate(r, 'ndcg@10', '.3f')} | {_cell(r['epsilon'], '.2f', '∞')} "
+            f"| {r['initial_auc']:.4f} | {_estimate(r, 'hr@10', '.3f')} | {_estimate(r, 'ndcg@10', '.3f')} "
+            f"| {_cell(r['recall@20'], '.3f')} | {_cell(r['coverage@10'], '.3f')} | {_cell(r['epsilon'], '.2f', '∞')} "
             f"| {_cell(r['client_epsilon'], '.2f', '∞')} | {r['bytes_up_per_client_round']:,.0f} "
             f"| {r['bytes_total']:,} | {_cell(r['adapter_to_full_model'], '.4%')} | {r['seconds']:.0f} |"
         )

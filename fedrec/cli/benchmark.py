@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..bench.suites import SUITES
+
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     """The ``benchmark`` subcommand."""
     parser = commands.add_parser("benchmark", help="run a benchmark suite and write report.md")
-    parser.add_argument("--suite", required=True, help="suite name: cpu, sweeps, strategies or smoke")
+    parser.add_argument("--suite", required=True, help=f"suite name: {', '.join(SUITES)}")
     parser.add_argument("--out", required=True, help="folder of the suite's runs and report (reused on restart)")
     parser.set_defaults(run=run)
 
@@ -17,7 +19,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run (or continue) the suite; 2 for an unknown suite."""
     from ..bench.run import run_suite
-    from ..bench.suites import SUITES
     from .simulate import INTERRUPTED
 
     if args.suite not in SUITES:
