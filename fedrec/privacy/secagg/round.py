@@ -168,7 +168,7 @@ class SecureRound:
         aggregate = ArrayRecord(
             {
                 name: Array((current[name].numpy() + delta).astype(current[name].numpy().dtype))
-                for name, delta in zip(names, mean, strict=False)
+                for name, delta in zip(names, mean[: len(names)], strict=True)
             }
         )
         trained = [n for n in survivors if not collected[n].content.metric_records[METRICS].get(DECLINED, 0)]
