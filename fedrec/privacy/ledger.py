@@ -21,6 +21,13 @@ from ..files import write_atomic
 from .opacus_api import IAccountant, create_accountant
 
 
+def unflatten(flat: list[float]) -> list[tuple[float, float, int]]:
+    """The history entries of :meth:`PersistentAccountant.flat`'s list."""
+    if len(flat) % 3:
+        raise ValueError(f"a flat ledger holds triples (noise, rate, steps); got {len(flat)} values")
+    return [(float(flat[i]), float(flat[i + 1]), int(flat[i + 2])) for i in range(0, len(flat), 3)]
+
+
 @dataclass
 class PersistentAccountant:
     """The Gaussian mechanism's history ``(noise_multiplier, sample_rate, steps)`` under one
@@ -57,14 +64,6 @@ class PersistentAccountant:
     def flat(self) -> list[float]:
         """The history as one flat list ``[noise, rate, steps, noise, rate, steps, ...]`` (a metric value)."""
         return [float(value) for entry in self.history for value in entry]
-
-    @classmethod
-    def from_flat(cls, mechanism: str, flat: list[float]) -> PersistentAccountant:
-        """The inverse of :meth:`flat`."""
-        if len(flat) % 3:
-            raise ValueError(f"a flat ledger holds triples (noise, rate, steps); got {len(flat)} values")
-        entries = [(float(flat[i]), float(flat[i + 1]), int(flat[i + 2])) for i in range(0, len(flat), 3)]
-        return cls(mechanism, entries)
 
     def to_record(self) -> ConfigRecord:
         """Serialise into a ``ConfigRecord`` (for ``context.state``)."""

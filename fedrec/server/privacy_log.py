@@ -16,6 +16,7 @@ from typing import Any
 
 from ..config import ConfigError, FedRecConfig, read_config_file
 from ..privacy.audit import ClientAudit, audit_ledgers
+from ..privacy.ledger import unflatten
 from ..protocol.records import DELTA, EPSILON, LEDGER
 from .recording_grid import Exchange
 from .results import PRIVACY_FILE, ResultsFolderError
@@ -32,10 +33,9 @@ def privacy_lines(server_round: int, exchanges: list[Exchange]) -> list[dict[str
     latest = {e.node_id: e.metrics for e in replies}
     lines = []
     for node, metrics in sorted(latest.items(), key=lambda item: client_id(item[0])):
-        flat = [float(v) for v in metrics[LEDGER]]  # type: ignore[attr-defined]
         line = {"round": server_round, "client": client_id(node), "epsilon": float(metrics[EPSILON])}  # type: ignore[arg-type]
         line["delta"] = float(metrics[DELTA])  # type: ignore[arg-type]
-        line["ledger"] = [[flat[i], flat[i + 1], int(flat[i + 2])] for i in range(0, len(flat), 3)]
+        line["ledger"] = [list(entry) for entry in unflatten(list(metrics[LEDGER]))]  # type: ignore[call-overload]
         lines.append(line)
     return lines
 
