@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from fedrec.server.checkpoint import read_checkpoint
-from fedrec.server.owner import OWNER_PID_ENV
+from fedrec.server.owner import OWNER_PID_ENV, TOKEN_ENV, kill_marked, processes_marked
 from fedrec.server.results import check_fresh
 
 FEDREC = Path(sys.executable).parent / "fedrec"
@@ -92,3 +92,26 @@ def test_sigterm_stops_the_run_and_its_processes_and_says_how_to_go_on(tmp_path,
             phase == "start-up" and last == f"fedrec: interrupted; no round was checkpointed; {out} can be used again"
         )
         check_fresh(out)  # a new run may take the folder
+
+
+def test_kill_marked_also_kills_what_the_marked_processes_fork_meanwhile():
+    """A marked shell that forks a marked child every few milliseconds: one sweep would
+    leave the children forked while it ran; ``kill_marked`` sweeps until none is left.
+    """
+    token = f"test-{time.monotonic_ns()}"
+    spawner = subprocess.Popen(
+        ["bash", "-c", "while true; do sleep 60 & sleep 0.005; done"],
+        env={"PATH": "/usr/bin:/bin", TOKEN_ENV: token},
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + LIMIT
+        while len(processes_marked(token)) < 20:
+            assert time.monotonic() < deadline, "the spawner did not fork"
+            time.sleep(0.05)
+        kill_marked(token)
+        assert processes_marked(token) == []
+    finally:
+        spawner.kill()
+        spawner.wait(timeout=LIMIT)
+        subprocess.run(["pkill", "-KILL", "-s", str(spawner.pid)], check=False)

@@ -25,6 +25,7 @@ from flwr.supercore import log
 OWNER_PID_ENV = "FEDREC_OWNER_PID"
 TOKEN_ENV = "FEDREC_SUPERLINK_TOKEN"
 POLL_SECONDS = 0.5
+SWEEP_SECONDS = 10.0
 
 
 def processes_marked(token: str) -> list[int]:
@@ -40,14 +41,19 @@ def processes_marked(token: str) -> list[int]:
     return found
 
 
-def kill_marked(token: str) -> None:
-    """SIGKILL every process carrying ``token`` but this one."""
-    for pid in processes_marked(token):
-        if pid != os.getpid():
+def kill_marked(token: str, limit: float = SWEEP_SECONDS) -> None:
+    """SIGKILL every process carrying ``token`` but this one, sweeping again until a sweep
+    finds none (a process forked while a sweep ran, e.g. a Ray worker that its raylet was
+    starting, is caught by the next one) or ``limit`` seconds have passed.
+    """
+    deadline = time.monotonic() + limit
+    while (left := [pid for pid in processes_marked(token) if pid != os.getpid()]) and time.monotonic() < deadline:
+        for pid in left:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        time.sleep(POLL_SECONDS / 5)
 
 
 def _alive(pid: int) -> bool:
