@@ -1,6 +1,6 @@
 """SIGTERM (or Ctrl-C) at any phase of ``fedrec simulate`` stops the run and every process
 it started, exits 130 with one line saying how to go on, and leaves either a resumable
-checkpoint or a folder a new run may use.
+checkpoint, a summary that ``--resume`` completes, or a folder a new run may use.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from fedrec.cli import main
+from fedrec.cli.simulate import INTERRUPTED
 from fedrec.server.checkpoint import read_checkpoint
 from fedrec.server.owner import OWNER_PID_ENV, TOKEN_ENV, kill_marked, processes_marked
 from fedrec.server.results import check_fresh
@@ -22,9 +24,10 @@ FEDREC = Path(sys.executable).parent / "fedrec"
 LIMIT = 300.0  # seconds any phase may take here; every wait below is bounded by it
 
 
-def _start(out: Path) -> subprocess.Popen:
-    command = [str(FEDREC), "simulate", "--preset", "smoke", "--set", "num-server-rounds=50"]
-    command += ["--set", "ranking-users=0", "--out", str(out)]
+def _start(out: Path, *settings: str) -> subprocess.Popen:
+    command = [str(FEDREC), "simulate", "--preset", "smoke", "--out", str(out)]
+    for setting in settings or ("num-server-rounds=50", "ranking-users=0"):
+        command += ["--set", setting]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -80,7 +83,7 @@ def test_sigterm_stops_the_run_and_its_processes_and_says_how_to_go_on(tmp_path,
     else:
         _wait_for(lambda: _rounds_done(out) >= 1, child)
     code, err = _terminate(child)
-    assert code == 130, err
+    assert code == INTERRUPTED, err
     last = err.strip().splitlines()[-1]
     assert not _left_behind(child.pid)  # SuperLink, SuperExec, simulation and Ray processes are gone
     assert not (out / "summary.json").exists()
@@ -94,11 +97,36 @@ def test_sigterm_stops_the_run_and_its_processes_and_says_how_to_go_on(tmp_path,
         check_fresh(out)  # a new run may take the folder
 
 
+def test_sigterm_while_the_harness_completes_the_summary_leaves_it_for_resume(tmp_path):
+    """The ServerApp's summary is there, the harness is adding its baselines (ranking
+    ones here: seconds) when SIGTERM comes; ``--resume`` then only completes the summary.
+    """
+    out = tmp_path / "run"
+    child = _start(out, "num-server-rounds=1")
+    _wait_for(lambda: (out / "summary.json").exists(), child)
+    code, err = _terminate(child)
+    assert not _left_behind(child.pid)
+    if code == INTERRUPTED:  # (else the harness was quicker than this test: nothing to resume)
+        last = err.strip().splitlines()[-1]
+        assert (
+            last
+            == f"fedrec: interrupted; the rounds are done; complete the summary with: fedrec simulate --resume {out}"
+        )
+        assert "baselines" not in json.loads((out / "summary.json").read_text())
+        rounds = (out / "rounds.jsonl").read_text()
+        assert main(["simulate", "--resume", str(out)]) == 0
+        assert (out / "rounds.jsonl").read_text() == rounds  # no round ran again
+    assert code in (0, INTERRUPTED), err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["baselines"] and summary["ranking_baselines"] and summary["paired_differences"]
+
+
 def test_kill_marked_also_kills_what_the_marked_processes_fork_meanwhile():
     """A marked shell that forks a marked child every few milliseconds: one sweep would
     leave the children forked while it ran; ``kill_marked`` sweeps until none is left.
     """
     token = f"test-{time.monotonic_ns()}"
+    marked = [f"{TOKEN_ENV}={token}"]
     spawner = subprocess.Popen(
         ["bash", "-c", "while true; do sleep 60 & sleep 0.005; done"],
         env={"PATH": "/usr/bin:/bin", TOKEN_ENV: token},
@@ -106,11 +134,11 @@ def test_kill_marked_also_kills_what_the_marked_processes_fork_meanwhile():
     )
     try:
         deadline = time.monotonic() + LIMIT
-        while len(processes_marked(token)) < 20:
+        while len(processes_marked(marked)) < 20:
             assert time.monotonic() < deadline, "the spawner did not fork"
             time.sleep(0.05)
-        kill_marked(token)
-        assert processes_marked(token) == []
+        kill_marked(marked)
+        assert processes_marked(marked) == []
     finally:
         spawner.kill()
         spawner.wait(timeout=LIMIT)

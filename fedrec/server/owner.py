@@ -2,12 +2,13 @@
 
 The simulation harness starts Flower's processes for a run (SuperLink, SuperExec, the
 simulation process that runs the ServerApp, Ray's processes), names itself in
-``FEDREC_OWNER_PID`` and marks them all with a token in ``FEDREC_SUPERLINK_TOKEN``.
+``FEDREC_OWNER_PID`` and marks them all with a token in ``FEDREC_SUPERLINK_TOKEN``
+(:func:`run_markers`).
 Flower starts its SuperExec in a new session, so a hard kill of the harness (its process
 group) does not reach the simulation, whose busy ServerApp thread would go on writing
 the results folder that a resumed run is about to use, and Ray's agents outlive their
 raylet for minutes. The ServerApp therefore watches its owner: within a second of the
-owner's death it kills every process carrying its token, itself last. A deployed
+owner's death it kills every process carrying its markers, itself last. A deployed
 ServerApp has no owner and is not watched.
 """
 
@@ -18,6 +19,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from flwr.supercore import log
@@ -28,26 +30,35 @@ POLL_SECONDS = 0.5
 SWEEP_SECONDS = 10.0
 
 
-def processes_marked(token: str) -> list[int]:
-    """PIDs of this user's processes whose environment carries ``token`` (Linux ``/proc``)."""
-    marker = f"{TOKEN_ENV}={token}".encode()
+def run_markers(token: str | None, owner: int | str) -> tuple[str, ...]:
+    """The environment entries that mark a run's processes: its SuperLink's token and its
+    owner's PID. Either alone may be lost: Ray's agents overwrite the start of their
+    environment block with their process title.
+    """
+    return (f"{OWNER_PID_ENV}={owner}",) + ((f"{TOKEN_ENV}={token}",) if token else ())
+
+
+def processes_marked(markers: Iterable[str]) -> list[int]:
+    """PIDs of this user's processes whose environment holds any of ``markers`` (Linux ``/proc``)."""
+    wanted = {marker.encode() for marker in markers}
     found = []
     for entry in Path("/proc").glob("[0-9]*"):
         try:
-            if marker in (entry / "environ").read_bytes().split(b"\0"):
+            if wanted.intersection((entry / "environ").read_bytes().split(b"\0")):
                 found.append(int(entry.name))
         except OSError:
             continue
     return found
 
 
-def kill_marked(token: str, limit: float = SWEEP_SECONDS) -> None:
-    """SIGKILL every process carrying ``token`` but this one, sweeping again until a sweep
-    finds none (a process forked while a sweep ran, e.g. a Ray worker that its raylet was
-    starting, is caught by the next one) or ``limit`` seconds have passed.
+def kill_marked(markers: Iterable[str], limit: float = SWEEP_SECONDS) -> None:
+    """SIGKILL every process marked with any of ``markers`` but this one, sweeping again
+    until a sweep finds none (a process forked while a sweep ran is caught by the next)
+    or ``limit`` seconds have passed.
     """
+    markers = tuple(markers)
     deadline = time.monotonic() + limit
-    while (left := [pid for pid in processes_marked(token) if pid != os.getpid()]) and time.monotonic() < deadline:
+    while (left := [pid for pid in processes_marked(markers) if pid != os.getpid()]) and time.monotonic() < deadline:
         for pid in left:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -76,8 +87,7 @@ def stop_with_owner() -> None:
         while _alive(int(owner)):
             time.sleep(POLL_SECONDS)
         log(logging.ERROR, "the process that started this run (%s) is gone; stopping the run", owner)
-        if token:
-            kill_marked(token)
+        kill_marked(run_markers(token, owner))
         os.kill(os.getpid(), signal.SIGKILL)
 
     threading.Thread(target=watch, name="fedrec-owner-watch", daemon=True).start()

@@ -33,7 +33,7 @@ from typing import IO, Any
 import tomli_w
 
 from ..deploy.processes import flower_environment, free_local_ports
-from ..server.owner import OWNER_PID_ENV, TOKEN_ENV, kill_marked
+from ..server.owner import OWNER_PID_ENV, TOKEN_ENV, kill_marked, run_markers
 
 STARTUP_SECONDS = 60.0
 STOP_SECONDS = 20.0
@@ -125,7 +125,7 @@ class LocalSuperLink:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=STOP_SECONDS)
-        kill_marked(self.token)
+        kill_marked(run_markers(self.token, os.getpid()))
         shutil.rmtree(self.home, ignore_errors=True)
 
     def __enter__(self) -> LocalSuperLink:
