@@ -9,23 +9,27 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Context, Message, MessageType
 from flwr.clientapp.typing import ClientAppCallable
+from flwr.serverapp import Grid, ServerApp
 from safetensors.torch import load_file
 
 from fedrec.cli import main
 from fedrec.client.app import build_client_app
 from fedrec.config import FedRecConfig, read_config_file, resolve_config
 from fedrec.privacy.ledger import load_ledger
+from fedrec.protocol.exchange import DelegatingGrid
+from fedrec.server.app import run_server
 from fedrec.server.checkpoint import CheckpointError, ServerCheckpoint, read_checkpoint, write_checkpoint
 from fedrec.server.owner import OWNER_PID_ENV
-from fedrec.server.results import ResultsFolderError
-from fedrec.simulation.runner import resume, simulate
-from tests.conftest import REPO
+from fedrec.server.results import ResultsFolderError, ResultsWriter, check_fresh, failure
+from fedrec.simulation.runner import absolute_paths, federation_config, resume, simulate
+from tests.conftest import REPO, run_test_apps
 
 OVERRIDES = {
     "num-server-rounds": 3,
@@ -42,14 +46,36 @@ def _rounds(out):
     return [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
 
 
+def _round(msg: Message) -> int:
+    return int(msg.content["config"]["server-round"])
+
+
 def _stall_round_two(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Round 2's training waits (before it charges any ledger) until the run is killed."""
-    if msg.metadata.message_type == MessageType.TRAIN and int(msg.content["config"]["server-round"]) == 2:
+    if msg.metadata.message_type == MessageType.TRAIN and _round(msg) == 2:
         time.sleep(600)
     return call_next(msg, context)
 
 
 stall_round_two_app = build_client_app(outer_mods=[_stall_round_two])
+
+
+class _FailInRoundTwo(DelegatingGrid):
+    """A grid that breaks when round 2's messages are sent (after round 1's checkpoint)."""
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        messages = list(messages)
+        if any(m.metadata.message_type == MessageType.TRAIN and _round(m) == 2 for m in messages):
+            raise RuntimeError("the grid broke in round 2")
+        return super().push_messages(messages)
+
+
+fail_in_round_two_app = ServerApp()
+
+
+@fail_in_round_two_app.main()
+def _fail_in_round_two(grid: Grid, context: Context) -> None:
+    run_server(_FailInRoundTwo(grid), FedRecConfig.from_mapping(context.run_config))
 
 
 def _run_until_round(out, last_round: int, limit: float = 420.0) -> None:
@@ -130,6 +156,30 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path, reference):
         np.testing.assert_allclose(got[name].numpy(), tensor.numpy(), atol=1e-6)
     initial = read_checkpoint(out)  # the final checkpoint is the final adapter
     assert initial.round == OVERRIDES["num-server-rounds"] and initial.strategy_state["m_t"]
+
+
+def test_a_failed_run_is_marked_resumes_to_the_uninterrupted_result_or_is_set_aside(tmp_path, reference):
+    cfg = absolute_paths(resolve_config("smoke", overrides=dict(OVERRIDES, out=str(tmp_path / "failed"))))
+    out = Path(cfg.server.out)
+    run_test_apps(
+        "tests.test_resume:fail_in_round_two_app", "fedrec.client.app:app", cfg.to_run_config(),
+        federation_config(cfg), out,
+    )  # fmt: skip
+    assert failure(out) == "RuntimeError: the grid broke in round 2"
+    assert read_checkpoint(out).round == 1 and not (out / "summary.json").exists()
+    check_fresh(out)  # a new run may take the folder: it sets the failed run aside
+    kept = sorted(p.relative_to(out) for p in out.rglob("*"))
+    writer = ResultsWriter(out, cfg.to_run_config())
+    aside = tmp_path / "failed.failed-1"
+    assert writer.set_aside == aside and sorted(p.relative_to(aside) for p in aside.rglob("*")) == kept
+    assert sorted(p.name for p in out.iterdir()) == ["config.toml"]
+    shutil.rmtree(out)
+    aside.rename(out)
+    _, resumed = resume(out)  # or it continues, to where the uninterrupted run ends
+    assert failure(out) is None
+    assert [r["auc"] for r in _rounds(out)] == pytest.approx([r["auc"] for r in _rounds(reference[0])], abs=1e-4)
+    assert resumed["epsilon"]["max"] == pytest.approx(reference[1]["epsilon"]["max"])
+    assert "baselines" in resumed
 
 
 def test_checkpoint_round_trip_and_refusals(tmp_path):

@@ -242,13 +242,10 @@ def fedavg_bytes_up(smoke_run):
 @pytest.mark.parametrize(
     "overrides",
     [
-        # plain aggregation of each strategy: test_distinct_updates_aggregate_as_flowers_own_strategy
+        # plain aggregation of each strategy: test_distinct_updates_aggregate_as_flowers_own_strategy;
+        # FedYogi is FedAdam's sibling, FedProx's proximal term: test_fedprox_keeps_the_adapter_closer_to_the_global_one
         {"strategy": "ffa-lora"},
-        {"strategy": "fedavgm"},
-        {"strategy": "ffa-lora", "lora-ranks": "2,4,8"},
         {"strategy": "fedadam", "secure-aggregation": True, "max-weight": 100.0},
-        {"strategy": "fedyogi", "secure-aggregation": True, "max-weight": 100.0},
-        {"strategy": "fedprox", "secure-aggregation": True, "max-weight": 100.0},
         {"strategy": "fedavgm", "secure-aggregation": True, "client-dp": True, "client-dp-clip": 0.05},
         {"strategy": "ffa-lora", "lora-ranks": "2,4,8", "secure-aggregation": True, "max-weight": 100.0},
     ],

@@ -10,7 +10,7 @@ from pathlib import Path
 from ..config import ConfigError
 from ..data.interactions import DataError
 from ..server.checkpoint import CHECKPOINT_DIR, CheckpointError
-from ..server.results import ResultsFolderError
+from ..server.results import ResultsFolderError, failure
 from .options import add_config_args, config_from_args
 
 
@@ -32,10 +32,15 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 INTERRUPTED = 130  # the shell's exit status of a process ended by SIGINT
+FAILED = 1
 
 
-def interrupted_run(out: Path) -> str:
-    """What an interrupted run left in ``out`` and how to go on."""
+def how_to_go_on(out: Path) -> str:
+    """What an interrupted or failed run left in ``out`` and how to go on."""
+    from ..simulation.runner import summary_incomplete
+
+    if summary_incomplete(out):
+        return f"the rounds are done; complete the summary with: fedrec simulate --resume {out}"
     if (out / CHECKPOINT_DIR).exists():
         return f"continue with: fedrec simulate --resume {out}"
     return f"no round was checkpointed; {out} can be used again"
@@ -45,9 +50,10 @@ def run(args: argparse.Namespace) -> int:
     """Run (or resume, or only check) the simulation; 2 on invalid settings, data, item
     tables or results folder, found before anything is written or started.
     """
+    from ..simulation.engine import EngineError
     from ..simulation.preflight import preflight
     from ..simulation.report import summary_table
-    from ..simulation.runner import absolute_paths, resume_config, simulate
+    from ..simulation.runner import SimulationError, absolute_paths, resume_config, simulate
 
     cfg = None
     try:
@@ -62,9 +68,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"fedrec: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        where = f"; {interrupted_run(Path(cfg.server.out))}" if cfg is not None else ""
+        where = f"; {how_to_go_on(Path(cfg.server.out))}" if cfg is not None else ""
         print(f"fedrec: interrupted{where}", file=sys.stderr)
         return INTERRUPTED
+    except (SimulationError, EngineError) as err:
+        assert cfg is not None
+        out = Path(cfg.server.out)
+        resumable = failure(out) is not None and (out / CHECKPOINT_DIR).exists()
+        again = " (or run again with the same --out: the failed run is set aside)" if resumable else ""
+        print(f"fedrec: {err}; {how_to_go_on(out)}{again}", file=sys.stderr)
+        return FAILED
     rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     print()
     print(summary_table(rounds, summary))

@@ -14,24 +14,42 @@ from flwr.serverapp import Grid, ServerApp
 
 from ..config import FedRecConfig
 from ..models.collaborative import ITEM_BIASES
+from ..protocol.replies import readable_reason
 from .checkpoint import ServerCheckpoint, read_checkpoint, write_checkpoint
 from .federation import Federation, compose
 from .item_statistics import item_statistics
 from .models import ServedModel, served_model
 from .owner import stop_with_owner
-from .results import ResultsWriter, default_out_dir
+from .results import ResultsWriter, default_out_dir, mark_failed
 from .rounds import Checkpoint, RoundRecorder
 from .summary import build_summary, client_dp_summary
 
 
 def run_server(grid: Grid, cfg: FedRecConfig) -> dict[str, Any]:
-    """Run the federation described by ``cfg`` on ``grid``; returns the summary."""
+    """Run the federation described by ``cfg`` on ``grid``; returns the summary. A run
+    that raises is marked failed in its results folder, with the reason.
+    """
     started = time.perf_counter()
     random.seed(cfg.federation.seed)  # Flower's node sampling uses the random module
     resumed = _checkpoint_to_resume(cfg)
-    start_round = resumed.round if resumed is not None else 0
-    writer = ResultsWriter(cfg.server.out or default_out_dir(), cfg.to_run_config(), resumed and start_round)
+    writer = ResultsWriter(cfg.server.out or default_out_dir(), cfg.to_run_config(), resumed and resumed.round)
     print(f"[fedrec] results folder: {writer.folder}", flush=True)
+    if writer.set_aside is not None:
+        print(f"[fedrec] the failed run that was there is now in {writer.set_aside}", flush=True)
+    try:
+        return _serve(grid, cfg, writer, resumed, started)
+    except Exception as err:
+        mark_failed(writer.folder, readable_reason(f"{type(err).__name__}: {err}"))
+        raise
+
+
+def _serve(
+    grid: Grid, cfg: FedRecConfig, writer: ResultsWriter, resumed: ServerCheckpoint | None, started: float
+) -> dict[str, Any]:
+    """Train, evaluate and record every round from the start or ``resumed``; write the
+    final model and the summary.
+    """
+    start_round = resumed.round if resumed is not None else 0
     if cfg.record_dp.dp and not cfg.record_dp.secure_noise:
         print("[fedrec] DP-SGD noise follows the run's seed (secure-noise = false): for simulations only", flush=True)
     model = served_model(cfg)
@@ -99,12 +117,12 @@ def _finish(
     summary: dict,
     cfg: FedRecConfig,
 ) -> None:
-    """Save the final model, then write the summary and the plots."""
+    """Save the final model and the plots, then the summary: the last file of a run."""
     model.save(final, writer.folder)
     if federation.client_dp is not None:
         summary["client_dp"] = client_dp_summary(cfg, federation.client_dp)
-    writer.write_summary(summary)
     writer.write_plots()
+    writer.write_summary(summary)
 
 
 def build_server_app(run_config: Mapping[str, Any] | None = None) -> ServerApp:

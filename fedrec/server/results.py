@@ -19,6 +19,7 @@ from ..files import write_atomic
 RESULT_FILES = ("config.toml", "rounds.jsonl", "summary.json")
 CHECKPOINT_DIR = "checkpoint"  # the server's state after the latest round (see .checkpoint)
 PRIVACY_FILE = "privacy.jsonl"  # each client's epsilon and ledger per round (see .privacy_log)
+FAILED_FILE = "failed.json"  # why the run ended without its summary (see mark_failed)
 
 
 def default_out_dir() -> Path:
@@ -43,17 +44,35 @@ def json_safe(value: Any) -> Any:
 
 def check_fresh(folder: str | Path) -> None:
     """Refuse a results folder that holds a finished run, or an interrupted one that can
-    be resumed. A start that failed before its first checkpoint left nothing to keep:
-    a new run may take its folder.
+    be resumed. A start that failed before its first checkpoint left nothing to keep: a
+    new run may take its folder; so may it that of a run marked failed, which it sets
+    aside (:func:`set_aside_failed`).
     """
     folder = Path(folder).expanduser().resolve()
     if (folder / "summary.json").exists():
         raise ResultsFolderError(f"{folder} already holds a finished run (summary.json); choose another --out")
-    if (folder / CHECKPOINT_DIR).exists():
+    if (folder / CHECKPOINT_DIR).exists() and failure(folder) is None:
         raise ResultsFolderError(
             f"{folder} holds an interrupted run: continue it with `fedrec simulate --resume {folder}`, "
             "or choose another --out"
         )
+
+
+def mark_failed(folder: str | Path, reason: str) -> None:
+    """Record in ``folder`` that its run failed, and why (one line)."""
+    document = {"reason": reason, "time": datetime.now(UTC).isoformat(timespec="seconds")}
+    write_atomic(Path(folder) / FAILED_FILE, json.dumps(document) + "\n")
+
+
+def failure(folder: str | Path) -> str | None:
+    """Why the run in ``folder`` failed, or None when it is not marked failed."""
+    path = Path(folder) / FAILED_FILE
+    if not path.exists():
+        return None
+    try:
+        return str(json.loads(path.read_text())["reason"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"unreadable {path}"
 
 
 def check_resumable(folder: str | Path, run_config: Mapping[str, Any]) -> None:
@@ -73,8 +92,22 @@ def check_resumable(folder: str | Path, run_config: Mapping[str, Any]) -> None:
         raise ResultsFolderError(f"{folder} was run with other settings ({', '.join(differ)}); cannot resume")
 
 
+def set_aside_failed(folder: Path) -> Path | None:
+    """Rename the folder of a run marked failed to ``<name>.failed-<n>`` beside it
+    (nothing of it is lost); returns the new path, or None when it holds no failed run.
+    """
+    if failure(folder) is None:
+        return None
+    number = 1
+    while (aside := folder.with_name(f"{folder.name}.failed-{number}")).exists():
+        number += 1
+    folder.rename(aside)
+    return aside
+
+
 class ResultsWriter:
-    """Creates the folder (refusing one that holds a finished or resumable run) and writes into it.
+    """Creates the folder (refusing one that holds a finished or resumable run, setting
+    aside one whose run failed) and writes into it.
 
     ``resume_after``: reopen a run's folder to continue after that round; its
     ``config.toml`` must match ``run_config`` (``resume`` aside), and ``rounds.jsonl``
@@ -85,10 +118,12 @@ class ResultsWriter:
     def __init__(self, folder: str | Path, run_config: Mapping[str, Any], resume_after: int | None = None) -> None:
         self.folder = Path(folder).expanduser().resolve()
         self.rounds: list[dict[str, Any]] = []
+        self.set_aside: Path | None = None  # where a failed run's folder was moved
         if resume_after is not None:
             self._reopen(dict(run_config), resume_after)
             return
         check_fresh(self.folder)
+        self.set_aside = set_aside_failed(self.folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         for stale in (*RESULT_FILES, PRIVACY_FILE):  # of a start that failed before its first checkpoint
             (self.folder / stale).unlink(missing_ok=True)
@@ -96,6 +131,7 @@ class ResultsWriter:
 
     def _reopen(self, run_config: dict[str, Any], resume_after: int) -> None:
         check_resumable(self.folder, run_config)
+        (self.folder / FAILED_FILE).unlink(missing_ok=True)  # resumed: no longer failed (until it fails again)
         try:
             lines = (self.folder / "rounds.jsonl").read_text().splitlines()
         except OSError as err:

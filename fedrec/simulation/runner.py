@@ -13,7 +13,7 @@ from typing import Any
 
 from ..config import FedRecConfig, read_config_file
 from ..files import write_atomic
-from ..server.results import default_out_dir, json_safe
+from ..server.results import default_out_dir, failure, json_safe, mark_failed, set_aside_failed
 from .baselines import harness_baselines, paired_with_model
 from .engine import FlowerApp, LocalSuperLink, flwr_run
 from .preflight import preflight
@@ -73,19 +73,41 @@ def simulate(
 ) -> tuple[Path, dict[str, Any]]:
     """Run a federated simulation; returns the results folder and its summary (with the
     harness's baselines). ``echo`` receives the run's progress lines. Its inputs are
-    checked (:func:`.preflight.preflight`) before anything is written or started.
+    checked (:func:`.preflight.preflight`) before anything is written or started; a run
+    that ends without its summary is marked failed (:func:`~fedrec.server.results.mark_failed`).
+    Resuming a run that was interrupted while its summary was completed completes it.
     """
     cfg = absolute_paths(cfg)
     out = Path(cfg.server.out)
+    if cfg.server.resume and summary_incomplete(out):
+        return out, complete_summary(cfg, out)
     preflight(cfg)
+    aside = None if cfg.server.resume else set_aside_failed(out)
+    if aside is not None and echo is not None:
+        echo(f"[fedrec] the failed run that was in {out} is now in {aside}")
     run_apps(FlowerApp(cfg.to_run_config()), federation_config(cfg, verbose), out, echo)
+    if not (out / "summary.json").exists():
+        reason = failure(out)
+        if reason is None:
+            reason = "the simulation ended without writing summary.json"
+            mark_failed(out, reason)
+        raise SimulationError(f"the run failed: {reason} (see {out / FLOWER_LOG})")
+    return out, complete_summary(cfg, out)
+
+
+def summary_incomplete(out: Path) -> bool:
+    """Whether the ServerApp wrote ``out``'s summary but the harness has not yet added its baselines."""
+    path = out / "summary.json"
+    return path.exists() and "baselines" not in json.loads(path.read_text())
+
+
+def complete_summary(cfg: FedRecConfig, out: Path) -> dict[str, Any]:
+    """Add the harness's baselines and the paired differences to ``out``'s summary."""
     summary_path = out / "summary.json"
-    if not summary_path.exists():
-        raise SimulationError(f"the simulation ended without writing {summary_path}; see {out / FLOWER_LOG}")
     summary = json.loads(summary_path.read_text()) | harness_baselines(cfg)
     summary = json_safe(summary | paired_with_model(summary))  # NaN: undefined, null
     write_atomic(summary_path, json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    return out, summary
+    return summary
 
 
 def resume(
