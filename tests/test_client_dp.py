@@ -10,6 +10,7 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
+from flwr.serverapp.strategy import Strategy
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from opacus.accountants.rdp import RDPAccountant
 from safetensors.torch import load_file
@@ -19,6 +20,8 @@ from fedrec.config import ClientDPConfig, ConfigError, resolve_config
 from fedrec.models.adapter import adapter_state
 from fedrec.privacy.client_level.mechanism import client_noise_std, clip_update, effective_noise_multiplier
 from fedrec.privacy.client_level.mod import client_dp_mod
+from fedrec.privacy.client_level.sampling import PoissonSampling
+from fedrec.privacy.client_level.strategy import ClientLevelDP
 from fedrec.protocol.records import CLIENT_DP_CLIP as CLIP_KEY
 from fedrec.protocol.records import CLIENT_DP_NOISE_STD as NOISE_STD_KEY
 from fedrec.protocol.records import UPDATE_NORM as NORM_KEY
@@ -166,3 +169,68 @@ def test_distributed_noise_under_secure_aggregation_accounts_for_drop_outs(tmp_p
     )
     assert _adapter_change(cfg, tmp_path / "run") > 0
     assert torch.isfinite(torch.tensor(summary["metrics"]["auc"]))
+
+
+class _EveryNode(Strategy):
+    """Addresses every one of ``nodes`` nodes; aggregates to the first reply's adapter."""
+
+    def __init__(self, nodes: int) -> None:
+        self.nodes = nodes
+
+    def configure_train(self, server_round, arrays, config, grid):
+        config = ConfigRecord({**dict(config), "server-round": server_round})
+        content = [RecordDict({"arrays": arrays, "config": config.copy()}) for _ in range(self.nodes)]
+        return [Message(c, dst_node_id=n + 1, message_type=MessageType.TRAIN) for n, c in enumerate(content)]
+
+    def aggregate_train(self, server_round, replies):
+        replies = list(replies)
+        return (replies[0].content["arrays"] if replies else None), None
+
+    def configure_evaluate(self, server_round, arrays, config, grid):
+        return []
+
+    def aggregate_evaluate(self, server_round, replies):
+        return None
+
+    def summary(self):
+        pass
+
+
+def _trained_reply(msg: Message, update: np.ndarray) -> Message:
+    start = msg.content["arrays"]["w"].numpy()
+    arrays = ArrayRecord({"w": Array((start + update).astype(np.float32))})
+    return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": 1})}), reply_to=msg)
+
+
+def test_poisson_sampled_rounds_divide_by_the_expected_sample_and_are_accounted_with_amplification():
+    nodes, rate, size, rounds = 40, 0.25, 20_000, 12
+    dp = ClientDPConfig(client_dp=True, client_dp_clip=1.0, client_dp_noise_multiplier=1.3)
+    strategy = ClientLevelDP(PoissonSampling(_EveryNode(nodes), rate, np.random.default_rng(3)), dp, seed=5)
+    start = ArrayRecord({"w": Array(np.zeros(size, np.float32))})
+    update = np.full(size, 0.05)  # norm 7.07: clipped to 1
+    sizes = []
+    for server_round in range(1, rounds + 1):
+        messages = list(strategy.configure_train(server_round, start, ConfigRecord(), grid=None))
+        sizes.append(len(messages))
+        released, _ = strategy.aggregate_train(server_round, [_trained_reply(m, update) for m in messages])
+        noise = released["w"].numpy().astype(np.float64) * rate * nodes - len(messages) * update / np.linalg.norm(
+            update
+        )
+        assert noise.std() == pytest.approx(1.3, rel=0.03)  # z * clip on the sum, over the expected sample
+        assert abs(noise.mean()) < 5 * 1.3 / math.sqrt(size)
+    assert len(set(sizes)) > 1 and abs(np.mean(sizes) - rate * nodes) < 3  # independent coins, not a fixed count
+    orders = RDPAccountant.DEFAULT_ALPHAS
+    rdp = compute_rdp(q=rate, noise_multiplier=1.3, steps=rounds, orders=orders)
+    assert strategy.epsilon(1e-3) == pytest.approx(get_privacy_spent(orders=orders, rdp=rdp, delta=1e-3)[0])
+    assert strategy.epsilon(1e-3) < _direct_epsilon([1.3] * rounds, 1e-3) / 2  # the amplification
+
+
+def test_a_poisson_round_that_sampled_no_client_releases_the_noise_alone():
+    dp = ClientDPConfig(client_dp=True, client_dp_clip=0.5, client_dp_noise_multiplier=2.0)
+    strategy = ClientLevelDP(PoissonSampling(_EveryNode(4), 1e-9, np.random.default_rng(0)), dp, seed=1)
+    start = ArrayRecord({"w": Array(np.ones(20_000, np.float32))})
+    assert list(strategy.configure_train(1, start, ConfigRecord(), grid=None)) == []
+    released, _ = strategy.aggregate_train(1, [])
+    noise = (released["w"].numpy().astype(np.float64) - 1.0) * 1e-9 * 4
+    assert noise.std() == pytest.approx(2.0 * 0.5, rel=0.03)
+    assert strategy.accountant.history == [(2.0, 1e-9, 1)]

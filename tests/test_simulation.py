@@ -32,6 +32,7 @@ ROUND_KEYS = {
     "bytes_up",
     "bytes_down",
     "seconds",
+    "server_rss_bytes",
 }
 
 

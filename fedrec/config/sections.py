@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from .choices import (
     ACCOUNTANTS,
     CLIENT_DP_NOISE,
+    CLIENT_SAMPLING,
     COMPUTE_DTYPES,
     EVAL_SPLITS,
     LLM_INPUTS,
@@ -30,6 +31,12 @@ class FederationConfig(Section):
         4, "clients (simulated SuperNodes), each holding a disjoint group of users", check=POSITIVE
     )
     fraction_train: float = option(1.0, "share of the clients sampled to train each round", check=SHARE)
+    client_sampling: str = option(
+        "fixed",
+        "fixed: fraction-train x clients drawn without replacement (Flower's); poisson: each client "
+        "independently with probability fraction-train (client-level DP then accounts the amplification)",
+        choices=CLIENT_SAMPLING,
+    )
     fraction_evaluate: float = option(
         0.0,
         "share of the clients sampled for federated evaluation each round (0: central evaluation only)",

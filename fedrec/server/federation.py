@@ -1,6 +1,6 @@
 """The layers a run composes around Flower's grid and the configured strategy:
-recording every message, SecAgg+ (a grid wrapper) and client-level DP (a strategy
-wrapper), and their joint state for checkpoints.
+recording every message, SecAgg+ (a grid wrapper), Poisson sampling of clients and
+client-level DP (strategy wrappers), and their joint state for checkpoints.
 """
 
 from __future__ import annotations
@@ -9,16 +9,20 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from ..config import FedRecConfig
+from ..privacy.client_level.sampling import PoissonSampling
 from ..privacy.client_level.strategy import ClientLevelDP
 from ..privacy.secagg.grid import SecAggGrid, masking_parameters, require_linear_strategy
 from ..protocol.records import CLIENT_DP_WEIGHT, NUM_EXAMPLES, TRAIN_LOSS
 from ..strategies import AdapterAggregation, build_strategy
 from .checkpoint import restore_strategy_state, strategy_state
 from .recording_grid import RecordingGrid
+
+SAMPLING_STREAM = 1  # the node-sampling generator's stream of the run's seed
 
 
 @dataclass
@@ -28,12 +32,15 @@ class Federation:
     aggregation: AdapterAggregation  # the configured strategy: declines, exclusions, rank completion
     recording: RecordingGrid
     secure: SecAggGrid | None = None
+    sampling: PoissonSampling | None = None
     client_dp: ClientLevelDP | None = None
 
     @property
     def strategy(self) -> Strategy:
-        """The outermost strategy (client-level DP around the configured one, when on)."""
-        return self.client_dp or self.aggregation
+        """The outermost strategy (client-level DP around Poisson sampling around the
+        configured one, each when on).
+        """
+        return self.client_dp or self.sampling or self.aggregation
 
     @property
     def grid(self) -> Grid:
@@ -47,6 +54,8 @@ class Federation:
         state: dict[str, Any] = {"python_random": _random_state()}
         if self.secure is not None:
             state["secagg"] = self.secure.state_dict()
+        if self.sampling is not None:
+            state["sampling"] = self.sampling.state_dict()
         if self.client_dp is not None:
             state["client_dp"] = self.client_dp.state_dict()
         return state
@@ -57,6 +66,8 @@ class Federation:
         random.setstate((version, tuple(internal), gauss))  # Flower's node sampling
         if self.secure is not None:
             self.secure.load_state_dict(state["secagg"])
+        if self.sampling is not None:
+            self.sampling.load_state_dict(state["sampling"])
         if self.client_dp is not None:
             self.client_dp.load_state_dict(state["client_dp"])
 
@@ -85,8 +96,15 @@ def compose(cfg: FedRecConfig, grid: Grid) -> Federation:
         weighting = (CLIENT_DP_WEIGHT, 1.0) if cfg.client_dp.client_dp else (NUM_EXAMPLES, cfg.secagg.max_weight)
         masking = masking_parameters(cfg.secagg, *weighting, secure_metrics=(TRAIN_LOSS,))
         federation.secure = SecAggGrid(federation.recording, cfg.secagg, masking, seed=cfg.federation.seed)
+    if cfg.federation.client_sampling == "poisson":  # the strategy addresses every node; this keeps some
+        entropy = None if cfg.record_dp.secure_noise else (cfg.federation.seed, SAMPLING_STREAM)  # None: the OS's
+        rng = np.random.default_rng(entropy)
+        federation.sampling = PoissonSampling(aggregation, cfg.federation.fraction_train, rng)
     if cfg.client_dp.client_dp:
         federation.client_dp = ClientLevelDP(
-            aggregation, cfg.client_dp, summed_securely=federation.secure is not None, seed=cfg.federation.seed
+            federation.sampling or aggregation,
+            cfg.client_dp,
+            summed_securely=federation.secure is not None,
+            seed=cfg.federation.seed,
         )
     return federation

@@ -5,9 +5,11 @@ written (and printed) by :class:`RoundRecorder`, Flower's ``evaluate_fn``.
 from __future__ import annotations
 
 import logging
+import os
 import statistics
 import time
 from collections.abc import Callable, Collection, Mapping
+from pathlib import Path
 from typing import Any
 
 from flwr.app import ArrayRecord, MessageType, MetricRecord
@@ -40,6 +42,15 @@ RANKING_KEYS += tuple(f"retriever_{key}" for key in RANKING_KEYS if key != "rank
 # shares (share-keys), or, when it shared them with the previous round's unmask, for its
 # masked input; it reports its training in the clear beside that input.
 _FIRST_STAGES = (None, STAGE_SETUP, STAGE_SHARE_KEYS, STAGE_COLLECT)
+
+
+def resident_bytes() -> int | None:
+    """Resident memory of the calling process (Linux ``/proc/self/statm``); None elsewhere."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE")
 
 
 def summarize_round(
@@ -185,7 +196,7 @@ class RoundRecorder:
         if client_dp is not None and server_round > 0:
             record["client_level_epsilon"] = client_dp.epsilon(self.delta)
             record["client_noise_multiplier"] = client_dp.last_noise_multiplier
-        record |= {"auc": metrics.get("auc"), "eval_loss": metrics.get("loss")}
+        record |= {"auc": metrics.get("auc"), "eval_loss": metrics.get("loss"), "server_rss_bytes": resident_bytes()}
         record |= {k: metrics[k] for k in (*PREFERENCE_KEYS, *RANKING_KEYS) if k in metrics}
         self.writer.append_round(record)
         if self.checkpoint is not None:

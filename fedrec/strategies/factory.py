@@ -58,7 +58,8 @@ def scalar_train_metrics(contents: list[RecordDict], weighting_metric_name: str)
 def build_strategy(cfg: FedRecConfig) -> Strategy:
     """The configured strategy, with its sampling and server-optimizer keys."""
     common: dict[str, Any] = {
-        "fraction_train": cfg.federation.fraction_train,
+        # Poisson sampling (fedrec.privacy.client_level.sampling) draws from every node
+        "fraction_train": 1.0 if cfg.federation.client_sampling == "poisson" else cfg.federation.fraction_train,
         "fraction_evaluate": cfg.federation.fraction_evaluate,
         "min_train_nodes": 1,
         "min_evaluate_nodes": 1,

@@ -11,9 +11,14 @@ take the noisy mean as their pseudo-gradient, so the server optimizer only
 post-processes a private release. Under secure aggregation (``summed_securely``) the
 replies already carry the securely summed mean, and individual updates are never seen.
 
-Each round's release is accounted as a Gaussian mechanism of sensitivity ``clip``
-without sampling amplification (Flower samples a fixed number of clients without
-replacement, not Poisson), which over-states epsilon when ``fraction-train`` < 1.
+Each round's release is accounted as a Gaussian mechanism of sensitivity ``clip`` on
+the sum. With Flower's fixed-size sampling (without replacement, not Poisson) there is no
+amplification: epsilon is over-stated when ``fraction-train`` < 1, and the mean is over
+the survivors. With Poisson sampling (``client-sampling = "poisson"``,
+:class:`.sampling.PoissonSampling`) the round is accounted as the Poisson-subsampled
+Gaussian at rate ``fraction-train``, the sum is divided by the expected sample size
+(``fraction-train`` x clients, fixed: DP-FedAvg's estimator), and a round that sampled no
+client releases the noise alone.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from ...protocol.records import ARRAYS, CLIENT_DP_CLIP, CLIENT_DP_NOISE_STD, CON
 from ...protocol.replies import is_declined
 from ..ledger import PersistentAccountant
 from .mechanism import client_noise_std, clip_update, effective_noise_multiplier
+from .sampling import PoissonSampling
 
 
 class ClientLevelDP(Strategy):
@@ -40,6 +46,7 @@ class ClientLevelDP(Strategy):
 
     def __init__(self, strategy: Strategy, dp: ClientDPConfig, summed_securely: bool = False, seed: int = 0) -> None:
         self.strategy, self.dp, self.summed_securely = strategy, dp, summed_securely
+        self.sampling = strategy if isinstance(strategy, PoissonSampling) else None
         self.accountant = PersistentAccountant("rdp")
         self.last_noise_multiplier: float | None = None  # of the latest release; None: nothing released
         self.rng = np.random.default_rng(seed)
@@ -65,24 +72,39 @@ class ClientLevelDP(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Release the noisy mean in the survivors' replies, then aggregate as the wrapped strategy."""
+        """Release the noisy mean in the survivors' replies, then aggregate as the wrapped
+        strategy. Under Poisson sampling a round without survivors releases the noise
+        alone (the server adds it), so that every round is the accounted mechanism.
+        """
         replies = list(replies)
         self.last_noise_multiplier = None
         trained = [r for r in replies if not r.has_error() and not is_declined(r) and ARRAYS in r.content]
-        if trained and self._current is not None:
+        if self._current is None:
+            return self.strategy.aggregate_train(server_round, replies)
+        if trained:
             self._release(trained, self._current)
+        elif self.sampling is not None:
+            return self._release_noise_alone(self._current), None
         return self.strategy.aggregate_train(server_round, replies)
+
+    def _denominator(self, survivors: int) -> float:
+        """What the sum of clipped updates is divided by: the survivors, or under Poisson
+        sampling the expected sample size (fixed, so that one client's presence changes
+        the sum only, by at most ``clip``).
+        """
+        if self.sampling is None:
+            return float(survivors)
+        return self.sampling.rate * self.sampling.population
 
     def _release(self, trained: list[Message], current: ArrayRecord) -> None:
         start = {name: array.numpy().astype(np.float64) for name, array in current.items()}
-        mean = self._mean_update(trained, start)
         survivors = len(trained)
+        total = self._sum_update(trained, start)
         sigma = effective_noise_multiplier(self.dp, self._sampled, survivors)
         if self.dp.client_dp_noise == "central":
-            std = self.dp.client_dp_noise_multiplier * self.dp.client_dp_clip / survivors
-            mean = {name: d + self.rng.normal(0.0, std, d.shape) for name, d in mean.items()}
-        self.accountant.history.append((sigma, 1.0, 1))
-        self.last_noise_multiplier = sigma
+            std = self.dp.client_dp_noise_multiplier * self.dp.client_dp_clip
+            total = {name: d + self.rng.normal(0.0, std, d.shape) for name, d in total.items()}
+        self._account(sigma)
         log(
             INFO,
             "client-level DP: %d of %d sampled clients released, noise multiplier %.3f",
@@ -90,16 +112,41 @@ class ClientLevelDP(Strategy):
             self._sampled,
             sigma,
         )
-        dtypes = {name: array.numpy().dtype for name, array in current.items()}
-        released = ArrayRecord({name: Array((start[name] + d).astype(dtypes[name])) for name, d in mean.items()})
+        released = self._released(current, start, total, self._denominator(survivors))
         for reply in trained:
             reply.content[ARRAYS] = released
 
-    def _mean_update(self, trained: list[Message], start: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The unweighted mean of the clipped updates (already summed under SecAgg+)."""
+    def _release_noise_alone(self, current: ArrayRecord) -> ArrayRecord:
+        """The global adapter plus the mechanism's noise over the expected sample size."""
+        start = {name: array.numpy().astype(np.float64) for name, array in current.items()}
+        std = self.dp.client_dp_noise_multiplier * self.dp.client_dp_clip
+        noise = {name: self.rng.normal(0.0, std, values.shape) for name, values in start.items()}
+        self._account(self.dp.client_dp_noise_multiplier)
+        log(INFO, "client-level DP: no client sampled; the noise alone is released")
+        return self._released(current, start, noise, self._denominator(0))
+
+    def _account(self, sigma: float) -> None:
+        rate = self.sampling.rate if self.sampling is not None else 1.0
+        self.accountant.history.append((sigma, rate, 1))
+        self.last_noise_multiplier = sigma
+
+    @staticmethod
+    def _released(
+        current: ArrayRecord, start: dict[str, np.ndarray], total: dict[str, np.ndarray], denominator: float
+    ) -> ArrayRecord:
+        dtypes = {name: array.numpy().dtype for name, array in current.items()}
+        return ArrayRecord(
+            {name: Array((start[name] + d / denominator).astype(dtypes[name])) for name, d in total.items()}
+        )
+
+    def _sum_update(self, trained: list[Message], start: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The sum of the clipped updates (under SecAgg+, the secure mean times the survivors)."""
         if self.summed_securely:
             arrays = trained[0].content[ARRAYS]
-            return {name: arrays[name].numpy().astype(np.float64) - values for name, values in start.items()}
+            return {
+                name: (arrays[name].numpy().astype(np.float64) - values) * len(trained)
+                for name, values in start.items()
+            }
         total = {name: np.zeros_like(values) for name, values in start.items()}
         for reply in trained:
             arrays = reply.content[ARRAYS]
@@ -110,7 +157,7 @@ class ClientLevelDP(Strategy):
                 deltas, _ = clip_update(deltas, self.dp.client_dp_clip)
             for name, delta in zip(start, deltas, strict=True):
                 total[name] += delta
-        return {name: values / len(trained) for name, values in total.items()}
+        return total
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
