@@ -11,12 +11,12 @@ import pytest
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedrec.config import TrainingConfig, resolve_config
+from fedrec.config import FedRecConfig, TrainingConfig, resolve_config
 from fedrec.models.backbone import load_backbone
 from fedrec.models.lora import LoraSettings
 from fedrec.models.scorer import Scorer
 from fedrec.simulation.engine import FlowerApp
-from fedrec.simulation.runner import run_apps, simulate
+from fedrec.simulation.runner import federation_config, run_apps, simulate
 from fedrec.tasks.preference.prompt import PREFERENCE_QUESTION
 from fedrec.tasks.preference.scoring import preference_loss
 from fedrec.tasks.training import LocalTraining
@@ -106,3 +106,10 @@ def run_test_apps(serverapp: str, clientapp: str, run_config: dict, federation: 
             del os.environ["PYTHONPATH"]
         else:
             os.environ["PYTHONPATH"] = saved
+
+
+def run_configured(
+    cfg: FedRecConfig, clientapp: str, log_folder: Path, serverapp: str = "fedrec.server.app:app"
+) -> None:
+    """:func:`run_test_apps` with ``cfg``'s run configuration and federation."""
+    run_test_apps(serverapp, clientapp, cfg.to_run_config(), federation_config(cfg), log_folder)

@@ -26,9 +26,9 @@ from fedrec.protocol.records import CLIENT_DP_CLIP as CLIP_KEY
 from fedrec.protocol.records import CLIENT_DP_NOISE_STD as NOISE_STD_KEY
 from fedrec.protocol.records import UPDATE_NORM as NORM_KEY
 from fedrec.protocol.secagg import SECAGG_RECORD, STAGE_COLLECT
-from fedrec.simulation.runner import absolute_paths, federation_config, simulate
+from fedrec.simulation.runner import absolute_paths, simulate
 from fedrec.tasks.preference.scoring import scorer_for
-from tests.conftest import run_test_apps
+from tests.conftest import run_configured
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -156,7 +156,7 @@ def test_distributed_noise_under_secure_aggregation_accounts_for_drop_outs(tmp_p
     )
     cfg = absolute_paths(cfg)
     client_app = "tests.test_client_dp:drop_partition_zero_app"
-    run_test_apps("fedrec.server.app:app", client_app, cfg.to_run_config(), federation_config(cfg), tmp_path / "run")
+    run_configured(cfg, client_app, tmp_path / "run")
     rounds = _rounds(tmp_path / "run")
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     effective = sigma * math.sqrt(2 / 3)  # 2 of 3 noise shares survived

@@ -36,10 +36,10 @@ from fedrec.privacy.record_level import PrivateTraining, plan_round
 from fedrec.protocol.records import NUM_EXAMPLES, SECONDS, STEPS, TRAIN_LOSS, UPDATE_NORM
 from fedrec.protocol.replies import reply_metrics
 from fedrec.protocol.secagg import CLEAR_METRICS
-from fedrec.simulation.runner import federation_config, simulate
+from fedrec.simulation.runner import simulate
 from fedrec.tasks.collaborative.training import BPRTraining, Likes, catalog_order, fold_in, train_bpr
 from fedrec.tasks.preference.dataset import load_federated_data, load_split
-from tests.conftest import run_test_apps
+from tests.conftest import run_configured
 
 
 def _planted_likes(users: int = 40, items: int = 30, per_user: int = 10, seed: int = 0) -> tuple[Likes, set[int]]:
@@ -154,13 +154,7 @@ def mf_run(tmp_path_factory):
     overrides = {"recommender": "mf", "secure-aggregation": True, "mf-dim": 8, "out": str(folder / "run")}
     overrides |= {"client-state-dir": str(folder / "nodes"), "item-statistics": True, "mf-popularity-weight": 0.5}
     cfg = resolve_config("smoke", overrides=overrides)
-    run_test_apps(
-        "fedrec.server.app:app",
-        "tests.test_collaborative:logged_client_app",
-        cfg.to_run_config(),
-        federation_config(cfg),
-        folder / "flower",
-    )
+    run_configured(cfg, "tests.test_collaborative:logged_client_app", folder / "flower")
     return cfg, folder
 
 

@@ -14,8 +14,7 @@ from opacus.accountants.rdp import RDPAccountant
 from fedrec.config import resolve_config
 from fedrec.models.collaborative import ITEM_BIASES, ITEM_EMBEDDINGS
 from fedrec.protocol.secagg import CLEAR_METRICS
-from fedrec.simulation.runner import federation_config
-from tests.conftest import run_test_apps
+from tests.conftest import run_configured
 
 USERS, RATE, ROUNDS = 50, 0.2, 3
 OVERRIDES = {
@@ -42,13 +41,7 @@ def per_user_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cross-device")
     overrides = {**OVERRIDES, "out": str(folder / "run"), "client-state-dir": str(folder / "nodes")}
     cfg = resolve_config("smoke", overrides=overrides)
-    run_test_apps(
-        "fedrec.server.app:app",
-        "tests.test_collaborative:logged_client_app",
-        cfg.to_run_config(),
-        federation_config(cfg),
-        folder / "flower",
-    )
+    run_configured(cfg, "tests.test_collaborative:logged_client_app", folder / "flower")
     rounds = [json.loads(line) for line in (folder / "run" / "rounds.jsonl").read_text().splitlines()]
     return cfg, folder, rounds
 

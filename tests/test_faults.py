@@ -18,10 +18,10 @@ from fedrec.client.app import build_client_app
 from fedrec.config import resolve_config
 from fedrec.models.adapter import adapter_state
 from fedrec.protocol.secagg import MASKED_RECORD, SECAGG_RECORD, STAGE_COLLECT, WEIGHT_KEY
-from fedrec.simulation.runner import absolute_paths, federation_config
+from fedrec.simulation.runner import absolute_paths
 from fedrec.strategies.aggregation import update_fault
 from fedrec.tasks.preference.scoring import scorer_for
-from tests.conftest import run_test_apps
+from tests.conftest import run_configured
 
 
 def _corrupt(arrays: ArrayRecord, how: str) -> ArrayRecord:
@@ -73,9 +73,7 @@ faulty_partitions_app = build_client_app(outer_mods=[_faulty_partitions])
 
 def _run(cfg, client_app: str) -> None:
     cfg = absolute_paths(cfg)
-    run_test_apps(
-        "fedrec.server.app:app", client_app, cfg.to_run_config(), federation_config(cfg), Path(cfg.server.out)
-    )
+    run_configured(cfg, client_app, Path(cfg.server.out))
 
 
 def test_faulty_clients_are_left_out_with_a_reason_and_the_round_completes(tmp_path):

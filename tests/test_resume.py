@@ -28,8 +28,8 @@ from fedrec.server.app import run_server
 from fedrec.server.checkpoint import CheckpointError, ServerCheckpoint, read_checkpoint, write_checkpoint
 from fedrec.server.owner import OWNER_PID_ENV
 from fedrec.server.results import ResultsFolderError, ResultsWriter, check_fresh, failure
-from fedrec.simulation.runner import absolute_paths, federation_config, resume, simulate
-from tests.conftest import REPO, run_test_apps
+from fedrec.simulation.runner import absolute_paths, resume, simulate
+from tests.conftest import REPO, run_configured
 
 OVERRIDES = {
     "num-server-rounds": 3,
@@ -161,10 +161,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path, reference):
 def test_a_failed_run_is_marked_resumes_to_the_uninterrupted_result_or_is_set_aside(tmp_path, reference):
     cfg = absolute_paths(resolve_config("smoke", overrides=dict(OVERRIDES, out=str(tmp_path / "failed"))))
     out = Path(cfg.server.out)
-    run_test_apps(
-        "tests.test_resume:fail_in_round_two_app", "fedrec.client.app:app", cfg.to_run_config(),
-        federation_config(cfg), out,
-    )  # fmt: skip
+    run_configured(cfg, "fedrec.client.app:app", out, serverapp="tests.test_resume:fail_in_round_two_app")
     assert failure(out) == "RuntimeError: the grid broke in round 2"
     assert read_checkpoint(out).round == 1 and not (out / "summary.json").exists()
     check_fresh(out)  # a new run may take the folder: it sets the failed run aside

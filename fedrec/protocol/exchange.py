@@ -1,5 +1,6 @@
-"""Grid plumbing: a ``Grid`` that forwards every call to another grid (wrappers override
-what they change), and pushing messages while handling replies as they arrive.
+"""Grid and strategy plumbing: a ``Grid`` and a ``Strategy`` that forward every call to
+another one (wrappers override what they change), and pushing messages while handling
+replies as they arrive.
 """
 
 from __future__ import annotations
@@ -7,8 +8,9 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 
-from flwr.app import Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
 from flwr.supercore.run import Run
 
 POLL_SECONDS = (0.005, 0.1)  # shortest and longest wait between pulls for replies
@@ -43,6 +45,34 @@ class DelegatingGrid(Grid):
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:  # noqa: D102
         return self._grid.send_and_receive(messages, timeout=timeout)
+
+
+class DelegatingStrategy(Strategy):
+    """Forwards the whole ``Strategy`` interface to ``strategy``."""
+
+    def __init__(self, strategy: Strategy) -> None:
+        self.strategy = strategy
+
+    def configure_train(  # noqa: D102
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.strategy.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(  # noqa: D102
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        return self.strategy.aggregate_train(server_round, replies)
+
+    def configure_evaluate(  # noqa: D102
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:  # noqa: D102
+        return self.strategy.aggregate_evaluate(server_round, replies)
+
+    def summary(self) -> None:  # noqa: D102
+        self.strategy.summary()
 
 
 def replies_as_they_arrive(grid: Grid, messages: list[Message], timeout: float | None) -> Iterator[Message]:

@@ -1,3 +1,4 @@
-"""Client-level DP: each client clips its update (:mod:`.mod`, the client's mod) and the
-server's Strategy wrapper noises the mean and accounts the release (:mod:`.strategy`).
+"""Client-level DP: each client clips its update (:mod:`.mod`, the client's mod), the
+server's Strategy wrapper noises the sum and accounts the release (:mod:`.strategy`),
+with the amplification of Poisson-sampled clients when on (:mod:`.sampling`).
 """

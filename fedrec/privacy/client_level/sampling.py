@@ -16,18 +16,21 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from ...protocol.exchange import DelegatingStrategy
 
-class PoissonSampling(Strategy):
+
+class PoissonSampling(DelegatingStrategy):
     """Wraps ``strategy``; each round trains the nodes that an independent coin of bias ``rate`` picked."""
 
     def __init__(self, strategy: Strategy, rate: float, rng: np.random.Generator) -> None:
         if not 0 < rate <= 1:
             raise ValueError(f"sampling rate must be in (0, 1], got {rate}")
-        self.strategy, self.rate, self.rng = strategy, rate, rng
+        super().__init__(strategy)
+        self.rate, self.rng = rate, rng
         self.population = 0  # nodes the latest round drew from
 
     def configure_train(
@@ -38,26 +41,6 @@ class PoissonSampling(Strategy):
         self.population = len(messages)
         picked = self.rng.random(len(messages)) < self.rate
         return [msg for msg, keep in zip(messages, picked, strict=True) if keep]
-
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """As the wrapped strategy."""
-        return self.strategy.aggregate_train(server_round, replies)
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """As the wrapped strategy."""
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """As the wrapped strategy."""
-        return self.strategy.aggregate_evaluate(server_round, replies)
-
-    def summary(self) -> None:
-        """As the wrapped strategy."""
-        self.strategy.summary()
 
     def state_dict(self) -> dict[str, Any]:
         """The generator's state (JSON-able)."""

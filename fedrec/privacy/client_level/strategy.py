@@ -34,6 +34,7 @@ from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
 from ...config import ClientDPConfig
+from ...protocol.exchange import DelegatingStrategy
 from ...protocol.records import ARRAYS, CLIENT_DP_CLIP, CLIENT_DP_NOISE_STD, CONFIG
 from ...protocol.replies import is_declined
 from ..ledger import PersistentAccountant
@@ -41,11 +42,12 @@ from .mechanism import client_noise_std, clip_update, effective_noise_multiplier
 from .sampling import PoissonSampling
 
 
-class ClientLevelDP(Strategy):
+class ClientLevelDP(DelegatingStrategy):
     """Wraps ``strategy``; every training round releases a clipped, noised mean."""
 
     def __init__(self, strategy: Strategy, dp: ClientDPConfig, summed_securely: bool = False, seed: int = 0) -> None:
-        self.strategy, self.dp, self.summed_securely = strategy, dp, summed_securely
+        super().__init__(strategy)
+        self.dp, self.summed_securely = dp, summed_securely
         self.sampling = strategy if isinstance(strategy, PoissonSampling) else None
         self.accountant = PersistentAccountant("rdp")
         self.last_noise_multiplier: float | None = None  # of the latest release; None: nothing released
@@ -158,16 +160,6 @@ class ClientLevelDP(Strategy):
             for name, delta in zip(start, deltas, strict=True):
                 total[name] += delta
         return total
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """As the wrapped strategy."""
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """As the wrapped strategy."""
-        return self.strategy.aggregate_evaluate(server_round, replies)
 
     def summary(self) -> None:
         """The wrapped strategy's summary, then the DP settings."""
