@@ -93,3 +93,18 @@ def test_check_validates_without_writing_and_resume_of_a_folder_without_a_run_is
     assert main(["simulate", "--resume", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "nowhere/config.toml does not exist" in err
+
+
+@pytest.mark.parametrize(
+    ("settings", "warning"),
+    [
+        (["secure-aggregation=true", "num-shares=3", "reconstruction-threshold=3"], "tolerates no drop-out"),
+        (["client-sampling=poisson", "fraction-train=0.2"], r"expects 0\.60 clients per round .* 51% of the rounds"),
+    ],
+)
+def test_fragile_settings_are_warned_about_at_start_up(tmp_path, capsys, settings, warning):
+    overrides = [arg for setting in settings for arg in ("--set", setting)]
+    out = tmp_path / "out"
+    assert main(["simulate", "--preset", "smoke", *_csv(tmp_path, GOOD), *overrides, "--check", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("fedrec: warning: ") and re.search(warning, err), err

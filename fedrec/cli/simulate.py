@@ -51,13 +51,15 @@ def run(args: argparse.Namespace) -> int:
     tables or results folder, found before anything is written or started.
     """
     from ..simulation.engine import EngineError
-    from ..simulation.preflight import preflight
+    from ..simulation.preflight import preflight, start_up_warnings
     from ..simulation.report import summary_table
     from ..simulation.runner import SimulationError, absolute_paths, resume_config, simulate
 
     cfg = None
     try:
         cfg = absolute_paths(resume_config(args.resume) if args.resume else config_from_args(args))
+        for warning in start_up_warnings(cfg):
+            print(f"fedrec: warning: {warning}", file=sys.stderr)
         if args.check:
             data = preflight(cfg)
             users = sum(len(p) for p in data.partitions)

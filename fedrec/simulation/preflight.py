@@ -31,6 +31,25 @@ def preflight(cfg: FedRecConfig) -> FederatedData:
     return data
 
 
+def start_up_warnings(cfg: FedRecConfig) -> list[str]:
+    """Settings that are valid but make a run fragile or mostly idle, each with the reason."""
+    found = []
+    secagg = cfg.secagg
+    if secagg.secure_aggregation and secagg.reconstruction_threshold == secagg.num_shares:
+        found.append(
+            f"reconstruction-threshold = num-shares = {secagg.num_shares}: secure aggregation tolerates no drop-out "
+            "(one node that leaves fails the round of its neighbours)"
+        )
+    federation = cfg.federation
+    expected = federation.fraction_train * federation.num_clients
+    if federation.client_sampling == "poisson" and expected < 1:
+        found.append(
+            f"client-sampling = 'poisson' expects {expected:.2f} clients per round (fraction-train x num-clients): "
+            f"{(1 - federation.fraction_train) ** federation.num_clients:.0%} of the rounds train nobody"
+        )
+    return found
+
+
 def _check_item_tables(path: Path, dim: int, num_items: int) -> None:
     """``path`` holds an mf run's item embeddings for this catalog, ``dim`` wide."""
     try:
