@@ -153,6 +153,11 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="scale-"))
     rows, memory = [], []
+    for users in args.memory_users:
+        small = folder / f"users-{users}"
+        small.mkdir()
+        run = run_fedrec(small, users, args.sampled[0], "plain", write_dataset(small, users))
+        memory.append({"users": users, "sampled": args.sampled[0], **run})
     paths = write_dataset(folder, args.users)
     for sampled in args.sampled:
         row: dict = {"users": args.users, "sampled": sampled}
@@ -161,12 +166,6 @@ def main() -> None:
             print(json.dumps({"sampled": sampled, mode: row[mode]}), flush=True)
         row["floor_round_seconds"] = run_floor(args.users, sampled, row[args.modes[0]]["adapter_bytes"] // 4)
         rows.append(row)
-        _write(args, rows, memory)
-    for users in args.memory_users:
-        small = folder / f"users-{users}"
-        small.mkdir()
-        run = run_fedrec(small, users, args.sampled[0], "plain", write_dataset(small, users))
-        memory.append({"users": users, "sampled": args.sampled[0], **run})
         _write(args, rows, memory)
 
 
