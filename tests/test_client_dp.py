@@ -26,6 +26,7 @@ from fedrec.protocol.records import CLIENT_DP_CLIP as CLIP_KEY
 from fedrec.protocol.records import CLIENT_DP_NOISE_STD as NOISE_STD_KEY
 from fedrec.protocol.records import UPDATE_NORM as NORM_KEY
 from fedrec.protocol.secagg import SECAGG_RECORD, STAGE_COLLECT
+from fedrec.server.federation import compose
 from fedrec.simulation.runner import absolute_paths, simulate
 from fedrec.tasks.preference.scoring import scorer_for
 from tests.conftest import run_configured
@@ -234,3 +235,13 @@ def test_a_poisson_round_that_sampled_no_client_releases_the_noise_alone():
     noise = (released["w"].numpy().astype(np.float64) - 1.0) * 1e-9 * 4
     assert noise.std() == pytest.approx(2.0 * 0.5, rel=0.03)
     assert strategy.accountant.history == [(2.0, 1e-9, 1)]
+
+
+def test_with_secure_noise_the_servers_client_level_noise_and_sample_do_not_follow_the_seed():
+    def draws(secure: bool) -> tuple[float, float]:
+        overrides = {"client-dp": True, "client-sampling": "poisson", "fraction-train": 0.5, "secure-noise": secure}
+        federation = compose(resolve_config("smoke", overrides=overrides), grid=None)
+        return float(federation.client_dp.rng.random()), float(federation.sampling.rng.random())
+
+    assert draws(False) == draws(False)  # a simulation reproduces its run
+    assert draws(True) != draws(True)

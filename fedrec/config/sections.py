@@ -292,8 +292,8 @@ class RecordDPConfig(Section):
     secure_noise: bool = option(
         False,
         "draw DP-SGD's noise and Poisson sample from a generator seeded by the OS's CSPRNG with Opacus's secure "
-        "Gaussian sampling (false: from the run's seed, reproducible, so anyone who knows the config can recompute "
-        "the noise; for simulations only)",
+        "Gaussian sampling, and the server's client-level noise and client sample from the OS (false: from the "
+        "run's seed, reproducible, so anyone who knows the config can recompute the noise; for simulations only)",
     )
 
     def validate(self) -> None:

@@ -96,8 +96,9 @@ def compose(cfg: FedRecConfig, grid: Grid) -> Federation:
         weighting = (CLIENT_DP_WEIGHT, 1.0) if cfg.client_dp.client_dp else (NUM_EXAMPLES, cfg.secagg.max_weight)
         masking = masking_parameters(cfg.secagg, *weighting, secure_metrics=(TRAIN_LOSS,))
         federation.secure = SecAggGrid(federation.recording, cfg.secagg, masking, seed=cfg.federation.seed)
+    secret = cfg.record_dp.secure_noise  # the server's draws come from the OS, not from the run's seed
     if cfg.federation.client_sampling == "poisson":  # the strategy addresses every node; this keeps some
-        entropy = None if cfg.record_dp.secure_noise else (cfg.federation.seed, SAMPLING_STREAM)  # None: the OS's
+        entropy = None if secret else (cfg.federation.seed, SAMPLING_STREAM)
         rng = np.random.default_rng(entropy)
         federation.sampling = PoissonSampling(aggregation, cfg.federation.fraction_train, rng)
     if cfg.client_dp.client_dp:
@@ -105,6 +106,6 @@ def compose(cfg: FedRecConfig, grid: Grid) -> Federation:
             federation.sampling or aggregation,
             cfg.client_dp,
             summed_securely=federation.secure is not None,
-            seed=cfg.federation.seed,
+            seed=None if secret else cfg.federation.seed,
         )
     return federation

@@ -45,7 +45,10 @@ from .sampling import PoissonSampling
 class ClientLevelDP(DelegatingStrategy):
     """Wraps ``strategy``; every training round releases a clipped, noised mean."""
 
-    def __init__(self, strategy: Strategy, dp: ClientDPConfig, summed_securely: bool = False, seed: int = 0) -> None:
+    def __init__(
+        self, strategy: Strategy, dp: ClientDPConfig, summed_securely: bool = False, seed: int | None = None
+    ) -> None:
+        """``seed``: of the central noise (reproducible simulations); None draws it from the OS."""
         super().__init__(strategy)
         self.dp, self.summed_securely = dp, summed_securely
         self.sampling = strategy if isinstance(strategy, PoissonSampling) else None
