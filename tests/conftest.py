@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from fedrec.config import FedRecConfig, TrainingConfig, resolve_config
 from fedrec.models.backbone import load_backbone
 from fedrec.models.lora import LoraSettings
 from fedrec.models.scorer import Scorer
+from fedrec.server.owner import OWNER_PID_ENV, processes_marked
 from fedrec.simulation.engine import FlowerApp
 from fedrec.simulation.runner import federation_config, run_apps, simulate
 from fedrec.tasks.preference.prompt import PREFERENCE_QUESTION
@@ -113,3 +115,14 @@ def run_configured(
 ) -> None:
     """:func:`run_test_apps` with ``cfg``'s run configuration and federation."""
     run_test_apps(serverapp, clientapp, cfg.to_run_config(), federation_config(cfg), log_folder)
+
+
+def processes_left_by(owner_pid: int, limit: float = 30.0) -> list[int]:
+    """Processes of the run that ``owner_pid`` started still there after ``limit`` seconds
+    (a SIGKILLed process may take a moment to go; Flower's SuperExec and simulation
+    process are in other sessions).
+    """
+    deadline = time.monotonic() + limit
+    while (left := processes_marked([f"{OWNER_PID_ENV}={owner_pid}"])) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left

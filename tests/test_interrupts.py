@@ -17,8 +17,9 @@ import pytest
 from fedrec.cli import main
 from fedrec.cli.simulate import INTERRUPTED
 from fedrec.server.checkpoint import read_checkpoint
-from fedrec.server.owner import OWNER_PID_ENV, TOKEN_ENV, kill_marked, processes_marked
+from fedrec.server.owner import TOKEN_ENV, kill_marked, processes_marked
 from fedrec.server.results import check_fresh
+from tests.conftest import processes_left_by
 
 FEDREC = Path(sys.executable).parent / "fedrec"
 LIMIT = 300.0  # seconds any phase may take here; every wait below is bounded by it
@@ -49,25 +50,6 @@ def _terminate(child: subprocess.Popen) -> tuple[int, str]:
     return child.returncode, err
 
 
-def _left_behind(pid: int, limit: float = 30.0) -> list[str]:
-    """Processes of the run started by ``pid`` still there after ``limit`` seconds (a
-    SIGKILLed process may take a moment to go).
-    """
-    marker = f"{OWNER_PID_ENV}={pid}".encode()
-    deadline = time.monotonic() + limit
-    while True:
-        found = []
-        for entry in Path("/proc").glob("[0-9]*"):
-            try:
-                if marker in (entry / "environ").read_bytes().split(b"\0"):
-                    found.append(entry.name)
-            except OSError:
-                continue
-        if not found or time.monotonic() > deadline:
-            return found
-        time.sleep(0.2)
-
-
 def _rounds_done(out: Path) -> int:
     path = out / "rounds.jsonl"
     lines = path.read_text().splitlines() if path.exists() else []
@@ -85,7 +67,7 @@ def test_sigterm_stops_the_run_and_its_processes_and_says_how_to_go_on(tmp_path,
     code, err = _terminate(child)
     assert code == INTERRUPTED, err
     last = err.strip().splitlines()[-1]
-    assert not _left_behind(child.pid)  # SuperLink, SuperExec, simulation and Ray processes are gone
+    assert not processes_left_by(child.pid)  # SuperLink, SuperExec, simulation and Ray processes are gone
     assert not (out / "summary.json").exists()
     if (out / "checkpoint").exists():
         assert last == f"fedrec: interrupted; continue with: fedrec simulate --resume {out}"
@@ -105,7 +87,7 @@ def test_sigterm_while_the_harness_completes_the_summary_leaves_it_for_resume(tm
     child = _start(out, "num-server-rounds=1")
     _wait_for(lambda: (out / "summary.json").exists(), child)
     code, err = _terminate(child)
-    assert not _left_behind(child.pid)
+    assert not processes_left_by(child.pid)
     if code == INTERRUPTED:  # (else the harness was quicker than this test: nothing to resume)
         last = err.strip().splitlines()[-1]
         assert (

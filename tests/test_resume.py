@@ -26,10 +26,9 @@ from fedrec.privacy.ledger import load_ledger
 from fedrec.protocol.exchange import DelegatingGrid
 from fedrec.server.app import run_server
 from fedrec.server.checkpoint import CheckpointError, ServerCheckpoint, read_checkpoint, write_checkpoint
-from fedrec.server.owner import OWNER_PID_ENV
 from fedrec.server.results import ResultsFolderError, ResultsWriter, check_fresh, failure
 from fedrec.simulation.runner import absolute_paths, resume, simulate
-from tests.conftest import REPO, run_configured
+from tests.conftest import REPO, processes_left_by, run_configured
 
 OVERRIDES = {
     "num-server-rounds": 3,
@@ -102,24 +101,8 @@ def _run_until_round(out, last_round: int, limit: float = 420.0) -> None:
     finally:
         os.killpg(child.pid, signal.SIGKILL)
         child.wait(timeout=30)
-    _wait_until_gone(f"{OWNER_PID_ENV}={child.pid}".encode())
-
-
-def _wait_until_gone(marker: bytes, limit: float = 30.0) -> None:
-    """Every process started for the killed run (Flower's SuperExec and simulation process
-    are in other sessions) ends: the ServerApp stops when its owner is gone.
-    """
-    deadline = time.monotonic() + limit
-    while left := [e.name for e in Path("/proc").glob("[0-9]*") if marker in _environ(e)]:
-        assert time.monotonic() < deadline, f"processes of the killed run still run: {left}"
-        time.sleep(0.2)
-
-
-def _environ(entry: Path) -> list[bytes]:
-    try:
-        return (entry / "environ").read_bytes().split(b"\0")
-    except OSError:
-        return []
+    left = processes_left_by(child.pid)  # the ServerApp stops its run when its owner is gone
+    assert not left, f"processes of the killed run still run: {left}"
 
 
 @pytest.fixture(scope="module")

@@ -107,8 +107,7 @@ class ClientLevelDP(DelegatingStrategy):
         total = self._sum_update(trained, start)
         sigma = effective_noise_multiplier(self.dp, self._sampled, survivors)
         if self.dp.client_dp_noise == "central":
-            std = self.dp.client_dp_noise_multiplier * self.dp.client_dp_clip
-            total = {name: d + self.rng.normal(0.0, std, d.shape) for name, d in total.items()}
+            total = {name: d + noise for (name, d), noise in zip(total.items(), self._noise(total), strict=True)}
         self._account(sigma)
         log(
             INFO,
@@ -124,11 +123,15 @@ class ClientLevelDP(DelegatingStrategy):
     def _release_noise_alone(self, current: ArrayRecord) -> ArrayRecord:
         """The global adapter plus the mechanism's noise over the expected sample size."""
         start = {name: array.numpy().astype(np.float64) for name, array in current.items()}
-        std = self.dp.client_dp_noise_multiplier * self.dp.client_dp_clip
-        noise = {name: self.rng.normal(0.0, std, values.shape) for name, values in start.items()}
+        noise = dict(zip(start, self._noise(start), strict=True))
         self._account(self.dp.client_dp_noise_multiplier)
         log(INFO, "client-level DP: no client sampled; the noise alone is released")
         return self._released(current, start, noise, self._denominator(0))
+
+    def _noise(self, like: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The server's Gaussian noise on a sum: ``noise-multiplier * clip`` per value."""
+        std = self.dp.client_dp_noise_multiplier * self.dp.client_dp_clip
+        return [self.rng.normal(0.0, std, values.shape) for values in like.values()]
 
     def _account(self, sigma: float) -> None:
         rate = self.sampling.rate if self.sampling is not None else 1.0
