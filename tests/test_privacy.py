@@ -25,6 +25,16 @@ def _examples(scorer, n=48):
     return scorer.prefix_states(scorer.encode(texts)), torch.tensor([i % 2 for i in range(n)])
 
 
+def test_a_long_ledger_gives_opacus_epsilon_of_its_raw_history_with_equal_entries_summed():
+    history = [(0.9, 0.1, 1), (4.0, 1.0, 1), *[(0.9, 0.1, 1), (0.7, 0.1, 2)] * 10]  # one entry a round
+    ledger = PersistentAccountant("rdp", history)
+    raw = RDPAccountant()
+    raw.history = list(history)
+    assert ledger.opacus().history == [(0.9, 0.1, 11), (4.0, 1.0, 1), (0.7, 0.1, 20)]
+    assert ledger.epsilon(1e-3) == pytest.approx(raw.get_epsilon(delta=1e-3), rel=1e-3)
+    assert ledger.history == history  # what is stored (and audited) stays entry by entry
+
+
 def test_dp_step_changes_only_lora_and_keeps_frozen_weights_bit_identical(scorer):
     states, labels = _examples(scorer)
     before = {n: p.detach().clone() for n, p in scorer.named_parameters()}

@@ -42,9 +42,15 @@ class PersistentAccountant:
             raise ValueError(f"accountant must be one of {ACCOUNTANTS}, got '{self.mechanism}'")
 
     def opacus(self) -> IAccountant:
-        """A fresh Opacus accountant holding this history."""
+        """A fresh Opacus accountant holding this history, with the steps of equal
+        ``(noise_multiplier, sample_rate)`` entries summed (composition commutes, so the
+        guarantee is the same; the cost of an epsilon then stays flat as rounds add entries).
+        """
+        steps: dict[tuple[float, float], int] = {}
+        for noise_multiplier, sample_rate, count in self.history:
+            steps[(noise_multiplier, sample_rate)] = steps.get((noise_multiplier, sample_rate), 0) + count
         accountant = create_accountant(self.mechanism)
-        accountant.history = list(self.history)
+        accountant.history = [(sigma, rate, count) for (sigma, rate), count in steps.items()]
         return accountant
 
     def epsilon(self, delta: float) -> float:
