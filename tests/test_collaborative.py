@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from flwr.app import Context, Message
+from flwr.app import Array, ArrayRecord, Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 from opacus.accountants import RDPAccountant
 from safetensors.torch import load_file
@@ -37,8 +37,13 @@ from fedrec.protocol.records import NUM_EXAMPLES, SECONDS, STEPS, TRAIN_LOSS, UP
 from fedrec.protocol.replies import reply_metrics
 from fedrec.protocol.secagg import CLEAR_METRICS
 from fedrec.simulation.runner import simulate
+from fedrec.tasks.collaborative.evaluation import CollaborativeEvaluator
+from fedrec.tasks.collaborative.priors import ItemCounts, like_rate_logits, logit
 from fedrec.tasks.collaborative.training import BPRTraining, Likes, catalog_order, fold_in, train_bpr
+from fedrec.tasks.preference.baselines import preference_baselines
 from fedrec.tasks.preference.dataset import load_federated_data, load_split
+from fedrec.tasks.preference.evaluation import preference_metrics
+from fedrec.tasks.preference.examples import PreferenceExample
 from tests.conftest import run_configured
 
 
@@ -125,6 +130,44 @@ def test_the_collaborative_model_refuses_lora_settings_and_federated_evaluation(
         FedRecConfig.from_mapping({"recommender": "mf", "fraction-evaluate": 0.5})
     with pytest.raises(ConfigError, match="recommender"):
         FedRecConfig.from_mapping({"recommender": "svd"})
+    with pytest.raises(ConfigError, match=r"mf-fold-in .* record-level DP"):
+        FedRecConfig.from_mapping({"recommender": "mf", "mf-fold-in": True, "dp": True})
+    with pytest.raises(ConfigError, match="mf-like-rate-weight > 0 needs item-statistics"):
+        FedRecConfig.from_mapping({"recommender": "mf", "mf-like-rate-weight": 1.0})
+
+
+def test_like_rates_are_the_federated_counts_smoothed_more_the_noisier_they_are():
+    counts = ItemCounts(np.array([10.0, 0.0, -3.0]), np.array([8.0, 0.0, 1.0]))  # -3 ratings read as 0
+    overall = 9 / 10  # likes 8 + 0 + 1 over ratings 10 + 0 + 0
+    assert counts.overall_like_rate() == pytest.approx(overall)
+    assert np.allclose(counts.like_rates(), [(8 + 5 * overall) / 15, overall, overall])  # unrated: the overall rate
+    noisy = ItemCounts(counts.ratings, counts.likes, noise_std=20.0)
+    assert np.allclose(noisy.like_rates()[0], (8 + 25 * overall) / 35)
+    history = ((("1", True), ("2", True), ("3", False)), ())  # a user with 2 likes of 3, one without history
+    examples = [PreferenceExample("a", "1", 1, history[0]), PreferenceExample("b", "3", 0, history[1])]
+    users = np.array([(2 + 5 * overall) / 8, overall])
+    expected = logit(users) + logit(counts.like_rates()[[0, 2]])
+    assert np.allclose(like_rate_logits(counts, examples, [0, 2]), expected)
+
+
+def test_the_like_rate_prior_adds_user_and_item_logits_to_preference_scores():
+    cfg = resolve_config("smoke")
+    central = load_split(cfg.data, cfg.federation.seed, cfg.evaluation.eval_users)
+    items = catalog_order(central.data.items["item"])
+    counts = ItemCounts(*user_contributions(central.split.train_interactions, 3.0, items, 1000.0))  # exact
+    zero = ArrayRecord(
+        {
+            ITEM_EMBEDDINGS: Array(np.zeros((len(items), 8), np.float32)),
+            ITEM_BIASES: Array(np.zeros(len(items), np.float32)),
+        }
+    )
+    assert CollaborativeEvaluator(central, 3.0, 8)(zero, rank=False)["auc"] == pytest.approx(0.5)  # all ties
+    evaluator = CollaborativeEvaluator(central, 3.0, 8, item_counts=counts, like_rate_weight=2.0)
+    expected = 2.0 * like_rate_logits(counts, evaluator.examples, [items.index(ex.item) for ex in evaluator.examples])
+    metrics = evaluator(zero, rank=False)  # zero tables: the MF part scores 0, the prior is all there is
+    assert metrics["auc"] == pytest.approx(preference_metrics(evaluator.examples, expected)["auc"])
+    baseline = preference_baselines(central.split, evaluator.examples)["user+item"]  # the same rates, exact counts
+    assert metrics["auc"] == pytest.approx(baseline["auc"], abs=0.02)
 
 
 def _array_shapes(message: Message) -> list[list]:

@@ -13,6 +13,7 @@ from opacus.accountants.rdp import RDPAccountant
 
 from fedrec.config import resolve_config
 from fedrec.models.collaborative import ITEM_BIASES, ITEM_EMBEDDINGS
+from fedrec.protocol.records import ITEM_LIKES, ITEM_RATINGS
 from fedrec.protocol.secagg import CLEAR_METRICS
 from tests.conftest import run_configured
 
@@ -31,6 +32,11 @@ OVERRIDES = {
     "client-dp-clip": 0.5,
     "client-dp-noise-multiplier": 1.0,
     "dp": False,  # user-level DP only
+    "mf-fold-in": True,  # each client fits its user's embedding before its BPR step
+    "item-statistics": True,  # one user-level release before round 1, composed into the user-level epsilon
+    "item-statistics-noise": 4.0,
+    "mf-popularity-weight": 0.5,
+    "mf-like-rate-weight": 1.0,
     "num-server-rounds": ROUNDS,
     "ranking-users": 0,
 }
@@ -60,6 +66,12 @@ def test_per_user_clients_are_poisson_sampled_and_user_level_epsilon_is_the_subs
         assert r["client_level_epsilon"] == pytest.approx(get_privacy_spent(orders=orders, rdp=rdp, delta=delta)[0])
     summary = json.loads((folder / "run" / "summary.json").read_text())
     assert summary["client_dp"]["epsilon"] == pytest.approx(rounds[-1]["client_level_epsilon"])
+    # the whole run: the item statistics' Gaussian (multiplier 4, once) and the rounds, composed in RDP
+    rdp = compute_rdp(q=1.0, noise_multiplier=4.0, steps=1, orders=orders)
+    rdp = rdp + compute_rdp(q=RATE, noise_multiplier=1.0, steps=ROUNDS, orders=orders)
+    composed = get_privacy_spent(orders=orders, rdp=rdp, delta=delta)[0]
+    assert summary["client_dp"]["user_level_epsilon"] == pytest.approx(composed)
+    assert summary["client_dp"]["user_level_epsilon"] > summary["client_dp"]["epsilon"]
 
 
 def test_no_message_carries_a_user_embedding_or_a_users_interactions(per_user_run):
@@ -71,7 +83,11 @@ def test_no_message_carries_a_user_embedding_or_a_users_interactions(per_user_ru
         stored = np.load(folder / "nodes" / f"partition-{partition}" / "user-embeddings.npy")
         assert stored.shape == (1, 8)
     tables = {ITEM_EMBEDDINGS, ITEM_BIASES}
-    for entry in entries:
+    statistics = [e for e in entries if {name for name, _ in e["down"]} == {ITEM_RATINGS, ITEM_LIKES}]
+    assert len(statistics) == USERS  # every user answered the item-statistics request once, masked
+    for entry in statistics:
+        assert {name for name, _ in entry["up"]} <= {ITEM_RATINGS, ITEM_LIKES, "__weight__", "__metrics__"}
+    for entry in (e for e in entries if e not in statistics):
         assert {name for name, _ in entry["down"]} <= tables, entry  # the global item tables, nothing else
         # up: the item tables' masked update, the masked weight and metrics (the node's outermost mod logs
         # what leaves it), never the user's embedding (shape [1, 8]) or a record of its interactions

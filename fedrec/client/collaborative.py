@@ -18,7 +18,7 @@ from ..models.collaborative import MatrixFactorization, initial_user_embeddings
 from ..privacy.record_level import PrivateTraining
 from ..protocol.records import ARRAYS, CONFIG, DECLINED, NUM_EXAMPLES, SECONDS, SERVER_ROUND, STEPS, TRAIN_LOSS
 from ..protocol.replies import decline_reply, train_reply
-from ..tasks.collaborative.training import BPRTraining, Likes, catalog_order, train_bpr
+from ..tasks.collaborative.training import BPRTraining, Likes, catalog_order, fold_in, train_bpr
 from ..tasks.training import TrainResult
 from .budget import train_within_budget
 from .node import load_user_embeddings, node_data, round_seed, store_user_embeddings
@@ -42,6 +42,8 @@ def train_collaborative(message: Message, context: Context, cfg: FedRecConfig) -
     if stored is None or stored.shape != (len(users), mf.mf_dim):
         stored = initial_user_embeddings(len(users), mf.mf_dim, cfg.federation.seed * 7919 + partition_id)
     model.set_users(stored)
+    if mf.mf_fold_in:
+        fold_in(model, likes)
     training = BPRTraining(mf.mf_learning_rate, mf.mf_batch_size, mf.mf_local_epochs, seed)
 
     def run(private: PrivateTraining | None) -> TrainResult:

@@ -13,9 +13,10 @@ import pandas as pd
 
 from ..config import FedRecConfig
 from ..data.interactions import InteractionData
-from ..privacy.item_statistics import STATISTICS_FILE, popularity
-from ..protocol.records import ITEM_RATINGS
+from ..privacy.item_statistics import STATISTICS_FILE
+from ..protocol.records import ITEM_LIKES, ITEM_RATINGS
 from ..tasks.collaborative.folded import FoldedInTables
+from ..tasks.collaborative.priors import ItemCounts
 
 
 def retrieve(path: Path, history: pd.DataFrame, data: InteractionData, cfg: FedRecConfig) -> list[tuple[str, float]]:
@@ -30,7 +31,7 @@ def retrieve(path: Path, history: pd.DataFrame, data: InteractionData, cfg: FedR
     statistics = path.parent / STATISTICS_FILE
     if weight > 0 and statistics.exists():
         with np.load(statistics) as stored:
-            scores = scores + weight * popularity(stored[ITEM_RATINGS])
+            scores = scores + weight * ItemCounts(stored[ITEM_RATINGS], stored[ITEM_LIKES]).popularity()
     rated = set(history["item"].astype(str))
     order = np.argsort(-scores, kind="stable")
     return [(items[i], float(scores[i])) for i in order if items[i] not in rated]

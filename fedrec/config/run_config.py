@@ -68,8 +68,12 @@ class FedRecConfig:
         statistics = self.item_statistics
         if statistics.item_statistics and self.record_dp.dp and statistics.item_statistics_noise == 0:
             raise ConfigError("with dp = true, item-statistics-noise must be > 0 (exact counts are not private)")
-        if self.collaborative.mf_popularity_weight > 0 and not statistics.item_statistics:
-            raise ConfigError("mf-popularity-weight > 0 needs item-statistics = true")
+        for key, weight in (
+            ("mf-popularity-weight", self.collaborative.mf_popularity_weight),
+            ("mf-like-rate-weight", self.collaborative.mf_like_rate_weight),
+        ):
+            if weight > 0 and not statistics.item_statistics:
+                raise ConfigError(f"{key} > 0 needs item-statistics = true")
         if self.secagg.secure_aggregation:
             try:
                 self.secagg.check_sum(self.federation.num_clients)
@@ -84,6 +88,11 @@ class FedRecConfig:
             )
         if self.federation.fraction_evaluate > 0:
             raise ConfigError("recommender = 'mf' is evaluated centrally: set fraction-evaluate = 0")
+        if self.collaborative.mf_fold_in and self.record_dp.dp:
+            raise ConfigError(
+                "mf-fold-in fits user embeddings without DP-SGD, which breaks record-level DP: "
+                "set dp = false (and client-dp = true for user-level privacy)"
+            )
 
     @property
     def freeze_lora_a(self) -> bool:

@@ -236,9 +236,20 @@ class CollaborativeConfig(Section):
         check=POSITIVE,
     )
     mf_local_epochs: int = option(1, "passes over the client's likes per round", check=POSITIVE)
+    mf_fold_in: bool = option(
+        False,
+        "before its BPR steps, a client fits its users' embeddings to their likes with the item tables fixed (as "
+        "the evaluation folds users in); not DP-SGD, so it needs dp = false (protect users with client-dp)",
+    )
     mf_popularity_weight: float = option(
         0.0,
         "weight of log(1 + an item's federated rating count) added to its score (needs item-statistics)",
+        check=NON_NEGATIVE,
+    )
+    mf_like_rate_weight: float = option(
+        0.0,
+        "weight of the like-rate logits (the item's from the federated counts, the user's from their own "
+        "ratings) added to preference scores (needs item-statistics)",
         check=NON_NEGATIVE,
     )
     item_tables: str = option(

@@ -43,11 +43,6 @@ def user_contributions(
     return ratings, likes
 
 
-def popularity(ratings: np.ndarray) -> np.ndarray:
-    """``log(1 + rating count)`` of each item, negative noisy counts read as 0."""
-    return np.log1p(np.maximum(ratings, 0.0))
-
-
 def noise_share(noise_multiplier: float, bound: float, num_clients: int) -> float:
     """The noise std each of ``num_clients`` clients adds to each count."""
     return noise_multiplier * bound / math.sqrt(num_clients)

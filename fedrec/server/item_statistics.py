@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,7 +16,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Rec
 
 from ..config import FedRecConfig
 from ..files import write_atomic
-from ..privacy.item_statistics import COUNT_UNIT, STATISTICS_FILE, popularity, user_level_epsilon
+from ..privacy.item_statistics import COUNT_UNIT, STATISTICS_FILE, user_level_epsilon
 from ..privacy.secagg.grid import SecAggGrid, masking_parameters
 from ..protocol.records import (
     ARRAYS,
@@ -30,23 +29,12 @@ from ..protocol.records import (
     STATISTICS_CLIENTS,
     TASK,
 )
+from ..tasks.collaborative.priors import ItemCounts
 from .federation import Federation
 from .privacy_log import privacy_lines
 from .results import ResultsWriter
 
 REPORT_FILE = "item-statistics.json"
-
-
-@dataclass(frozen=True)
-class ItemCounts:
-    """Each item's (noised) number of ratings and of likes, in catalog order."""
-
-    ratings: np.ndarray
-    likes: np.ndarray
-
-    def popularity(self) -> np.ndarray:
-        """``log(1 + ratings)``, negative noisy counts read as 0."""
-        return popularity(self.ratings)
 
 
 def item_statistics(
@@ -60,7 +48,9 @@ def item_statistics(
     path, report_path = folder / STATISTICS_FILE, folder / REPORT_FILE
     if path.exists() and report_path.exists():
         with np.load(path) as stored:
-            return ItemCounts(stored[ITEM_RATINGS], stored[ITEM_LIKES]), json.loads(report_path.read_text())
+            return ItemCounts(stored[ITEM_RATINGS], stored[ITEM_LIKES], _noise_std(cfg)), json.loads(
+                report_path.read_text()
+            )
     counts, report, privacy = collect_item_statistics(cfg, federation, num_items)
     writer.append_privacy(privacy)
     buffer = io.BytesIO()
@@ -122,8 +112,13 @@ def collect_item_statistics(
         "bytes_up": sum(e.num_bytes for e in exchanges if e.direction == "up"),
         "bytes_down": sum(e.num_bytes for e in exchanges if e.direction == "down"),
     }
-    counts = ItemCounts(total[ITEM_RATINGS] * COUNT_UNIT, total[ITEM_LIKES] * COUNT_UNIT)
+    counts = ItemCounts(total[ITEM_RATINGS] * COUNT_UNIT, total[ITEM_LIKES] * COUNT_UNIT, _noise_std(cfg))
     return counts, report, privacy_lines(0, exchanges)
+
+
+def _noise_std(cfg: FedRecConfig) -> float:
+    """The std of the noise on each summed count (when every node asked answered)."""
+    return cfg.item_statistics.item_statistics_noise * cfg.item_statistics.item_statistics_bound
 
 
 def _all_nodes(federation: Federation, expected: int, timeout: float) -> list[int]:

@@ -20,6 +20,7 @@ from ..models.adapter import adapter_to_arrays, frozen_a_fingerprint, load_adapt
 from ..models.collaborative import initial_item_arrays
 from ..protocol.records import BACKBONE, BACKBONE_FINGERPRINT, LORA_A_FINGERPRINT, LORA_A_ROWS
 from ..tasks.collaborative.evaluation import CollaborativeEvaluator
+from ..tasks.collaborative.priors import ItemCounts
 from ..tasks.collaborative.training import catalog_order
 from ..tasks.preference.dataset import CentralSplit, load_split
 from ..tasks.preference.evaluation import CentralEvaluator
@@ -28,7 +29,6 @@ from ..tasks.preference.signals import CollaborativeSignals, folded_tables
 from ..tasks.ranking.cases import RankingCase, ranking_cases
 from ..tasks.ranking.ranker import LLMRanker, Ranker
 from ..tasks.ranking.rerank import RerankEvaluation
-from .item_statistics import ItemCounts
 from .rounds import Evaluator
 
 
@@ -134,13 +134,21 @@ class CollaborativeModel:
 
     def evaluator(self, counts: ItemCounts | None = None) -> Evaluator:
         """Fold-in evaluation; with ``counts``, each item's score gets ``mf-popularity-weight``
-        times its federated popularity.
+        times its federated popularity, and each preference score ``mf-like-rate-weight``
+        times the like-rate logits.
         """
         central, cases = _central(self.cfg)
-        cfg = self.cfg
-        popularity = counts.popularity() * cfg.collaborative.mf_popularity_weight if counts is not None else None
+        cfg, mf = self.cfg, self.cfg.collaborative
+        popularity = counts.popularity() * mf.mf_popularity_weight if counts is not None else None
         return CollaborativeEvaluator(
-            central, cfg.data.like_threshold, cfg.collaborative.mf_dim, cases, cfg.evaluation.eval_split, popularity
+            central,
+            cfg.data.like_threshold,
+            mf.mf_dim,
+            cases,
+            cfg.evaluation.eval_split,
+            popularity,
+            counts,
+            mf.mf_like_rate_weight,
         )
 
     def request_config(self) -> dict[str, str | int]:  # noqa: D102

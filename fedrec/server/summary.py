@@ -11,6 +11,7 @@ import torch
 
 from ..config import FedRecConfig
 from ..privacy.client_level.strategy import ClientLevelDP
+from ..privacy.ledger import PersistentAccountant
 from .models import ServedModel
 from .rounds import PREFERENCE_KEYS, RANKING_KEYS
 
@@ -79,12 +80,21 @@ def composed_with_item_tables(epsilon: float, delta: float, tables: Mapping[str,
 
 
 def client_dp_summary(cfg: FedRecConfig, client_dp: ClientLevelDP) -> dict[str, Any]:
-    """The client-level guarantee of a run: epsilon at ``target-delta`` and its settings."""
-    return {
-        "epsilon": client_dp.epsilon(cfg.record_dp.target_delta),
-        "delta": cfg.record_dp.target_delta,
+    """The client-level guarantee of a run: epsilon at ``target-delta`` and its settings.
+    With one client per user and noised item statistics, ``user_level_epsilon`` composes
+    (RDP) the statistics' release with the client-level ones: the whole run's guarantee.
+    """
+    delta = cfg.record_dp.target_delta
+    summary: dict[str, Any] = {
+        "epsilon": client_dp.epsilon(delta),
+        "delta": delta,
         "clip": cfg.client_dp.client_dp_clip,
         "noise_multiplier": cfg.client_dp.client_dp_noise_multiplier,
         "noise": cfg.client_dp.client_dp_noise,
         "releases": len(client_dp.accountant.history),
     }
+    stats = cfg.item_statistics
+    if cfg.data.partitioner == "user" and stats.item_statistics and stats.item_statistics_noise > 0:
+        history = [(stats.item_statistics_noise, 1.0, 1), *client_dp.accountant.history]
+        summary["user_level_epsilon"] = PersistentAccountant("rdp", history).epsilon(delta)
+    return summary

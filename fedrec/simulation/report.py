@@ -45,8 +45,8 @@ def _privacy(summary: Mapping[str, Any]) -> str:
         eps = statistics["user_level_epsilon"]
         privacy += (
             f"\nitem statistics from {statistics['clients']} clients (noise multiplier "
-            f"{statistics['noise_multiplier']}, bound {statistics['bound']}): user-level epsilon {_cell(eps, '.3f')}, "
-            "included in the record-level epsilon above"
+            f"{statistics['noise_multiplier']}, bound {statistics['bound']}): user-level epsilon {_cell(eps, '.3f')}"
+            + (", included in the record-level epsilon above" if summary["dp"] else "")
         )
     client_dp = summary.get("client_dp")
     if client_dp is not None:
@@ -54,6 +54,11 @@ def _privacy(summary: Mapping[str, Any]) -> str:
             f"\nclient-level DP ({client_dp['noise']} noise, clip {client_dp['clip']}, noise multiplier "
             f"{client_dp['noise_multiplier']}): epsilon {client_dp['epsilon']:.3f}, delta {client_dp['delta']}"
         )
+        if "user_level_epsilon" in client_dp:
+            privacy += (
+                f"\none client per user: user-level epsilon {client_dp['user_level_epsilon']:.3f} "
+                "(the client-level releases composed with the item statistics)"
+            )
     return privacy
 
 

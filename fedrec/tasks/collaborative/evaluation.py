@@ -19,13 +19,16 @@ from ..preference.evaluation import preference_metrics
 from ..ranking.baselines import full_catalog_metrics
 from ..ranking.cases import RankingCase
 from ..ranking.ranker import ranking_metrics
+from .priors import ItemCounts, like_rate_logits
 from .training import Likes, catalog_order, fold_in
 
 
 class CollaborativeEvaluator:
     """Scores the evaluation users' held-out interactions (and ranking cases) with the
     item tables of a round, each user folded in from their training likes; ``item_prior``
-    (one value per catalog item, e.g. weighted federated popularity) is added to every score.
+    (one value per catalog item, e.g. weighted federated popularity) is added to every score,
+    and with ``item_counts`` (federated item statistics) ``like_rate_weight`` times the
+    like-rate logits to every preference score.
     """
 
     def __init__(
@@ -36,6 +39,8 @@ class CollaborativeEvaluator:
         ranking_cases: list[RankingCase] | None = None,
         part: str = "test",
         item_prior: np.ndarray | None = None,
+        item_counts: ItemCounts | None = None,
+        like_rate_weight: float = 0.0,
     ) -> None:
         self.examples = central.held_out_examples(part)
         self.cases = ranking_cases or []
@@ -53,6 +58,10 @@ class CollaborativeEvaluator:
             [[item_row[i] for i in case.candidates] for case in self.cases], dtype=torch.long
         )
         self.user_row = user_row
+        self.preference_prior = np.zeros(len(self.examples))
+        if item_counts is not None and like_rate_weight:
+            rows = self.example_items.tolist()
+            self.preference_prior = like_rate_weight * like_rate_logits(item_counts, self.examples, rows)
         self.rated = central.data.interactions.groupby("user")["item"].agg(set).to_dict()
 
     def __call__(self, arrays: ArrayRecord, rank: bool = True) -> dict[str, float]:
@@ -64,6 +73,7 @@ class CollaborativeEvaluator:
         fold_in(self.model, self.likes)
         with torch.no_grad():
             scores = self._scores(self.example_users, self.example_items[:, None])[:, 0].numpy()
+        scores = scores + self.preference_prior
         metrics: dict[str, float] = {**preference_metrics(self.examples, scores), "examples": len(self.examples)}
         if self.cases and rank:
             with torch.no_grad():
