@@ -51,9 +51,11 @@ def evaluator(cfg: FedRecConfig, part: str, counts: ItemCounts, weights: tuple[f
     return CollaborativeEvaluator(central, cfg.data.like_threshold, dim, cases, part, prior, counts, weights[1])
 
 
-def measure(cfg: FedRecConfig, tables: ArrayRecord, counts, part: str, weights: tuple[float, float]) -> dict:
-    """The metrics of the final tables on ``part`` with ``weights``."""
-    return evaluator(cfg, part, counts, weights)(tables)
+def measure(
+    cfg: FedRecConfig, tables: ArrayRecord, counts, part: str, weights: tuple[float, float], rank: bool = True
+) -> dict:
+    """The metrics of the final tables on ``part`` with ``weights`` (preference only unless ``rank``)."""
+    return evaluator(cfg, part, counts, weights)(tables, rank)
 
 
 def select(cfg: FedRecConfig, tables: ArrayRecord, counts) -> tuple[tuple[float, float], dict[str, Any]]:
@@ -84,8 +86,8 @@ def references(cfg: FedRecConfig, tables: ArrayRecord, counts) -> dict[str, dict
     zeros = zero_tables(tables)
     return {
         "federated popularity alone (private)": measure(cfg, zeros, counts, "test", (1.0, 0.0)),
-        "federated like-rates alone (private)": measure(cfg, zeros, counts, "test", (0.0, 1.0)),
-        "user+item like-rates, exact counts (non-private)": measure(cfg, zeros, exact, "test", (0, 1)),
+        "federated like-rates alone (private)": measure(cfg, zeros, counts, "test", (0.0, 1.0), rank=False),
+        "user+item like-rates, exact counts (non-private)": measure(cfg, zeros, exact, "test", (0, 1), rank=False),
     }
 
 
