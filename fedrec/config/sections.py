@@ -248,8 +248,8 @@ class CollaborativeConfig(Section):
     )
     mf_like_rate_weight: float = option(
         0.0,
-        "weight of the like-rate logits (the item's from the federated counts, the user's from their own "
-        "ratings) added to preference scores (needs item-statistics)",
+        "weight of the like-rate logits (the item's from the federated counts, the user's from the question's "
+        "history window) added to preference scores (needs item-statistics)",
         check=NON_NEGATIVE,
     )
     item_tables: str = option(

@@ -48,9 +48,8 @@ def item_statistics(
     path, report_path = folder / STATISTICS_FILE, folder / REPORT_FILE
     if path.exists() and report_path.exists():
         with np.load(path) as stored:
-            return ItemCounts(stored[ITEM_RATINGS], stored[ITEM_LIKES], _noise_std(cfg)), json.loads(
-                report_path.read_text()
-            )
+            counts = ItemCounts(stored[ITEM_RATINGS], stored[ITEM_LIKES], _noise_std(cfg))
+        return counts, json.loads(report_path.read_text())
     counts, report, privacy = collect_item_statistics(cfg, federation, num_items)
     writer.append_privacy(privacy)
     buffer = io.BytesIO()
