@@ -28,11 +28,10 @@ from fedrec.config.presets import read_config_file
 from fedrec.models.collaborative import read_item_tables
 from fedrec.privacy.item_statistics import STATISTICS_FILE, user_contributions
 from fedrec.protocol.records import ITEM_LIKES, ITEM_RATINGS
+from fedrec.server.models import central_split
 from fedrec.tasks.collaborative.evaluation import CollaborativeEvaluator
 from fedrec.tasks.collaborative.priors import ItemCounts
 from fedrec.tasks.collaborative.training import catalog_order
-from fedrec.tasks.preference.dataset import load_split
-from fedrec.tasks.ranking.cases import ranking_cases
 from fedrec.tasks.ranking.ranker import paired_differences
 
 POPULARITY_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -40,55 +39,62 @@ LIKE_RATE_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
 KEPT = ("auc", "auc_se", "uauc", "uauc_se", "hr@10", "hr@10_se", "ndcg@10", "ndcg@10_se", "recall@20", "coverage@10")
 
 
-def evaluator(cfg: FedRecConfig, part: str, counts: ItemCounts, weights: tuple[float, float]):
-    """The run's evaluator on ``part`` with popularity and like-rate weights ``weights``."""
-    central = load_split(cfg.data, cfg.federation.seed, cfg.evaluation.eval_users)
-    cases = ranking_cases(
-        central.data, central.split, central.eval_users, cfg.evaluation.ranking_negatives, cfg.federation.seed, part
-    )[: cfg.evaluation.ranking_users]
-    prior = counts.popularity() * weights[0]
-    dim = cfg.collaborative.mf_dim
-    return CollaborativeEvaluator(central, cfg.data.like_threshold, dim, cases, part, prior, counts, weights[1])
-
-
-def measure(
-    cfg: FedRecConfig, tables: ArrayRecord, counts, part: str, weights: tuple[float, float], rank: bool = True
-) -> dict:
-    """The metrics of the final tables on ``part`` with ``weights`` (preference only unless ``rank``)."""
-    return evaluator(cfg, part, counts, weights)(tables, rank)
-
-
-def select(cfg: FedRecConfig, tables: ArrayRecord, counts) -> tuple[tuple[float, float], dict[str, Any]]:
-    """The weights chosen on validation, and every validation point measured."""
-    points: dict[str, Any] = {}
-    for weight in POPULARITY_WEIGHTS:
-        points[f"popularity {weight}"] = measure(cfg, tables, counts, "validation", (weight, 0.0))
-    best_popularity = max(POPULARITY_WEIGHTS, key=lambda w: points[f"popularity {w}"]["ndcg@10"])
-    for weight in LIKE_RATE_WEIGHTS:
-        metrics = measure(cfg, tables, counts, "validation", (best_popularity, weight))
-        points[f"popularity {best_popularity}, like-rate {weight}"] = metrics
-    best_like_rate = max(LIKE_RATE_WEIGHTS, key=lambda w: points[f"popularity {best_popularity}, like-rate {w}"]["auc"])
-    return (best_popularity, best_like_rate), points
-
-
-def zero_tables(like: ArrayRecord) -> ArrayRecord:
-    """Item tables of zeros shaped as ``like``: the model scores only its priors."""
-    return ArrayRecord({name: Array(np.zeros_like(array.numpy())) for name, array in like.items()})
-
-
-def references(cfg: FedRecConfig, tables: ArrayRecord, counts) -> dict[str, dict]:
-    """The priors alone on test: from the federated (noised) counts, and from exact counts
-    of every user's whole training history (non-private references).
+class RunEvaluation:
+    """A run's validation and test split with their ranking cases, loaded once, and its
+    final tables measured over them with the priors at given weights.
     """
-    central = load_split(cfg.data, cfg.federation.seed, cfg.evaluation.eval_users)
-    items = catalog_order(central.data.items["item"])
-    exact = ItemCounts(*user_contributions(central.split.train_interactions, cfg.data.like_threshold, items, math.inf))
-    zeros = zero_tables(tables)
-    return {
-        "federated popularity alone (private)": measure(cfg, zeros, counts, "test", (1.0, 0.0)),
-        "federated like-rates alone (private)": measure(cfg, zeros, counts, "test", (0.0, 1.0), rank=False),
-        "user+item like-rates, exact counts (non-private)": measure(cfg, zeros, exact, "test", (0, 1), rank=False),
-    }
+
+    def __init__(self, cfg: FedRecConfig, tables: ArrayRecord) -> None:
+        self.cfg, self.tables = cfg, tables
+        self.parts = {part: central_split(cfg.replace(eval_split=part)) for part in ("validation", "test")}
+
+    def measure(self, counts: ItemCounts, part: str, weights: tuple[float, float], zeros: bool = False) -> dict:
+        """Metrics on ``part`` with popularity and like-rate ``weights``; ``zeros``: item
+        tables of zeros, so that only the priors score (preference only when the
+        popularity weight is 0: the ranking would be all ties).
+        """
+        central, cases = self.parts[part]
+        cfg = self.cfg
+        evaluate = CollaborativeEvaluator(
+            central,
+            cfg.data.like_threshold,
+            cfg.collaborative.mf_dim,
+            cases,
+            part,
+            counts.popularity() * weights[0],
+            counts,
+            weights[1],
+        )
+        tables = self.tables
+        if zeros:
+            tables = ArrayRecord({name: Array(np.zeros_like(array.numpy())) for name, array in tables.items()})
+        return evaluate(tables, rank=not zeros or weights[0] > 0)
+
+    def select(self, counts: ItemCounts) -> tuple[tuple[float, float], dict[str, Any]]:
+        """The weights chosen on validation, and every validation point measured."""
+        points: dict[str, Any] = {}
+        for weight in POPULARITY_WEIGHTS:
+            points[f"popularity {weight}"] = self.measure(counts, "validation", (weight, 0.0))
+        best_popularity = max(POPULARITY_WEIGHTS, key=lambda w: points[f"popularity {w}"]["ndcg@10"])
+        for weight in LIKE_RATE_WEIGHTS:
+            metrics = self.measure(counts, "validation", (best_popularity, weight))
+            points[f"popularity {best_popularity}, like-rate {weight}"] = metrics
+        chosen = max(LIKE_RATE_WEIGHTS, key=lambda w: points[f"popularity {best_popularity}, like-rate {w}"]["auc"])
+        return (best_popularity, chosen), points
+
+    def references(self, counts: ItemCounts) -> dict[str, dict]:
+        """The priors alone on test: from the federated (noised) counts, and from exact
+        counts of every user's training history (non-private references).
+        """
+        central = self.parts["test"][0]
+        items = catalog_order(central.data.items["item"])
+        train, threshold = central.split.train_interactions, self.cfg.data.like_threshold
+        exact = ItemCounts(*user_contributions(train, threshold, items, math.inf))
+        return {
+            "federated popularity alone (private)": self.measure(counts, "test", (1.0, 0.0), zeros=True),
+            "federated like-rates alone (private)": self.measure(counts, "test", (0.0, 1.0), zeros=True),
+            "user+item like-rates, exact counts (non-private)": self.measure(exact, "test", (0.0, 1.0), zeros=True),
+        }
 
 
 def main() -> None:
@@ -105,12 +111,13 @@ def main() -> None:
         counts = ItemCounts(
             stored[ITEM_RATINGS], stored[ITEM_LIKES], stats.item_statistics_noise * stats.item_statistics_bound
         )
-    weights, validation = select(cfg, tables, counts)
-    test = measure(cfg, tables, counts, "test", weights)
+    evaluation = RunEvaluation(cfg, tables)
+    weights, validation = evaluation.select(counts)
+    test = evaluation.measure(counts, "test", weights)
     summary = json.loads((args.run / "summary.json").read_text())
     baselines = summary.get("ranking_baselines", {})
     paired = {name: paired_differences(test["ranks"], m["ranks"]) for name, m in baselines.items() if "ranks" in m}
-    alone = references(cfg, tables, counts)
+    alone = evaluation.references(counts)
     paired["federated popularity alone (private)"] = paired_differences(
         test["ranks"], alone["federated popularity alone (private)"]["ranks"]
     )

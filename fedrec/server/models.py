@@ -50,7 +50,7 @@ class ServedModel(Protocol):
         """Save the final global arrays in the results folder."""
 
 
-def _central(cfg: FedRecConfig) -> tuple[CentralSplit, list[RankingCase]]:
+def central_split(cfg: FedRecConfig) -> tuple[CentralSplit, list[RankingCase]]:
     """The evaluation users' split and the first ``ranking-users`` of their ranking cases."""
     central = load_split(cfg.data, cfg.federation.seed, cfg.evaluation.eval_users)
     evaluation, cases = cfg.evaluation, []
@@ -76,7 +76,7 @@ class AdapterModel:
         self.initial = adapter_to_arrays(self.scorer)
 
     def evaluator(self, counts: ItemCounts | None = None) -> Evaluator:  # noqa: D102
-        cfg, (central, cases) = self.cfg, _central(self.cfg)
+        cfg, (central, cases) = self.cfg, central_split(self.cfg)
         batch = cfg.training.physical_batch_size
         folded = None
         if cfg.model.llm_input == "hybrid" or cfg.evaluation.rerank_top:
@@ -137,7 +137,7 @@ class CollaborativeModel:
         times its federated popularity, and each preference score ``mf-like-rate-weight``
         times the like-rate logits.
         """
-        central, cases = _central(self.cfg)
+        central, cases = central_split(self.cfg)
         cfg, mf = self.cfg, self.cfg.collaborative
         popularity = counts.popularity() * mf.mf_popularity_weight if counts is not None else None
         return CollaborativeEvaluator(
