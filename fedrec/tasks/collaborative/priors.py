@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..preference.baselines import PRIOR_STRENGTH, logit
 from ..preference.examples import PreferenceExample
 
-PRIOR_STRENGTH = 5.0  # pseudo-ratings at the overall rate (as the preference baselines')
 RATE_FLOOR = 1e-3  # noisy counts can give rates outside (0, 1): kept within [floor, 1 - floor]
 
 
@@ -47,11 +47,6 @@ class ItemCounts:
         pseudo-ratings plus the noise's std (noisier counts lean more on the prior).
         """
         return smoothed_rates(self.likes, self.ratings, self.overall_like_rate(), PRIOR_STRENGTH + self.noise_std)
-
-
-def logit(rate: np.ndarray) -> np.ndarray:
-    """``log(p / (1 - p))``."""
-    return np.log(rate) - np.log1p(-rate)
 
 
 def smoothed_rates(likes: np.ndarray, ratings: np.ndarray, prior: float, strength: float) -> np.ndarray:

@@ -14,10 +14,11 @@ import numpy as np
 from .evaluation import preference_metrics
 from .examples import ExampleSplit, PreferenceExample
 
-PRIOR_STRENGTH = 5.0
+PRIOR_STRENGTH = 5.0  # pseudo-ratings at the overall like rate that a rate is smoothed with
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
+def logit(p: np.ndarray) -> np.ndarray:
+    """``log(p / (1 - p))``."""
     return np.log(p) - np.log1p(-p)
 
 
@@ -53,6 +54,6 @@ def baseline_scores(
     return {
         "user-like-rate": user_rate,
         "item-like-rate": item_rate,
-        "user+item": _logit(user_smoothed) + _logit(item_rate),
+        "user+item": logit(user_smoothed) + logit(item_rate),
         "most-popular": popularity,
     }
