@@ -30,6 +30,7 @@ from ..tasks.preference.examples import PreferenceExample
 from ..tasks.preference.prompt import render_preference_prompt
 from ..tasks.preference.scoring import scorer_for
 from ..tasks.preference.signals import CollaborativeSignals
+from ..tasks.ranking.rerank import fused_scores
 from .retrieval import retrieve
 
 LOCAL_USER = "(local)"
@@ -118,7 +119,8 @@ def recommend(
 
     With ``item_tables`` (a collaborative run's ``item-tables.npz``) the run's model
     retrieves: it ranks the whole catalog, and the LLM adapter, when given, reranks its
-    top ``candidates`` (default 50). Without it the adapter scores the ``candidates``
+    top ``candidates`` (default 50), fused with the retriever's scores at the adapter
+    run's ``rerank-fusion-weight``. Without it the adapter scores the ``candidates``
     most-rated unrated items of the dataset (0: the whole catalog). ``config``: the
     adapter run's configuration or its TOML file (default: ``config.toml`` beside
     ``adapter_dir``). Raises :class:`RecommendError` naming the path and the problem for
@@ -145,6 +147,9 @@ def recommend(
     if not pool:
         raise RecommendError(f"the history rates every item of the catalog of '{data.name}': nothing to recommend")
     scores = _llm_scores(cfg, data, scorer, rated, pool, item_tables)
+    if retrieved is not None:  # the adapter run's late fusion with the retriever (weight 0: the LLM's order)
+        retriever = np.array([score for _, score in retrieved[1][: len(pool)]])
+        scores = fused_scores(scores, retriever, cfg.evaluation.rerank_fusion_weight)
     best = np.argsort(-scores, kind="stable")[:k]
     titles = data.titles()
     return [Recommendation(pool[i], titles[pool[i]], float(scores[i])) for i in best]

@@ -61,6 +61,8 @@ class FedRecConfig:
             raise ConfigError("llm-input = 'hybrid' needs recommender = 'llm' and item-tables (an mf run's file)")
         if self.evaluation.rerank_top and (self.model.recommender != "llm" or not self.collaborative.item_tables):
             raise ConfigError("rerank-top > 0 needs recommender = 'llm' and item-tables (the retriever)")
+        if self.evaluation.rerank_fusion_weight and not self.evaluation.rerank_top:
+            raise ConfigError("rerank-fusion-weight > 0 needs rerank-top > 0 (it fuses the reranked top N)")
         if self.model.recommender == "mf":
             self._check_collaborative()
         elif self.item_statistics.item_statistics:

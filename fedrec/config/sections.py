@@ -124,6 +124,12 @@ class EvaluationConfig(Section):
         "catalog, the LLM reranks its top N (0: the LLM scores every sampled candidate, no catalog metrics)",
         check=NON_NEGATIVE,
     )
+    rerank_fusion_weight: float = option(
+        0.0,
+        "late fusion in retrieve-then-rerank: the top N ordered by the LLM's score plus this weight times the "
+        "retriever's, each standardized over the N (0: the LLM's order alone); choose it on validation",
+        check=NON_NEGATIVE,
+    )
 
 
 @dataclass(frozen=True)

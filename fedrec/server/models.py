@@ -18,6 +18,7 @@ from ..config import FedRecConfig
 from ..files import write_atomic
 from ..models.adapter import adapter_to_arrays, frozen_a_fingerprint, load_adapter_arrays, save_adapter
 from ..models.collaborative import initial_item_arrays
+from ..models.scorer import Scorer
 from ..protocol.records import BACKBONE, BACKBONE_FINGERPRINT, LORA_A_FINGERPRINT, LORA_A_ROWS
 from ..tasks.collaborative.evaluation import CollaborativeEvaluator
 from ..tasks.collaborative.priors import ItemCounts
@@ -66,6 +67,27 @@ def central_split(cfg: FedRecConfig) -> tuple[CentralSplit, list[RankingCase]]:
     return central, cases
 
 
+def llm_ranker(
+    cfg: FedRecConfig, scorer: Scorer, central: CentralSplit, cases: list[RankingCase]
+) -> tuple[Ranker | None, CollaborativeSignals | None]:
+    """The LLM's ranking of ``cases`` (retrieve-then-rerank with ``rerank-top``) and, for
+    a hybrid adapter, the evaluation users' collaborative signals.
+    """
+    batch = cfg.training.physical_batch_size
+    folded = None
+    if cfg.model.llm_input == "hybrid" or cfg.evaluation.rerank_top:
+        catalog, train = central.data.items["item"], central.split.train_interactions
+        folded = folded_tables(cfg, catalog, train, central.eval_users)
+    signals = CollaborativeSignals(folded) if folded is not None and cfg.model.llm_input == "hybrid" else None
+    if not cases:
+        return None, signals
+    if folded is not None and cfg.evaluation.rerank_top:
+        rated = central.data.interactions.groupby("user")["item"].agg(set).to_dict()
+        top, fusion = cfg.evaluation.rerank_top, cfg.evaluation.rerank_fusion_weight
+        return RerankEvaluation(scorer, cases, central.prompts, batch, folded, top, rated, signals, fusion), signals
+    return LLMRanker(scorer, cases, central.prompts, batch, signals), signals
+
+
 class AdapterModel:
     """The LoRA adapter of the frozen backbone (``recommender = 'llm'``)."""
 
@@ -77,20 +99,10 @@ class AdapterModel:
 
     def evaluator(self, counts: ItemCounts | None = None) -> Evaluator:  # noqa: D102
         cfg, (central, cases) = self.cfg, central_split(self.cfg)
-        batch = cfg.training.physical_batch_size
-        folded = None
-        if cfg.model.llm_input == "hybrid" or cfg.evaluation.rerank_top:
-            catalog, train = central.data.items["item"], central.split.train_interactions
-            folded = folded_tables(cfg, catalog, train, central.eval_users)
-        signals = CollaborativeSignals(folded) if folded is not None and cfg.model.llm_input == "hybrid" else None
-        ranker: Ranker | None = None
-        if cases and folded is not None and cfg.evaluation.rerank_top:
-            rated = central.data.interactions.groupby("user")["item"].agg(set).to_dict()
-            top = cfg.evaluation.rerank_top
-            ranker = RerankEvaluation(self.scorer, cases, central.prompts, batch, folded, top, rated, signals)
-        elif cases:
-            ranker = LLMRanker(self.scorer, cases, central.prompts, batch, signals)
-        return CentralEvaluator(self.scorer, central, batch, ranker, cfg.evaluation.eval_split, signals)
+        ranker, signals = llm_ranker(cfg, self.scorer, central, cases)
+        return CentralEvaluator(
+            self.scorer, central, cfg.training.physical_batch_size, ranker, cfg.evaluation.eval_split, signals
+        )
 
     def request_config(self) -> dict[str, str | int]:
         """The backbone's identity and, when A does not travel, the frozen A's

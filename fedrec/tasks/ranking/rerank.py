@@ -3,14 +3,16 @@ user's candidates, and the LLM reorders the first ``top`` of them.
 
 Both orders count ties against the target, as :func:`~..metrics.target_rank` does, so
 that ``top`` = every candidate gives the LLM's own rank and ``top`` = 0 the
-retriever's. The central evaluation reports the reranked list's HR@10/NDCG@10 among
-the sampled candidates and Recall@20/coverage@10 over the whole catalog, and the same
-for the retriever alone, on the same cases.
+retriever's. A late-fusion weight orders the head by the LLM's score plus that weight
+times the retriever's, each standardized over the head (0: the LLM's order alone). The
+central evaluation reports the reranked list's HR@10/NDCG@10 among the sampled
+candidates and Recall@20/coverage@10 over the whole catalog, and the same for the
+retriever alone, on the same cases.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,12 +28,31 @@ from .ranker import K, ranking_metrics
 RETRIEVER = "retriever_"  # prefix of the retriever's own metrics
 
 
+def fused_scores(llm: np.ndarray, retriever: np.ndarray, weight: float) -> np.ndarray:
+    """Late fusion of a reranked head's scores: the LLM's plus ``weight`` times the
+    retriever's, each standardized over the head; with ``weight`` 0 the LLM's own.
+    """
+    llm = np.asarray(llm, dtype=float)
+    if not weight:
+        return llm
+    return _standardized(llm) + weight * _standardized(np.asarray(retriever, dtype=float))
+
+
+def _standardized(scores: np.ndarray) -> np.ndarray:
+    spread = scores.std()
+    return (scores - scores.mean()) / spread if spread > 0 else np.zeros_like(scores)
+
+
 def rerank_order(
-    retriever: np.ndarray, target: int, top: int, llm: Callable[[np.ndarray], np.ndarray] | None = None
+    retriever: np.ndarray,
+    target: int,
+    top: int,
+    llm: Callable[[np.ndarray], np.ndarray] | None = None,
+    fusion_weight: float = 0.0,
 ) -> np.ndarray:
     """Candidate indices best first: the retriever's order, its first ``top`` reordered
-    by ``llm`` (their scores, given their indices; needed when ``top`` > 0); ties rank
-    the target last.
+    by ``llm`` (their scores, given their indices; needed when ``top`` > 0), fused with
+    the retriever's at ``fusion_weight``; ties rank the target last.
     """
     is_target = np.zeros(len(retriever), dtype=bool)
     is_target[target] = True
@@ -40,7 +61,8 @@ def rerank_order(
     if len(head):
         if llm is None:
             raise ValueError(f"reranking the top {top} needs the LLM's scores")
-        head = head[np.lexsort((is_target[head], -np.asarray(llm(head), dtype=float)))]
+        scores = fused_scores(llm(head), retriever[head], fusion_weight)
+        head = head[np.lexsort((is_target[head], -scores))]
     return np.concatenate([head, order[top:]])
 
 
@@ -68,6 +90,31 @@ class _Lists:
         }
 
 
+@dataclass(frozen=True)
+class _ScoredCase:
+    """One case scored once: the retriever's score of every catalog row, the sampled
+    candidates' rows (target first), the rows of the user's unrated catalog and the
+    target's index there, and the LLM's score of each row of both lists' heads.
+    """
+
+    retriever: np.ndarray
+    sampled: np.ndarray
+    catalog: np.ndarray
+    target: int
+    llm: dict[int, float]
+
+    def add_orders(self, lists: _Lists, top: int, fusion_weight: float) -> None:
+        """Add both lists' orders, their first ``top`` reranked at ``fusion_weight``."""
+        orders = []
+        for rows, target in ((self.sampled, 0), (self.catalog, self.target)):
+            llm = self._llm_of(rows)
+            orders.append(rerank_order(self.retriever[rows], target, top, llm, fusion_weight))
+        lists.add(orders[0], orders[1], self.target, self.catalog)
+
+    def _llm_of(self, rows: np.ndarray) -> Callable[[np.ndarray], list[float]]:
+        return lambda head: [self.llm[int(rows[i])] for i in head]
+
+
 class RerankEvaluation:
     """The retriever's and the reranked lists' metrics on ranking cases (see the module docstring)."""
 
@@ -81,20 +128,34 @@ class RerankEvaluation:
         top: int,
         rated: dict[str, set[str]],
         signals: Any = None,
+        fusion_weight: float = 0.0,
     ) -> None:
         self.scorer, self.cases, self.prompts, self.batch_size = scorer, cases, prompts, batch_size
         self.retriever, self.top, self.rated, self.signals = retriever, top, rated, signals
+        self.fusion_weight = fusion_weight
 
     def metrics(self) -> dict[str, Any]:
         """Metrics of the reranked lists, and the retriever's prefixed with ``retriever_``."""
-        reranked, plain = _Lists(), _Lists()
-        for case in self.cases:
-            self._case(case, reranked, plain)
-        size = len(self.retriever.items)
-        return reranked.metrics(size) | {RETRIEVER + k: v for k, v in plain.metrics(size).items()}
+        return self.metrics_by_weight((self.fusion_weight,))[self.fusion_weight]
 
-    def _case(self, case: RankingCase, reranked: _Lists, plain: _Lists) -> None:
-        """Add one case's reranked and retriever-only orders."""
+    def metrics_by_weight(self, fusion_weights: Sequence[float]) -> dict[float, dict[str, Any]]:
+        """:meth:`metrics` at each late-fusion weight, the LLM scoring every case once."""
+        scored = [self._scored(case) for case in self.cases]
+        size = len(self.retriever.items)
+        plain = _Lists()
+        for case in scored:
+            case.add_orders(plain, 0, 0.0)
+        retriever = {RETRIEVER + k: v for k, v in plain.metrics(size).items()}
+        results = {}
+        for weight in fusion_weights:
+            reranked = _Lists()
+            for case in scored:
+                case.add_orders(reranked, self.top, weight)
+            results[weight] = reranked.metrics(size) | retriever
+        return results
+
+    def _scored(self, case: RankingCase) -> _ScoredCase:
+        """The case's retriever scores and its heads' LLM scores."""
         row = self.retriever.item_row
         scores = self.retriever.catalog_scores(case.user)
         sampled = np.array([row[item] for item in case.candidates])
@@ -103,16 +164,10 @@ class RerankEvaluation:
         allowed[sampled[0]] = True
         catalog = np.flatnonzero(allowed)
         target = int(np.flatnonzero(catalog == sampled[0])[0])
-        retrieved = {
-            "sampled": rerank_order(scores[sampled], 0, 0),
-            "catalog": rerank_order(scores[catalog], target, 0),
-        }
-        plain.add(retrieved["sampled"], retrieved["catalog"], target, catalog)
-        heads = set(sampled[retrieved["sampled"][: self.top]]) | set(catalog[retrieved["catalog"][: self.top]])
+        heads = set(sampled[rerank_order(scores[sampled], 0, 0)[: self.top]])
+        heads |= set(catalog[rerank_order(scores[catalog], target, 0)[: self.top]])
         llm = self._llm_scores(case, sorted(int(r) for r in heads), int(sampled[0]))
-        in_sampled = rerank_order(scores[sampled], 0, self.top, lambda head: [llm[sampled[i]] for i in head])
-        in_catalog = rerank_order(scores[catalog], target, self.top, lambda head: [llm[catalog[i]] for i in head])
-        reranked.add(in_sampled, in_catalog, target, catalog)
+        return _ScoredCase(scores, sampled, catalog, target, llm)
 
     def _llm_scores(self, case: RankingCase, rows: list[int], target_row: int) -> dict[int, float]:
         """The LLM's score of each item row (both lists' heads, scored in one pass)."""

@@ -1,0 +1,97 @@
+"""Late fusion of a finished retrieve-then-rerank run: weighted on other users, measured on test once.
+
+A ``rerank-top`` run leaves its adapter (``adapter/``) beside its ``config.toml``. This
+script loads that adapter, scores each ranking case's reranked head once, and orders the
+head by the LLM's score plus ``w`` times the retriever's (each standardized over the head,
+:func:`fedrec.tasks.ranking.rerank.fused_scores`) for every ``w`` of a grid:
+
+* selection: as many users as the run evaluated, drawn (seeded) from the others; their
+  held-out test interactions were never trained on (every user's are held out), and the
+  run's own test users are not among them. ``w`` is the one with the best NDCG@10 there;
+* test: the run's own ranking cases, measured once at that ``w`` (``w`` = 0 reproduces the
+  run's final reranked metrics), with paired differences against the retriever alone and
+  against the LLM's own order of the head.
+
+The fusion costs no privacy: it post-processes the run's and the retriever's releases.
+
+    python benchmarks/rerank_fusion.py runs/suite-rerank/llm-hybrid-ranking-loss-reranks-the-top-20 [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from fedrec.config import FedRecConfig
+from fedrec.config.presets import read_config_file
+from fedrec.data.partition import sample_users
+from fedrec.models.adapter import load_adapter_folder
+from fedrec.server.models import central_split, llm_ranker
+from fedrec.tasks.preference.dataset import CentralSplit
+from fedrec.tasks.preference.scoring import scorer_for
+from fedrec.tasks.ranking.cases import ranking_cases
+from fedrec.tasks.ranking.ranker import paired_differences
+from fedrec.tasks.ranking.rerank import RETRIEVER, RerankEvaluation
+
+FUSION_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+KEPT = ("hr@10", "hr@10_se", "ndcg@10", "ndcg@10_se", "recall@20", "coverage@10", "ranking_users")
+
+
+def evaluation(cfg: FedRecConfig, central: CentralSplit, adapter: Path) -> RerankEvaluation:
+    """The run's rerank evaluation of ``central``'s users, with the run's adapter."""
+    scorer = scorer_for(cfg)
+    load_adapter_folder(scorer, adapter)
+    negatives, seed = cfg.evaluation.ranking_negatives, cfg.federation.seed
+    cases = ranking_cases(central.data, central.split, central.eval_users, negatives, seed, "test")
+    ranker, _ = llm_ranker(cfg, scorer, central, cases[: cfg.evaluation.ranking_users])
+    if not isinstance(ranker, RerankEvaluation):
+        raise SystemExit("the run does not rerank a retriever: set rerank-top and item-tables")
+    return ranker
+
+
+def kept(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The reranked list's and the retriever's reported metrics."""
+    return {k: metrics[k] for k in KEPT if k in metrics} | {
+        RETRIEVER + k: metrics[RETRIEVER + k] for k in KEPT if RETRIEVER + k in metrics
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="a finished run with rerank-top > 0 and its adapter/")
+    parser.add_argument("--out", type=Path, help="where fusion.json goes (default: the run's folder)")
+    args = parser.parse_args()
+    cfg = FedRecConfig.from_mapping(read_config_file(args.run / "config.toml"))
+    test_split, _ = central_split(cfg)
+    others = sorted(set(test_split.split.users) - set(test_split.eval_users))
+    chosen = sample_users(others, len(test_split.eval_users), cfg.federation.seed + 1)
+    selection_split = replace(test_split, eval_users=chosen)
+    selection = evaluation(cfg, selection_split, args.run / "adapter").metrics_by_weight(FUSION_WEIGHTS)
+    weight = max(FUSION_WEIGHTS, key=lambda w: selection[w]["ndcg@10"])
+    test = evaluation(cfg, test_split, args.run / "adapter").metrics_by_weight(sorted({0.0, weight}))
+    fused, llm_only = test[weight], test[0.0]
+    final = json.loads((args.run / "summary.json").read_text())["metrics"]
+    report = {
+        "run": str(args.run),
+        "weight": weight,
+        "test": kept(fused),
+        "test_llm_order": kept(llm_only),
+        "run_final_reranked": {k: final.get(k) for k in ("hr@10", "ndcg@10")},
+        "paired_differences": {
+            "retriever": paired_differences(fused["ranks"], fused[RETRIEVER + "ranks"]),
+            "llm order": paired_differences(fused["ranks"], llm_only["ranks"]),
+        },
+        "selection": {str(w): kept(m) for w, m in selection.items()},
+        "selection_users": len(chosen),
+    }
+    out = args.out or args.run
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "fusion.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({k: report[k] for k in ("weight", "test", "run_final_reranked", "paired_differences")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
