@@ -16,7 +16,7 @@ from fedrec.server.federation import compose
 from fedrec.server.models import AdapterModel
 from fedrec.server.recording_grid import Exchange
 from fedrec.server.results import ResultsWriter
-from fedrec.server.rounds import RoundRecorder, summarize_round
+from fedrec.server.rounds import RoundRecorder, progress_line, summarize_round
 from fedrec.server.summary import build_summary
 from fedrec.tasks.metrics import auc_from_histograms
 from fedrec.tasks.preference.dataset import load_split
@@ -102,6 +102,14 @@ def test_the_recorder_writes_a_line_per_round_ranks_at_the_ends_and_checkpoints(
     assert ["hr@10" in r for r in lines] == [True, False, True]
     assert recorder.node_epsilon == {7: 3.5}
     assert "[fedrec] round 2/2  auc 0.6000" in capsys.readouterr().out
+
+
+def test_the_progress_line_shows_the_client_level_epsilon_beside_the_record_level_one():
+    record = {"round": 3, "clients_ok": 9, "clients_declined": 0, "clients_excluded": 0, "clients_failed": 1}
+    record |= {"bytes_up": 10, "bytes_down": 20, "seconds": 1.0, "epsilon_max": float("inf")}
+    assert "eps max inf  clients ok" in progress_line(record, 5)
+    line = progress_line(record | {"client_level_epsilon": 2.345}, 5)
+    assert "eps max inf  client-level eps 2.35  clients ok/declined/excluded/failed 9/0/0/1" in line
 
 
 def test_a_resumed_recorder_skips_the_initial_evaluation_and_counts_from_its_round(tmp_path):

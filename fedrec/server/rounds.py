@@ -231,10 +231,16 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def progress_line(record: Mapping[str, Any], num_rounds: int) -> str:
-    """A one-line report of a finished round."""
+    """A one-line report of a finished round (record-level epsilon: the clients' maximum,
+    inf without DP-SGD; client-level, when on, beside it).
+    """
+    client_level = record.get("client_level_epsilon")
+    privacy = f"eps max {_fmt(record.get('epsilon_max'), '.2f')}"
+    if client_level is not None:
+        privacy += f"  client-level eps {client_level:.2f}"
     return (
         f"[fedrec] round {record['round']}/{num_rounds}  auc {_fmt(record.get('auc'), '.4f')}  "
-        f"loss {_fmt(record.get('train_loss'), '.4f')}  eps max {_fmt(record.get('epsilon_max'), '.2f')}  "
+        f"loss {_fmt(record.get('train_loss'), '.4f')}  {privacy}  "
         f"clients ok/declined/excluded/failed {record['clients_ok']}/{record['clients_declined']}/"
         f"{record['clients_excluded']}/{record['clients_failed']}  "
         f"bytes up {record['bytes_up']:,} down {record['bytes_down']:,}  {record['seconds']:.1f}s"
