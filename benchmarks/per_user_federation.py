@@ -6,7 +6,7 @@ item statistics before round 1 and each client folding its user in before its BP
 user-level epsilon (the statistics and the rounds composed) below 8 at delta 1e-3. Then
 :mod:`per_user_priors` weights the priors on validation and measures test once. The
 report (``report.md``) and each run's config, summary, rounds and priors are written to
-benchmarks/results/cross_device_scale/per_user/; about 45 minutes on a 2-core CPU.
+benchmarks/results/cross_device_scale/per_user/; about 80 minutes on a 2-core CPU.
 
     python benchmarks/per_user_federation.py                # every variant, then the report
     python benchmarks/per_user_federation.py --report-only  # the report from the kept files
@@ -63,6 +63,11 @@ VARIANTS = {
     "dim16-stats1.5": {"mf-dim": 16, "item-statistics-noise": 1.5, "fraction-train": 0.1}
     | {"client-dp-noise-multiplier": 0.9, "num-server-rounds": 100},
 }
+SERVER_OPTIMIZERS = {  # the best variant's settings, another server optimizer
+    "dim16-stats1.5-fedavgm": {"strategy": "fedavgm", "server-learning-rate": 0.5, "server-momentum": 0.9},
+    "dim16-stats1.5-fedadam": {"strategy": "fedadam", "server-learning-rate": 0.01, "server-tau": 0.001},
+}
+VARIANTS |= {name: VARIANTS["dim16-stats1.5"] | settings for name, settings in SERVER_OPTIMIZERS.items()}
 KEPT_FILES = ("config.toml", "summary.json", "rounds.jsonl", "item-statistics.json")
 
 
