@@ -29,6 +29,7 @@ from fedrec.config import FedRecConfig
 from fedrec.config.presets import read_config_file
 from fedrec.data.partition import sample_users
 from fedrec.models.adapter import load_adapter_folder
+from fedrec.models.scorer import Scorer
 from fedrec.server.models import central_split, llm_ranker
 from fedrec.tasks.preference.dataset import CentralSplit
 from fedrec.tasks.preference.scoring import scorer_for
@@ -40,10 +41,8 @@ FUSION_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 KEPT = ("hr@10", "hr@10_se", "ndcg@10", "ndcg@10_se", "recall@20", "coverage@10", "ranking_users")
 
 
-def evaluation(cfg: FedRecConfig, central: CentralSplit, adapter: Path) -> RerankEvaluation:
-    """The run's rerank evaluation of ``central``'s users, with the run's adapter."""
-    scorer = scorer_for(cfg)
-    load_adapter_folder(scorer, adapter)
+def evaluation(cfg: FedRecConfig, central: CentralSplit, scorer: Scorer) -> RerankEvaluation:
+    """The run's rerank evaluation of ``central``'s users, with ``scorer`` (the run's adapter loaded)."""
     negatives, seed = cfg.evaluation.ranking_negatives, cfg.federation.seed
     cases = ranking_cases(central.data, central.split, central.eval_users, negatives, seed, "test")
     ranker, _ = llm_ranker(cfg, scorer, central, cases[: cfg.evaluation.ranking_users])
@@ -69,9 +68,11 @@ def main() -> None:
     others = sorted(set(test_split.split.users) - set(test_split.eval_users))
     chosen = sample_users(others, len(test_split.eval_users), cfg.federation.seed + 1)
     selection_split = replace(test_split, eval_users=chosen)
-    selection = evaluation(cfg, selection_split, args.run / "adapter").metrics_by_weight(FUSION_WEIGHTS)
+    scorer = scorer_for(cfg)  # the backbone and the adapter, loaded once for both user sets
+    load_adapter_folder(scorer, args.run / "adapter")
+    selection = evaluation(cfg, selection_split, scorer).metrics_by_weight(FUSION_WEIGHTS)
     weight = max(FUSION_WEIGHTS, key=lambda w: selection[w]["ndcg@10"])
-    test = evaluation(cfg, test_split, args.run / "adapter").metrics_by_weight(sorted({0.0, weight}))
+    test = evaluation(cfg, test_split, scorer).metrics_by_weight(sorted({0.0, weight}))
     fused, llm_only = test[weight], test[0.0]
     final = json.loads((args.run / "summary.json").read_text())["metrics"]
     report = {
