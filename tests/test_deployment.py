@@ -252,12 +252,51 @@ def _rounds(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
 
 
-def test_flwr_run_over_tls_with_authenticated_supernodes(federation):
+def _server_app_pids(fed: SimpleNamespace) -> list[int]:
+    """PIDs of the ServerApp processes that the SuperLink started."""
+    processes = _command_lines(_processes_with(f"FLWR_HOME={fed.folder / 'home-superlink'}"))
+    return [pid for pid, command in processes.items() if "flwr-serverapp" in command]
+
+
+def _checkpointed_round(out: Path) -> int:
+    try:
+        return read_checkpoint(out).round
+    except (CheckpointError, OSError):  # none yet, or being swapped in
+        return 0
+
+
+@pytest.fixture(scope="module")
+def resumed_run(federation):
+    """One `flwr run` over TLS whose ServerApp process is SIGKILLed after round 1; SuperNode
+    0 is restarted by its PID, then the run resumes to the end. Returns its folder and what
+    was on disk at the kill: the rounds, the checkpoint's arrays and node 0's ledger.
+    (That a resumed run ends with the uninterrupted run's adapter is test_resume's.)
+    """
     fed = federation
     out = fed.folder / "run"
     pyproject = (ROOT / "pyproject.toml").read_bytes()
-    _flwr_run(fed, out, RUN)
-    assert (ROOT / "pyproject.toml").read_bytes() == pyproject
+    _flwr_run(fed, out, RUN, wait=False)
+    _wait_for(lambda: _checkpointed_round(out) >= 1, 420, "the checkpoint of round 1", interval=0.5)
+    (server_app,) = _server_app_pids(fed)
+    os.kill(server_app, signal.SIGKILL)
+    _wait_for(lambda: not _server_app_pids(fed), 30, "the ServerApp to die")
+    killed = SimpleNamespace(checkpoint=read_checkpoint(out), rounds=_rounds(out))
+    killed.finished = (out / "summary.json").exists()
+    killed.ledger = load_ledger(fed.folder / "node-0" / LEDGER_FILE, "rdp")
+
+    node = fed.processes.running.pop("supernode-0")
+    os.kill(node.pid, signal.SIGTERM)  # restart node 0 by its PID, with the same key and disk
+    node.wait(timeout=30)
+    fed.processes.start("supernode-0-restarted", fed.supernode_commands[0])
+    _wait_for(lambda: _online(fed) == ONLINE, 90, "node 0 back online")
+    _flwr_run(fed, out, f"{RUN} resume=true")
+    assert (ROOT / "pyproject.toml").read_bytes() == pyproject  # `flwr run` did not rewrite it
+    return out, killed
+
+
+def test_flwr_run_over_tls_with_authenticated_supernodes(federation, resumed_run):
+    fed = federation
+    out, _ = resumed_run
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rounds"] == 2 and summary["dp"] and summary["epsilon"]["max"] > 0
     rounds = _rounds(out)
@@ -273,64 +312,30 @@ def test_flwr_run_over_tls_with_authenticated_supernodes(federation):
     assert "secure-aggregation = true" in (out / "config.toml").read_text()
 
 
-def _server_app_pids(fed: SimpleNamespace) -> list[int]:
-    """PIDs of the ServerApp processes that the SuperLink started."""
-    processes = _command_lines(_processes_with(f"FLWR_HOME={fed.folder / 'home-superlink'}"))
-    return [pid for pid, command in processes.items() if "flwr-serverapp" in command]
-
-
-def _checkpointed_round(out: Path) -> int:
-    try:
-        return read_checkpoint(out).round
-    except (CheckpointError, OSError):  # none yet, or being swapped in
-        return 0
-
-
-def test_a_killed_server_resumes_and_a_restarted_supernode_keeps_its_budget(federation):
-    """The ServerApp process is SIGKILLed after round 1 and SuperNode 0 is restarted by
-    its PID before the run resumes: the resumed run ends with the uninterrupted run's
-    adapter, and node 0's epsilon continues from its on-disk ledger.
+def test_a_killed_server_resumes_and_a_restarted_supernode_keeps_its_budget(federation, resumed_run):
+    """The resumed run keeps rounds 0 and 1 as they were at the kill, trains round 2 from
+    round 1's checkpoint with the restarted node, whose epsilon continues from its ledger.
     """
-    fed = federation
-    reference = fed.folder / "run"
-    if not (reference / "summary.json").exists():  # run alone
-        _flwr_run(fed, reference, RUN)
-    out = fed.folder / "killed"
-    _flwr_run(fed, out, RUN, wait=False)
-    _wait_for(lambda: _checkpointed_round(out) >= 1, 420, "the checkpoint of round 1", interval=0.5)
-    (server_app,) = _server_app_pids(fed)
-    os.kill(server_app, signal.SIGKILL)
-    _wait_for(lambda: not _server_app_pids(fed), 30, "the ServerApp to die")
-    assert read_checkpoint(out).round == 1 and not (out / "summary.json").exists()
-    after_round_1 = {name: array.numpy() for name, array in read_checkpoint(out).arrays.items()}
-
-    ledger = fed.folder / "node-0" / LEDGER_FILE
-    spent = load_ledger(ledger, "rdp")
-    node = fed.processes.running.pop("supernode-0")
-    os.kill(node.pid, signal.SIGTERM)  # restart node 0 by its PID, with the same key and disk
-    node.wait(timeout=30)
-    fed.processes.start("supernode-0-restarted", fed.supernode_commands[0])
-    _wait_for(lambda: _online(fed) == ONLINE, 90, "node 0 back online")
-
-    _flwr_run(fed, out, f"{RUN} resume=true")
-    want, got = _rounds(reference), _rounds(out)
+    out, killed = resumed_run
+    assert killed.checkpoint.round == 1 and not killed.finished
+    got = _rounds(out)
+    assert got[:2] == killed.rounds  # not run again
     assert [r["round"] for r in got] == [0, 1, 2]
     assert got[2]["clients_ok"] == NUM_NODES  # the restarted node trained in round 2
-    for reference_round, resumed_round in zip(want, got, strict=True):
-        assert resumed_round["auc"] == pytest.approx(reference_round["auc"], abs=1e-4)
     final = read_checkpoint(out)
-    assert final.round == 2
-    moved = max(float(np.abs(final.arrays[name].numpy() - before).max()) for name, before in after_round_1.items())
+    assert final.round == 2 and final.arrays.keys() == killed.checkpoint.arrays.keys()
+    moved = max(
+        float(np.abs(final.arrays[name].numpy() - before.numpy()).max())
+        for name, before in killed.checkpoint.arrays.items()
+    )
     assert moved > 1e-2
-    wanted = load_file(str(reference / "adapter" / "adapter_model.safetensors"))
     resumed = load_file(str(out / "adapter" / "adapter_model.safetensors"))
-    for name, tensor in wanted.items():
-        np.testing.assert_allclose(resumed[name].numpy(), tensor.numpy(), atol=1e-6)
+    assert all(np.isfinite(tensor.numpy()).all() for tensor in resumed.values())
 
-    after = load_ledger(ledger, "rdp")
+    after = load_ledger(federation.folder / "node-0" / LEDGER_FILE, "rdp")
     delta = 1e-5
     # a node that had lost its ledger would hold round 2's steps only (never more than before)
-    assert after.steps > spent.steps and after.epsilon(delta) > spent.epsilon(delta)
+    assert after.steps > killed.ledger.steps and after.epsilon(delta) > killed.ledger.epsilon(delta)
     assert got[2]["epsilon_max"] >= after.epsilon(delta) - 1e-9  # node 0 reported its continued epsilon
 
 

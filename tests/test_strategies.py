@@ -233,26 +233,20 @@ def _rounds(out):
     return [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
 
 
-@pytest.fixture(scope="module")
-def fedavg_bytes_up(smoke_run):
-    """Bytes up in round 1 of the smoke preset (FedAvg, A and B travel)."""
-    return _rounds(smoke_run[1])[1]["bytes_up"]
-
-
 @pytest.mark.parametrize(
     "overrides",
     [
         # plain aggregation of each strategy: test_distinct_updates_aggregate_as_flowers_own_strategy;
         # FedYogi is FedAdam's sibling; FedProx's proximal term:
         # test_fedprox_keeps_the_adapter_closer_to_the_global_one; client-level DP with a server
-        # optimizer: test_resume (FedAdam), test_client_dp
-        {"strategy": "ffa-lora"},
+        # optimizer: test_resume (FedAdam), test_client_dp; FFA-LoRA's B-only bytes end to end:
+        # test_benchmark's smoke suite
         {"strategy": "fedadam", "secure-aggregation": True, "max-weight": 100.0},
         {"strategy": "ffa-lora", "lora-ranks": "2,4,8", "secure-aggregation": True, "max-weight": 100.0},
     ],
     ids=lambda o: "-".join(str(v) for v in o.values()),
 )
-def test_each_strategy_runs_a_smoke_simulation(overrides, fedavg_bytes_up, tmp_path):
+def test_each_strategy_runs_a_smoke_simulation(overrides, tmp_path):
     cfg = resolve_config("smoke", overrides={**overrides, "ranking-users": 0, "out": str(tmp_path / "run")})
     out, summary = simulate(cfg)
     rounds = _rounds(out)
@@ -264,7 +258,4 @@ def test_each_strategy_runs_a_smoke_simulation(overrides, fedavg_bytes_up, tmp_p
     assert any(not torch.equal(final[name], tensor) for name, tensor in initial.items()), "the adapter did not move"
     assert all(torch.isfinite(t).all() and t.dtype == torch.float32 for t in final.values())
     assert summary["bytes"]["adapter"] == adapter_to_arrays(scorer).count_bytes()
-    if cfg.freeze_lora_a and not cfg.model.client_lora_ranks and not cfg.secagg.secure_aggregation:
-        assert rounds[1]["bytes_up"] < 0.6 * fedavg_bytes_up  # only B travels
-    if cfg.secagg.secure_aggregation:
-        assert all(r["secagg_failure"] is None for r in rounds[1:])
+    assert all(r["secagg_failure"] is None for r in rounds[1:])
