@@ -134,9 +134,10 @@ SUITES: dict[str, Suite] = {
         description="demo preset on 300 users: clients per round, per-user clients, LoRA rank (CPU-sized)",
     ),
     # Retrieve, then rerank (issue 18): DP federated MF is the retriever (and gives the
-    # hybrid LLM its item tables); each LLM reorders the MF's top 20 of every ranking
-    # list, on the same clients, split and cases. 100 evaluation users x 5 held-out
-    # interactions: an LLM ranking evaluation of 300 users takes over 30 min here.
+    # hybrid LLM its item tables); each LLM (text or hybrid input, trained with the
+    # preference or the ranking loss) reorders the MF's top 20 of every ranking list, on
+    # the same clients, split and cases. 100 evaluation users x 5 held-out interactions:
+    # an LLM ranking evaluation of 300 users takes over 30 min here.
     "rerank": Suite(
         preset="demo",
         base={"eval-users": 100, "test-interactions": 5, "ranking-users": 100, "max-weight": 100_000.0},
@@ -148,12 +149,22 @@ SUITES: dict[str, Suite] = {
                 item_tables_from=_RETRIEVER,
             ),
             Point(
+                "LLM text, ranking loss, reranks the top 20",
+                {"llm-input": "text", "objective": "ranking", "rerank-top": 20},
+                item_tables_from=_RETRIEVER,
+            ),
+            Point(
+                "LLM hybrid, preference loss, reranks the top 20",
+                {"llm-input": "hybrid", "objective": "preference", "rerank-top": 20},
+                item_tables_from=_RETRIEVER,
+            ),
+            Point(
                 "LLM hybrid, ranking loss, reranks the top 20",
                 {"llm-input": "hybrid", "objective": "ranking", "rerank-top": 20},
                 item_tables_from=_RETRIEVER,
             ),
         ),
-        description="demo preset, DP federated MF retrieving and the LLM reranking (CPU-sized, about 45 min)",
+        description="demo preset, DP federated MF retrieving and four LLMs reranking (CPU-sized, about 2 h)",
     ),
     # For tests: the tiny random model, two methods, each privacy guarantee on one of them.
     "smoke": Suite(
