@@ -143,25 +143,14 @@ SUITES: dict[str, Suite] = {
         base={"eval-users": 100, "test-interactions": 5, "ranking-users": 100, "max-weight": 100_000.0},
         points=(
             Point(_RETRIEVER, {"recommender": "mf", "strategy": "fedavg", "num-server-rounds": 10, "client-cpus": 1.0}),
-            Point(
-                "LLM text, preference loss, reranks the top 20",
-                {"llm-input": "text", "objective": "preference", "rerank-top": 20},
-                item_tables_from=_RETRIEVER,
-            ),
-            Point(
-                "LLM text, ranking loss, reranks the top 20",
-                {"llm-input": "text", "objective": "ranking", "rerank-top": 20},
-                item_tables_from=_RETRIEVER,
-            ),
-            Point(
-                "LLM hybrid, preference loss, reranks the top 20",
-                {"llm-input": "hybrid", "objective": "preference", "rerank-top": 20},
-                item_tables_from=_RETRIEVER,
-            ),
-            Point(
-                "LLM hybrid, ranking loss, reranks the top 20",
-                {"llm-input": "hybrid", "objective": "ranking", "rerank-top": 20},
-                item_tables_from=_RETRIEVER,
+            *(
+                Point(
+                    f"LLM {llm_input}, {objective} loss, reranks the top 20",
+                    {"llm-input": llm_input, "objective": objective, "rerank-top": 20},
+                    item_tables_from=_RETRIEVER,
+                )
+                for llm_input in ("text", "hybrid")
+                for objective in ("preference", "ranking")
             ),
         ),
         description="demo preset, DP federated MF retrieving and four LLMs reranking (CPU-sized, about 2 h)",
