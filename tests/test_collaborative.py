@@ -373,7 +373,7 @@ def test_hybrid_llm_trained_to_rank_reranks_an_mf_runs_retrieval_and_composes_ep
     _, folder = mf_run
     tables = folder / "run" / "item-tables.npz"
     overrides = {"llm-input": "hybrid", "item-tables": str(tables), "mf-dim": 8, "out": str(tmp_path / "hybrid")}
-    overrides |= {"objective": "ranking", "train-negatives": 3, "rerank-top": 10}
+    overrides |= {"objective": "ranking", "train-negatives": 3, "train-negatives-pool": 20, "rerank-top": 10}
     cfg = resolve_config("smoke", overrides=overrides | {"num-server-rounds": 1, "learning-rate": 0.05})
     out, summary = simulate(cfg, echo=None)
     assert summary["llm_input"] == "hybrid" and summary["rounds"] == 1

@@ -1,6 +1,7 @@
 """Training the LLM to rank (objective = 'ranking'): groups of a liked item and unrated
 negatives after one history, softmax cross-entropy, DP-SGD clipping per group."""
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -9,6 +10,7 @@ from opacus import GradSampleModule
 from fedrec.config import ConfigError, FedRecConfig, RecordDPConfig
 from fedrec.privacy.ledger import PersistentAccountant
 from fedrec.privacy.record_level import PrivateTraining, group_grad_samples, plan_round
+from fedrec.tasks.collaborative.folded import FoldedInTables
 from fedrec.tasks.preference.examples import PreferenceExample
 from fedrec.tasks.ranking.training import ranking_groups, ranking_loss
 from fedrec.tasks.training import train_adapter
@@ -32,6 +34,40 @@ def test_groups_hold_each_liked_example_and_seeded_unrated_negatives():
     assert ranking_groups(examples, train, catalog, 4, seed=7) == groups
     assert ranking_groups(examples, train, catalog, 4, seed=8) != groups
     assert ranking_groups(examples, train, catalog[:3], 4, seed=7) == []  # too few unrated items
+
+
+def test_a_negatives_pool_draws_only_the_unrated_items_the_retriever_ranks_highest():
+    catalog = [str(i) for i in range(1, 30)]
+    train = pd.DataFrame({"user": ["u", "u", "v"], "item": ["1", "2", "5"], "rating": [5.0, 2.0, 5.0]})
+    examples = [PreferenceExample("u", "1", 1, HISTORY), PreferenceExample("v", "5", 1, HISTORY)]
+    rng = np.random.default_rng(0)
+    tables = {"mf.item_embeddings": rng.standard_normal((29, 4)).astype(np.float32)}
+    tables["mf.item_biases"] = rng.standard_normal(29).astype(np.float32)
+    retriever = FoldedInTables(tables, pd.Series(catalog), train, 3.0, ["u", "v"], "tables")
+    groups = ranking_groups(examples, train, catalog, 3, seed=7, retriever=retriever, pool=5)
+    assert len(groups) == 2
+    for group in groups:
+        user = group[0].user
+        rated = set(train[train["user"] == user]["item"])
+        scores = retriever.catalog_scores(user)
+        unrated = [item for item in sorted(catalog) if item not in rated]
+        top = set(sorted(unrated, key=lambda item: -scores[retriever.item_row[item]])[:5])
+        negatives = {ex.item for ex in group[1:]}
+        assert len(negatives) == 3 and negatives <= top
+    wide = ranking_groups(examples, train, catalog, 3, seed=7, retriever=retriever, pool=len(catalog))
+    assert wide == ranking_groups(examples, train, catalog, 3, seed=7)  # a pool of everything: uniform
+    assert ranking_groups(examples, train, catalog, 3, seed=7, retriever=retriever, pool=2) == []
+
+
+def test_a_negatives_pool_needs_the_ranking_objective_a_retriever_and_room():
+    with pytest.raises(ConfigError, match="train-negatives-pool"):
+        FedRecConfig.from_mapping({"train-negatives-pool": 50, "item-tables": "t.npz"})
+    with pytest.raises(ConfigError, match="item-tables"):
+        FedRecConfig.from_mapping({"train-negatives-pool": 50, "objective": "ranking"})
+    with pytest.raises(ConfigError, match=">= train-negatives"):
+        FedRecConfig.from_mapping({"train-negatives-pool": 3, "objective": "ranking", "item-tables": "t.npz"})
+    cfg = FedRecConfig.from_mapping({"train-negatives-pool": 4, "objective": "ranking", "item-tables": "t.npz"})
+    assert cfg.training.train_negatives_pool == 4
 
 
 def test_ranking_loss_ignores_a_per_group_offset():

@@ -152,8 +152,15 @@ SUITES: dict[str, Suite] = {
                 for llm_input in ("text", "hybrid")
                 for objective in ("preference", "ranking")
             ),
+            # Hard negatives: the top 20 of 100 sampled candidates the LLM reranks lie in
+            # about the top 20 % of a user's ~1,600 unrated items by the retriever.
+            Point(
+                "LLM hybrid, ranking loss on the retriever's top 300, reranks the top 20",
+                {"llm-input": "hybrid", "objective": "ranking", "train-negatives-pool": 300, "rerank-top": 20},
+                item_tables_from=_RETRIEVER,
+            ),
         ),
-        description="demo preset, DP federated MF retrieving and four LLMs reranking (CPU-sized, about 2 h)",
+        description="demo preset, DP federated MF retrieving and five LLMs reranking (CPU-sized, about 2.5 h)",
     ),
     # For tests: the tiny random model, two methods, each privacy guarantee on one of them.
     "smoke": Suite(

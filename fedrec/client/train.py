@@ -34,10 +34,11 @@ from ..protocol.records import (
     TRAIN_LOSS,
 )
 from ..protocol.replies import decline_reply, train_reply
+from ..tasks.collaborative.folded import FoldedInTables
 from ..tasks.preference.dataset import FederatedData
 from ..tasks.preference.examples import PreferenceExample
 from ..tasks.preference.scoring import preference_loss
-from ..tasks.preference.signals import node_signals
+from ..tasks.preference.signals import CollaborativeSignals, node_folded_tables
 from ..tasks.ranking.training import ranking_groups, ranking_loss
 from ..tasks.training import LocalTraining, Loss, TrainResult, train_adapter
 from .budget import train_within_budget
@@ -57,10 +58,11 @@ class _Records:
     group_size: int
 
 
-def _records(cfg: FedRecConfig, data: FederatedData, partition_id: int) -> _Records:
+def _records(cfg: FedRecConfig, data: FederatedData, partition_id: int, folded: FoldedInTables | None) -> _Records:
     """Preference examples with their labels, or (``objective = 'ranking'``) each liked
-    example's group with unrated negatives, drawn once per run (the run's seed): the
-    same prompts every round, so the frozen layers' states are computed once.
+    example's group with unrated negatives, drawn once per run (the run's seed; from the
+    retriever's top ``train-negatives-pool`` with the ``folded`` tables): the same prompts
+    every round, so the frozen layers' states are computed once.
     """
     examples = data.train_examples(partition_id)
     if cfg.training.objective == "preference":
@@ -68,7 +70,9 @@ def _records(cfg: FedRecConfig, data: FederatedData, partition_id: int) -> _Reco
     catalog = data.central.data.items["item"].astype(str).tolist()
     negatives = cfg.training.train_negatives
     train = data.train_interactions(partition_id)
-    groups = ranking_groups(examples, train, catalog, negatives, cfg.federation.seed)
+    groups = ranking_groups(
+        examples, train, catalog, negatives, cfg.federation.seed, folded, cfg.training.train_negatives_pool
+    )
     return _Records([ex for group in groups for ex in group], torch.zeros(len(groups)), ranking_loss, 1 + negatives)
 
 
@@ -80,14 +84,17 @@ def train(message: Message, context: Context, cfg: FedRecConfig) -> Message:
     scorer = global_model(cfg, message, rank)
     config = message.content.config_records[CONFIG]
     seed = round_seed(cfg, int(config[SERVER_ROUND]), partition_id)
-    records = _records(cfg, data, partition_id)
+    folded = None
+    if cfg.model.llm_input == "hybrid" or cfg.training.train_negatives_pool:
+        folded = node_folded_tables(cfg, data, partition_id)
+    records = _records(cfg, data, partition_id, folded)
     if not len(records.targets):
         return _nothing_to_train(message, cfg)
     local = LocalTraining(
         cfg.training, records.loss, seed, float(config.get(PROXIMAL_MU, 0.0)), group_size=records.group_size
     )
     metrics: dict[str, Any] = {NUM_EXAMPLES: len(records.targets), DECLINED: 0, LORA_RANK: rank}
-    signals = node_signals(cfg, data, partition_id)
+    signals = CollaborativeSignals(folded) if folded is not None and cfg.model.llm_input == "hybrid" else None
     rows = records.rows
 
     def run(private: PrivateTraining | None) -> TrainResult:

@@ -61,6 +61,7 @@ class FedRecConfig:
             raise ConfigError("llm-input = 'hybrid' needs recommender = 'llm' and item-tables (an mf run's file)")
         if self.evaluation.rerank_top and (self.model.recommender != "llm" or not self.collaborative.item_tables):
             raise ConfigError("rerank-top > 0 needs recommender = 'llm' and item-tables (the retriever)")
+        self._check_train_negatives()
         if self.evaluation.rerank_fusion_weight and not self.evaluation.rerank_top:
             raise ConfigError("rerank-fusion-weight > 0 needs rerank-top > 0 (it fuses the reranked top N)")
         if self.model.recommender == "mf":
@@ -81,6 +82,19 @@ class FedRecConfig:
                 self.secagg.check_sum(self.federation.num_clients)
             except ValueError as err:
                 raise ConfigError(f"secure aggregation: {err}") from None
+
+    def _check_train_negatives(self) -> None:
+        """A negatives pool needs the ranking objective, a retriever, and room for the negatives."""
+        training = self.training
+        if not training.train_negatives_pool:
+            return
+        if training.objective != "ranking" or not self.collaborative.item_tables:
+            raise ConfigError("train-negatives-pool > 0 needs objective = 'ranking' and item-tables (the retriever)")
+        if training.train_negatives_pool < training.train_negatives:
+            raise ConfigError(
+                f"train-negatives-pool ({training.train_negatives_pool}) must be >= train-negatives "
+                f"({training.train_negatives}): the negatives are drawn from the pool without replacement"
+            )
 
     def _check_collaborative(self) -> None:
         """Settings that only the LLM's adapter has."""

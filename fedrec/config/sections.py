@@ -224,6 +224,12 @@ class TrainingConfig(Section):
     train_negatives: int = option(
         4, "objective = 'ranking': unrated items (drawn once per run) per liked training item", check=POSITIVE
     )
+    train_negatives_pool: int = option(
+        0,
+        "objective = 'ranking': draw the negatives from the top K of the user's unrated items by item-tables' MF "
+        "(the user folded in on the node), the hard negatives a reranker of its top N meets (0: from all unrated)",
+        check=NON_NEGATIVE,
+    )
 
 
 @dataclass(frozen=True)

@@ -63,11 +63,14 @@ def folded_tables(
     )
 
 
+def node_folded_tables(cfg: FedRecConfig, data: FederatedData, partition_id: int) -> FoldedInTables:
+    """``item-tables`` with one client's users folded in from their training interactions."""
+    catalog = data.central.data.items["item"]
+    return folded_tables(cfg, catalog, data.train_interactions(partition_id), data.users(partition_id))
+
+
 def node_signals(cfg: FedRecConfig, data: FederatedData, partition_id: int) -> CollaborativeSignals | None:
     """The signals of one client's users (None unless ``llm-input = 'hybrid'``)."""
     if cfg.model.llm_input != "hybrid":
         return None
-    catalog = data.central.data.items["item"]
-    return CollaborativeSignals(
-        folded_tables(cfg, catalog, data.train_interactions(partition_id), data.users(partition_id))
-    )
+    return CollaborativeSignals(node_folded_tables(cfg, data, partition_id))

@@ -1,6 +1,10 @@
 """Training the LLM to rank (``objective = 'ranking'``): each liked training example is
 asked beside ``train-negatives`` items its user never rated in training, after the same
 history, and a softmax cross-entropy over the group's scores puts the liked one first.
+The negatives are drawn uniformly from the unrated catalog, or (``train-negatives-pool =
+K``) from the K unrated items a retriever scores highest for the user: the hard
+negatives a reranker of that retriever's top N must tell apart (LlamaRec trains on its
+retriever's candidates for the same reason).
 A per-user offset (the like-rate the preference loss rewards) cancels within a group:
 only what tells items apart lowers the loss.
 
@@ -18,6 +22,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from ..collaborative.folded import FoldedInTables
 from ..preference.examples import PreferenceExample
 
 
@@ -25,12 +30,26 @@ def _seed(seed: int, user: str, item: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}/{user}/{item}".encode()).digest()[:8], "little")
 
 
+def _retrieved(pool: np.ndarray, retriever: FoldedInTables, user: str, top: int) -> np.ndarray:
+    """The ``top`` items of ``pool`` with the retriever's highest scores for ``user`` (ties by id)."""
+    scores = retriever.catalog_scores(user)[[retriever.item_row[item] for item in pool]]
+    return pool[np.sort(np.argsort(-scores, kind="stable")[:top])]
+
+
 def ranking_groups(
-    examples: list[PreferenceExample], train_interactions: pd.DataFrame, catalog: list[str], negatives: int, seed: int
+    examples: list[PreferenceExample],
+    train_interactions: pd.DataFrame,
+    catalog: list[str],
+    negatives: int,
+    seed: int,
+    retriever: FoldedInTables | None = None,
+    pool: int = 0,
 ) -> list[list[PreferenceExample]]:
     """Each liked example followed by ``negatives`` items (label 0) its user did not rate
-    in ``train_interactions``, drawn uniformly with a generator seeded by (seed, user,
-    item); a user with fewer unrated items gets no groups.
+    in ``train_interactions``, drawn without replacement with a generator seeded by (seed,
+    user, item) from all of them, or, with a ``retriever`` and ``pool > 0``, from the
+    ``pool`` the retriever ranks highest for the user; a user with fewer unrated items
+    than ``negatives`` gets no groups.
     """
     items = np.array(sorted(catalog))
     rated = train_interactions.groupby("user")["item"].agg(set).to_dict()
@@ -40,11 +59,16 @@ def ranking_groups(
         if not example.label:
             continue
         if example.user not in unrated:
-            unrated[example.user] = items[~np.isin(items, list(rated.get(example.user, set())))]
-        pool = unrated[example.user]
-        if len(pool) < negatives:
+            candidates = items[~np.isin(items, list(rated.get(example.user, set())))]
+            if retriever is not None and pool:
+                candidates = _retrieved(candidates, retriever, example.user, pool)
+            unrated[example.user] = candidates
+        candidates = unrated[example.user]
+        if len(candidates) < negatives:
             continue
-        picks = np.random.default_rng(_seed(seed, example.user, example.item)).choice(pool, negatives, replace=False)
+        picks = np.random.default_rng(_seed(seed, example.user, example.item)).choice(
+            candidates, negatives, replace=False
+        )
         others = [PreferenceExample(example.user, str(item), 0, example.history) for item in picks]
         groups.append([example, *others])
     return groups
