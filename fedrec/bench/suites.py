@@ -160,7 +160,7 @@ SUITES: dict[str, Suite] = {
                 item_tables_from=_RETRIEVER,
             ),
         ),
-        description="demo preset, DP federated MF retrieving and five LLMs reranking (CPU-sized, about 2.5 h)",
+        description="demo preset, DP federated MF retrieving and five LLMs reranking (CPU-sized, about 2.25 h)",
     ),
     # For tests: the tiny random model, two methods, each privacy guarantee on one of them.
     "smoke": Suite(
