@@ -1,7 +1,7 @@
 import pytest
 import torch
 from flwr.app import ArrayRecord
-from peft import PeftModel
+from peft import PeftModel, get_peft_model_state_dict
 
 from fedrec.files import replacing, write_atomic
 from fedrec.models.adapter import (
@@ -108,6 +108,9 @@ def test_adapter_round_trip_arrays_peft_folder(tmp_path):
     target = tiny_scorer()
     load_adapter_arrays(target, arrays)
     torch.testing.assert_close(target.score(tokens), expected)
+    peft_state = get_peft_model_state_dict(target.peft)
+    for name, tensor in arrays.to_torch_state_dict().items():
+        torch.testing.assert_close(peft_state[name], tensor)  # loaded in place, under peft's names
 
     folder = save_adapter(target, tmp_path / "adapter")
     assert (folder / "adapter_config.json").exists() and (folder / "adapter_model.safetensors").exists()

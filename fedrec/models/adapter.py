@@ -12,12 +12,15 @@ import hashlib
 import os
 import shutil
 import tempfile
+import weakref
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from .scorer import Scorer
 from .soft_tokens import PROJECTOR_PREFIX
@@ -38,13 +41,28 @@ def adapter_state(scorer: Scorer) -> dict[str, torch.Tensor]:
     return peft_state | _projector_state(scorer)
 
 
+_WIRE_PARAMETERS: weakref.WeakKeyDictionary[Scorer, dict[str, nn.Parameter]] = weakref.WeakKeyDictionary()
+
+
+def _wire_parameters(scorer: Scorer) -> dict[str, nn.Parameter]:
+    """The adapter's trainable parameters by wire name: peft's names and the projector's.
+    Found once per scorer (they never change after it is built; every reset and load is
+    in place), so a client's message does not walk the backbone's modules again.
+    """
+    cached = _WIRE_PARAMETERS.get(scorer)
+    if cached is None:
+        trainable = {p.data_ptr(): p for p in scorer.trainable_parameters()}
+        peft_state = get_peft_model_state_dict(scorer.peft)
+        cached = {k: trainable[v.data_ptr()] for k, v in peft_state.items() if v.data_ptr() in trainable}
+        if scorer.projector is not None:
+            cached |= {PROJECTOR_PREFIX + k: p for k, p in scorer.projector.named_parameters()}
+        _WIRE_PARAMETERS[scorer] = cached
+    return cached
+
+
 def wire_state(scorer: Scorer) -> dict[str, torch.Tensor]:
     """The adapter's trainable tensors by peft name, and the projector's (detached copies)."""
-    trainable = {p.data_ptr() for p in scorer.trainable_parameters()}
-    peft_state = get_peft_model_state_dict(scorer.peft)
-    return {k: v.detach().clone() for k, v in peft_state.items() if v.data_ptr() in trainable} | _projector_state(
-        scorer
-    )
+    return {name: p.detach().clone() for name, p in _wire_parameters(scorer).items()}
 
 
 def _set_state(scorer: Scorer, state: dict[str, torch.Tensor]) -> None:
@@ -72,7 +90,9 @@ def frozen_a_fingerprint(scorer: Scorer, rows: int) -> str:
     return digest.hexdigest()[:16]
 
 
-def check_adapter_state(expected: dict[str, torch.Tensor], received: dict[str, torch.Tensor], source: str) -> None:
+def check_adapter_state(
+    expected: Mapping[str, torch.Tensor], received: Mapping[str, torch.Tensor], source: str
+) -> None:
     """Refuse a state whose names, shapes, dtypes or values do not fit ``expected``."""
     missing, extra = expected.keys() - received.keys(), received.keys() - expected.keys()
     if missing or extra:
@@ -104,8 +124,11 @@ def load_adapter_arrays(scorer: Scorer, arrays: ArrayRecord, source: str = "mess
     state = dict(arrays.to_torch_state_dict())
     if rank is not None:
         state = slice_to_rank(state, rank)
-    check_adapter_state(wire_state(scorer), state, source)
-    _set_state(scorer, state)
+    parameters = _wire_parameters(scorer)
+    check_adapter_state(parameters, state, source)
+    with torch.no_grad():
+        for name, tensor in state.items():
+            parameters[name].copy_(tensor)
 
 
 def save_adapter(scorer: Scorer, folder: str | Path) -> Path:

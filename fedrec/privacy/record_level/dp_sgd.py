@@ -9,6 +9,7 @@ the client's :class:`~fedrec.privacy.ledger.PersistentAccountant`.
 
 from __future__ import annotations
 
+import functools
 import math
 import secrets
 import warnings
@@ -76,18 +77,26 @@ def plan_round(
     """
     batches = max(1, math.ceil(num_examples / batch_size))
     sample_rate, steps = 1.0 / batches, epochs * batches
-    sigma = dp.noise_multiplier
-    if sigma == 0.0 and spent:
-        sigma = _noise_after(dp, sample_rate, steps * planned_rounds, spent)
-    elif sigma == 0.0:
-        sigma = get_noise_multiplier(
-            target_epsilon=dp.target_epsilon,
-            target_delta=dp.target_delta,
-            sample_rate=sample_rate,
-            steps=steps * planned_rounds,
-            accountant=dp.accountant,
-        )
+    sigma = dp.noise_multiplier or _calibrated_noise(dp, sample_rate, steps * planned_rounds, tuple(spent))
     return RoundPlan(sigma, sample_rate, steps)
+
+
+@functools.lru_cache(maxsize=256)
+def _calibrated_noise(
+    dp: RecordDPConfig, sample_rate: float, steps: int, spent: tuple[tuple[float, float, int], ...]
+) -> float:
+    """The noise multiplier that fits ``steps`` at ``sample_rate`` into the budget after
+    ``spent``; cached: a simulation's clients of equal size share one search.
+    """
+    if spent:
+        return _noise_after(dp, sample_rate, steps, spent)
+    return get_noise_multiplier(
+        target_epsilon=dp.target_epsilon,
+        target_delta=dp.target_delta,
+        sample_rate=sample_rate,
+        steps=steps,
+        accountant=dp.accountant,
+    )
 
 
 def _noise_after(
