@@ -35,6 +35,19 @@ def test_a_long_ledger_gives_opacus_epsilon_of_its_raw_history_with_equal_entrie
     assert ledger.history == history  # what is stored (and audited) stays entry by entry
 
 
+def test_a_ledger_of_distinct_entries_gives_opacus_epsilon_exactly():
+    # a server's client-level ledger: one entry a round, its noise following the survivors
+    history = [(0.9 + 0.01 * (r % 7), 0.1 + 0.001 * r, 1) for r in range(60)] + [(0.9, 0.1, 3)]
+    for delta in (1e-3, 1e-5):
+        raw = RDPAccountant()
+        raw.history = PersistentAccountant("rdp", history).merged()
+        assert PersistentAccountant("rdp", history).epsilon(delta) == raw.get_epsilon(delta=delta)
+    prv = PersistentAccountant("prv", history[:5])
+    reference = PRVAccountant()
+    reference.history = prv.merged()
+    assert prv.epsilon(1e-5) == pytest.approx(reference.get_epsilon(delta=1e-5))
+
+
 def test_dp_step_changes_only_lora_and_keeps_frozen_weights_bit_identical(scorer):
     states, labels = _examples(scorer)
     before = {n: p.detach().clone() for n, p in scorer.named_parameters()}

@@ -10,15 +10,17 @@ restarted node continues its budget instead of starting a new one.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from flwr.app import ConfigRecord
 
 from ..config import ACCOUNTANTS
 from ..files import write_atomic
-from .opacus_api import IAccountant, create_accountant
+from .opacus_api import IAccountant, RDPAccountant, create_accountant, rdp_analysis
 
 
 def unflatten(flat: list[float]) -> list[tuple[float, float, int]]:
@@ -26,6 +28,15 @@ def unflatten(flat: list[float]) -> list[tuple[float, float, int]]:
     if len(flat) % 3:
         raise ValueError(f"a flat ledger holds triples (noise, rate, steps); got {len(flat)} values")
     return [(float(flat[i]), float(flat[i + 1]), int(flat[i + 2])) for i in range(0, len(flat), 3)]
+
+
+@functools.lru_cache(maxsize=4096)
+def _rdp_of_one_step(noise_multiplier: float, sample_rate: float) -> np.ndarray:
+    """Opacus's RDP of one step of the subsampled Gaussian at its default orders."""
+    orders = RDPAccountant.DEFAULT_ALPHAS
+    rdp = np.asarray(rdp_analysis.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=orders))
+    rdp.setflags(write=False)  # shared by every later call
+    return rdp
 
 
 @dataclass
@@ -41,21 +52,34 @@ class PersistentAccountant:
         if self.mechanism not in ACCOUNTANTS:
             raise ValueError(f"accountant must be one of {ACCOUNTANTS}, got '{self.mechanism}'")
 
-    def opacus(self) -> IAccountant:
-        """A fresh Opacus accountant holding this history, with the steps of equal
-        ``(noise_multiplier, sample_rate)`` entries summed (composition commutes, so the
-        guarantee is the same; the cost of an epsilon then stays flat as rounds add entries).
+    def merged(self) -> list[tuple[float, float, int]]:
+        """The history with the steps of equal ``(noise_multiplier, sample_rate)``
+        entries summed, in order of first appearance (composition commutes: the same guarantee).
         """
         steps: dict[tuple[float, float], int] = {}
         for noise_multiplier, sample_rate, count in self.history:
             steps[(noise_multiplier, sample_rate)] = steps.get((noise_multiplier, sample_rate), 0) + count
+        return [(sigma, rate, count) for (sigma, rate), count in steps.items()]
+
+    def opacus(self) -> IAccountant:
+        """A fresh Opacus accountant holding the :meth:`merged` history."""
         accountant = create_accountant(self.mechanism)
-        accountant.history = [(sigma, rate, count) for (sigma, rate), count in steps.items()]
+        accountant.history = self.merged()
         return accountant
 
     def epsilon(self, delta: float) -> float:
-        """Epsilon spent so far (0 before any step)."""
-        return self.opacus().get_epsilon(delta=delta) if self.history else 0.0
+        """Epsilon spent so far (0 before any step). Under RDP, Opacus's own computation
+        with each distinct entry's per-step RDP computed once per process: a server's
+        client-level ledger gains an entry of its own noise every round (the noise
+        follows the survivors), and recomputing all of them made each round slower.
+        """
+        if not self.history:
+            return 0.0
+        if self.mechanism != "rdp":
+            return self.opacus().get_epsilon(delta=delta)
+        rdp = sum(count * _rdp_of_one_step(sigma, rate) for sigma, rate, count in self.merged())
+        epsilon, _ = rdp_analysis.get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta)
+        return float(epsilon)
 
     def epsilon_after(self, noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
         """Epsilon if ``steps`` more steps were taken with these settings."""

@@ -9,8 +9,9 @@ import logging
 
 _root_handlers = list(logging.getLogger().handlers)
 from opacus import PrivacyEngine  # noqa: E402
-from opacus.accountants import create_accountant  # noqa: E402
+from opacus.accountants import RDPAccountant, create_accountant  # noqa: E402
 from opacus.accountants.accountant import IAccountant  # noqa: E402
+from opacus.accountants.analysis import rdp as rdp_analysis  # noqa: E402
 from opacus.accountants.utils import get_noise_multiplier  # noqa: E402
 from opacus.optimizers import DPOptimizer  # noqa: E402
 from opacus.utils.batch_memory_manager import BatchMemoryManager  # noqa: E402
@@ -22,6 +23,8 @@ __all__ = [
     "DPOptimizer",
     "IAccountant",
     "PrivacyEngine",
+    "RDPAccountant",
     "create_accountant",
     "get_noise_multiplier",
+    "rdp_analysis",
 ]
