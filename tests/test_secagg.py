@@ -40,6 +40,7 @@ from fedrec.privacy.secagg.quantization import (
     rounding_key,
     split_flat,
 )
+from fedrec.protocol.replies import decline_reply
 from fedrec.protocol.secagg import (
     CLEAR_METRICS,
     MASKED_RECORD,
@@ -98,6 +99,8 @@ client_app = ClientApp(mods=[_dropout_mod, secagg_mod])
 def _train(msg: Message, context: Context) -> Message:
     arrays = msg.content["arrays"]
     shapes = [tuple(a.shape) for a in arrays.values()]
+    if msg.content["config"].get("decline", False):
+        return decline_reply(msg, "no training examples on this node", {})
     deltas, weight = client_update(int(msg.content["config"]["trial-seed"]), msg.metadata.dst_node_id, shapes)
     trained = {k: Array(a.numpy() + d) for (k, a), d in zip(arrays.items(), deltas, strict=True)}
     metrics = MetricRecord({"num-examples": weight, "train_loss": 0.5})
@@ -114,6 +117,7 @@ def _trials() -> list[dict]:
     trials.append({"name": "drop-after", "size": 9, "seed": 201, "shapes": [(4, 3)], "after": 2})
     trials.append({"name": "drop-both", "size": 12, "seed": 202, "shapes": [(5,)], "before": 1, "after": 1})
     trials.append({"name": "beyond-threshold", "size": 6, "seed": 203, "shapes": [(5,)], "before": 4})
+    trials.append({"name": "all-decline", "size": 4, "seed": 204, "shapes": [(5,)], "decline": True})
     return trials
 
 
@@ -135,7 +139,12 @@ def _main(grid: Grid, context: Context) -> None:
         current = [rng.normal(size=s).astype(np.float32) for s in trial["shapes"]]
         arrays = ArrayRecord({f"t{i}": Array(a) for i, a in enumerate(current)})
         config = ConfigRecord(
-            {"trial-seed": trial["seed"], "drop-before-masked": before or [0], "drop-at-unmask": after or [0]}
+            {
+                "trial-seed": trial["seed"],
+                "drop-before-masked": before or [0],
+                "drop-at-unmask": after or [0],
+                "decline": trial.get("decline", False),
+            }
         )
         messages = [
             Message(
@@ -380,6 +389,13 @@ def test_drop_outs_beyond_the_threshold_fail_the_round_with_a_reason(secagg_resu
     assert "shares needed to reconstruct" in result["failures"][0][1]
     kept = secagg_results["strategy-failed-round"]
     assert kept["kept"] and kept["failures"]
+
+
+def test_a_round_every_node_declines_fails_naming_their_reasons(secagg_results):
+    result = secagg_results["all-decline"]
+    assert result["ok"] == 0 and len(result["errors"]) == result["replies"] == 4
+    failure = result["failures"][0][1]
+    assert "no survivor trained" in failure and "declined: no training examples on this node" in failure
 
 
 def test_nodes_sampled_again_skip_setup_and_share_keys_with_fresh_keys(secagg_results):

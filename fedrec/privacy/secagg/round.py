@@ -18,6 +18,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRec
 
 from ...config import SecAggConfig
 from ...protocol.records import ARRAYS, DECLINE, DECLINED, METRICS, NUM_EXAMPLES
+from ...protocol.replies import decline_reason
 from ...protocol.secagg import (
     MASKED_RECORD,
     SECAGG_RECORD,
@@ -162,7 +163,10 @@ class SecureRound:
 
         self.exchange.run(STAGE_UNMASK, survivors, unmask_request, self.config.secagg_timeout, take_shares)
         started = time.perf_counter()
-        mean = unmasker.mean_update(len(survivors), self.exchange.dropped)
+        try:
+            mean = unmasker.mean_update(len(survivors), self.exchange.dropped)
+        except SecAggError as err:
+            raise SecAggError(_with_decline_reasons(str(err), collected)) from None
         names = [name for name in self.shapes if name not in (WEIGHT_KEY, SECURE_METRICS_KEY)]
         current = self.requests[survivors[0]].content[ARRAYS]
         aggregate = ArrayRecord(
@@ -266,3 +270,9 @@ class SecureRound:
 def requests_by_node(messages: Iterable[Message]) -> dict[int, Message]:
     """The train requests of a round by destination node."""
     return {m.metadata.dst_node_id: m for m in messages}
+
+
+def _with_decline_reasons(error: str, collected: Mapping[int, Message]) -> str:
+    """``error`` followed by the reasons of the nodes that declined: they explain a sum of weight 0."""
+    reasons = sorted({decline_reason(m) for m in collected.values() if DECLINE in m.content.config_records})
+    return f"{error}; declined: {' | '.join(reasons)}" if reasons else error
