@@ -95,6 +95,18 @@ def test_check_validates_without_writing_and_resume_of_a_folder_without_a_run_is
     assert err.count("\n") == 1 and "nowhere/config.toml does not exist" in err
 
 
+def test_a_client_state_dir_holding_ledgers_is_warned_about(tmp_path, capsys):
+    state = tmp_path / "old-run" / "nodes"
+    (state / "partition-0").mkdir(parents=True)
+    args = ["simulate", "--preset", "smoke", *_csv(tmp_path, GOOD), "--check", "--out", str(tmp_path / "out")]
+    args += ["--set", f"client-state-dir={state}"]
+    assert main(args) == 0 and "warning" not in capsys.readouterr().err  # no ledger there yet
+    (state / "partition-0" / "privacy-ledger.json").write_text("{}")
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("fedrec: warning: client-state-dir") and "holds 1 nodes' privacy ledgers" in err, err
+
+
 @pytest.mark.parametrize(
     ("settings", "warning"),
     [

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..client.node import LEDGER_FILE
 from ..config import ConfigError, FedRecConfig
 from ..models.collaborative import ITEM_EMBEDDINGS, read_item_tables
 from ..server.checkpoint import read_checkpoint
@@ -47,7 +48,24 @@ def start_up_warnings(cfg: FedRecConfig) -> list[str]:
             f"client-sampling = 'poisson' expects {expected:.2f} clients per round (fraction-train x num-clients): "
             f"{(1 - federation.fraction_train) ** federation.num_clients:.0%} of the rounds train nobody"
         )
+    found.extend(_spent_state_warning(cfg))
     return found
+
+
+def _spent_state_warning(cfg: FedRecConfig) -> list[str]:
+    """A new run whose ``client-state-dir`` already holds nodes' ledgers (e.g. a config
+    copied from an earlier run): its nodes continue those budgets.
+    """
+    state_dir = cfg.server.client_state_dir
+    if not state_dir or cfg.server.resume:
+        return []
+    ledgers = list(Path(state_dir).expanduser().glob(f"partition-*/{LEDGER_FILE}"))
+    if not ledgers:
+        return []
+    return [
+        f"client-state-dir {state_dir} already holds {len(ledgers)} nodes' privacy ledgers (an earlier run's?): "
+        "those nodes continue their budgets and decline once spent; set another client-state-dir to start fresh"
+    ]
 
 
 def _check_item_tables(path: Path, dim: int, num_items: int) -> None:
