@@ -114,10 +114,13 @@ class LocalSuperLink:
         except (urllib.error.URLError, OSError):
             return False
 
-    def stop(self) -> None:
+    def stop(self, interrupted: bool = False) -> None:
         """Stop it by its PID (SIGTERM, then SIGKILL), kill what is left of its runs, and
-        remove its home folder.
+        remove its home folder. ``interrupted``: kill the runs' processes (and it) first,
+        so that no ServerApp goes on training, or finishes, while it shuts down.
         """
+        if interrupted:
+            kill_marked(run_markers(self.token, os.getpid()))
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
@@ -131,8 +134,8 @@ class LocalSuperLink:
     def __enter__(self) -> LocalSuperLink:
         return self.start()
 
-    def __exit__(self, *_: object) -> None:
-        self.stop()
+    def __exit__(self, error_type: type[BaseException] | None, *_: object) -> None:
+        self.stop(interrupted=error_type is not None)
 
 
 def flwr_run(
