@@ -38,7 +38,7 @@ from ..tasks.collaborative.folded import FoldedInTables
 from ..tasks.preference.dataset import FederatedData
 from ..tasks.preference.examples import PreferenceExample
 from ..tasks.preference.scoring import preference_loss
-from ..tasks.preference.signals import CollaborativeSignals, node_folded_tables
+from ..tasks.preference.signals import node_folded_tables, node_signals
 from ..tasks.ranking.training import ranking_groups, ranking_loss
 from ..tasks.training import LocalTraining, Loss, TrainResult, train_adapter
 from .budget import train_within_budget
@@ -94,7 +94,7 @@ def train(message: Message, context: Context, cfg: FedRecConfig) -> Message:
         cfg.training, records.loss, seed, float(config.get(PROXIMAL_MU, 0.0)), group_size=records.group_size
     )
     metrics: dict[str, Any] = {NUM_EXAMPLES: len(records.targets), DECLINED: 0, LORA_RANK: rank}
-    signals = CollaborativeSignals(folded) if folded is not None and cfg.model.llm_input == "hybrid" else None
+    signals = node_signals(cfg, data, partition_id, folded)
     rows = records.rows
 
     def run(private: PrivateTraining | None) -> TrainResult:

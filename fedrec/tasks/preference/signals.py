@@ -69,8 +69,12 @@ def node_folded_tables(cfg: FedRecConfig, data: FederatedData, partition_id: int
     return folded_tables(cfg, catalog, data.train_interactions(partition_id), data.users(partition_id))
 
 
-def node_signals(cfg: FedRecConfig, data: FederatedData, partition_id: int) -> CollaborativeSignals | None:
-    """The signals of one client's users (None unless ``llm-input = 'hybrid'``)."""
+def node_signals(
+    cfg: FedRecConfig, data: FederatedData, partition_id: int, folded: FoldedInTables | None = None
+) -> CollaborativeSignals | None:
+    """The signals of one client's users (None unless ``llm-input = 'hybrid'``), from
+    ``folded`` when the caller has already folded them in.
+    """
     if cfg.model.llm_input != "hybrid":
         return None
-    return CollaborativeSignals(node_folded_tables(cfg, data, partition_id))
+    return CollaborativeSignals(folded or node_folded_tables(cfg, data, partition_id))
