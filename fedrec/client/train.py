@@ -18,6 +18,7 @@ from flwr.app import Array, ArrayRecord, Context, Message
 
 from ..config import FedRecConfig
 from ..models.adapter import adapter_to_arrays
+from ..models.packing import group_prefix_lengths
 from ..models.scorer import Scorer
 from ..models.wire import pad_to_rank
 from ..privacy.record_level import PrivateTraining
@@ -98,9 +99,12 @@ def train(message: Message, context: Context, cfg: FedRecConfig) -> Message:
     rows = records.rows
 
     def run(private: PrivateTraining | None) -> TrainResult:
-        states = scorer.prefix_states(scorer.encode(data.prompts(rows)), store=prefix_store(context))
+        tokens = scorer.encode(data.prompts(rows))
+        states = scorer.prefix_states(tokens, store=prefix_store(context))
+        packed = records.group_size > 1 and scorer.packs_groups
+        shared = group_prefix_lengths(tokens, records.group_size) if packed else None
         return train_adapter(
-            scorer, states, records.targets, local, private, None if signals is None else signals.of(rows)
+            scorer, states, records.targets, local, private, None if signals is None else signals.of(rows), shared
         )
 
     training = cfg.training

@@ -12,16 +12,7 @@ from torch import nn
 from transformers.cache_utils import DynamicCache
 
 from .heads import AnswerMarginHead
-from .prefix_cache import common_prefix_length
 from .split import SplitForward
-
-
-def shared_length(token_lists: list[list[int]]) -> int:
-    """Tokens every prompt shares, each prompt keeping one of its own."""
-    shared = min(len(t) for t in token_lists) - 1
-    for tokens in token_lists[1:]:
-        shared = min(shared, common_prefix_length(token_lists[0], tokens))
-    return shared
 
 
 @torch.no_grad()

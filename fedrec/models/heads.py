@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from peft import PeftModel
 
 if TYPE_CHECKING:
+    from .packing import PackedGroups
     from .split import SplitForward
 
 
@@ -50,6 +51,13 @@ class AnswerMarginHead:
         with torch.autocast(last.device.type, enabled=False):
             logits = F.linear(last, self.weight(last.device))
         return logits[:, 0] - logits[:, 1]
+
+    def packed(self, split: SplitForward, packed: PackedGroups, states: torch.Tensor) -> torch.Tensor:
+        """Scores ``[B, G]`` of packed groups (:mod:`.packing`) from their split-layer ``states``."""
+        last = split.packed_answer_hidden(packed, states).float()
+        with torch.autocast(last.device.type, enabled=False):
+            logits = F.linear(last, self.weight(last.device))
+        return logits[..., 0] - logits[..., 1]
 
     def margin(self, last: torch.Tensor) -> torch.Tensor:
         """Scores from final hidden states, projected in float32 outside autocast (a

@@ -35,6 +35,14 @@ def common_prefix_length(a: list[int], b: list[int]) -> int:
     return next((k for k in range(n) if a[k] != b[k]), n)
 
 
+def shared_length(token_lists: list[list[int]]) -> int:
+    """Tokens every prompt shares, each prompt keeping one of its own."""
+    shared = min(len(t) for t in token_lists) - 1
+    for tokens in token_lists[1:]:
+        shared = min(shared, common_prefix_length(token_lists[0], tokens))
+    return shared
+
+
 class PrefixCache:
     """Least-recently-used store of split-layer states, bounded in bytes."""
 

@@ -24,11 +24,13 @@ from peft import PeftModel
 from torch import nn
 
 from .backbone import Backbone
-from .candidates import score_after_shared_prefix, shared_length
+from .candidates import score_after_shared_prefix
 from .errors import BackboneError
+from .heads import AnswerMarginHead
 from .kinds import kind_of
 from .lora import LoraSettings, attach_lora, lora_train_mode, reset_lora, split_layer_of
-from .prefix_cache import PREFIX_CACHE, shared_prefix_groups
+from .packing import PackedGroups, add_at_member_slots, pack_groups
+from .prefix_cache import PREFIX_CACHE, shared_length
 from .prefix_store import PrefixStore
 from .prompting import AnswerPrompt, PromptFormat
 from .soft_tokens import SoftTokenProjector, add_at_slots
@@ -126,35 +128,18 @@ class Scorer(nn.Module):
                 missing.append(i)
             else:
                 out[i] = hit
-        out |= self._compute_prefixes(token_lists, missing, batch_size, min_shared_tokens)
+        computed = self.split.states_of(
+            [token_lists[i] for i in missing],
+            batch_size,
+            min_shared_tokens,
+            self._pad_id,
+            self._device(),
+            self._autocast,
+        )
+        out |= dict(zip(missing, computed, strict=True))
         for i in missing:
             PREFIX_CACHE.put(self.cache_key(token_lists[i]), out[i])
         return [out[i] for i in range(len(token_lists))]
-
-    def _compute_prefixes(
-        self, token_lists: list[list[int]], missing: list[int], batch_size: int, min_shared_tokens: int
-    ) -> dict[int, torch.Tensor]:
-        """Split-layer states of the prompts ``missing``: single prompts batched by
-        length, groups that share a prefix with it computed once.
-        """
-        out: dict[int, torch.Tensor] = {}
-        device, pad = self._device(), self._pad_id
-        can_share = self.kind.name == "causal" and self.split_layer > 0
-        groups = shared_prefix_groups([token_lists[i] for i in missing], min_shared_tokens if can_share else None)
-        singles = sorted((missing[g[1][0]] for g in groups if len(g[1]) == 1), key=lambda i: len(token_lists[i]))
-        for start in range(0, len(singles), batch_size):
-            chunk = singles[start : start + batch_size]
-            states = self.split.prefix_batch([token_lists[i] for i in chunk], pad, device, self._autocast)
-            out |= dict(zip(chunk, states, strict=True))
-        multi = sorted((g for g in groups if len(g[1]) > 1), key=lambda g: g[0])
-        for start in range(0, len(multi), batch_size):
-            chunk = multi[start : start + batch_size]
-            members = [[missing[j] for j in g[1]] for g in chunk]
-            shared = [token_lists[m[0]][:n] for (n, _), m in zip(chunk, members, strict=True)]
-            suffixes = [[token_lists[i][n:] for i in m] for (n, _), m in zip(chunk, members, strict=True)]
-            states = self.split.shared_prefix_batch(shared, suffixes, batch_size, pad, device, self._autocast)
-            out |= dict(zip((i for m in members for i in m), states, strict=True))
-        return out
 
     def cache_key(self, tokens: list[int]) -> str:
         """The prefix cache's key of a prompt's split-layer states."""
@@ -176,6 +161,30 @@ class Scorer(nn.Module):
                     raise ValueError("collaborative signals given to a scorer without a projector")
                 states = add_at_slots(states, self.projector(signals.to(states.device)), self.prompt.slot_offsets)
             return self.head(self.split, states, mask)
+
+    @property
+    def packs_groups(self) -> bool:
+        """Whether :meth:`forward_groups` can score packed groups (a causal LM with a
+        Llama-style top layer).
+        """
+        return isinstance(self.head, AnswerMarginHead) and self.split.last_position_top_layer
+
+    def forward_groups(self, packed: PackedGroups, signals: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores ``[B, G]`` of packed groups (:mod:`.packing`); ``signals``
+        ``[B, G, slots, signal_dim]`` become soft tokens at each member's slots.
+        """
+        if not self.packs_groups:
+            raise BackboneError(f"{self.backbone_name}: packed groups need a causal LM with a Llama-style top layer")
+        packed = packed.to(self._device())
+        states = packed.states
+        with self._autocast():
+            if signals is not None:
+                if self.projector is None:
+                    raise ValueError("collaborative signals given to a scorer without a projector")
+                tokens = self.projector(signals.to(states.device))
+                states = add_at_member_slots(packed, tokens, self.prompt.slot_offsets)
+            assert isinstance(self.head, AnswerMarginHead)
+            return self.head.packed(self.split, packed, states)
 
     def batch(self, states: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Pad cached states into a batch on the model's device."""
@@ -213,20 +222,34 @@ class Scorer(nn.Module):
         """Scores of prompts that differ only after a shared prefix (see
         :mod:`.candidates`); equal to :meth:`full_forward_score` of each prompt up to
         float error. With ``signals`` (soft tokens) the frozen layers' shared prefix is
-        still computed once (:meth:`prefix_states`), the adapter's layers per prompt.
+        computed once (:meth:`prefix_states`) and the layers above run on rows of up to
+        ``batch_size`` candidates packed after it (:mod:`.packing`).
         """
-        if self.kind.name != "causal" or len(token_lists) < 2 or signals is not None:
+        shared = shared_length(token_lists) if self.kind.name == "causal" and len(token_lists) > 1 else 0
+        if shared < 1 or (signals is not None and not self.packs_groups):
             return self.score(token_lists, batch_size, signals=signals)
-        shared = shared_length(token_lists)
-        if shared < 1:
-            return self.score(token_lists, batch_size)
         was_training = self.training
         self.eval()
-        scores = score_after_shared_prefix(
-            self.split, self.head, token_lists, shared, batch_size, self._pad_id, self._device(), self._autocast
-        )
+        if signals is None:
+            scores = score_after_shared_prefix(
+                self.split, self.head, token_lists, shared, batch_size, self._pad_id, self._device(), self._autocast
+            )
+        else:
+            scores = self._packed_candidate_scores(token_lists, shared, batch_size, signals)
         self.train(was_training)
         return scores
+
+    def _packed_candidate_scores(
+        self, token_lists: list[list[int]], shared: int, batch_size: int, signals: torch.Tensor
+    ) -> torch.Tensor:
+        """Scores of candidates after ``shared`` common tokens, ``batch_size`` to a packed row."""
+        states = self.prefix_states(token_lists)
+        scores = []
+        for start in range(0, len(states), batch_size):
+            chunk = states[start : start + batch_size]
+            row = pack_groups(chunk, len(chunk), [shared])
+            scores.append(self.forward_groups(row, signals[start : start + batch_size][None])[0].float().cpu())
+        return torch.cat(scores)
 
     @torch.no_grad()
     def full_forward_score(self, tokens: list[int]) -> float:

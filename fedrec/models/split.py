@@ -20,6 +20,8 @@ from transformers.masking_utils import create_causal_mask
 
 from .errors import BackboneError
 from .kinds import ModelKind
+from .packing import PackedGroups
+from .prefix_cache import shared_prefix_groups
 
 
 class _StopForward(Exception):
@@ -107,6 +109,36 @@ class SplitForward:
             return [states[i, states.shape[1] - n :].clone() for i, n in enumerate(lengths)]
         return [states[i, :n].clone() for i, n in enumerate(lengths)]
 
+    def states_of(
+        self,
+        token_lists: list[list[int]],
+        batch_size: int,
+        min_shared_tokens: int,
+        pad_id: int,
+        device: torch.device,
+        autocast: Callable[[], object],
+    ) -> list[torch.Tensor]:
+        """Split-layer states of each prompt: single prompts batched by length, prompts
+        sharing a leading run of ``min_shared_tokens`` or more (causal models) computed
+        once for the run (:meth:`shared_prefix_batch`).
+        """
+        out: dict[int, torch.Tensor] = {}
+        can_share = self.kind.name == "causal" and self.split_layer > 0
+        groups = shared_prefix_groups(token_lists, min_shared_tokens if can_share else None)
+        singles = sorted((g[1][0] for g in groups if len(g[1]) == 1), key=lambda i: len(token_lists[i]))
+        for start in range(0, len(singles), batch_size):
+            chunk = singles[start : start + batch_size]
+            states = self.prefix_batch([token_lists[i] for i in chunk], pad_id, device, autocast)
+            out |= dict(zip(chunk, states, strict=True))
+        multi = sorted((g for g in groups if len(g[1]) > 1), key=lambda g: g[0])
+        for start in range(0, len(multi), batch_size):
+            chunk = multi[start : start + batch_size]
+            shared = [token_lists[members[0]][:n] for n, members in chunk]
+            suffixes = [[token_lists[i][n:] for i in members] for n, members in chunk]
+            states = self.shared_prefix_batch(shared, suffixes, batch_size, pad_id, device, autocast)
+            out |= dict(zip((i for _, members in chunk for i in members), states, strict=True))
+        return [out[i] for i in range(len(token_lists))]
+
     def shared_prefix_batch(
         self,
         shared: list[list[int]],
@@ -169,7 +201,6 @@ class SplitForward:
         """
         if not self.last_position_top_layer:
             return self.hidden(states, mask)[:, -1]
-        layers = self.layers[self.split_layer :]
         positions = self.kind.positions(mask)
         causal = create_causal_mask(
             config=self.trunk.config,
@@ -178,12 +209,40 @@ class SplitForward:
             past_key_values=None,
             position_ids=positions,
         )
+        last = torch.full((states.shape[0], 1), states.shape[1] - 1, device=states.device)
+        return self._answer_hidden(states, causal, positions, last)[:, 0]
+
+    def packed_answer_hidden(self, packed: PackedGroups, states: torch.Tensor) -> torch.Tensor:
+        """Final-norm hidden states ``[B, G, d]`` at each member's last token of packed
+        groups (:mod:`.packing`), from their split-layer ``states`` (soft tokens added);
+        needs :attr:`last_position_top_layer`.
+        """
+        if not self.last_position_top_layer:
+            raise BackboneError("packed groups need a causal LM with a Llama-style top layer")
+        attention = create_causal_mask(
+            config=self.trunk.config,
+            inputs_embeds=states,
+            attention_mask=packed.padding_mask,
+            past_key_values=None,
+            position_ids=packed.positions,
+            and_mask_function=packed.same_member_or_prefix(),
+        )
+        return self._answer_hidden(states, attention, packed.positions, packed.answers)
+
+    def _answer_hidden(
+        self, states: torch.Tensor, attention: torch.Tensor | None, positions: torch.Tensor, answers: torch.Tensor
+    ) -> torch.Tensor:
+        """The layers from the split up, the top one's residual stream and MLP only at
+        the ``answers`` positions ``[B, G]`` (its attention still reads every position).
+        """
+        layers = self.layers[self.split_layer :]
         rotary = self.trunk.rotary_emb(states, position_ids=positions)
         hidden = states
         for layer in layers[:-1]:
-            hidden = layer(hidden, attention_mask=causal, position_embeddings=rotary, position_ids=positions)
+            hidden = layer(hidden, attention_mask=attention, position_embeddings=rotary, position_ids=positions)
         top = layers[-1]
-        attended = top.self_attn(top.input_layernorm(hidden), attention_mask=causal, position_embeddings=rotary)[0]
-        last = hidden[:, -1] + attended[:, -1]
+        attended = top.self_attn(top.input_layernorm(hidden), attention_mask=attention, position_embeddings=rotary)[0]
+        index = answers[..., None].expand(-1, -1, hidden.shape[-1])
+        last = hidden.gather(1, index) + attended.gather(1, index)
         last = last + top.mlp(top.post_attention_layernorm(last))
         return self.trunk.norm(last)

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from ..config import TrainingConfig
+from ..models.packing import pack_groups
 from ..models.scorer import Scorer
 from ..privacy.record_level import PrivateTraining, dp_sgd, group_grad_samples, physical_batches
 
@@ -66,10 +67,12 @@ def train_adapter(
     local: LocalTraining,
     private: PrivateTraining | None = None,
     signals: torch.Tensor | None = None,
+    shared: list[int] | None = None,
 ) -> TrainResult:
     """Train the adapter on ``states`` (from :meth:`Scorer.prefix_states`), with each
     row's collaborative ``signals`` when the scorer has a projector; ``targets`` has one
-    entry per record (``local.group_size`` rows).
+    entry per record (``local.group_size`` rows). With ``shared``, the length of each
+    group's shared prompt prefix, each group runs packed into one row (:mod:`fedrec.models.packing`).
     """
     signal_count = len(states) if signals is None else len(signals)
     if not len(states) == len(targets) * local.group_size == signal_count:
@@ -86,7 +89,7 @@ def train_adapter(
         dataset, batch_size=training.batch_size, shuffle=True, generator=torch.Generator().manual_seed(local.seed)
     )
     scorer.train()
-    batches = _Batches(scorer, states, local, signals)
+    batches = _Batches(scorer, states, local, signals, shared)
     try:
         if private is None:
             steps = _train_plain(batches, optimizer, loader, training)
@@ -114,18 +117,39 @@ class _Batches:
     """The loss of batches of cached states (and signals), and its running mean over the examples seen."""
 
     def __init__(
-        self, scorer: Scorer, states: list[torch.Tensor], local: LocalTraining, signals: torch.Tensor | None
+        self,
+        scorer: Scorer,
+        states: list[torch.Tensor],
+        local: LocalTraining,
+        signals: torch.Tensor | None,
+        shared: list[int] | None,
     ) -> None:
+        if shared is not None and (local.group_size < 2 or len(shared) * local.group_size != len(states)):
+            raise ValueError(f"{len(shared)} shared prefixes for {len(states)} rows in groups of {local.group_size}")
         self.scorer, self.states, self.loss, self.signals = scorer, states, local.loss, signals
-        self.group_size = local.group_size
+        self.group_size, self.shared = local.group_size, shared
         self.total, self.count = 0.0, 0
+
+    @property
+    def grouped_per_row(self) -> bool:
+        """Whether each record is one row (packed groups, or groups of one)."""
+        return self.group_size == 1 or self.shared is not None
 
     def __call__(self, index: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         rows = (index[:, None] * self.group_size + torch.arange(self.group_size)).flatten()
-        batch, mask = self.scorer.batch([self.states[i] for i in rows.tolist()])
-        scores = self.scorer(batch, mask, None if self.signals is None else self.signals[rows])
-        if self.group_size > 1:
-            scores = scores.reshape(len(index), self.group_size)
+        signals = None if self.signals is None else self.signals[rows]
+        if self.shared is not None:
+            packed = pack_groups(
+                [self.states[i] for i in rows.tolist()], self.group_size, [self.shared[i] for i in index.tolist()]
+            )
+            if signals is not None:
+                signals = signals.reshape(len(index), self.group_size, *signals.shape[1:])
+            scores = self.scorer.forward_groups(packed, signals)
+        else:
+            batch, mask = self.scorer.batch([self.states[i] for i in rows.tolist()])
+            scores = self.scorer(batch, mask, signals)
+            if self.group_size > 1:
+                scores = scores.reshape(len(index), self.group_size)
         loss = self.loss(scores, targets.to(scores.device))
         self.total += float(loss.detach()) * len(index)
         self.count += len(index)
@@ -180,7 +204,7 @@ def _train_private(
                             p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
                     else:
                         batches(index, y).backward()
-                        if batches.group_size > 1:
+                        if not batches.grouped_per_row:
                             group_grad_samples(scorer.trainable_parameters(), batches.group_size)
                     dp_optimizer.step()
     return private.accountant.steps - steps_before

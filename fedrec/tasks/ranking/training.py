@@ -8,9 +8,11 @@ retriever's candidates for the same reason).
 A per-user offset (the like-rate the preference loss rewards) cancels within a group:
 only what tells items apart lowers the loss.
 
-Under DP-SGD a group is one record: its rows' per-sample gradients are summed before
-clipping (:func:`fedrec.privacy.record_level.group_grad_samples`), so one liked
-interaction, with its history and negatives, moves the update by at most the clip.
+Under DP-SGD a group is one record, so one liked interaction, with its history and
+negatives, moves the update by at most the clip. On a causal LM the group runs packed
+into one row, the history once (:mod:`fedrec.models.packing`), and Opacus's per-sample
+gradient is the group's; otherwise its rows' per-sample gradients are summed before
+clipping (:func:`fedrec.privacy.record_level.group_grad_samples`).
 """
 
 from __future__ import annotations
