@@ -219,11 +219,14 @@ class Scorer(nn.Module):
     def score_candidates(
         self, token_lists: list[list[int]], batch_size: int = 32, signals: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Scores of prompts that differ only after a shared prefix (see
-        :mod:`.candidates`); equal to :meth:`full_forward_score` of each prompt up to
-        float error. With ``signals`` (soft tokens) the frozen layers' shared prefix is
-        computed once (:meth:`prefix_states`) and the layers above run on rows of up to
-        ``batch_size`` candidates packed after it (:mod:`.packing`).
+        """Scores of prompts that differ only after a shared prefix; equal to
+        :meth:`full_forward_score` of each prompt up to float error. Without ``signals``
+        the prefix runs once through the whole model and the suffixes on its key/value
+        cache (:mod:`.candidates`). With ``signals`` (soft tokens, added at the split
+        layer) the frozen layers' states come from :meth:`prefix_states` (the shared
+        prefix computed once) and the layers above run on rows of up to ``batch_size``
+        candidates packed after the prefix (:mod:`.packing`), each one's soft tokens at
+        its slots.
         """
         shared = shared_length(token_lists) if self.kind.name == "causal" and len(token_lists) > 1 else 0
         if shared < 1 or (signals is not None and not self.packs_groups):
