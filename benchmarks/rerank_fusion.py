@@ -5,16 +5,20 @@ script loads that adapter, scores each ranking case's reranked head once, and or
 head by the LLM's score plus ``w`` times the retriever's (each standardized over the head,
 :func:`fedrec.tasks.ranking.rerank.fused_scores`) for every ``w`` of a grid:
 
-* selection: as many users as the run evaluated, drawn (seeded) from the others; their
-  held-out test interactions were never trained on (every user's are held out), and the
-  run's own test users are not among them. ``w`` is the one with the best NDCG@10 there;
-* test: the run's own ranking cases, measured once at that ``w`` (``w`` = 0 reproduces the
-  run's final reranked metrics), with paired differences against the retriever alone and
-  against the LLM's own order of the head.
+* selection: as many users as the run evaluated (``--selection-users``), drawn (seeded)
+  from the others; their held-out test interactions were never trained on (every
+  user's are held out), and the test users are not among them. ``w`` is the one with the
+  best NDCG@10 there;
+* test: the run's own ranking cases, or (``--test-users N``) those of N users drawn with
+  the run's seed, measured once at that ``w`` (``w`` = 0 on the run's own cases
+  reproduces its final reranked metrics), with paired differences against the retriever
+  alone and against the LLM's own order of the head, and the LLM's own order against the
+  retriever.
 
 The fusion costs no privacy: it post-processes the run's and the retriever's releases.
 
     python benchmarks/rerank_fusion.py runs/suite-rerank/llm-hybrid-ranking-loss-reranks-the-top-20 [--out DIR]
+    python benchmarks/rerank_fusion.py RUN --test-users 340 --selection-users 100   # about 300 ranked test users
 """
 
 from __future__ import annotations
@@ -62,11 +66,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="a finished run with rerank-top > 0 and its adapter/")
     parser.add_argument("--out", type=Path, help="where fusion.json goes (default: the run's folder)")
+    parser.add_argument("--test-users", type=int, default=0, help="test on this many users (default: the run's)")
+    parser.add_argument("--selection-users", type=int, default=0, help="default: as many as the test users")
     args = parser.parse_args()
     cfg = FedRecConfig.from_mapping(read_config_file(args.run / "config.toml"))
+    if args.test_users:
+        cfg = cfg.replace(eval_users=args.test_users, ranking_users=args.test_users)
     test_split, _ = central_split(cfg)
     others = sorted(set(test_split.split.users) - set(test_split.eval_users))
-    chosen = sample_users(others, len(test_split.eval_users), cfg.federation.seed + 1)
+    chosen = sample_users(others, args.selection_users or len(test_split.eval_users), cfg.federation.seed + 1)
     selection_split = replace(test_split, eval_users=chosen)
     scorer = scorer_for(cfg)  # the backbone and the adapter, loaded once for both user sets
     load_adapter_folder(scorer, args.run / "adapter")
@@ -84,6 +92,7 @@ def main() -> None:
         "paired_differences": {
             "retriever": paired_differences(fused["ranks"], fused[RETRIEVER + "ranks"]),
             "llm order": paired_differences(fused["ranks"], llm_only["ranks"]),
+            "llm order minus the retriever": paired_differences(llm_only["ranks"], llm_only[RETRIEVER + "ranks"]),
         },
         "selection": {str(w): kept(m) for w, m in selection.items()},
         "selection_users": len(chosen),

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from fedrec.data.interactions import load_interaction_data
+from fedrec.models.prefix_cache import PREFIX_CACHE
 from fedrec.tasks.metrics import catalog_coverage, hit_rate_at_k, ndcg_at_k, target_rank
 from fedrec.tasks.preference.examples import split_examples
 from fedrec.tasks.ranking.baselines import (
@@ -54,8 +55,11 @@ def test_paired_differences_are_per_user_means_with_paired_standard_errors():
 @pytest.mark.parametrize(
     ("top_layers", "dtype", "tolerance"), [(0, "float32", 1e-5), (1, "float32", 1e-5), (1, "bfloat16", 0.05)]
 )
-def test_prefix_cached_candidate_scores_equal_the_naive_loop(top_layers, dtype, tolerance):
+@pytest.mark.parametrize("packs", [True, False])
+def test_prefix_cached_candidate_scores_equal_the_naive_loop(top_layers, dtype, tolerance, packs):
     scorer = tiny_scorer(top_layers=top_layers)
+    scorer.split.last_position_top_layer = packs  # False: a causal LM the packed rows do not serve
+    assert scorer.packs_groups == packs
     scorer.compute_dtype = getattr(torch, dtype)
     with torch.no_grad():  # a trained-looking adapter: B non-zero
         for name, param in scorer.peft.named_parameters():
@@ -64,11 +68,17 @@ def test_prefix_cached_candidate_scores_equal_the_naive_loop(top_layers, dtype, 
     history = "Items the user liked: film a; film b; film c. Items the user disliked: film d."
     texts = [f"{history}\nWill the user like film {i}{' part two' * (i % 3)}? Answer Yes or No." for i in range(37)]
     tokens = scorer.encode(texts)
-    cached = scorer.score_candidates(tokens, batch_size=8)
+    for t in tokens:  # the process-wide cache may hold them from another test
+        PREFIX_CACHE.drop(scorer.cache_key(t))
+    first = scorer.score_candidates(tokens, batch_size=8)  # the key/value path, keeping the frozen states
+    assert all((PREFIX_CACHE.get(scorer.cache_key(t)) is not None) == packs for t in tokens)
+    again = scorer.score_candidates(tokens, batch_size=8)  # packed rows on the kept states (when packable)
     naive = torch.tensor([scorer.full_forward_score(t) for t in tokens])
-    assert cached.dtype == torch.float32
+    assert first.dtype == again.dtype == torch.float32
     # tolerance: float32 summation order; bf16 autocast rounds batched and single forwards differently
-    torch.testing.assert_close(cached, naive, atol=tolerance, rtol=tolerance)
+    torch.testing.assert_close(first, naive, atol=tolerance, rtol=tolerance)
+    torch.testing.assert_close(again, naive, atol=tolerance, rtol=tolerance)
+    torch.testing.assert_close(scorer.score(tokens), naive, atol=tolerance, rtol=tolerance)  # the kept states are right
     assert naive.std() > 1e-4  # the candidates really score differently
 
 

@@ -219,31 +219,32 @@ class Scorer(nn.Module):
     def score_candidates(
         self, token_lists: list[list[int]], batch_size: int = 32, signals: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Scores of prompts that differ only after a shared prefix; equal to
-        :meth:`full_forward_score` of each prompt up to float error. Without ``signals``
-        the prefix runs once through the whole model and the suffixes on its key/value
-        cache (:mod:`.candidates`). With ``signals`` (soft tokens, added at the split
-        layer) the frozen layers' states come from :meth:`prefix_states` (the shared
-        prefix computed once) and the layers above run on rows of up to ``batch_size``
-        candidates packed after the prefix (:mod:`.packing`), each one's soft tokens at
-        its slots.
+        """Scores of prompts that differ only after a shared prefix, equal to
+        :meth:`full_forward_score` up to float error. Text candidates met first run on the
+        prefix's key/value cache (:mod:`.candidates`), keeping their frozen states in the
+        prefix cache; cached ones, and those with ``signals`` (soft tokens), run only the
+        layers above the split, ``batch_size`` to a row packed after the prefix (:mod:`.packing`).
         """
         shared = shared_length(token_lists) if self.kind.name == "causal" and len(token_lists) > 1 else 0
         if shared < 1 or (signals is not None and not self.packs_groups):
             return self.score(token_lists, batch_size, signals=signals)
         was_training = self.training
         self.eval()
-        if signals is None:
-            scores = score_after_shared_prefix(
+        keys = [self.cache_key(tokens) for tokens in token_lists]
+        if self.packs_groups and (signals is not None or all(PREFIX_CACHE.get(key) is not None for key in keys)):
+            scores = self._packed_candidate_scores(token_lists, shared, batch_size, signals)
+        else:
+            scores, states = score_after_shared_prefix(
                 self.split, self.head, token_lists, shared, batch_size, self._pad_id, self._device(), self._autocast
             )
-        else:
-            scores = self._packed_candidate_scores(token_lists, shared, batch_size, signals)
+            if self.packs_groups:
+                for key, state in zip(keys, states, strict=True):
+                    PREFIX_CACHE.put(key, state)
         self.train(was_training)
         return scores
 
     def _packed_candidate_scores(
-        self, token_lists: list[list[int]], shared: int, batch_size: int, signals: torch.Tensor
+        self, token_lists: list[list[int]], shared: int, batch_size: int, signals: torch.Tensor | None
     ) -> torch.Tensor:
         """Scores of candidates after ``shared`` common tokens, ``batch_size`` to a packed row."""
         states = self.prefix_states(token_lists)
@@ -251,7 +252,8 @@ class Scorer(nn.Module):
         for start in range(0, len(states), batch_size):
             chunk = states[start : start + batch_size]
             row = pack_groups(chunk, len(chunk), [shared])
-            scores.append(self.forward_groups(row, signals[start : start + batch_size][None])[0].float().cpu())
+            chunk_signals = None if signals is None else signals[start : start + batch_size][None]
+            scores.append(self.forward_groups(row, chunk_signals)[0].float().cpu())
         return torch.cat(scores)
 
     @torch.no_grad()
