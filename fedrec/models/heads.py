@@ -47,25 +47,23 @@ class AnswerMarginHead:
         return self.peft.get_output_embeddings().weight[self.answer_ids.to(device)]
 
     def __call__(self, split: SplitForward, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        last = split.last_hidden(states, mask).float()
-        with torch.autocast(last.device.type, enabled=False):
-            logits = F.linear(last, self.weight(last.device))
-        return logits[:, 0] - logits[:, 1]
+        return self._answer_margin(split.last_hidden(states, mask))
 
     def packed(self, split: SplitForward, packed: PackedGroups, states: torch.Tensor) -> torch.Tensor:
         """Scores ``[B, G]`` of packed groups (:mod:`.packing`) from their split-layer ``states``."""
-        last = split.packed_answer_hidden(packed, states).float()
-        with torch.autocast(last.device.type, enabled=False):
-            logits = F.linear(last, self.weight(last.device))
-        return logits[..., 0] - logits[..., 1]
+        return self._answer_margin(split.packed_answer_hidden(packed, states))
 
     def margin(self, last: torch.Tensor) -> torch.Tensor:
-        """Scores from final hidden states, projected in float32 outside autocast (a
-        bfloat16 logit near 10 is only resolved to 0.06), on the CPU.
+        """Scores from final hidden states ``[B, d]``, on the CPU."""
+        return self._answer_margin(last).cpu()
+
+    def _answer_margin(self, last: torch.Tensor) -> torch.Tensor:
+        """Scores from final hidden states ``[..., d]``, projected in float32 outside
+        autocast (a bfloat16 logit near 10 is only resolved to 0.06).
         """
         with torch.autocast(last.device.type, enabled=False):
             logits = F.linear(last.float(), self.weight(last.device).float())
-        return (logits[:, 0] - logits[:, 1]).cpu()
+        return logits[..., 0] - logits[..., 1]
 
     def full_forward(self, split: SplitForward, ids: torch.Tensor) -> float:  # noqa: D102
         last = split.trunk(input_ids=ids).last_hidden_state[:, -1].float()

@@ -157,10 +157,14 @@ class Scorer(nn.Module):
         """
         with self._autocast():
             if signals is not None:
-                if self.projector is None:
-                    raise ValueError("collaborative signals given to a scorer without a projector")
-                states = add_at_slots(states, self.projector(signals.to(states.device)), self.prompt.slot_offsets)
+                states = add_at_slots(states, self._soft_tokens(signals, states.device), self.prompt.slot_offsets)
             return self.head(self.split, states, mask)
+
+    def _soft_tokens(self, signals: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """The projector's soft tokens of collaborative ``signals``."""
+        if self.projector is None:
+            raise ValueError("collaborative signals given to a scorer without a projector")
+        return self.projector(signals.to(device))
 
     @property
     def packs_groups(self) -> bool:
@@ -179,9 +183,7 @@ class Scorer(nn.Module):
         states = packed.states
         with self._autocast():
             if signals is not None:
-                if self.projector is None:
-                    raise ValueError("collaborative signals given to a scorer without a projector")
-                tokens = self.projector(signals.to(states.device))
+                tokens = self._soft_tokens(signals, states.device)
                 states = add_at_member_slots(packed, tokens, self.prompt.slot_offsets)
             assert isinstance(self.head, AnswerMarginHead)
             return self.head.packed(self.split, packed, states)
@@ -230,16 +232,17 @@ class Scorer(nn.Module):
             return self.score(token_lists, batch_size, signals=signals)
         was_training = self.training
         self.eval()
-        keys = [self.cache_key(tokens) for tokens in token_lists]
-        if self.packs_groups and (signals is not None or all(PREFIX_CACHE.get(key) is not None for key in keys)):
+        if self.packs_groups and (
+            signals is not None or all(PREFIX_CACHE.get(self.cache_key(t)) is not None for t in token_lists)
+        ):
             scores = self._packed_candidate_scores(token_lists, shared, batch_size, signals)
         else:
             scores, states = score_after_shared_prefix(
                 self.split, self.head, token_lists, shared, batch_size, self._pad_id, self._device(), self._autocast
             )
             if self.packs_groups:
-                for key, state in zip(keys, states, strict=True):
-                    PREFIX_CACHE.put(key, state)
+                for tokens, state in zip(token_lists, states, strict=True):
+                    PREFIX_CACHE.put(self.cache_key(tokens), state)
         self.train(was_training)
         return scores
 
