@@ -168,9 +168,7 @@ class Scorer(nn.Module):
 
     @property
     def packs_groups(self) -> bool:
-        """Whether :meth:`forward_groups` can score packed groups (a causal LM with a
-        Llama-style top layer).
-        """
+        """Whether :meth:`forward_groups` serves this backbone (a causal LM, Llama-style top layer)."""
         return isinstance(self.head, AnswerMarginHead) and self.split.last_position_top_layer
 
     def forward_groups(self, packed: PackedGroups, signals: torch.Tensor | None = None) -> torch.Tensor:
