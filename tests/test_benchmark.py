@@ -34,6 +34,7 @@ def test_smoke_suite_writes_report_and_plots_and_restart_skips_finished_points(t
     report = (out / "report.md").read_text()
     assert all(label in report for label in labels) and "ranking baseline" in report
     assert report.count(fedavg["method"]) == 2  # in the main table and the rerank table
+    assert f"Run time: {sum(r['seconds'] for r in rows.values()) / 60:.1f} min" in report
     assert {p.name for p in (out / "plots").iterdir()} == {
         "accuracy_vs_epsilon.png",
         "accuracy_vs_round.png",
@@ -70,6 +71,16 @@ def test_every_suite_point_resolves_to_a_valid_config(tmp_path):
                 source = next(p for p in suite.points if p.label == point.item_tables_from)
                 assert source.overrides["recommender"] == "mf", point.label
                 assert cfg.collaborative.item_tables.startswith(str(tmp_path)), point.label
+
+
+def test_the_rerank_headline_is_part_of_the_ablations_so_one_out_folder_serves_both(tmp_path):
+    headline, ablations = SUITES["rerank"], SUITES["rerank-ablations"]
+    assert headline.preset == ablations.preset and headline.base == ablations.base
+    points = {p.label: p for p in ablations.points}
+    assert len(points) > len(headline.points)
+    for point in headline.points:  # same label, same run: a shared --out keeps the finished point
+        assert points[point.label] == point
+        assert point_overrides(headline, point, tmp_path) == point_overrides(ablations, point, tmp_path)
 
 
 def test_a_point_may_read_only_an_earlier_points_item_tables():

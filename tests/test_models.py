@@ -63,10 +63,13 @@ def test_shared_prefix_groups():
 
 def test_shared_prefixes_give_the_same_states_as_separate_prompts():
     scorer = tiny_scorer(top_layers=1)
-    history = "liked: alpha beta gamma delta; disliked: epsilon zeta eta."
-    texts = [f"{history} Will the user like item {k}{' x' * k}?" for k in range(5)] + ["a lone prompt", "b"]
-    tokens = scorer.encode(texts)
-    assert [len(m) for _, m in shared_prefix_groups(tokens, 8) if len(m) > 1] == [5]
+    histories = ("liked: alpha beta gamma delta; disliked: epsilon zeta eta.", "liked: theta iota; disliked: kappa.")
+    # two groups whose suffixes of unequal lengths share batches (they run sorted by length)
+    texts = [
+        f"{h} Will the user like item {k}{' x' * (k * (i + 1))}?" for i, h in enumerate(histories) for k in range(5)
+    ]
+    tokens = scorer.encode([*texts, "a lone prompt", "b"])
+    assert sorted(len(m) for _, m in shared_prefix_groups(tokens, 8) if len(m) > 1) == [5, 5]
     shared = scorer.prefix_states(tokens, batch_size=3, min_shared_tokens=8)
     for t in tokens:
         PREFIX_CACHE.drop(scorer.cache_key(t))

@@ -114,6 +114,8 @@ def render_report(results: Mapping[str, Any]) -> str:
         "",
         main_table(rows),
         "",
+        f"Run time: {sum(r['seconds'] for r in rows) / 60:.1f} min, the points' own times added.",
+        "",
     ]
     if any(r["retriever_hr@10"] is not None for r in rows):
         lines += [

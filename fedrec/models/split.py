@@ -150,7 +150,7 @@ class SplitForward:
     ) -> list[torch.Tensor]:
         """Split-layer states of ``shared[g] + suffix`` for every suffix of every group
         ``g`` (causal models): each shared prefix runs once, its keys and values serve
-        its suffixes.
+        its suffixes, which run in batches of similar length (little padding).
         """
         ids, mask = self.pad([torch.tensor(t) for t in shared], value=pad_id)
         ids, mask = ids.to(device), mask.to(device)
@@ -164,9 +164,10 @@ class SplitForward:
             use_cache=True,
         )
         rows = [(g, suffix) for g, group in enumerate(suffixes) for suffix in group]
-        out = []
+        by_length = sorted(range(len(rows)), key=lambda r: len(rows[r][1]))
+        out: list[torch.Tensor] = [torch.empty(0)] * len(rows)
         for start in range(0, len(rows), batch_size):
-            chunk = rows[start : start + batch_size]
+            chunk = [rows[r] for r in by_length[start : start + batch_size]]
             index = torch.tensor([g for g, _ in chunk], device=device)
             s_ids, s_mask = self.pad([torch.tensor(t) for _, t in chunk], value=pad_id)
             s_ids, s_mask = s_ids.to(device), s_mask.to(device)
@@ -183,9 +184,9 @@ class SplitForward:
                 use_cache=True,
             )
             for row, (g, suffix) in enumerate(chunk):
-                n_shared = len(shared[g])
-                prefix = shared_states[g, shared_states.shape[1] - n_shared :]
-                out.append(torch.cat([prefix, states[row, states.shape[1] - len(suffix) :]]).clone())
+                prefix = shared_states[g, shared_states.shape[1] - len(shared[g]) :]
+                suffix_states = states[row, states.shape[1] - len(suffix) :]
+                out[by_length[start + row]] = torch.cat([prefix, suffix_states]).clone()
         return out
 
     def hidden(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
