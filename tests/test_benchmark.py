@@ -67,6 +67,7 @@ def test_every_suite_point_resolves_to_a_valid_config(tmp_path):
             cfg = resolve_config(suite.preset, overrides=point_overrides(suite, point, tmp_path))
             if cfg.data.partitioner == "user":
                 assert cfg.federation.num_clients == cfg.data.max_users, point.label  # one client per user
+            assert cfg.evaluation.eval_prefix_store == str(tmp_path / "prefix-store"), point.label
             if point.item_tables_from:
                 source = next(p for p in suite.points if p.label == point.item_tables_from)
                 assert source.overrides["recommender"] == "mf", point.label

@@ -5,6 +5,7 @@ import pytest
 
 from fedrec.cli import main
 from fedrec.config import PRESETS, ConfigError, FedRecConfig, parse_overrides, resolve_config
+from fedrec.simulation.runner import absolute_paths
 
 
 def test_pyproject_app_config_is_the_demo_preset():
@@ -80,3 +81,11 @@ def test_explain_lists_every_key_with_its_help_and_default_by_section(capsys):
             assert f"# {field.metadata['help']}" in text and f"\n{key} = " in text, key
     assert "# LoRA rank (default 8; > 0)\nlora-rank = 2" in text  # the demo's value, the default beside it
     assert "one of fedavg, ffa-lora, fedadam, fedyogi, fedavgm, fedprox" in text
+
+
+def test_local_paths_are_made_absolute_for_the_flower_processes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = absolute_paths(resolve_config("smoke", overrides={"out": "run", "eval-prefix-store": "store"}))
+    assert cfg.server.out == str(tmp_path / "run") and cfg.server.client_state_dir == str(tmp_path / "run" / "nodes")
+    assert cfg.evaluation.eval_prefix_store == str(tmp_path / "store")
+    assert absolute_paths(resolve_config("smoke", overrides={"out": "run"})).evaluation.eval_prefix_store == ""

@@ -13,7 +13,7 @@ from fedrec.models.adapter import (
 )
 from fedrec.models.backbone import BackboneError, load_backbone
 from fedrec.models.prefix_cache import PREFIX_CACHE, shared_prefix_groups
-from fedrec.models.prefix_store import PrefixStore
+from fedrec.models.prefix_store import PrefixStore, cached_states
 from fedrec.models.wire import AdapterMismatchError
 from tests.conftest import tiny_scorer
 
@@ -177,6 +177,28 @@ def test_prefix_store_round_trip_damage_and_pruning(tmp_path):
     assert sorted(p.name for p in (tmp_path / "store").iterdir()) == sorted(
         store.path(k).name for k in (["y"], ["z"])
     )  # the two most recently used; no temporary files
+
+
+def test_cached_states_compute_only_what_neither_the_cache_nor_the_store_holds(tmp_path):
+    store, computed = PrefixStore(tmp_path / "store"), []
+
+    def compute(lists):
+        computed.append(lists)
+        return [torch.full((len(t), 2), float(t[0])) for t in lists]
+
+    lists, keys = [[1, 2], [3], [4, 5, 6]], ["test-cached:a", "test-cached:b", "test-cached:c"]
+    for key in keys:
+        PREFIX_CACHE.drop(key)
+    PREFIX_CACHE.put(keys[1], torch.zeros(1, 2))  # already in memory: not computed again
+    states = cached_states(lists, keys, compute, store)
+    assert computed == [[[1, 2], [4, 5, 6]]] and torch.equal(states[1], torch.zeros(1, 2))
+    assert all(PREFIX_CACHE.get(key) is state for key, state in zip(keys, states, strict=True))
+    for key in keys:  # another process: the store holds the whole set
+        PREFIX_CACHE.drop(key)
+    again = cached_states(lists, keys, compute, store)
+    assert len(computed) == 1 and all(torch.equal(a, b) for a, b in zip(again, states, strict=True))
+    cached_states(lists, keys, compute)  # no store, and the store's states were not put in memory
+    assert computed[-1] == lists
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):

@@ -11,6 +11,7 @@ import torch
 
 from fedrec.data.interactions import load_interaction_data
 from fedrec.models.prefix_cache import PREFIX_CACHE
+from fedrec.models.prefix_store import PrefixStore
 from fedrec.tasks.metrics import catalog_coverage, hit_rate_at_k, ndcg_at_k, target_rank
 from fedrec.tasks.preference.examples import split_examples
 from fedrec.tasks.ranking.baselines import (
@@ -80,6 +81,32 @@ def test_prefix_cached_candidate_scores_equal_the_naive_loop(top_layers, dtype, 
     torch.testing.assert_close(again, naive, atol=tolerance, rtol=tolerance)
     torch.testing.assert_close(scorer.score(tokens), naive, atol=tolerance, rtol=tolerance)  # the kept states are right
     assert naive.std() > 1e-4  # the candidates really score differently
+
+
+def test_stored_candidate_states_serve_another_process_without_the_frozen_layers(tmp_path):
+    scorer = tiny_scorer(top_layers=1)
+    with torch.no_grad():
+        for name, param in scorer.peft.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn_like(param) * 0.1)
+    history = "Items the user liked: film a; film b. Items the user disliked: film c."
+    tokens = scorer.encode([f"{history}\nWill the user like film {i}{' two' * (i % 3)}?" for i in range(11)])
+    store = PrefixStore(tmp_path / "store")
+    for t in tokens:
+        PREFIX_CACHE.drop(scorer.cache_key(t))
+    first = scorer.score_candidates(tokens, batch_size=4, store=store)  # key/value path, states stored
+    assert len(list((tmp_path / "store").iterdir())) == 1
+    for t in tokens:  # a new process: the in-memory cache is empty
+        PREFIX_CACHE.drop(scorer.cache_key(t))
+    frozen_runs = []
+    hook = scorer.split.layers[0].register_forward_pre_hook(lambda *_: frozen_runs.append(1))
+    try:
+        again = scorer.score_candidates(tokens, batch_size=4, store=store)
+    finally:
+        hook.remove()
+    assert not frozen_runs  # only the layers above the split ran, on the stored states
+    torch.testing.assert_close(again, first, atol=1e-5, rtol=1e-5)
+    assert all(PREFIX_CACHE.get(scorer.cache_key(t)) is not None for t in tokens)
 
 
 def _two_taste_dataset(users=60, items=40, per_user=14, seed=0):

@@ -58,11 +58,17 @@ def run_suite(name: str, out: str | Path) -> Path:
     return report
 
 
+EVAL_PREFIX_STORE = "prefix-store"  # under a suite's --out: the central evaluations' frozen states, shared
+
+
 def point_overrides(suite: Suite, point: Point, out: Path) -> dict[str, Any]:
     """A point's config keys: the suite's base, the point's own, its run folder under
-    ``out`` and, when it reads an earlier point's item tables, that run's file.
+    ``out``, the evaluation's prefix store shared by the points (same split, same
+    backbone: an LLM's evaluation prompts run through the frozen layers once per suite)
+    and, when it reads an earlier point's item tables, that run's file.
     """
     overrides = {**suite.base, **point.overrides, "out": str(out / _slug(point.label))}
+    overrides["eval-prefix-store"] = str(out / EVAL_PREFIX_STORE)
     if point.item_tables_from:
         overrides["item-tables"] = str(out / _slug(point.item_tables_from) / "item-tables.npz")
     return overrides

@@ -130,6 +130,12 @@ class EvaluationConfig(Section):
         "retriever's, each standardized over the N (0: the LLM's order alone); choose it on validation",
         check=NON_NEGATIVE,
     )
+    eval_prefix_store: str = option(
+        "",
+        "folder keeping the central evaluation's frozen-prefix states between runs (one file per prompt set, "
+        "named by the backbone, split layer, dtype and tokens): runs on the same split and backbone, such as a "
+        "suite's points, compute them once; empty: kept in memory for the run only",
+    )
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -24,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..files import replacing
+from .prefix_cache import PREFIX_CACHE, PrefixCache
 
 SUFFIX = ".safetensors"
 
@@ -58,6 +59,13 @@ class PrefixStore:
         os.utime(path)  # most recently used
         return states
 
+    def load_into(self, cache: PrefixCache, keys: Sequence[str]) -> bool:
+        """Put the stored states of ``keys`` into ``cache``; whether they were stored."""
+        states = self.load(keys)
+        for key, state in zip(keys, states or (), strict=False):
+            cache.put(key, state)
+        return states is not None
+
     def save(self, keys: Sequence[str], states: Sequence[torch.Tensor]) -> None:
         """Store ``states`` of ``keys`` atomically, then drop the least recently used files
         beyond ``max_files``. The states are written from one concatenated copy (safetensors
@@ -70,3 +78,34 @@ class PrefixStore:
         files = sorted(self.folder.glob(f"*{SUFFIX}"), key=lambda p: p.stat().st_mtime, reverse=True)
         for old in files[self.max_files :]:
             old.unlink(missing_ok=True)
+
+
+def cached_states(
+    token_lists: list[list[int]],
+    keys: Sequence[str],
+    compute: Callable[[list[list[int]]], list[torch.Tensor]],
+    store: PrefixStore | None = None,
+) -> list[torch.Tensor]:
+    """The split-layer states of prompts whose cache keys are ``keys``: the whole set from
+    ``store`` when it holds it, else each from :data:`PREFIX_CACHE` or ``compute``d
+    (the missing prompts' states), then kept in both.
+    """
+    stored = None if store is None else store.load(keys)
+    if stored is not None:
+        return stored
+    states = [PREFIX_CACHE.get(key) for key in keys]
+    missing = [i for i, state in enumerate(states) if state is None]
+    for i, state in zip(missing, compute([token_lists[i] for i in missing]) if missing else [], strict=True):
+        states[i] = state
+        PREFIX_CACHE.put(keys[i], state)
+    if store is not None:
+        store.save(keys, states)
+    return states
+
+
+def keep_states(keys: Sequence[str], states: Sequence[torch.Tensor], store: PrefixStore | None = None) -> None:
+    """Keep computed states in :data:`PREFIX_CACHE` and, when given, ``store``."""
+    for key, state in zip(keys, states, strict=True):
+        PREFIX_CACHE.put(key, state)
+    if store is not None:
+        store.save(keys, states)

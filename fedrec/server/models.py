@@ -18,6 +18,7 @@ from ..config import FedRecConfig
 from ..files import write_atomic
 from ..models.adapter import adapter_to_arrays, frozen_a_fingerprint, load_adapter_arrays, save_adapter
 from ..models.collaborative import initial_item_arrays
+from ..models.prefix_store import PrefixStore
 from ..models.scorer import Scorer
 from ..protocol.records import BACKBONE, BACKBONE_FINGERPRINT, LORA_A_FINGERPRINT, LORA_A_ROWS
 from ..tasks.collaborative.evaluation import CollaborativeEvaluator
@@ -31,6 +32,8 @@ from ..tasks.ranking.cases import RankingCase, ranking_cases
 from ..tasks.ranking.ranker import LLMRanker, Ranker
 from ..tasks.ranking.rerank import RerankEvaluation
 from .rounds import Evaluator
+
+EVAL_STORE_FILES = 10_000  # files kept: one per ranking case, one per set of preference prompts
 
 
 class ServedModel(Protocol):
@@ -84,8 +87,17 @@ def llm_ranker(
     if folded is not None and cfg.evaluation.rerank_top:
         rated = central.data.interactions.groupby("user")["item"].agg(set).to_dict()
         top, fusion = cfg.evaluation.rerank_top, cfg.evaluation.rerank_fusion_weight
-        return RerankEvaluation(scorer, cases, central.prompts, batch, folded, top, rated, signals, fusion), signals
-    return LLMRanker(scorer, cases, central.prompts, batch, signals), signals
+        evaluation = RerankEvaluation(
+            scorer, cases, central.prompts, batch, folded, top, rated, signals, fusion, eval_prefix_store(cfg)
+        )
+        return evaluation, signals
+    return LLMRanker(scorer, cases, central.prompts, batch, signals, eval_prefix_store(cfg)), signals
+
+
+def eval_prefix_store(cfg: FedRecConfig) -> PrefixStore | None:
+    """The central evaluation's store of frozen-prefix states (``eval-prefix-store``), or None."""
+    folder = cfg.evaluation.eval_prefix_store
+    return PrefixStore(folder, max_files=EVAL_STORE_FILES) if folder else None
 
 
 class AdapterModel:
@@ -100,9 +112,8 @@ class AdapterModel:
     def evaluator(self, counts: ItemCounts | None = None) -> Evaluator:  # noqa: D102
         cfg, (central, cases) = self.cfg, central_split(self.cfg)
         ranker, signals = llm_ranker(cfg, self.scorer, central, cases)
-        return CentralEvaluator(
-            self.scorer, central, cfg.training.physical_batch_size, ranker, cfg.evaluation.eval_split, signals
-        )
+        batch, part = cfg.training.physical_batch_size, cfg.evaluation.eval_split
+        return CentralEvaluator(self.scorer, central, batch, ranker, part, signals, eval_prefix_store(cfg))
 
     def request_config(self) -> dict[str, str | int]:
         """The backbone's identity and, when A does not travel, the frozen A's

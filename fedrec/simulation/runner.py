@@ -46,7 +46,7 @@ def federation_config(cfg: FedRecConfig, verbose: bool = False) -> dict[str, Any
 
 
 def absolute_paths(cfg: FedRecConfig) -> FedRecConfig:
-    """``cfg`` with its results folder, client state folder and local data and table paths absolute
+    """``cfg`` with its results folder, client state folder, local data, table and store paths absolute
     (the Flower processes resolve them from another working directory).
     """
     out = Path(cfg.server.out or default_out_dir()).expanduser().resolve()
@@ -55,7 +55,12 @@ def absolute_paths(cfg: FedRecConfig) -> FedRecConfig:
     dataset = Path(cfg.data.dataset).expanduser()
     if dataset.exists():
         changes["dataset"] = str(dataset.resolve())
-    for key, path in (("items_path", cfg.data.items_path), ("item_tables", cfg.collaborative.item_tables)):
+    paths = (
+        ("items_path", cfg.data.items_path),
+        ("item_tables", cfg.collaborative.item_tables),
+        ("eval_prefix_store", cfg.evaluation.eval_prefix_store),
+    )
+    for key, path in paths:
         if path:
             changes[key] = str(Path(path).expanduser().resolve())
     return cfg.replace(**changes)

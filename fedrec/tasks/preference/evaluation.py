@@ -79,7 +79,8 @@ class CentralEvaluator:
     """Scores each evaluation user's held-out interactions with a given adapter.
 
     Prompts are tokenized once; the frozen part of the forward is cached by the
-    scorer, so evaluations after the first only run the LoRA layers.
+    scorer (and kept in ``store`` when given), so evaluations after the first only run
+    the LoRA layers.
     """
 
     def __init__(
@@ -90,8 +91,9 @@ class CentralEvaluator:
         ranker: Ranker | None = None,
         part: str = "test",
         signals: CollaborativeSignals | None = None,
+        store: PrefixStore | None = None,
     ) -> None:
-        self.scorer = scorer
+        self.scorer, self.store = scorer, store
         self.examples = central.held_out_examples(part)
         self.tokens = scorer.encode(central.prompts(self.examples))
         self.signals = None if signals is None else signals.of(self.examples)
@@ -104,7 +106,7 @@ class CentralEvaluator:
         HR@10, NDCG@10 when it has ranking cases and ``rank`` is true.
         """
         load_adapter_arrays(self.scorer, arrays, "global adapter")
-        scores = self.scorer.score(self.tokens, batch_size=self.batch_size, signals=self.signals)
+        scores = self.scorer.score(self.tokens, self.batch_size, self.store, self.signals)
         loss = preference_loss(scores, torch.tensor(self.labels, dtype=torch.float32))
         metrics = preference_metrics(self.examples, scores.numpy()) | {
             "loss": float(loss),

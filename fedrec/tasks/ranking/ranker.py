@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from ...models.prefix_store import PrefixStore
 from ...models.scorer import Scorer
 from ..metrics import hit_rate_at_k, mean_and_standard_error, ndcg_at_k, target_rank
 from .cases import RankingCase
@@ -55,13 +56,20 @@ class Ranker(Protocol):
 
 class LLMRanker:
     """Ranks each case's candidates with the scorer's current adapter (and soft tokens
-    from ``signals``, an object whose ``of(examples)`` gives each example's signals).
+    from ``signals``, an object whose ``of(examples)`` gives each example's signals),
+    the frozen states kept in ``store`` when given.
     """
 
     def __init__(
-        self, scorer: Scorer, cases: list[RankingCase], prompts: Callable, batch_size: int, signals: Any = None
+        self,
+        scorer: Scorer,
+        cases: list[RankingCase],
+        prompts: Callable,
+        batch_size: int,
+        signals: Any = None,
+        store: PrefixStore | None = None,
     ) -> None:
-        self.scorer, self.batch_size = scorer, batch_size
+        self.scorer, self.batch_size, self.store = scorer, batch_size, store
         self.tokens = [scorer.encode(prompts(case.examples())) for case in cases]
         self.signals = [None if signals is None else signals.of(case.examples()) for case in cases]
 
@@ -75,6 +83,6 @@ class LLMRanker:
         """
         with self.scorer.in_float32():
             return [
-                target_rank(self.scorer.score_candidates(t, self.batch_size, s).numpy())
+                target_rank(self.scorer.score_candidates(t, self.batch_size, s, self.store).numpy())
                 for t, s in zip(self.tokens, self.signals, strict=True)
             ]

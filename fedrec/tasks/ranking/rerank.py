@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ...models.prefix_store import PrefixStore
 from ...models.scorer import Scorer
 from ..collaborative.folded import FoldedInTables
 from ..metrics import catalog_coverage, hit_rate_at_k
@@ -129,10 +130,11 @@ class RerankEvaluation:
         rated: dict[str, set[str]],
         signals: Any = None,
         fusion_weight: float = 0.0,
+        store: PrefixStore | None = None,
     ) -> None:
         self.scorer, self.cases, self.prompts, self.batch_size = scorer, cases, prompts, batch_size
         self.retriever, self.top, self.rated, self.signals = retriever, top, rated, signals
-        self.fusion_weight = fusion_weight
+        self.fusion_weight, self.store = fusion_weight, store
 
     def metrics(self) -> dict[str, Any]:
         """Metrics of the reranked lists, and the retriever's prefixed with ``retriever_``."""
@@ -175,5 +177,6 @@ class RerankEvaluation:
         examples = [PreferenceExample(case.user, items[r], int(r == target_row), case.history) for r in rows]
         signals = None if self.signals is None else self.signals.of(examples)
         with self.scorer.in_float32():
-            llm = self.scorer.score_candidates(self.scorer.encode(self.prompts(examples)), self.batch_size, signals)
+            tokens = self.scorer.encode(self.prompts(examples))
+            llm = self.scorer.score_candidates(tokens, self.batch_size, signals, self.store)
         return dict(zip(rows, llm.tolist(), strict=True))
