@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from fedrec.bench.report import paired_table
 from fedrec.bench.run import eta_note, point_overrides
 from fedrec.bench.suites import SUITES, Point, Suite
 from fedrec.cli import main
@@ -95,3 +96,15 @@ def test_a_point_may_read_only_an_earlier_points_item_tables():
 def test_eta_note_extrapolates_the_mean_point_time():
     assert eta_note([], 3) == ""
     assert eta_note([60.0, 180.0], 3) == " (4.0 min so far, about 6 min left)"
+
+
+def test_paired_table_compares_every_two_rerankers_on_the_same_cases():
+    def reranker(method, ranks):
+        return {"method": method, "retriever_hr@10": 0.5, "ranks": ranks}
+
+    a, b = reranker("text", [0, 15, 3, 40]), reranker("hybrid", [0, 2, 3, 9])
+    plain = {"method": "mf", "retriever_hr@10": None, "ranks": [0, 0, 0, 0]}  # not a reranker
+    table = paired_table([a, plain, b, reranker("other cases", [1, 2])])
+    assert table.count("\n") == 2 and "| hybrid − text | +0." in table  # one pair: the third row differs in cases
+    assert "| +0.500 ± 0.289 |" in table  # HR@10: ranks 2 and 9 now hit, 15 and 40 did not
+    assert paired_table([a]) == ""

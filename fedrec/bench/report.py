@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..tasks.ranking.ranker import paired_differences
 from .suites import Point
 
 _RANKING_KEYS = ("hr@10", "hr@10_se", "ndcg@10", "ndcg@10_se", "recall@20", "coverage@10")
@@ -31,6 +32,7 @@ def row(point: Point, folder: Path) -> dict[str, Any]:
         **{f"initial_{key}": initial.get(key) for key in ("hr@10", "ndcg@10")},
         **{f"retriever_{key}": final.get(f"retriever_{key}") for key in _RANKING_KEYS},
         "minus_retriever": summary.get("paired_differences", {}).get("retriever"),
+        "ranks": final.get("ranks"),
         "epsilon": summary["epsilon"]["max"] if summary["dp"] else None,
         "composed_epsilon": composed["max"] if composed else None,
         "client_epsilon": client_dp["epsilon"] if client_dp else None,
@@ -97,6 +99,24 @@ def rerank_table(rows: list[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def paired_table(rows: list[Mapping[str, Any]]) -> str:
+    """Paired NDCG@10 and HR@10 differences between every two rerankers (later row minus
+    earlier) on the same ranking cases; empty with fewer than two.
+    """
+    rerankers = [r for r in rows if r["retriever_hr@10"] is not None and r.get("ranks")]
+    lines = ["| row minus row (paired, same cases) | NDCG@10 | HR@10 |", "|---|---|---|"]
+    for i, earlier in enumerate(rerankers):
+        for later in rerankers[i + 1 :]:
+            if len(later["ranks"]) != len(earlier["ranks"]):
+                continue
+            d = paired_differences(later["ranks"], earlier["ranks"])
+            lines.append(
+                f"| {later['method']} − {earlier['method']} | {d['ndcg@10_diff']:+.3f} ± {d['ndcg@10_diff_se']:.3f} "
+                f"| {d['hr@10_diff']:+.3f} ± {d['hr@10_diff_se']:.3f} |"
+            )
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def render_report(results: Mapping[str, Any]) -> str:
     """``report.md``: the main table, the baselines on the same split, plots and runs."""
     rows = results["rows"]
@@ -126,6 +146,8 @@ def render_report(results: Mapping[str, Any]) -> str:
             rerank_table(rows),
             "",
         ]
+        if pairs := paired_table(rows):
+            lines += ["Between the rerankers:", "", pairs, ""]
     if rows:
         lines += [
             "| preference baseline (no training, no privacy cost) | AUC | UAUC |",
