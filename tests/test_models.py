@@ -197,7 +197,13 @@ def test_cached_states_compute_only_what_neither_the_cache_nor_the_store_holds(t
         PREFIX_CACHE.drop(key)
     again = cached_states(lists, keys, compute, store)
     assert len(computed) == 1 and all(torch.equal(a, b) for a, b in zip(again, states, strict=True))
-    cached_states(lists, keys, compute)  # no store, and the store's states were not put in memory
+    assert all(PREFIX_CACHE.get(key) is state for key, state in zip(keys, again, strict=True))  # now in memory
+    store.path(keys).unlink()
+    assert cached_states(lists, keys, compute, store) == again and len(computed) == 1  # memory first
+    assert not store.path(keys).exists()
+    for key in keys:
+        PREFIX_CACHE.drop(key)
+    cached_states(lists, keys, compute)  # no store, nothing in memory: all computed
     assert computed[-1] == lists
 
 

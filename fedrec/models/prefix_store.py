@@ -7,7 +7,8 @@ CPU per round for a demo node). :class:`PrefixStore` keeps the states of one pro
 in one file, named by a digest of the prompts' cache keys (backbone fingerprint, split
 layer, compute dtype, tokens), so the next process loads them instead. The states derive
 from the node's private data and stay on its disk beside it; the folder is a cache and
-may be deleted at any time.
+may be deleted at any time. The harness's central evaluation keeps its prompts' states
+the same way (``eval-prefix-store``), so that runs on the same split share them.
 """
 
 from __future__ import annotations
@@ -86,16 +87,19 @@ def cached_states(
     compute: Callable[[list[list[int]]], list[torch.Tensor]],
     store: PrefixStore | None = None,
 ) -> list[torch.Tensor]:
-    """The split-layer states of prompts whose cache keys are ``keys``: the whole set from
-    ``store`` when it holds it, else each from :data:`PREFIX_CACHE` or ``compute``d
-    (the missing prompts' states), then kept in both.
+    """The split-layer states of prompts whose cache keys are ``keys``: from
+    :data:`PREFIX_CACHE` when it holds them all, else the whole set from ``store`` when it
+    holds it, else the missing ones ``compute``d; kept in the cache and in ``store``.
     """
-    stored = None if store is None else store.load(keys)
-    if stored is not None:
-        return stored
     states = [PREFIX_CACHE.get(key) for key in keys]
     missing = [i for i, state in enumerate(states) if state is None]
-    for i, state in zip(missing, compute([token_lists[i] for i in missing]) if missing else [], strict=True):
+    if not missing:
+        return states
+    stored = None if store is None else store.load(keys)
+    if stored is not None:
+        keep_states(keys, stored)
+        return stored
+    for i, state in zip(missing, compute([token_lists[i] for i in missing]), strict=True):
         states[i] = state
         PREFIX_CACHE.put(keys[i], state)
     if store is not None:
