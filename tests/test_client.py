@@ -13,9 +13,8 @@ from fedrec.client.node import LEDGER_FILE, PREFIX_CACHE_DIR, PRIVACY_STATE_KEY
 from fedrec.client.train import train
 from fedrec.config import resolve_config
 from fedrec.data.interactions import DataError, load_interaction_data
-from fedrec.models import scorer as scorer_module
 from fedrec.models.adapter import adapter_to_arrays
-from fedrec.models.prefix_cache import PrefixCache
+from fedrec.models.prefix_cache import PREFIX_CACHE
 from fedrec.models.split import SplitForward
 from fedrec.privacy.ledger import LedgerError, PersistentAccountant, load_ledger
 from fedrec.tasks.metrics import roc_auc
@@ -111,7 +110,7 @@ def test_a_restarted_node_loads_its_prefix_states_from_disk(tmp_path, monkeypatc
     monkeypatch.setattr(SplitForward, "run_to_split", counted)
 
     def fresh_process(call, *args):
-        monkeypatch.setattr(scorer_module, "PREFIX_CACHE", PrefixCache(1 << 30))
+        PREFIX_CACHE.clear()
         trunk_runs.clear()
         return call(*args).content
 

@@ -67,6 +67,11 @@ class PrefixCache:
             _, old = self._items.popitem(last=False)
             self._bytes -= old.numel() * old.element_size()
 
+    def clear(self) -> None:
+        """Forget every entry (as a fresh process starts)."""
+        self._items.clear()
+        self._bytes = 0
+
     def drop(self, key: str) -> None:
         """Forget ``key`` if present."""
         old = self._items.pop(key, None)

@@ -89,20 +89,19 @@ def cached_states(
 ) -> list[torch.Tensor]:
     """The split-layer states of prompts whose cache keys are ``keys``: from
     :data:`PREFIX_CACHE` when it holds them all, else the whole set from ``store`` when it
-    holds it, else the missing ones ``compute``d; kept in the cache and in ``store``.
+    holds it, else the missing ones ``compute``d; kept in the cache and in ``store`` (also
+    when the cache had them and ``store`` did not, for the next process).
     """
     states = [PREFIX_CACHE.get(key) for key in keys]
     missing = [i for i, state in enumerate(states) if state is None]
-    if not missing:
-        return states
-    stored = None if store is None else store.load(keys)
+    stored = store.load(keys) if missing and store is not None else None
     if stored is not None:
         keep_states(keys, stored)
         return stored
-    for i, state in zip(missing, compute([token_lists[i] for i in missing]), strict=True):
+    for i, state in zip(missing, compute([token_lists[i] for i in missing]) if missing else [], strict=True):
         states[i] = state
         PREFIX_CACHE.put(keys[i], state)
-    if store is not None:
+    if store is not None and (missing or not store.path(keys).exists()):
         store.save(keys, states)
     return states
 
