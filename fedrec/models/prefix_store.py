@@ -25,7 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..files import replacing
-from .prefix_cache import PREFIX_CACHE, PrefixCache
+from .prefix_cache import PREFIX_CACHE
 
 SUFFIX = ".safetensors"
 
@@ -59,13 +59,6 @@ class PrefixStore:
             return None
         os.utime(path)  # most recently used
         return states
-
-    def load_into(self, cache: PrefixCache, keys: Sequence[str]) -> bool:
-        """Put the stored states of ``keys`` into ``cache``; whether they were stored."""
-        states = self.load(keys)
-        for key, state in zip(keys, states or (), strict=False):
-            cache.put(key, state)
-        return states is not None
 
     def save(self, keys: Sequence[str], states: Sequence[torch.Tensor]) -> None:
         """Store ``states`` of ``keys`` atomically, then drop the least recently used files

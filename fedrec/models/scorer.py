@@ -232,8 +232,12 @@ class Scorer(nn.Module):
     def _cached(self, token_lists: list[list[int]], store: PrefixStore | None) -> bool:
         """Whether every prompt's frozen states are in the prefix cache (those in ``store`` loaded into it)."""
         keys = [self.cache_key(t) for t in token_lists]
-        in_cache = all(PREFIX_CACHE.get(key) is not None for key in keys)
-        return in_cache or (store is not None and store.load_into(PREFIX_CACHE, keys))
+        if all(PREFIX_CACHE.get(key) is not None for key in keys):
+            return True
+        stored = None if store is None else store.load(keys)
+        if stored is not None:
+            keep_states(keys, stored)
+        return stored is not None
 
     def _packed_candidate_scores(
         self,
