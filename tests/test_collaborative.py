@@ -5,6 +5,7 @@ tables are federated and whose user embeddings stay on the clients.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from fedrec.models.collaborative import (
     initial_item_arrays,
     initial_user_embeddings,
 )
-from fedrec.privacy.item_statistics import user_contributions
+from fedrec.privacy.item_statistics import record_level_entry, record_sensitivity, user_contributions
 from fedrec.privacy.ledger import PersistentAccountant
 from fedrec.privacy.record_level import PrivateTraining, plan_round
 from fedrec.protocol.records import NUM_EXAMPLES, SECONDS, STEPS, TRAIN_LOSS, UPDATE_NORM
@@ -266,13 +267,15 @@ def test_item_statistics_are_the_clients_sums_within_the_stated_noise_and_compos
     accountant.history = [(stats.item_statistics_noise, 1.0, 1)]
     assert report["user_level_epsilon"] == pytest.approx(accountant.get_epsilon(delta=cfg.record_dp.target_delta))
     assert report["clients"] == 3 and report["bytes_up"] > 3 * 2 * len(items) * 4
+    # one rating moves a user's scaled vector by at most sqrt(2) (the bound is 5 here)
+    record_multiplier = stats.item_statistics_noise * stats.item_statistics_bound / math.sqrt(2)
     for partition in range(3):
         ledger = json.loads((folder / "nodes" / f"partition-{partition}" / "privacy-ledger.json").read_text())
-        assert ledger["history"][0] == [stats.item_statistics_noise / 2, 1.0, 1]  # released before round 1
+        assert ledger["history"][0] == [record_multiplier, 1.0, 1]  # released before round 1
     reports = [json.loads(line) for line in (folder / "run" / "privacy.jsonl").read_text().splitlines()]
     before_training = [r for r in reports if r["round"] == 0]
     assert len(before_training) == 3  # the release is in the results folder too, for `fedrec audit`
-    assert all(r["ledger"] == [[stats.item_statistics_noise / 2, 1.0, 1]] for r in before_training)
+    assert all(r["ledger"] == [[record_multiplier, 1.0, 1]] for r in before_training)
     assert main(["audit", str(folder / "run")]) == 0
 
 
@@ -308,6 +311,24 @@ def test_user_contributions_are_exact_sums_of_indicators_scaled_to_the_bound():
     assert np.allclose(ratings, [scale, scale + 1.0, scale]) and np.allclose(likes, [scale, 1.0, scale])
     ratings, likes = user_contributions(interactions, 3.0, ["1", "2", "3"], bound=100.0)
     assert np.array_equal(ratings, [1, 2, 1]) and np.array_equal(likes, [1, 1, 1])  # noise off, no scaling: exact
+
+
+@pytest.mark.parametrize("bound", [0.5, 2.0, 5.0, 50.0])
+def test_one_rating_moves_the_statistics_by_at_most_the_record_sensitivity(bound):
+    rng = np.random.default_rng(0)
+    items = [str(i) for i in range(40)]
+    moved = []
+    for trial in range(200):
+        rated = rng.choice(40, size=int(rng.integers(1, 40)), replace=False)
+        user = pd.DataFrame({"user": "u", "item": [str(i) for i in rated], "rating": rng.integers(1, 6, len(rated))})
+        full = np.concatenate(user_contributions(user, 3.0, items, bound))
+        drop = trial % len(user)  # remove one rating: the neighbouring dataset
+        fewer = np.concatenate(user_contributions(user.drop(index=drop), 3.0, items, bound))
+        moved.append(np.linalg.norm(full - fewer))
+    assert max(moved) <= record_sensitivity(bound) + 1e-12
+    if bound >= 1.0:  # sqrt(2) binds: a user below the bound losing a liked rating moves by exactly that
+        assert max(moved) == pytest.approx(math.sqrt(2.0))
+    assert record_level_entry(4.0, bound) == (4.0 * bound / record_sensitivity(bound), 1.0, 1)
 
 
 def test_dp_sgd_noise_is_calibrated_to_the_budget_left_after_earlier_releases():

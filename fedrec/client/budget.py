@@ -37,7 +37,7 @@ def releases_before_training(cfg: FedRecConfig) -> list[tuple[float, float, int]
     """Ledger entries of what the node releases before training (federated item statistics)."""
     stats = cfg.item_statistics
     if stats.item_statistics and stats.item_statistics_noise > 0:
-        return [record_level_entry(stats.item_statistics_noise)]
+        return [record_level_entry(stats.item_statistics_noise, stats.item_statistics_bound)]
     return []
 
 

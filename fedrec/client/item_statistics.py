@@ -59,7 +59,8 @@ def _spend(context: Context, cfg: FedRecConfig) -> PersistentAccountant | str:
     """Write the release to the node's ledger (and return it), or why it would exceed the budget."""
     dp = cfg.record_dp
     accountant = load_privacy_ledger(context, cfg)
-    entry = record_level_entry(cfg.item_statistics.item_statistics_noise)
+    stats = cfg.item_statistics
+    entry = record_level_entry(stats.item_statistics_noise, stats.item_statistics_bound)
     after = accountant.epsilon_after(*entry, dp.target_delta)
     if after > dp.target_epsilon:
         spent = f"the item statistics would reach epsilon {after:.3f}"

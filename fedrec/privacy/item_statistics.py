@@ -8,9 +8,12 @@ clients asked, so the sum over the clients carries ``N(0, (sigma * bound)^2)``: 
 Gaussian mechanism with noise multiplier ``sigma`` for adding or removing a user. (When
 clients drop out, the sum carries less noise: the shares of the survivors only.)
 
-One rating changes one user's scaled vector by at most ``2 * bound`` (both have norm at
-most ``bound``), so for the record-level ledger the release is the Gaussian mechanism
-with multiplier ``sigma / 2``, once: :func:`record_level_entry`.
+Scaling to norm at most ``bound`` is the projection onto the ball of that radius, which
+never increases distances; adding or removing one rating changes the unscaled 0/1 vector
+in at most two entries (rated, and liked if it is a like), so it moves the user's scaled
+vector by at most ``min(sqrt(2), 2 * bound)``. For the record-level ledger the release is
+therefore the Gaussian mechanism with multiplier ``sigma * bound / min(sqrt(2), 2 * bound)``,
+once: :func:`record_level_entry`.
 """
 
 from __future__ import annotations
@@ -55,6 +58,11 @@ def user_level_epsilon(noise_multiplier: float, delta: float, mechanism: str = "
     return PersistentAccountant(mechanism, [(noise_multiplier, 1.0, 1)]).epsilon(delta)
 
 
-def record_level_entry(noise_multiplier: float) -> tuple[float, float, int]:
+def record_sensitivity(bound: float) -> float:
+    """How far adding or removing one rating moves a user's scaled vector, at most."""
+    return min(math.sqrt(2.0), 2.0 * bound)
+
+
+def record_level_entry(noise_multiplier: float, bound: float) -> tuple[float, float, int]:
     """The release as a record-level ledger entry ``(noise multiplier, sample rate, steps)``."""
-    return (noise_multiplier / 2, 1.0, 1)
+    return (noise_multiplier * bound / record_sensitivity(bound), 1.0, 1)
