@@ -89,7 +89,7 @@ def main() -> None:
     retriever = FoldedInTables.from_file(
         args.run / "item-tables.npz", catalog, central.split.train_interactions, cfg.data.like_threshold, users
     )
-    titles = central.data.titles()
+    titles = central.data.titles
     priors = title_log_likelihoods(args.backbone, [titles[item] for item in retriever.items], args.context)
     chosen = {}
     for variant, prior in priors.items():

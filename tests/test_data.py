@@ -20,7 +20,10 @@ def test_bundled_movielens_loads(movielens):
     assert len(movielens.interactions) == 100_000
     assert movielens.interactions["user"].nunique() == 943
     assert len(movielens.items) == 1682
-    assert movielens.titles()["1"] == "Toy Story (1995)"
+    assert movielens.titles["1"] == "Toy Story (1995)"
+    assert movielens.titles is movielens.titles  # built once, not per client round
+    with pytest.raises(TypeError):
+        movielens.titles["1"] = "changed"  # shared by every prompt: read-only
 
 
 def test_split_has_no_leakage(movielens):
@@ -92,7 +95,7 @@ def test_user_partitioner_needs_one_client_per_user():
 def test_prompt_groups_history_and_asks_about_the_target(movielens):
     split = split_examples(movielens, history_length=4)
     ex = next(e for e in split.test.values() if {liked for _, liked in e[0].history} == {True, False})[0]
-    titles = movielens.titles()
+    titles = movielens.titles
     text = render_preference_prompt(ex, titles, "movies")
     liked_line, disliked_line, question = text.split("\n")
     liked = "; ".join(titles[i] for i, like in ex.history if like)
@@ -106,7 +109,7 @@ def test_csv_dataset_loads(tmp_path):
     inter, items = write_planted_dataset(tmp_path)
     data = load_interaction_data(str(inter), str(items))
     assert data.interactions["user"].nunique() == 40
-    assert data.titles()["0"] == "good film 0"
+    assert data.titles["0"] == "good film 0"
 
 
 def test_ml1m_folder_loads(tmp_path):

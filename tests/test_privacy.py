@@ -174,7 +174,7 @@ def test_dp_run_learns_planted_structure(tmp_path):
     inter, items = write_planted_dataset(tmp_path, users=60, per_user=14)
     data = load_interaction_data(str(inter), str(items))
     split = split_examples(data, history_length=2)
-    titles = data.titles()
+    titles = data.titles
     train = [ex for exs in split.train.values() for ex in exs]
     test = [ex for exs in split.test.values() for ex in exs]
     scorer = tiny_scorer()

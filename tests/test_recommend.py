@@ -57,7 +57,7 @@ def test_recommendations_are_the_catalog_minus_history_scored_on_the_training_pr
     assert len(found) == 5 and scores == sorted(scores, reverse=True)
     assert not {r.item for r in found} & {"0", "2", "4", "6"}
     data = load_interaction_data(cfg.data.dataset, cfg.data.items_path)
-    titles = data.titles()
+    titles = data.titles
     assert all(r.title == titles[r.item] for r in found)
     everything = recommend(adapter, history, k=100)
     assert sorted(r.item for r in everything) == sorted(set(titles) - {"0", "2", "4", "6"})  # the whole rest
@@ -109,7 +109,7 @@ def test_cli_prints_a_table_of_k_titles_from_movielens(runs, tmp_path, capsys):
     )
     header, *rows = capsys.readouterr().out.strip().splitlines()
     assert header.split() == ["rank", "item", "title", "score"]
-    titles = load_interaction_data("ml-100k").titles()
+    titles = load_interaction_data("ml-100k").titles
     assert len(rows) == 4
     for rank, row in enumerate(rows, start=1):
         number, item, *_ = row.split()

@@ -134,7 +134,7 @@ def recommend(
     if adapter_dir is None:
         assert retrieved is not None
         data, ranked = retrieved
-        titles = data.titles()
+        titles = data.titles
         return [Recommendation(item, titles[item], score) for item, score in ranked[:k]]
     cfg, data, rated, scorer = _adapter_scorer(Path(adapter_dir).expanduser(), history, config)
     if retrieved is not None:
@@ -151,7 +151,7 @@ def recommend(
         retriever = np.array([score for _, score in retrieved[1][: len(pool)]])
         scores = fused_scores(scores, retriever, cfg.evaluation.rerank_fusion_weight)
     best = np.argsort(-scores, kind="stable")[:k]
-    titles = data.titles()
+    titles = data.titles
     return [Recommendation(pool[i], titles[pool[i]], float(scores[i])) for i in best]
 
 
@@ -169,7 +169,7 @@ def _llm_scores(
     """
     liked = rated["rating"].to_numpy() > cfg.data.like_threshold
     recent = tuple(zip(rated["item"], liked.tolist(), strict=True))[-cfg.data.history_length :]
-    titles = data.titles()
+    titles = data.titles
     examples = [PreferenceExample(LOCAL_USER, item, 0, recent) for item in pool]
     prompts = [render_preference_prompt(example, titles, data.noun) for example in examples]
     signals = None

@@ -10,8 +10,11 @@ Face dataset id prefixed ``hf:`` (needs internet).
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import pandas as pd
@@ -56,9 +59,10 @@ class InteractionData:
     name: str
     noun: str = "items"  # what the items are called in prompts
 
-    def titles(self) -> dict[str, str]:
-        """Item id -> display title."""
-        return dict(zip(self.items["item"], self.items["title"], strict=True))
+    @cached_property
+    def titles(self) -> Mapping[str, str]:
+        """Item id -> display title (read-only; built once: every client round renders prompts)."""
+        return MappingProxyType(dict(zip(self.items["item"], self.items["title"], strict=True)))
 
 
 def bundled_movielens_dir() -> Path:

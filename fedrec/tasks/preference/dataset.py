@@ -33,7 +33,7 @@ class CentralSplit:
 
     def prompts(self, examples: list[PreferenceExample]) -> list[str]:
         """Rendered prompt text of each example."""
-        titles = self.data.titles()
+        titles = self.data.titles
         return [render_preference_prompt(ex, titles, self.data.noun) for ex in examples]
 
 

@@ -9,13 +9,14 @@ on MovieLens-100K (10 history items) from 0.45 (one line per item with a mark) t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 
 from ...models.prompting import AnswerPrompt
 from .examples import PreferenceExample
 
 
-def render_preference_prompt(example: PreferenceExample, titles: dict[str, str], noun: str = "items") -> str:
+def render_preference_prompt(example: PreferenceExample, titles: Mapping[str, str], noun: str = "items") -> str:
     """Liked items, disliked items (oldest first), then the question about the target."""
     liked = "; ".join(titles[item] for item, like in example.history if like) or "none"
     disliked = "; ".join(titles[item] for item, like in example.history if not like) or "none"
