@@ -113,6 +113,21 @@ def test_dp_training_noises_every_row_gives_per_sample_gradients_and_records_the
         assert (moved > 0).all(), name
 
 
+def test_dp_training_is_repeatable_from_its_seed_whatever_the_process_drew_before():
+    likes, _ = _planted_likes()
+    plan = plan_round(RecordDPConfig(target_epsilon=8.0), 1, len(likes), batch_size=100, epochs=1)
+    tables = []
+    for draws_before in (0, 7):  # another process state: the Poisson sample and the noise must not follow it
+        torch.rand(draws_before)
+        model = _model(40, 30)
+        train_bpr(model, likes, BPRTraining(1.0, 100, 1, seed=3), PrivateTraining(plan, 1.0, PersistentAccountant()))
+        tables.append(model.items.weight.detach().clone())
+    assert torch.equal(tables[0], tables[1])
+    model = _model(40, 30)
+    train_bpr(model, likes, BPRTraining(1.0, 100, 1, seed=4), PrivateTraining(plan, 1.0, PersistentAccountant()))
+    assert not torch.equal(model.items.weight, tables[0])  # the seed decides
+
+
 def test_bpr_then_fold_in_learns_planted_likes():
     likes, even = _planted_likes()
     model = _model(40, 30)

@@ -77,6 +77,7 @@ def train_bpr(
     """
     if not len(likes):
         raise ValueError("no likes to train on")
+    torch.manual_seed(training.seed)  # DP-SGD's Poisson sample and noise (unless secure-noise), as the LLM's
     generator = torch.Generator().manual_seed(training.seed)
     loader = DataLoader(
         TensorDataset(likes.users, likes.items), batch_size=training.batch_size, shuffle=True, generator=generator
