@@ -26,7 +26,8 @@ import numpy as np
 
 from fedrec.config import resolve_config
 from fedrec.simulation.runner import simulate
-from fedrec.tasks.metrics import mean_and_standard_error
+from fedrec.tasks.metrics import hit_rate_at_k, mean_and_standard_error, ndcg_at_k
+from fedrec.tasks.ranking.ranker import K
 
 RESULTS = Path(__file__).parent / "results" / "mf_dp_sweep"
 RUNS = Path("runs") / "benchmark-mf-dp-sweep"  # whole run folders (not committed)
@@ -42,7 +43,7 @@ BASE = {
     "eval-split": "validation",
     "ranking-users": 10_000,
 }
-K, METRICS = 10, ("hr@10", "ndcg@10")
+METRICS = ("hr@10", "ndcg@10")
 DEFAULTS = "defaults (dim 16, lr 100, batch 2048, clip 0.5, 10 rounds, 1 epoch)"
 VARIANTS: dict[str, dict[str, Any]] = {
     DEFAULTS: {},
@@ -85,9 +86,12 @@ def per_user_gains(runs: dict[int, dict[str, Any]], seeds: list[int]) -> dict[st
     """Each ranked user's HR@10 and NDCG@10 averaged over the seeds (the same users and
     liked items in every seed; the seed draws the negatives, the partitions and the noise).
     """
-    ranks = np.array([runs[seed]["metrics"]["ranks"] for seed in seeds], dtype=float)
-    hits = (ranks < K).astype(float)
-    return {"hr@10": hits.mean(0), "ndcg@10": (hits / np.log2(ranks + 2.0)).mean(0)}
+    ranks = [runs[seed]["metrics"]["ranks"] for seed in seeds]
+    per_seed = {
+        "hr@10": [[hit_rate_at_k([r], K) for r in seed_ranks] for seed_ranks in ranks],
+        "ndcg@10": [[ndcg_at_k([r], K) for r in seed_ranks] for seed_ranks in ranks],
+    }
+    return {metric: np.mean(values, axis=0) for metric, values in per_seed.items()}
 
 
 def report(summaries: dict[str, dict[int, dict[str, Any]]], seeds: list[int]) -> str:
