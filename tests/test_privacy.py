@@ -282,3 +282,29 @@ def test_secure_noise_cannot_be_recomputed_from_the_run_seed(secure_noise):
     engine = SecureNoiseEngine(accountant="rdp")
     assert engine.secure_mode and engine.secure_rng is not None
     assert not torch.equal(torch.normal(0, 1, (8,), generator=engine.secure_rng), torch.normal(0, 1, (8,)))
+
+
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_secure_noise_is_drawn_where_the_gradients_are_and_the_sample_on_the_cpu(device):
+    """Opacus hands its one secure generator to the sampler (CPU) and the noise (the
+    parameters' device); fedrec's engine gives the noise its own generator on that device.
+    """
+    model = torch.nn.Linear(4, 1).to(device)
+    loader = DataLoader(TensorDataset(torch.randn(32, 4), torch.randn(32, 1)), batch_size=8)
+    plan = plan_round(RecordDPConfig(noise_multiplier=1.0), 1, 32, 8, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    private = PrivateTraining(plan, 1.0, PersistentAccountant(), secure_noise=True)
+    before = model.weight.detach().clone()
+    with dp_sgd(model, optimizer, loader, private) as (dp_optimizer, dp_loader):
+        assert dp_optimizer.generator.device == model.weight.device
+        assert dp_loader.batch_sampler.generator.device == torch.device("cpu")
+        assert dp_optimizer.generator is not dp_loader.batch_sampler.generator
+        for x, y in dp_loader:
+            F.mse_loss(model(x.to(device)), y.to(device)).backward()
+            dp_optimizer.step()
+            dp_optimizer.zero_grad()
+    assert not torch.equal(model.weight.detach(), before)
+    assert len(private.accountant.history) == 1 and private.accountant.history[0][2] == plan.steps

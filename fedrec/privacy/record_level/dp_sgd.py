@@ -52,14 +52,24 @@ class SecureNoiseEngine(PrivacyEngine):
     ``torchcsprng``, which has no build for this torch. Without it, DP-SGD draws from
     torch's global generator, which fedrec seeds from the run's seed (reproducible
     simulations): whoever knows the configuration can recompute the noise.
+
+    Two generators: the Poisson sample is drawn on the CPU (``secure_rng``, Opacus's
+    sampler), the noise where the gradients are (``noise_rng`` on ``device``): Opacus
+    hands one generator to both, and a CPU generator cannot draw a CUDA tensor.
     """
 
-    def __init__(self, *, accountant: str) -> None:
+    def __init__(self, *, accountant: str, device: torch.device | str = "cpu") -> None:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Secure RNG turned off")  # it is turned on below
             super().__init__(accountant=accountant)
         self.secure_mode = True
         self.secure_rng = torch.Generator().manual_seed(secrets.randbits(63))
+        self.noise_rng = torch.Generator(device).manual_seed(secrets.randbits(63))
+
+    def _prepare_optimizer(self, **kwargs) -> DPOptimizer:
+        optimizer = super()._prepare_optimizer(**kwargs)
+        optimizer.generator = self.noise_rng
+        return optimizer
 
 
 def plan_round(
@@ -146,7 +156,11 @@ def dp_sgd(
     sample rate equals the plan's.
     """
     plan, accountant = private.plan, private.accountant
-    engine = (SecureNoiseEngine if private.secure_noise else PrivacyEngine)(accountant=accountant.mechanism)
+    if private.secure_noise:
+        device = next(p.device for p in module.parameters() if p.requires_grad)
+        engine = SecureNoiseEngine(accountant=accountant.mechanism, device=device)
+    else:
+        engine = PrivacyEngine(accountant=accountant.mechanism)
     engine.accountant.history = list(accountant.history)
     hooks, dp_optimizer, dp_loader = engine.make_private(
         module=module,
