@@ -9,6 +9,8 @@ by both modes) is timed separately.
 
     python benchmarks/train_throughput.py                 # tiny-llama and smollm2
     python benchmarks/train_throughput.py --backbones tiny-llama --examples 256
+    python benchmarks/train_throughput.py --backbones FOLDER --examples 3000 --lora-layers 4 \
+        --batch-size 1024 --physical-batch-size 128   # the `full` preset's batches (GPU)
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import platform
 import resource
 import statistics
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
@@ -28,7 +31,19 @@ RESULTS = Path(__file__).parent / "results"
 MODES = ("plain", "dp", "dp-secure-noise")
 
 
-def _worker(backbone: str, mode: str, examples: int, top_layers: int, compute_dtype: str, queue: mp.Queue) -> None:
+@dataclass(frozen=True)
+class Setting:
+    """What one measurement trains: backbone, LoRA depth, precision and batches."""
+
+    backbone: str
+    examples: int
+    top_layers: int
+    compute_dtype: str
+    batch_size: int
+    physical_batch_size: int
+
+
+def _worker(setting: Setting, mode: str, queue: mp.Queue) -> None:
     import torch
 
     from fedrec.config import DataConfig, RecordDPConfig, TrainingConfig
@@ -42,25 +57,31 @@ def _worker(backbone: str, mode: str, examples: int, top_layers: int, compute_dt
     from fedrec.tasks.preference.scoring import preference_loss
     from fedrec.tasks.training import LocalTraining, train_adapter
 
+    backbone = setting.backbone
     modules = ("query", "value") if backbone in ("tiny-bert", "minilm") else ("q_proj", "v_proj")
     tiny = backbone.startswith("tiny")
     scorer = Scorer(
         load_backbone(backbone),
-        LoraSettings(target_modules=modules, top_layers=0 if tiny else top_layers),
+        LoraSettings(target_modules=modules, top_layers=0 if tiny else setting.top_layers),
         PREFERENCE_QUESTION,
         max_length=256,
-        compute_dtype=getattr(torch, compute_dtype),
+        compute_dtype=getattr(torch, setting.compute_dtype),
     )
     if torch.cuda.is_available():
         scorer.to("cuda")
     data = load_federated_data(DataConfig(history_length=10, train_examples_per_user=4), 42, 300, 1)
-    chosen = data.train_examples(0)[:examples]
+    chosen = data.train_examples(0)[: setting.examples]
     tokens = scorer.encode(data.prompts(chosen))
     started = time.perf_counter()
     states = scorer.prefix_states(tokens, batch_size=16)
     prefix_seconds = time.perf_counter() - started
     labels = torch.tensor([ex.label for ex in chosen])
-    training = TrainingConfig(local_epochs=1, batch_size=64, physical_batch_size=32, learning_rate=1e-3)
+    training = TrainingConfig(
+        local_epochs=1,
+        batch_size=setting.batch_size,
+        physical_batch_size=setting.physical_batch_size,
+        learning_rate=1e-3,
+    )
     private_training = None
     if mode != "plain":
         plan = plan_round(RecordDPConfig(noise_multiplier=1.0), 1, len(states), training.batch_size, 1)
@@ -73,17 +94,18 @@ def _worker(backbone: str, mode: str, examples: int, top_layers: int, compute_dt
             "examples_per_s": result.examples / seconds,
             "prefix_examples_per_s": len(states) / prefix_seconds,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0,
             "mean_tokens": sum(map(len, tokens)) / len(tokens),
             "trainable_params": sum(p.numel() for p in scorer.trainable_parameters()),
         }
     )
 
 
-def measure(backbone: str, mode: str, examples: int, top_layers: int, compute_dtype: str) -> dict:
+def measure(setting: Setting, mode: str) -> dict:
     """One run in a fresh process."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_worker, args=(backbone, mode, examples, top_layers, compute_dtype, queue))
+    proc = ctx.Process(target=_worker, args=(setting, mode, queue))
     proc.start()
     result = queue.get(timeout=3600)
     proc.join()
@@ -104,19 +126,23 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--lora-layers", type=int, default=2, help="LoRA on the top N layers of real backbones")
     parser.add_argument("--compute-dtype", default="bfloat16")
+    parser.add_argument("--batch-size", type=int, default=64, help="expected (DP: Poisson) batch")
+    parser.add_argument("--physical-batch-size", type=int, default=32)
     parser.add_argument("--out", default=str(RESULTS / "train_throughput.json"))
     args = parser.parse_args()
     rows = []
     for backbone in args.backbones.split(","):
+        setting = Setting(
+            backbone, args.examples, args.lora_layers, args.compute_dtype, args.batch_size, args.physical_batch_size
+        )
         runs: dict[str, list[dict]] = {mode: [] for mode in MODES}
         for _ in range(args.repeats):
             for mode in MODES:  # interleaved, side by side
-                runs[mode].append(measure(backbone, mode, args.examples, args.lora_layers, args.compute_dtype))
+                runs[mode].append(measure(setting, mode))
         plain, dp, secure = (statistics.median(r["examples_per_s"] for r in runs[mode]) for mode in MODES)
         rows.append(
             {
-                "backbone": backbone,
-                "examples": args.examples,
+                **asdict(setting),
                 "mean_tokens": runs["plain"][0]["mean_tokens"],
                 "trainable_params": runs["plain"][0]["trainable_params"],
                 "prefix_examples_per_s": statistics.median(r["prefix_examples_per_s"] for m in MODES for r in runs[m]),
@@ -127,6 +153,7 @@ def main() -> None:
                 "secure_noise_over_dp": secure / dp,
                 "peak_rss_mb": max(r["peak_rss_mb"] for r in runs["plain"]),
                 "dp_peak_rss_mb": max(r["peak_rss_mb"] for r in runs["dp"]),
+                "dp_peak_gpu_mb": max(r["peak_gpu_mb"] for r in runs["dp"]),
             }
         )
     report = {
