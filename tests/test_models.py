@@ -12,8 +12,10 @@ from fedrec.models.adapter import (
     save_adapter,
 )
 from fedrec.models.backbone import BackboneError, load_backbone
+from fedrec.models.packing import group_prefix_lengths, pack_groups
 from fedrec.models.prefix_cache import PREFIX_CACHE, shared_prefix_groups
 from fedrec.models.prefix_store import PrefixStore, cached_states
+from fedrec.models.split import attend_to_self
 from fedrec.models.wire import AdapterMismatchError
 from tests.conftest import tiny_scorer
 
@@ -49,6 +51,56 @@ def test_last_position_top_layer_equals_the_full_top_layer(top_layers):
     fast = scorer(batch, mask)
     scorer.split.last_position_top_layer = False
     torch.testing.assert_close(fast, scorer(batch, mask), atol=1e-5, rtol=1e-5)
+
+
+def test_attend_to_self_opens_only_the_diagonal():
+    allowed = torch.tensor([[False, False, False], [True, True, False], [True, True, True]])[None, None]
+    opened = attend_to_self(allowed)
+    assert opened[0, 0, 0].tolist() == [True, False, False]
+    assert torch.equal(opened[0, 0, 1:], allowed[0, 0, 1:])
+    additive = torch.where(allowed, 0.0, torch.finfo(torch.float32).min)
+    assert torch.equal(attend_to_self(additive) == 0, opened)
+    assert attend_to_self(None) is None
+
+
+def _attention_masks_of_trained_layers(scorer, run):
+    """The attention masks the layers above the split receive while ``run()`` scores."""
+    masks = []
+    hooks = [
+        layer.self_attn.register_forward_pre_hook(
+            lambda _m, _a, kwargs: masks.append(kwargs["attention_mask"]), with_kwargs=True
+        )
+        for layer in scorer.split.layers[scorer.split_layer :]
+    ]
+    try:
+        run()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return masks
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_no_query_in_the_trained_layers_is_fully_masked(packed):
+    """Left padding (and packing) leave queries that may see no key; every one of them
+    must see its own, or fused CUDA attention can turn their gradients non-finite.
+    """
+    scorer = tiny_scorer(top_layers=1)
+    texts = [f"history {g} " + "seen " * 3 * g + f"candidate {m}" for g in range(3) for m in range(2)]
+    tokens = scorer.encode(texts)
+    states = scorer.prefix_states(tokens)
+    if packed:
+        masks = _attention_masks_of_trained_layers(
+            scorer, lambda: scorer.forward_groups(pack_groups(states, 2, group_prefix_lengths(tokens, 2)))
+        )
+    else:
+        batch, mask = scorer.batch(states)
+        assert not mask.all()  # the batch is padded
+        masks = _attention_masks_of_trained_layers(scorer, lambda: scorer(batch, mask))
+    assert masks and all(m is not None for m in masks)
+    for m in masks:
+        allowed = m if m.dtype == torch.bool else m == 0
+        assert allowed.any(-1).all()
 
 
 def test_shared_prefix_groups():

@@ -24,6 +24,19 @@ from .packing import PackedGroups
 from .prefix_cache import shared_prefix_groups
 
 
+def attend_to_self(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """A 4D attention mask (boolean, or additive float) with every query allowed to
+    attend to its own key. A left-padded row's pad queries otherwise see no key at all,
+    and CUDA's fused attention can give such fully masked rows non-finite gradients
+    (seen on an H200 with torch 2.11: finite scores, NaN LoRA gradients through 0 x NaN).
+    Real tokens never attend to pad keys, so their outputs do not change.
+    """
+    if mask is None:
+        return None
+    eye = torch.eye(mask.shape[-2], mask.shape[-1], dtype=torch.bool, device=mask.device)
+    return mask | eye if mask.dtype == torch.bool else mask.masked_fill(eye, 0.0)
+
+
 class _StopForward(Exception):
     """Raised by a pre-hook to end a forward pass once the split input is captured."""
 
@@ -210,6 +223,7 @@ class SplitForward:
             past_key_values=None,
             position_ids=positions,
         )
+        causal = attend_to_self(causal)
         last = torch.full((states.shape[0], 1), states.shape[1] - 1, device=states.device)
         return self._answer_hidden(states, causal, positions, last)[:, 0]
 
@@ -228,7 +242,7 @@ class SplitForward:
             position_ids=packed.positions,
             and_mask_function=packed.same_member_or_prefix(),
         )
-        return self._answer_hidden(states, attention, packed.positions, packed.answers)
+        return self._answer_hidden(states, attend_to_self(attention), packed.positions, packed.answers)
 
     def _answer_hidden(
         self, states: torch.Tensor, attention: torch.Tensor | None, positions: torch.Tensor, answers: torch.Tensor
