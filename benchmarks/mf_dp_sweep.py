@@ -11,6 +11,8 @@ Finished runs are kept and skipped. Report: benchmarks/results/mf_dp_sweep/repor
 
     python benchmarks/mf_dp_sweep.py                      # every setting, seeds 42 and 1
     python benchmarks/mf_dp_sweep.py --variants "dim 8" --seeds 42 1 2
+    python benchmarks/mf_dp_sweep.py --variants "popularity 0.5" "popularity 1" \
+        --reference "2 local epochs, lr 200, dim 8" --report report-popularity.md
 """
 
 from __future__ import annotations
@@ -45,19 +47,24 @@ BASE = {
 }
 METRICS = ("hr@10", "ndcg@10")
 DEFAULTS = "defaults (dim 16, lr 100, batch 2048, clip 0.5, 10 rounds, 1 epoch)"
+OLD_DEFAULTS = {"mf-dim": 16, "mf-learning-rate": 100.0, "mf-local-epochs": 1}  # before the sweep
+NEW_DEFAULTS = "2 local epochs, lr 200, dim 8"  # the sweep's choice, fedrec's defaults since
+POPULARITY_WEIGHTS = (0.25, 0.5, 1.0, 2.0)
 VARIANTS: dict[str, dict[str, Any]] = {
-    DEFAULTS: {},
-    "dim 8": {"mf-dim": 8},
-    "dim 32": {"mf-dim": 32},
-    "lr 50": {"mf-learning-rate": 50.0},
-    "lr 200": {"mf-learning-rate": 200.0},
-    "batch 4096": {"mf-batch-size": 4096},
-    "clip 1": {"mf-max-grad-norm": 1.0},
-    "20 rounds": {"num-server-rounds": 20},
-    "2 local epochs": {"mf-local-epochs": 2},
-    "4 local epochs": {"mf-local-epochs": 4},
-    "2 local epochs, 20 rounds": {"mf-local-epochs": 2, "num-server-rounds": 20},
-    "2 local epochs, lr 200, dim 8": {"mf-local-epochs": 2, "mf-learning-rate": 200.0, "mf-dim": 8},
+    DEFAULTS: OLD_DEFAULTS,
+    "dim 8": OLD_DEFAULTS | {"mf-dim": 8},
+    "dim 32": OLD_DEFAULTS | {"mf-dim": 32},
+    "lr 50": OLD_DEFAULTS | {"mf-learning-rate": 50.0},
+    "lr 200": OLD_DEFAULTS | {"mf-learning-rate": 200.0},
+    "batch 4096": OLD_DEFAULTS | {"mf-batch-size": 4096},
+    "clip 1": OLD_DEFAULTS | {"mf-max-grad-norm": 1.0},
+    "20 rounds": OLD_DEFAULTS | {"num-server-rounds": 20},
+    "2 local epochs": OLD_DEFAULTS | {"mf-local-epochs": 2},
+    "4 local epochs": OLD_DEFAULTS | {"mf-local-epochs": 4},
+    "2 local epochs, 20 rounds": OLD_DEFAULTS | {"mf-local-epochs": 2, "num-server-rounds": 20},
+    NEW_DEFAULTS: {"mf-local-epochs": 2, "mf-learning-rate": 200.0, "mf-dim": 8},
+} | {  # the new defaults plus w * log(1 + federated rating count), the counts' release composed into epsilon 8
+    f"popularity {w:g}": {"item-statistics": True, "mf-popularity-weight": w} for w in POPULARITY_WEIGHTS
 }
 
 
@@ -94,13 +101,14 @@ def per_user_gains(runs: dict[int, dict[str, Any]], seeds: list[int]) -> dict[st
     return {metric: np.mean(values, axis=0) for metric, values in per_seed.items()}
 
 
-def report(summaries: dict[str, dict[int, dict[str, Any]]], seeds: list[int]) -> str:
-    """Each variant's HR@10 and NDCG@10 and its paired difference to the defaults, per user over the seeds."""
-    reference = per_user_gains(summaries[DEFAULTS], seeds)
+def report(summaries: dict[str, dict[int, dict[str, Any]]], seeds: list[int], reference_name: str) -> str:
+    """Each variant's HR@10 and NDCG@10 and its paired difference to ``reference_name``, per user over the seeds."""
+    reference = per_user_gains(summaries[reference_name], seeds)
+    against = "defaults" if reference_name == DEFAULTS else reference_name
     lines = [
         f"# Private retriever settings on validation ({platform.machine()} CPU, seeds {', '.join(map(str, seeds))})",
         "",
-        "| setting | record-level ε | HR@10 | NDCG@10 | HR@10 per seed | HR@10 − defaults | NDCG@10 − defaults |",
+        f"| setting | record-level ε | HR@10 | NDCG@10 | HR@10 per seed | HR@10 − {against} | NDCG@10 − {against} |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, runs in summaries.items():
@@ -116,7 +124,9 @@ def report(summaries: dict[str, dict[int, dict[str, Any]]], seeds: list[int]) ->
             + " | ".join(f"{m:+.4f} ± {se:.4f}" for m, se in diffs)
             + " |"
         )
-    popular = " / ".join(f"{s['ranking_baselines']['most-popular']['hr@10']:.3f}" for s in summaries[DEFAULTS].values())
+    popular = " / ".join(
+        f"{s['ranking_baselines']['most-popular']['hr@10']:.3f}" for s in summaries[reference_name].values()
+    )
     lines += [
         "",
         f"{len(reference['hr@10'])} ranked users (the last liked validation interaction among 100 candidates), each "
@@ -130,8 +140,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1])
+    parser.add_argument("--reference", default=DEFAULTS, choices=list(VARIANTS), help="the paired differences' base")
+    parser.add_argument("--report", default="report.md", help="file name in benchmarks/results/mf_dp_sweep/")
     args = parser.parse_args()
-    names = [DEFAULTS, *(name for name in args.variants if name != DEFAULTS)]
+    names = [args.reference, *(name for name in args.variants if name != args.reference)]
     summaries: dict[str, dict[int, dict[str, Any]]] = {}
     for name in names:
         summaries[name] = {}
@@ -139,8 +151,8 @@ def main() -> None:
             summaries[name][seed] = run(name, seed)
             print(f"{name}, seed {seed}: HR@10 {summaries[name][seed]['metrics']['hr@10']:.4f}", flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "report.md").write_text(report(summaries, args.seeds))
-    print((RESULTS / "report.md").read_text())
+    (RESULTS / args.report).write_text(report(summaries, args.seeds, args.reference))
+    print((RESULTS / args.report).read_text())
 
 
 if __name__ == "__main__":
