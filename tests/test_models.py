@@ -80,16 +80,21 @@ def _attention_masks_of_trained_layers(scorer, run):
     return masks
 
 
-@pytest.mark.parametrize("packed", [False, True])
-def test_no_query_in_the_trained_layers_is_fully_masked(packed):
+def _padded_prompts(scorer):
+    texts = [f"history {g} " + "seen " * 3 * g + f"candidate {m}" for g in range(3) for m in range(2)]
+    tokens = scorer.encode(texts)
+    return tokens, scorer.prefix_states(tokens)
+
+
+@pytest.mark.parametrize("path", ["last position", "every position", "packed"])
+def test_no_query_in_the_trained_layers_is_fully_masked(path):
     """Left padding (and packing) leave queries that may see no key; every one of them
     must see its own, or fused CUDA attention can turn their gradients non-finite.
     """
     scorer = tiny_scorer(top_layers=1)
-    texts = [f"history {g} " + "seen " * 3 * g + f"candidate {m}" for g in range(3) for m in range(2)]
-    tokens = scorer.encode(texts)
-    states = scorer.prefix_states(tokens)
-    if packed:
+    scorer.split.last_position_top_layer = path != "every position"
+    tokens, states = _padded_prompts(scorer)
+    if path == "packed":
         masks = _attention_masks_of_trained_layers(
             scorer, lambda: scorer.forward_groups(pack_groups(states, 2, group_prefix_lengths(tokens, 2)))
         )
@@ -101,6 +106,16 @@ def test_no_query_in_the_trained_layers_is_fully_masked(packed):
     for m in masks:
         allowed = m if m.dtype == torch.bool else m == 0
         assert allowed.any(-1).all()
+
+
+def test_the_trained_layers_give_real_tokens_what_the_backbones_own_mask_gives():
+    scorer = tiny_scorer(top_layers=1)
+    _perturb(scorer)
+    batch, mask = scorer.batch(_padded_prompts(scorer)[1])
+    split = scorer.split
+    own = split.tail(inputs_embeds=batch, attention_mask=mask, position_ids=split.kind.positions(mask))
+    real = mask.bool()
+    torch.testing.assert_close(split.hidden(batch, mask)[real], own.last_hidden_state[real], atol=1e-6, rtol=1e-5)
 
 
 def test_shared_prefix_groups():

@@ -203,9 +203,28 @@ class SplitForward:
         return out
 
     def hidden(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Final hidden states of every position, from split-layer states ``[B, T, d]``."""
-        out = self.tail(inputs_embeds=states, attention_mask=mask, position_ids=self.kind.positions(mask))
-        return out.last_hidden_state
+        """Final hidden states of every position, from split-layer states ``[B, T, d]``
+        (a causal model's mask built here: see :func:`attend_to_self`).
+        """
+        positions = self.kind.positions(mask)
+        attention = self._causal_mask(states, mask, positions) if self.kind.name == "causal" else mask
+        return self.tail(inputs_embeds=states, attention_mask=attention, position_ids=positions).last_hidden_state
+
+    def _causal_mask(
+        self, states: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor | None, **mask_function: Callable
+    ) -> torch.Tensor | None:
+        """The backbone's own 4D causal mask of a padded batch (None: no padding, plain
+        causal), with every query attending at least to itself.
+        """
+        causal = create_causal_mask(
+            config=self.trunk.config,
+            inputs_embeds=states,
+            attention_mask=mask,
+            past_key_values=None,
+            position_ids=positions,
+            **mask_function,
+        )
+        return attend_to_self(causal)
 
     def last_hidden(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Final-norm hidden state at the last position (causal models). With
@@ -216,16 +235,8 @@ class SplitForward:
         if not self.last_position_top_layer:
             return self.hidden(states, mask)[:, -1]
         positions = self.kind.positions(mask)
-        causal = create_causal_mask(
-            config=self.trunk.config,
-            inputs_embeds=states,
-            attention_mask=mask,
-            past_key_values=None,
-            position_ids=positions,
-        )
-        causal = attend_to_self(causal)
         last = torch.full((states.shape[0], 1), states.shape[1] - 1, device=states.device)
-        return self._answer_hidden(states, causal, positions, last)[:, 0]
+        return self._answer_hidden(states, self._causal_mask(states, mask, positions), positions, last)[:, 0]
 
     def packed_answer_hidden(self, packed: PackedGroups, states: torch.Tensor) -> torch.Tensor:
         """Final-norm hidden states ``[B, G, d]`` at each member's last token of packed
@@ -234,15 +245,10 @@ class SplitForward:
         """
         if not self.last_position_top_layer:
             raise BackboneError("packed groups need a causal LM with a Llama-style top layer")
-        attention = create_causal_mask(
-            config=self.trunk.config,
-            inputs_embeds=states,
-            attention_mask=packed.padding_mask,
-            past_key_values=None,
-            position_ids=packed.positions,
-            and_mask_function=packed.same_member_or_prefix(),
+        attention = self._causal_mask(
+            states, packed.padding_mask, packed.positions, and_mask_function=packed.same_member_or_prefix()
         )
-        return self._answer_hidden(states, attend_to_self(attention), packed.positions, packed.answers)
+        return self._answer_hidden(states, attention, packed.positions, packed.answers)
 
     def _answer_hidden(
         self, states: torch.Tensor, attention: torch.Tensor | None, positions: torch.Tensor, answers: torch.Tensor
