@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The `full` preset's GPU check, as one call of this workplace's device tool (a bare GPU
 # machine without network, whose python3 holds a CUDA torch; at most 64 MiB travels).
-# Prepared on this machine (README, "GPU check"):
+# Prepared on this machine by benchmarks/gpu_prepare.sh:
 #   .whl/            fedrec's Python dependencies that the GPU image lacks, as cp312 wheels
 #   .gpu/smollm2-arch/  SmolLM2's config and tokenizer (its weights cannot travel)
 # then run there with both folders carried:
