@@ -28,8 +28,7 @@ RESULTS = Path(__file__).parent / "results" / "federated_mf"
 RUNS = Path("runs") / "benchmark-federated-mf"  # whole run folders (not committed)
 # Settings chosen on the validation split (validation-interactions = 5, eval-split =
 # validation; see the README): without DP more local epochs and a larger model pay; with
-# DP the mf-* defaults, chosen over seeds by benchmarks/mf_dp_sweep.py (the committed
-# report ran with the earlier defaults: dim 16, learning rate 100, 1 local epoch).
+# DP the mf-* defaults, chosen over seeds by benchmarks/mf_dp_sweep.py.
 PLAIN = {"dp": False, "mf-dim": 32, "mf-learning-rate": 20.0, "mf-batch-size": 1024, "mf-local-epochs": 5}
 PRIVATE = {"dp": True, "target-epsilon": 8.0, "num-server-rounds": 10}  # the mf-* defaults
 POPULARITY = {"item-statistics": True, "item-statistics-noise": 4.0, "mf-popularity-weight": 0.5}
