@@ -211,10 +211,14 @@ class SplitForward:
         return self.tail(inputs_embeds=states, attention_mask=attention, position_ids=positions).last_hidden_state
 
     def _causal_mask(
-        self, states: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor | None, **mask_function: Callable
+        self,
+        states: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor | None,
+        and_mask_function: Callable | None = None,
     ) -> torch.Tensor | None:
         """The backbone's own 4D causal mask of a padded batch (None: no padding, plain
-        causal), with every query attending at least to itself.
+        causal), narrowed by ``and_mask_function``, with every query attending at least to itself.
         """
         causal = create_causal_mask(
             config=self.trunk.config,
@@ -222,7 +226,7 @@ class SplitForward:
             attention_mask=mask,
             past_key_values=None,
             position_ids=positions,
-            **mask_function,
+            and_mask_function=and_mask_function,
         )
         return attend_to_self(causal)
 
@@ -245,9 +249,7 @@ class SplitForward:
         """
         if not self.last_position_top_layer:
             raise BackboneError("packed groups need a causal LM with a Llama-style top layer")
-        attention = self._causal_mask(
-            states, packed.padding_mask, packed.positions, and_mask_function=packed.same_member_or_prefix()
-        )
+        attention = self._causal_mask(states, packed.padding_mask, packed.positions, packed.same_member_or_prefix())
         return self._answer_hidden(states, attention, packed.positions, packed.answers)
 
     def _answer_hidden(
