@@ -67,6 +67,7 @@ class SecureNoiseEngine(PrivacyEngine):
         self.noise_rng = torch.Generator(device).manual_seed(secrets.randbits(63))
 
     def _prepare_optimizer(self, **kwargs) -> DPOptimizer:
+        """Opacus's DP optimizer, drawing its noise from ``noise_rng``."""
         optimizer = super()._prepare_optimizer(**kwargs)
         optimizer.generator = self.noise_rng
         return optimizer
