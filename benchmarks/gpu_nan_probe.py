@@ -4,8 +4,8 @@ The GPU check (benchmarks/gpu_full_check.sh) saw 5 of 20 clients' adapters hold
 non-finite values each round. For each client's examples, as a client builds them, this
 computes the frozen prefix states (the client's own call) and counts non-finite ones, then
 runs the trainable layers forward and backward over physical batches (plain autograd, no
-DP) and counts batches with non-finite scores or LoRA gradients. A bad prompt is then
-recomputed alone, and under the eager attention, to tell padding from the kernel.
+DP) and counts batches with non-finite scores or LoRA gradients, with the prompt lengths
+of each bad batch (how much left padding it holds).
 
     python benchmarks/gpu_nan_probe.py --backbone FOLDER --seconds 200 --out probe.json
 """
@@ -53,21 +53,6 @@ def _batch_checks(scorer, states: list[torch.Tensor], labels: torch.Tensor, size
     return bad
 
 
-def _recompute_alone(scorer, tokens: list[int]) -> dict:
-    """A prompt's prefix state computed by itself (no padding), with SDPA and eager attention."""
-    result: dict = {}
-    model = scorer.peft.get_base_model()
-    for implementation in ("sdpa", "eager"):
-        try:
-            model.set_attn_implementation(implementation)
-            states = scorer.split.states_of([tokens], 1, 10**9, scorer._pad_id, scorer._device(), scorer._autocast)
-            result[implementation] = _finite(states[0])
-        except Exception as err:  # a probe: report, go on
-            result[implementation] = repr(err)
-    model.set_attn_implementation("sdpa")
-    return result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbone", required=True)
@@ -100,8 +85,6 @@ def main() -> None:
             "bad_batch_count": len(bad_batches),
             "seconds": time.perf_counter() - started,
         }
-        if bad_states:
-            entry["first_bad_alone_finite"] = _recompute_alone(scorer, tokens[bad_states[0]])
         report["clients"].append(entry)
         print(json.dumps({k: v for k, v in entry.items() if k != "bad_batches"}), flush=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")
