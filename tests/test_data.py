@@ -1,3 +1,4 @@
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -5,7 +6,7 @@ import pytest
 
 from fedrec.config import DataConfig
 from fedrec.data.interactions import DataError, load_interaction_data
-from fedrec.tasks.preference.dataset import load_federated_data
+from fedrec.tasks.preference.dataset import load_federated_data, load_split
 from fedrec.tasks.preference.examples import split_examples
 from fedrec.tasks.preference.prompt import render_preference_prompt
 from tests.conftest import write_planted_dataset
@@ -103,6 +104,27 @@ def test_prompt_groups_history_and_asks_about_the_target(movielens):
     assert liked_line == f"Movies the user liked: {liked}."
     assert disliked_line == f"Movies the user disliked: {disliked}."
     assert question == f"Will the user like {titles[ex.item]}? Answer Yes or No."
+
+
+def test_title_genres_names_items_by_title_and_genres_in_every_prompt(movielens, tmp_path):
+    named = replace(movielens, item_text="title-genres").prompt_names
+    assert named["1"] == "Toy Story (1995) [Animation, Children's, Comedy]"
+    assert movielens.prompt_names is movielens.titles  # the default names items by title alone
+    inter, items = _write(
+        tmp_path,
+        "user,item,rating,timestamp\nu,1,5,1\nu,2,1,2\n",
+        "item,title,genres\n1,A,Science Fiction|Drama\n2,B,\n",
+    )
+    data = replace(load_interaction_data(inter, items), item_text="title-genres")
+    assert dict(data.prompt_names) == {"1": "A [Science Fiction, Drama]", "2": "B"}  # no genres: the title alone
+    split = load_split(DataConfig(max_users=20, item_text="title-genres"), 42, 5)
+    example = split.held_out_examples()[0]
+    assert f"Will the user like {named[example.item]}?" in split.prompts([example])[0]
+
+
+def test_unknown_item_text_is_refused(movielens):
+    with pytest.raises(DataError, match="item-text must be one of title, title-genres; got 'plot'"):
+        replace(movielens, item_text="plot")
 
 
 def test_csv_dataset_loads(tmp_path):

@@ -12,7 +12,7 @@ all candidates are scored with one pass over the shared history prefix
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -169,9 +169,8 @@ def _llm_scores(
     """
     liked = rated["rating"].to_numpy() > cfg.data.like_threshold
     recent = tuple(zip(rated["item"], liked.tolist(), strict=True))[-cfg.data.history_length :]
-    titles = data.titles
     examples = [PreferenceExample(LOCAL_USER, item, 0, recent) for item in pool]
-    prompts = [render_preference_prompt(example, titles, data.noun) for example in examples]
+    prompts = [render_preference_prompt(example, data.prompt_names, data.noun) for example in examples]
     signals = None
     if scorer.projector is not None:
         tables = item_tables or cfg.collaborative.item_tables
@@ -207,7 +206,7 @@ def _adapter_scorer(
             problem = "is not a folder" if adapter_dir.exists() else "does not exist"
             raise AdapterMismatchError(f"adapter folder {adapter_dir} {problem}")
         cfg = config if isinstance(config, FedRecConfig) else run_config(adapter_dir, config)
-        data = load_interaction_data(cfg.data.dataset, cfg.data.items_path)
+        data = replace(load_interaction_data(cfg.data.dataset, cfg.data.items_path), item_text=cfg.data.item_text)
         rated = load_history(history, data)
         scorer = scorer_for(cfg)
         load_adapter_folder(scorer, adapter_dir)  # names, shapes, dtypes and finite values checked

@@ -4,6 +4,7 @@ the choices import their names from here.
 
 STRATEGIES = ("fedavg", "ffa-lora", "fedadam", "fedyogi", "fedavgm", "fedprox")
 PARTITIONERS = ("user", "iid", "skewed")
+ITEM_TEXTS = ("title", "title-genres")
 ACCOUNTANTS = ("rdp", "prv")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 CLIENT_DP_NOISE = ("central", "distributed")

@@ -12,6 +12,7 @@ from .choices import (
     CLIENT_SAMPLING,
     COMPUTE_DTYPES,
     EVAL_SPLITS,
+    ITEM_TEXTS,
     LLM_INPUTS,
     LLM_OBJECTIVES,
     PARTITIONERS,
@@ -79,6 +80,9 @@ class DataConfig(Section):
         "ml-100k", "'ml-100k' (bundled), a folder (RecBole atomic files or ML-1M), a CSV/TSV/Parquet file, or hf:<id>"
     )
     items_path: str = option("", "item table (item,title[,genres]) of a CSV/TSV/Parquet dataset")
+    item_text: str = option(
+        "title", "what a prompt names an item by: its title, or its title and its genres", choices=ITEM_TEXTS
+    )
     max_users: int = option(0, "users drawn (seeded) from the dataset; 0: all", check=NON_NEGATIVE)
     like_threshold: float = option(3.0, "a rating above it is a like (label 1)")
     history_length: int = option(10, "rated items in a prompt's history", check=POSITIVE)

@@ -10,6 +10,7 @@ Face dataset id prefixed ``hf:`` (needs internet).
 from __future__ import annotations
 
 import importlib.util
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -18,6 +19,8 @@ from types import MappingProxyType
 
 import numpy as np
 import pandas as pd
+
+from ..config import ITEM_TEXTS
 
 INTERACTION_COLUMNS = ("user", "item", "rating", "timestamp")
 ITEM_COLUMNS = ("item", "title")
@@ -58,11 +61,38 @@ class InteractionData:
     items: pd.DataFrame
     name: str
     noun: str = "items"  # what the items are called in prompts
+    item_text: str = "title"  # what prompts name an item by (config ``item-text``)
+
+    def __post_init__(self) -> None:
+        if self.item_text not in ITEM_TEXTS:
+            raise DataError(f"item-text must be one of {', '.join(ITEM_TEXTS)}; got {self.item_text!r}")
 
     @cached_property
     def titles(self) -> Mapping[str, str]:
         """Item id -> display title (read-only; built once: every client round renders prompts)."""
         return MappingProxyType(dict(zip(self.items["item"], self.items["title"], strict=True)))
+
+    @cached_property
+    def prompt_names(self) -> Mapping[str, str]:
+        """Item id -> the item's name in prompts: its title, and under ``item-text =
+        "title-genres"`` its genres after it (``Babe (1995) [Children's, Comedy, Drama]``;
+        the title alone for an item without genres). Read-only, built once.
+        """
+        if self.item_text == "title":
+            return self.titles
+        names = {}
+        for item, title, genres in zip(self.items["item"], self.items["title"], self.items["genres"], strict=True):
+            listed = ", ".join(genre_list(genres))
+            names[item] = f"{title} [{listed}]" if listed else title
+        return MappingProxyType(names)
+
+
+def genre_list(genres: str) -> list[str]:
+    """An item table's genres cell as a list: separated by ``|`` or commas where it has
+    them (``Science Fiction|Drama``), else by white space (ML-100K's ``Drama Sci-Fi``).
+    """
+    separator = r"[|,]" if re.search(r"[|,]", genres) else r"\s+"
+    return [genre.strip() for genre in re.split(separator, genres) if genre.strip()]
 
 
 def bundled_movielens_dir() -> Path:

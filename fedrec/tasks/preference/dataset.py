@@ -33,8 +33,8 @@ class CentralSplit:
 
     def prompts(self, examples: list[PreferenceExample]) -> list[str]:
         """Rendered prompt text of each example."""
-        titles = self.data.titles
-        return [render_preference_prompt(ex, titles, self.data.noun) for ex in examples]
+        names = self.data.prompt_names
+        return [render_preference_prompt(ex, names, self.data.noun) for ex in examples]
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ class FederatedData:
 @functools.lru_cache(maxsize=4)
 def load_split(data: DataConfig, seed: int, eval_users: int) -> CentralSplit:
     """Load and split the dataset, and draw ``eval_users`` central evaluation users (cached)."""
-    interactions = load_interaction_data(data.dataset, data.items_path)
+    interactions = replace(load_interaction_data(data.dataset, data.items_path), item_text=data.item_text)
     if data.max_users:
         all_users = sorted(interactions.interactions["user"].unique().tolist())
         keep = set(sample_users(all_users, data.max_users, seed))
@@ -120,6 +120,6 @@ def load_node_data(data: DataConfig, data_path: str) -> FederatedData:
     path = Path(data_path).expanduser()
     catalog_source = Source(f"the catalog of '{data.dataset}'", None)
     interactions = validate(read_table(path), catalog.items, Source.of(path), catalog_source)
-    interactions = replace(interactions, noun=catalog.noun)
+    interactions = replace(interactions, noun=catalog.noun, item_text=data.item_text)
     split = _split(interactions, data)
     return FederatedData(CentralSplit(interactions, split, split.users), [sorted(split.train)])

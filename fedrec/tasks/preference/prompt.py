@@ -16,14 +16,16 @@ from ...models.prompting import AnswerPrompt
 from .examples import PreferenceExample
 
 
-def render_preference_prompt(example: PreferenceExample, titles: Mapping[str, str], noun: str = "items") -> str:
-    """Liked items, disliked items (oldest first), then the question about the target."""
-    liked = "; ".join(titles[item] for item, like in example.history if like) or "none"
-    disliked = "; ".join(titles[item] for item, like in example.history if not like) or "none"
+def render_preference_prompt(example: PreferenceExample, names: Mapping[str, str], noun: str = "items") -> str:
+    """Liked items, disliked items (oldest first), then the question about the target;
+    ``names`` maps item ids to their text (:attr:`~fedrec.data.interactions.InteractionData.prompt_names`).
+    """
+    liked = "; ".join(names[item] for item, like in example.history if like) or "none"
+    disliked = "; ".join(names[item] for item, like in example.history if not like) or "none"
     return (
         f"{noun.capitalize()} the user liked: {liked}.\n"
         f"{noun.capitalize()} the user disliked: {disliked}.\n"
-        f"Will the user like {titles[example.item]}? Answer Yes or No."
+        f"Will the user like {names[example.item]}? Answer Yes or No."
     )
 
 
