@@ -3,6 +3,7 @@ forward on the training prompt, history files, the CLI table, and clear errors.
 """
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -66,6 +67,25 @@ def test_recommendations_are_the_catalog_minus_history_scored_on_the_training_pr
     for r in found:
         prompt = render_preference_prompt(PreferenceExample("u", r.item, 0, recent), titles, data.noun)
         # tolerance: float32 summation order of the cached-prefix batch vs the model's own forward
+        assert r.score == pytest.approx(scorer.full_forward_score(scorer.encode([prompt])[0]), abs=1e-4)
+
+
+def test_an_adapter_trained_on_titles_and_genres_is_asked_with_them(runs, tmp_path):
+    cfg, *_, history = runs
+    items = pd.read_csv(cfg.data.items_path).assign(
+        genres=lambda t: ["Drama Sci-Fi" if i % 3 else "" for i in t["item"]]
+    )
+    items.to_csv(tmp_path / "items.csv", index=False)
+    cfg = cfg.replace(items_path=str(tmp_path / "items.csv"), item_text="title-genres")
+    found = recommend(save_run(tmp_path / "run", cfg, seed=1), history, k=3)
+    data = load_interaction_data(cfg.data.dataset, cfg.data.items_path)
+    assert all(r.title == data.titles[r.item] for r in found)  # shown by title alone
+    names = replace(data, item_text="title-genres").prompt_names
+    recent = (("0", False), ("4", True), ("6", False))
+    scorer = scorer_for(cfg)
+    for r in found:
+        prompt = render_preference_prompt(PreferenceExample("u", r.item, 0, recent), names, data.noun)
+        assert "[Drama, Sci-Fi]" in prompt  # history item 4 has genres
         assert r.score == pytest.approx(scorer.full_forward_score(scorer.encode([prompt])[0]), abs=1e-4)
 
 
