@@ -19,6 +19,10 @@ The fusion costs no privacy: it post-processes the run's and the retriever's rel
 
     python benchmarks/rerank_fusion.py runs/suite-rerank/llm-hybrid-ranking-loss-reranks-the-top-20 [--out DIR]
     python benchmarks/rerank_fusion.py RUN --test-users 340 --selection-users 100   # about 300 ranked test users
+
+``fusion.json`` keeps each test case's rank (the LLM's order, the fused one, the
+retriever's), so that two runs measured on the same users compare paired:
+``--against OTHER/fusion.json`` adds the LLM orders' paired difference (this run minus that).
 """
 
 from __future__ import annotations
@@ -62,12 +66,22 @@ def kept(metrics: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def against(report: dict[str, Any], other_path: Path) -> dict[str, float]:
+    """The LLM order's paired difference from another run's on the same test cases."""
+    other = json.loads(other_path.read_text())
+    mine, theirs = report["test_ranks"], other.get("test_ranks")
+    if theirs is None or theirs["retriever"] != mine["retriever"]:
+        raise SystemExit(f"{other_path} was not measured on the same test cases (or before ranks were kept)")
+    return paired_differences(mine["llm order"], theirs["llm order"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="a finished run with rerank-top > 0 and its adapter/")
     parser.add_argument("--out", type=Path, help="where fusion.json goes (default: the run's folder)")
     parser.add_argument("--test-users", type=int, default=0, help="test on this many users (default: the run's)")
     parser.add_argument("--selection-users", type=int, default=0, help="default: as many as the test users")
+    parser.add_argument("--against", type=Path, help="another run's fusion.json on the same test users")
     args = parser.parse_args()
     cfg = FedRecConfig.from_mapping(read_config_file(args.run / "config.toml"))
     if args.test_users:
@@ -96,7 +110,14 @@ def main() -> None:
         },
         "selection": {str(w): kept(m) for w, m in selection.items()},
         "selection_users": len(chosen),
+        "test_ranks": {
+            "llm order": llm_only["ranks"],
+            "fused": fused["ranks"],
+            "retriever": fused[RETRIEVER + "ranks"],
+        },
     }
+    if args.against:
+        report["paired_differences"]["llm order minus the other run's"] = against(report, args.against)
     out = args.out or args.run
     out.mkdir(parents=True, exist_ok=True)
     (out / "fusion.json").write_text(json.dumps(report, indent=2) + "\n")
