@@ -178,8 +178,14 @@ SUITES: dict[str, Suite] = {
                 {"llm-input": "hybrid", "objective": "ranking", "train-negatives-pool": 300, "rerank-top": 20},
                 item_tables_from=_RETRIEVER,
             ),
+            # Content beside the collaborative signal: prompts name items by title and genres.
+            Point(
+                "LLM hybrid, titles and genres, ranking loss, reranks the top 20",
+                {"llm-input": "hybrid", "objective": "ranking", "item-text": "title-genres", "rerank-top": 20},
+                item_tables_from=_RETRIEVER,
+            ),
         ),
-        description="demo preset, DP federated MF retrieving and five LLMs reranking (CPU-sized)",
+        description="demo preset, DP federated MF retrieving and six LLMs reranking (CPU-sized)",
     ),
     # For tests: the tiny random model, two methods, each privacy guarantee on one of them.
     "smoke": Suite(
