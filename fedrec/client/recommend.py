@@ -12,7 +12,7 @@ all candidates are scored with one pass over the shared history prefix
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ from ..models.errors import BackboneError
 from ..models.scorer import Scorer
 from ..models.wire import AdapterMismatchError
 from ..tasks.collaborative.folded import FoldedInTables
+from ..tasks.preference.dataset import prompt_data
 from ..tasks.preference.examples import PreferenceExample
 from ..tasks.preference.prompt import render_preference_prompt
 from ..tasks.preference.scoring import scorer_for
@@ -206,7 +207,7 @@ def _adapter_scorer(
             problem = "is not a folder" if adapter_dir.exists() else "does not exist"
             raise AdapterMismatchError(f"adapter folder {adapter_dir} {problem}")
         cfg = config if isinstance(config, FedRecConfig) else run_config(adapter_dir, config)
-        data = replace(load_interaction_data(cfg.data.dataset, cfg.data.items_path), item_text=cfg.data.item_text)
+        data = prompt_data(cfg.data)
         rated = load_history(history, data)
         scorer = scorer_for(cfg)
         load_adapter_folder(scorer, adapter_dir)  # names, shapes, dtypes and finite values checked

@@ -69,10 +69,15 @@ class FederatedData:
         return self.partitions[partition_id]
 
 
+def prompt_data(data: DataConfig) -> InteractionData:
+    """The dataset of ``data``, its items named in prompts as ``item-text`` says."""
+    return replace(load_interaction_data(data.dataset, data.items_path), item_text=data.item_text)
+
+
 @functools.lru_cache(maxsize=4)
 def load_split(data: DataConfig, seed: int, eval_users: int) -> CentralSplit:
     """Load and split the dataset, and draw ``eval_users`` central evaluation users (cached)."""
-    interactions = replace(load_interaction_data(data.dataset, data.items_path), item_text=data.item_text)
+    interactions = prompt_data(data)
     if data.max_users:
         all_users = sorted(interactions.interactions["user"].unique().tolist())
         keep = set(sample_users(all_users, data.max_users, seed))
