@@ -13,6 +13,8 @@ Finished runs are kept and skipped. Report: benchmarks/results/mf_dp_sweep/repor
     python benchmarks/mf_dp_sweep.py --variants "dim 8" --seeds 42 1 2
     python benchmarks/mf_dp_sweep.py --variants "popularity 0.5" "popularity 1" \
         --reference "2 local epochs, lr 200, dim 8" --report report-popularity.md
+    python benchmarks/mf_dp_sweep.py --variants $(the ease variants) \
+        --reference "2 local epochs, lr 200, dim 8" --report report-ease.md
 """
 
 from __future__ import annotations
@@ -65,6 +67,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
     NEW_DEFAULTS: {"mf-local-epochs": 2, "mf-learning-rate": 200.0, "mf-dim": 8},
 } | {  # the new defaults plus w * log(1 + federated rating count), the counts' release composed into epsilon 8
     f"popularity {w:g}": {"item-statistics": True, "mf-popularity-weight": w} for w in POPULARITY_WEIGHTS
+}
+EASE = {"recommender": "ease", "num-server-rounds": 0}  # fitted from the co-occurrence of likes, epsilon 7.97
+VARIANTS |= {
+    "ease (its defaults: bound 8, rank 16, l2 1000)": EASE,
+    "ease, bound 5": EASE | {"ease-bound": 5.0},
+    "ease, bound 12": EASE | {"ease-bound": 12.0},
+    "ease, rank 32": EASE | {"ease-rank": 32},
+    "ease, l2 300": EASE | {"ease-l2": 300.0},
+    "ease, no projection, l2 3000": EASE | {"ease-rank": 0, "ease-l2": 3000.0},
 }
 
 

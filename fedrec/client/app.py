@@ -18,7 +18,7 @@ from flwr.clientapp.typing import Mod
 from ..config import FedRecConfig
 from ..privacy.client_level.mod import client_dp_mod
 from ..privacy.secagg.mod import secagg_mod
-from ..protocol.records import CONFIG, ITEM_STATISTICS, TASK
+from ..protocol.records import CONFIG, ITEM_COOCCURRENCE, ITEM_STATISTICS, TASK
 
 
 def build_client_app(run_config: Mapping[str, Any] | None = None, outer_mods: Sequence[Mod] = ()) -> ClientApp:
@@ -36,10 +36,15 @@ def build_client_app(run_config: Mapping[str, Any] | None = None, outer_mods: Se
     @app.train()
     def _train(message: Message, context: Context) -> Message:
         cfg = config_of(context)
-        if message.content.config_records[CONFIG].get(TASK) == ITEM_STATISTICS:
+        task = message.content.config_records[CONFIG].get(TASK)
+        if task == ITEM_STATISTICS:
             from .item_statistics import answer_item_statistics
 
             return answer_item_statistics(message, context, cfg)
+        if task == ITEM_COOCCURRENCE:
+            from .item_cooccurrence import answer_item_cooccurrence
+
+            return answer_item_cooccurrence(message, context, cfg)
         if cfg.model.recommender == "mf":
             from .collaborative import train_collaborative  # the training stack, only for messages that need it
 

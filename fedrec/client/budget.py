@@ -76,6 +76,22 @@ def train_within_budget(
     return BudgetedRound(None, metrics | ledger_metrics(accountant, dp.target_delta), result)
 
 
+def spend_release(
+    context: Context, cfg: FedRecConfig, entry: tuple[float, float, int], what: str
+) -> PersistentAccountant | str:
+    """Write a release (one ledger ``entry``) to the node's ledger before it is sent, and
+    return the ledger; or, leaving the ledger as it was, why it would exceed the budget.
+    """
+    dp = cfg.record_dp
+    accountant = load_privacy_ledger(context, cfg)
+    after = accountant.epsilon_after(*entry, dp.target_delta)
+    if after > dp.target_epsilon:
+        return f"privacy budget: {what} would reach epsilon {after:.3f} > target-epsilon {dp.target_epsilon:g}"
+    released = PersistentAccountant(accountant.mechanism, [*accountant.history, entry])
+    store_privacy_ledger(context, cfg, released)
+    return released
+
+
 def ledger_metrics(accountant: PersistentAccountant, delta: float) -> dict[str, float | list[float]]:
     """What a reply says of the node's privacy: its epsilon and its whole ledger, from
     which anyone can recompute that epsilon (``fedrec audit``).

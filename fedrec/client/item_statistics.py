@@ -13,7 +13,6 @@ from flwr.app import Array, ArrayRecord, Context, Message
 
 from ..config import FedRecConfig
 from ..privacy.item_statistics import COUNT_UNIT, noise_share, record_level_entry, user_contributions
-from ..privacy.ledger import PersistentAccountant
 from ..protocol.records import (
     CLIENT_DP_WEIGHT,
     CONFIG,
@@ -25,8 +24,8 @@ from ..protocol.records import (
 )
 from ..protocol.replies import decline_reply, train_reply
 from ..tasks.collaborative.training import catalog_order
-from .budget import ledger_metrics
-from .node import load_privacy_ledger, node_data, store_privacy_ledger
+from .budget import ledger_metrics, spend_release
+from .node import node_data
 
 
 def answer_item_statistics(message: Message, context: Context, cfg: FedRecConfig) -> Message:
@@ -40,7 +39,8 @@ def answer_item_statistics(message: Message, context: Context, cfg: FedRecConfig
     privacy: dict[str, float | list[float]] = {}
     if stats.item_statistics_noise > 0:
         if cfg.record_dp.dp:
-            spent = _spend(context, cfg)
+            entry = record_level_entry(stats.item_statistics_noise, stats.item_statistics_bound)
+            spent = spend_release(context, cfg, entry, "the item statistics")
             if isinstance(spent, str):
                 return decline_reply(message, spent, {})
             privacy = ledger_metrics(spent, cfg.record_dp.target_delta)
@@ -53,18 +53,3 @@ def answer_item_statistics(message: Message, context: Context, cfg: FedRecConfig
         for name, values in zip((ITEM_RATINGS, ITEM_LIKES), counts, strict=True)
     }
     return train_reply(message, ArrayRecord(arrays), {NUM_EXAMPLES: 1, CLIENT_DP_WEIGHT: 1, DECLINED: 0, **privacy})
-
-
-def _spend(context: Context, cfg: FedRecConfig) -> PersistentAccountant | str:
-    """Write the release to the node's ledger (and return it), or why it would exceed the budget."""
-    dp = cfg.record_dp
-    accountant = load_privacy_ledger(context, cfg)
-    stats = cfg.item_statistics
-    entry = record_level_entry(stats.item_statistics_noise, stats.item_statistics_bound)
-    after = accountant.epsilon_after(*entry, dp.target_delta)
-    if after > dp.target_epsilon:
-        spent = f"the item statistics would reach epsilon {after:.3f}"
-        return f"privacy budget: {spent} > target-epsilon {dp.target_epsilon:g}"
-    released = PersistentAccountant(accountant.mechanism, [*accountant.history, entry])
-    store_privacy_ledger(context, cfg, released)
-    return released

@@ -17,6 +17,7 @@ from .sections import (
     DataConfig,
     EvaluationConfig,
     FederationConfig,
+    ItemItemConfig,
     ItemStatisticsConfig,
     ModelConfig,
     RecordDPConfig,
@@ -37,6 +38,7 @@ class FedRecConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     collaborative: CollaborativeConfig = field(default_factory=CollaborativeConfig)
+    item_item: ItemItemConfig = field(default_factory=ItemItemConfig)
     item_statistics: ItemStatisticsConfig = field(default_factory=ItemStatisticsConfig)
     record_dp: RecordDPConfig = field(default_factory=RecordDPConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
@@ -64,6 +66,7 @@ class FedRecConfig:
         self._check_train_negatives()
         if self.evaluation.rerank_fusion_weight and not self.evaluation.rerank_top:
             raise ConfigError("rerank-fusion-weight > 0 needs rerank-top > 0 (it fuses the reranked top N)")
+        self._check_rounds()
         if self.model.recommender == "mf":
             self._check_collaborative()
         elif self.item_statistics.item_statistics:
@@ -95,6 +98,29 @@ class FedRecConfig:
                 f"train-negatives-pool ({training.train_negatives_pool}) must be >= train-negatives "
                 f"({training.train_negatives}): the negatives are drawn from the pool without replacement"
             )
+
+    def _check_rounds(self) -> None:
+        """The item-item model has no training rounds; the other models need some."""
+        rounds = self.federation.num_server_rounds
+        if self.model.recommender != "ease":
+            if rounds < 1:
+                raise ConfigError(
+                    f"config key 'num-server-rounds' must be >= 1 for recommender = "
+                    f"'{self.model.recommender}', got {rounds}"
+                )
+            return
+        if rounds:
+            raise ConfigError(
+                "recommender = 'ease' is fitted in one exchange before round 1: set num-server-rounds = 0"
+            )
+        if self.federation.fraction_evaluate > 0:
+            raise ConfigError("recommender = 'ease' is evaluated centrally: set fraction-evaluate = 0")
+        if self.record_dp.dp and self.item_item.ease_noise == 0:
+            raise ConfigError("with dp = true, ease-noise must be > 0 (exact co-occurrence sums are not private)")
+        if self.client_dp.client_dp:
+            raise ConfigError("recommender = 'ease' has no update to clip: client-dp does not apply (use dp)")
+        if self.server.resume:
+            raise ConfigError("recommender = 'ease' is fitted in one exchange: a stopped run has nothing to resume")
 
     def _check_collaborative(self) -> None:
         """Settings that only the LLM's adapter has."""

@@ -27,7 +27,9 @@ class FederationConfig(Section):
     """Rounds, clients, their sampling and resources."""
 
     title = "federation"
-    num_server_rounds: int = option(3, "rounds of federated training", check=POSITIVE)
+    num_server_rounds: int = option(
+        3, "rounds of federated training (0 for recommender = 'ease', fitted before round 1)", check=NON_NEGATIVE
+    )
     num_clients: int = option(
         4, "clients (simulated SuperNodes), each holding a disjoint group of users", check=POSITIVE
     )
@@ -149,8 +151,9 @@ class ModelConfig(Section):
     title = "model"
     recommender: str = option(
         "llm",
-        "the model trained: 'llm' (LoRA adapter of the frozen backbone) or 'mf' (matrix factorization: item "
-        "embeddings aggregated, each user's embedding kept on its client)",
+        "the model trained: 'llm' (LoRA adapter of the frozen backbone), 'mf' (matrix factorization: item "
+        "embeddings aggregated, each user's embedding kept on its client) or 'ease' (item-item weights fitted in "
+        "closed form from the clients' summed, noised co-occurrence of likes: one exchange, no training rounds)",
         choices=RECOMMENDERS,
     )
     llm_input: str = option(
@@ -282,6 +285,28 @@ class CollaborativeConfig(Section):
         "llm-input = 'hybrid': the item-tables.npz of a finished recommender = 'mf' run (its summary.json beside "
         "it gives the epsilon the hybrid run composes with)",
     )
+
+
+@dataclass(frozen=True)
+class ItemItemConfig(Section):
+    """The item-item model (``recommender = 'ease'``), fitted from the co-occurrence of likes."""
+
+    title = "item-item model"
+    # Chosen on the validation split at record-level epsilon 8 (see the README): a larger
+    # bound keeps more of each user's likes, a rank-16 projection removes most of the noise.
+    ease_bound: float = option(
+        8.0, "L2 bound on one user's liked-items vector (its outer product is what the user adds)", check=POSITIVE
+    )
+    ease_noise: float = option(
+        0.64,
+        "Gaussian noise std on each summed co-occurrence = this multiplier x 2 x ease-bound (one like's "
+        "sensitivity), added in shares by the clients; 0.64: epsilon 7.97 at delta 1e-5 (0: exact sums, no privacy)",
+        check=NON_NEGATIVE,
+    )
+    ease_rank: int = option(
+        16, "rank the summed co-occurrence is projected to before the fit (0: none)", check=NON_NEGATIVE
+    )
+    ease_l2: float = option(1000.0, "EASE's L2 regularization of the item-item weights", check=POSITIVE)
 
 
 @dataclass(frozen=True)

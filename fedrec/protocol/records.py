@@ -17,11 +17,13 @@ CLIENT_DP_CLIP = "client-dp-clip"  # the L2 bound on the update (client-level DP
 CLIENT_DP_NOISE_STD = "client-dp-noise-std"  # this client's share of the noise (0: central)
 TASK = "task"  # what a train request asks for when it is not a training round
 ITEM_STATISTICS = "item-statistics"  # TASK: the node's item rating and like counts
+ITEM_COOCCURRENCE = "item-cooccurrence"  # TASK: the node's summed co-occurrence of likes (recommender 'ease')
 STATISTICS_CLIENTS = "statistics-clients"  # the number of nodes asked (each adds its share of noise)
 
 # Arrays of an item-statistics reply (counts in thousands; see fedrec.privacy.item_statistics).
 ITEM_RATINGS = "stats.ratings"
 ITEM_LIKES = "stats.likes"
+COOCCURRENCE = "stats.cooccurrence"  # the upper triangle of the items x items sum, in thousands
 
 # Keys of a reply's metric record.
 NUM_EXAMPLES = "num-examples"  # FedAvg's weight

@@ -18,7 +18,7 @@ from ..protocol.replies import readable_reason
 from .checkpoint import ServerCheckpoint, read_checkpoint, write_checkpoint
 from .federation import Federation, compose
 from .item_statistics import item_statistics
-from .models import ServedModel, served_model
+from .models import ItemItemModel, ServedModel, served_model
 from .owner import stop_with_owner
 from .results import ResultsWriter, default_out_dir, mark_failed
 from .rounds import Checkpoint, RoundRecorder
@@ -54,6 +54,8 @@ def _serve(
         print("[fedrec] DP-SGD noise follows the run's seed (secure-noise = false): for simulations only", flush=True)
     model = served_model(cfg)
     federation = compose(cfg, grid)
+    if isinstance(model, ItemItemModel):
+        return _fit_item_item(model, federation, writer, cfg, started)
     counts, statistics = None, None
     if cfg.item_statistics.item_statistics:
         counts, statistics = item_statistics(cfg, federation, len(model.initial[ITEM_BIASES].numpy()), writer)
@@ -78,6 +80,21 @@ def _serve(
     summary = build_summary(cfg, writer.rounds, recorder.node_epsilon, model, eval_examples, seconds)
     if statistics is not None:
         summary["item_statistics"] = statistics
+    _finish(writer, federation, model, final, summary, cfg)
+    return summary
+
+
+def _fit_item_item(
+    model: ItemItemModel, federation: Federation, writer: ResultsWriter, cfg: FedRecConfig, started: float
+) -> dict[str, Any]:
+    """Fit the item-item model in its one exchange, evaluate it as round 0, write the summary."""
+    evaluator = model.evaluator() if cfg.evaluation.central_eval else None
+    recorder = RoundRecorder(writer, federation, evaluator, cfg)  # its round 0 times the exchange and the fit
+    recorder(0, model.fit(federation))
+    final = model.initial
+    eval_examples = len(evaluator.examples) if evaluator is not None else 0
+    seconds = time.perf_counter() - started
+    summary = build_summary(cfg, writer.rounds, recorder.node_epsilon, model, eval_examples, seconds)
     _finish(writer, federation, model, final, summary, cfg)
     return summary
 

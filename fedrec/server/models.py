@@ -20,8 +20,18 @@ from ..models.adapter import adapter_to_arrays, frozen_a_fingerprint, load_adapt
 from ..models.collaborative import initial_item_arrays
 from ..models.prefix_store import PrefixStore
 from ..models.scorer import Scorer
-from ..protocol.records import BACKBONE, BACKBONE_FINGERPRINT, LORA_A_FINGERPRINT, LORA_A_ROWS
+from ..privacy.item_cooccurrence import symmetric, user_level_epsilon
+from ..privacy.item_statistics import COUNT_UNIT
+from ..protocol.records import (
+    BACKBONE,
+    BACKBONE_FINGERPRINT,
+    COOCCURRENCE,
+    ITEM_COOCCURRENCE,
+    LORA_A_FINGERPRINT,
+    LORA_A_ROWS,
+)
 from ..tasks.collaborative.evaluation import CollaborativeEvaluator
+from ..tasks.collaborative.item_item import ITEM_WEIGHTS, ItemItemEvaluator, fit_ease
 from ..tasks.collaborative.priors import ItemCounts
 from ..tasks.collaborative.training import catalog_order
 from ..tasks.preference.dataset import CentralSplit, load_split
@@ -31,6 +41,8 @@ from ..tasks.preference.signals import CollaborativeSignals, folded_tables
 from ..tasks.ranking.cases import RankingCase, ranking_cases
 from ..tasks.ranking.ranker import LLMRanker, Ranker
 from ..tasks.ranking.rerank import RerankEvaluation
+from .federation import Federation
+from .node_sums import sum_over_nodes
 from .rounds import Evaluator
 
 EVAL_STORE_FILES = 10_000  # files kept: one per ranking case, one per set of preference prompts
@@ -187,6 +199,61 @@ class CollaborativeModel:
         write_atomic(folder / "item-tables.npz", buffer.getvalue())
 
 
+class ItemItemModel:
+    """EASE's item-item weights (``recommender = 'ease'``), fitted by :meth:`fit` from the
+    nodes' summed co-occurrence of likes before any round.
+    """
+
+    def __init__(self, cfg: FedRecConfig) -> None:
+        self.cfg = cfg
+        central = load_split(cfg.data, cfg.federation.seed, cfg.evaluation.eval_users)
+        self.num_items = len(catalog_order(central.data.items["item"]))
+        self.initial = ArrayRecord({ITEM_WEIGHTS: Array(np.zeros((self.num_items, self.num_items), np.float32))})
+        self.clients = 0
+
+    def fit(self, federation: Federation) -> ArrayRecord:
+        """Ask every node for its co-occurrence sums, fit EASE to their sum; the weights
+        become :attr:`initial` (the model the summary describes).
+        """
+        size = self.num_items * (self.num_items + 1) // 2
+        total, self.clients = sum_over_nodes(self.cfg, federation, ITEM_COOCCURRENCE, {COOCCURRENCE: size})
+        ease = self.cfg.item_item
+        gram = symmetric(total[COOCCURRENCE] * COUNT_UNIT, self.num_items)
+        weights = fit_ease(gram, ease.ease_l2, ease.ease_rank)
+        self.initial = ArrayRecord({ITEM_WEIGHTS: Array(weights.astype(np.float32))})
+        return self.initial
+
+    def evaluator(self, counts: ItemCounts | None = None) -> Evaluator:  # noqa: D102
+        central, cases = central_split(self.cfg)
+        return ItemItemEvaluator(central, self.cfg.data.like_threshold, cases, self.cfg.evaluation.eval_split)
+
+    def request_config(self) -> dict[str, str | int]:  # noqa: D102
+        return {}
+
+    def facts(self, size: int) -> dict[str, Any]:
+        """The fit's settings, the nodes summed and the release's user-level epsilon."""
+        ease, delta = self.cfg.item_item, self.cfg.record_dp.target_delta
+        noised = ease.ease_noise > 0
+        return {
+            "recommender": "ease",
+            "ease": {
+                "items": self.num_items,
+                "clients": self.clients,
+                "bound": ease.ease_bound,
+                "noise_multiplier": ease.ease_noise,
+                "rank": ease.ease_rank,
+                "l2": ease.ease_l2,
+                "user_level_epsilon": user_level_epsilon(ease.ease_noise, ease.ease_bound, delta) if noised else None,
+            },
+        }
+
+    def save(self, final: ArrayRecord, folder: Path) -> None:
+        """The weights as ``item-weights.npz``."""
+        buffer = io.BytesIO()
+        np.savez(buffer, **{name: array.numpy() for name, array in final.items()})
+        write_atomic(folder / "item-weights.npz", buffer.getvalue())
+
+
 def item_tables_privacy(path: Path) -> dict[str, Any]:
     """The file a hybrid run reads and the guarantee its run reported (``summary.json``
     beside it; None where there is none, e.g. tables from elsewhere).
@@ -206,4 +273,5 @@ def item_tables_privacy(path: Path) -> dict[str, Any]:
 
 def served_model(cfg: FedRecConfig) -> ServedModel:
     """The model ``recommender`` names."""
-    return CollaborativeModel(cfg) if cfg.model.recommender == "mf" else AdapterModel(cfg)
+    models = {"mf": CollaborativeModel, "ease": ItemItemModel}
+    return models.get(cfg.model.recommender, AdapterModel)(cfg)

@@ -1,0 +1,82 @@
+"""The co-occurrence of likes (an item-item Gram matrix) summed over the clients under
+record-level DP: what the item-item model (``recommender = 'ease'``) is fitted from.
+
+Each user contributes ``x x^T``, where ``x`` is their 0/1 vector of liked items scaled to
+L2 norm at most ``bound`` (c); a client sums its users' matrices, keeps the upper
+triangle (the matrix is symmetric) and adds its share of Gaussian noise,
+``N(0, (sigma * 2c)^2 / n)`` per entry for ``n`` clients asked, so the sum over the
+clients carries ``N(0, (sigma * 2c)^2)``: the Gaussian mechanism with multiplier
+``sigma`` for changing one like, the "Analyze Gauss" release of Dwork et al. (2014).
+
+Why ``2c``: scaling to norm at most c is the projection onto that ball, which never
+increases distances, and adding or removing one like moves the 0/1 vector by 1; so the
+scaled vector moves from ``x`` to ``y`` with ``|x - y| <= 1`` and ``|x|, |y| <= c``, and
+``|x x^T - y y^T|_F = |x (x - y)^T + (x - y) y^T|_F <= 2c``; the upper triangle's L2 norm
+is at most the whole matrix's. Adding or removing a whole user changes the sum by
+``|x|^2 <= c^2``: the user-level multiplier is ``sigma * 2c / c^2``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from .ledger import PersistentAccountant
+
+
+def liked_vectors(interactions: pd.DataFrame, like_threshold: float, items: list[str], bound: float) -> np.ndarray:
+    """One row per user in ``interactions``: their liked items (columns in ``items``
+    order), scaled to L2 norm at most ``bound``.
+    """
+    column = {item: n for n, item in enumerate(items)}
+    likes = interactions[interactions["rating"] > like_threshold]
+    users = sorted(likes["user"].unique())
+    row = {user: n for n, user in enumerate(users)}
+    vectors = np.zeros((len(users), len(items)))
+    vectors[[row[u] for u in likes["user"]], [column[str(i)] for i in likes["item"]]] = 1.0
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors * np.minimum(1.0, bound / np.maximum(norms, 1e-12))
+
+
+def upper_triangle(matrix: np.ndarray) -> np.ndarray:
+    """The entries on and above the diagonal, row by row."""
+    return matrix[np.triu_indices(len(matrix))]
+
+
+def symmetric(upper: np.ndarray, size: int) -> np.ndarray:
+    """The symmetric ``size x size`` matrix whose :func:`upper_triangle` is ``upper``."""
+    if len(upper) != size * (size + 1) // 2:
+        raise ValueError(f"{len(upper)} values are not the upper triangle of a {size} x {size} matrix")
+    matrix = np.zeros((size, size))
+    matrix[np.triu_indices(size)] = upper
+    return matrix + np.triu(matrix, 1).T
+
+
+def cooccurrence(vectors: np.ndarray) -> np.ndarray:
+    """The upper triangle of the users' summed ``x x^T``."""
+    return upper_triangle(vectors.T @ vectors)
+
+
+def record_sensitivity(bound: float) -> float:
+    """How far adding or removing one like moves the (upper triangle of the) sum, at most."""
+    return 2.0 * bound
+
+
+def noise_share(noise_multiplier: float, bound: float, num_clients: int) -> float:
+    """The noise std each of ``num_clients`` clients adds to each entry."""
+    return noise_multiplier * record_sensitivity(bound) / math.sqrt(num_clients)
+
+
+def record_level_entry(noise_multiplier: float) -> tuple[float, float, int]:
+    """The release as a record-level ledger entry ``(noise multiplier, sample rate, steps)``."""
+    return (noise_multiplier, 1.0, 1)
+
+
+def user_level_epsilon(noise_multiplier: float, bound: float, delta: float, mechanism: str = "rdp") -> float:
+    """Epsilon of the release for adding or removing one user (infinite without noise)."""
+    if noise_multiplier == 0:
+        return math.inf
+    user_multiplier = noise_multiplier * record_sensitivity(bound) / bound**2
+    return PersistentAccountant(mechanism, [(user_multiplier, 1.0, 1)]).epsilon(delta)
