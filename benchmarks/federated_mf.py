@@ -31,6 +31,7 @@ RUNS = Path("runs") / "benchmark-federated-mf"  # whole run folders (not committ
 # DP the mf-* defaults, chosen over seeds by benchmarks/mf_dp_sweep.py.
 PLAIN = {"dp": False, "mf-dim": 32, "mf-learning-rate": 20.0, "mf-batch-size": 1024, "mf-local-epochs": 5}
 PRIVATE = {"dp": True, "target-epsilon": 8.0, "num-server-rounds": 10}  # the mf-* defaults
+EASE = {"recommender": "ease", "num-server-rounds": 0}
 POPULARITY = {"item-statistics": True, "item-statistics-noise": 4.0, "mf-popularity-weight": 0.5}
 VARIANTS = {
     "mf (no DP)": PLAIN | {"num-server-rounds": 20},
@@ -39,6 +40,9 @@ VARIANTS = {
     | {"item-statistics-noise": 0.0, "mf-popularity-weight": 0.5},
     "mf (DP)": PRIVATE,
     "mf + federated popularity (DP)": PRIVATE | POPULARITY,
+    # the item-item model, fitted in one exchange; without DP: no bound, no projection
+    "ease (no DP)": EASE | {"dp": False, "ease-noise": 0.0, "ease-bound": 1000.0, "ease-rank": 0, "ease-l2": 500.0},
+    "ease (DP)": EASE,  # the ease-* defaults: record-level epsilon 7.97
 }
 
 
@@ -76,7 +80,7 @@ def report(summaries: dict[str, dict[str, Any]], clients: int) -> str:
         statistics = s.get("item_statistics")
         if statistics and statistics["user_level_epsilon"] is not None:
             privacy += f" (with item statistics; alone: user-level ε {statistics['user_level_epsilon']:.2f})"
-        per_round = s["bytes"]["up"] / (s["rounds"] * clients)
+        per_round = s["bytes"]["up"] / (max(s["rounds"], 1) * clients)  # ease: its one exchange
         extra = f"| {s['rounds']} | {per_round:,.0f} | {s['seconds']:.0f} |"
         lines.append(metric_row(name, privacy, s["metrics"], extra))
     first = next(iter(summaries.values()))

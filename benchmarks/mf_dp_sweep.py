@@ -13,7 +13,9 @@ Finished runs are kept and skipped. Report: benchmarks/results/mf_dp_sweep/repor
     python benchmarks/mf_dp_sweep.py --variants "dim 8" --seeds 42 1 2
     python benchmarks/mf_dp_sweep.py --variants "popularity 0.5" "popularity 1" \
         --reference "2 local epochs, lr 200, dim 8" --report report-popularity.md
-    python benchmarks/mf_dp_sweep.py --variants $(the ease variants) \
+    python benchmarks/mf_dp_sweep.py --variants "ease, l2 1000" "ease, bound 5" "ease, bound 12" "ease, bound 16" \
+        "ease, rank 32" "ease, l2 300 (the defaults)" "ease, no projection, l2 3000" \
+        "ease without DP, l2 200" "ease without DP, l2 500" "ease without DP, l2 1000" \
         --reference "2 local epochs, lr 200, dim 8" --report report-ease.md
 """
 
@@ -69,13 +71,20 @@ VARIANTS: dict[str, dict[str, Any]] = {
     f"popularity {w:g}": {"item-statistics": True, "mf-popularity-weight": w} for w in POPULARITY_WEIGHTS
 }
 EASE = {"recommender": "ease", "num-server-rounds": 0}  # fitted from the co-occurrence of likes, epsilon 7.97
+FIRST_EASE = EASE | {"ease-l2": 1000.0}  # bound 8, rank 16 (the defaults) with l2 1000, the first choice
 VARIANTS |= {
-    "ease (its defaults: bound 8, rank 16, l2 1000)": EASE,
-    "ease, bound 5": EASE | {"ease-bound": 5.0},
-    "ease, bound 12": EASE | {"ease-bound": 12.0},
-    "ease, rank 32": EASE | {"ease-rank": 32},
-    "ease, l2 300": EASE | {"ease-l2": 300.0},
+    "ease, l2 1000": FIRST_EASE,
+    "ease, bound 5": FIRST_EASE | {"ease-bound": 5.0},
+    "ease, bound 12": FIRST_EASE | {"ease-bound": 12.0},
+    "ease, bound 16": FIRST_EASE | {"ease-bound": 16.0},
+    "ease, rank 32": FIRST_EASE | {"ease-rank": 32},
+    "ease, l2 300 (the defaults)": EASE,
     "ease, no projection, l2 3000": EASE | {"ease-rank": 0, "ease-l2": 3000.0},
+} | {  # without DP (epsilon infinite): no bound, no projection
+    f"ease without DP, l2 {l2:g}": EASE
+    | {"dp": False, "ease-noise": 0.0, "ease-bound": 1000.0, "ease-rank": 0}
+    | {"ease-l2": l2}
+    for l2 in (200.0, 500.0, 1000.0)
 }
 
 
@@ -127,9 +136,10 @@ def report(summaries: dict[str, dict[int, dict[str, Any]]], seeds: list[int], re
         cells = [mean_and_standard_error(gains[m]) for m in METRICS]
         diffs = [mean_and_standard_error(gains[m] - reference[m]) for m in METRICS]
         per_seed = " / ".join(f"{runs[seed]['metrics']['hr@10']:.3f}" for seed in seeds)
-        epsilon = max(runs[seed]["epsilon"]["max"] for seed in seeds)
+        spent = [runs[seed]["epsilon"]["max"] for seed in seeds]
+        epsilon = f"{max(spent):.2f}" if None not in spent else "∞"  # None: no DP
         lines.append(
-            f"| {name} | {epsilon:.2f} | "
+            f"| {name} | {epsilon} | "
             + " | ".join(f"{m:.4f} ± {se:.4f}" for m, se in cells)
             + f" | {per_seed} | "
             + " | ".join(f"{m:+.4f} ± {se:.4f}" for m, se in diffs)

@@ -14,7 +14,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--adapter", help="an LLM run's adapter folder (runs/<run>/adapter)")
     parser.add_argument(
         "--item-tables",
-        help="a collaborative run's item-tables.npz: it ranks the catalog, and the adapter (if given) reranks the top",
+        help="a collaborative run's item-tables.npz (mf) or item-weights.npz (ease): it ranks the catalog, and the "
+        "adapter (if given) reranks the top",
     )
     parser.add_argument("--history", required=True, help="CSV/TSV or JSON-lines file of item,rating[,timestamp]")
     parser.add_argument("-k", type=int, default=10, help="number of recommendations (default: 10)")

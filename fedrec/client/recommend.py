@@ -118,10 +118,10 @@ def recommend(
 ) -> list[Recommendation]:
     """The ``k`` best-scored catalog items the history does not hold, best first.
 
-    With ``item_tables`` (a collaborative run's ``item-tables.npz``) the run's model
-    retrieves: it ranks the whole catalog, and the LLM adapter, when given, reranks its
-    top ``candidates`` (default 50), fused with the retriever's scores at the adapter
-    run's ``rerank-fusion-weight``. Without it the adapter scores the ``candidates``
+    With ``item_tables`` (a collaborative run's ``item-tables.npz``, or an ease run's
+    ``item-weights.npz``) the run's model retrieves: it ranks the whole catalog, and the
+    LLM adapter, when given, reranks its top ``candidates`` (default 50), fused with the
+    retriever's scores at the adapter run's ``rerank-fusion-weight``. Without it the adapter scores the ``candidates``
     most-rated unrated items of the dataset (0: the whole catalog). ``config``: the
     adapter run's configuration or its TOML file (default: ``config.toml`` beside
     ``adapter_dir``). Raises :class:`RecommendError` naming the path and the problem for

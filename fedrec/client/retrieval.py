@@ -1,7 +1,8 @@
-"""Retrieval on the device: a collaborative run's item tables score the whole catalog
-for one user, whose embedding is folded in from their own history here (it never
-leaves this machine). Milliseconds for MovieLens' 1,682 items; the LLM can then rerank
-the top of the list (:func:`fedrec.client.recommend.recommend`).
+"""Retrieval on the device: a collaborative run's file (mf item tables or ease weights)
+scores the whole catalog for one user from their own history, here (an mf user's
+embedding is folded in on this machine and never leaves it). Milliseconds for
+MovieLens' 1,682 items; the LLM can then rerank the top of the list
+(:func:`fedrec.client.recommend.recommend`).
 """
 
 from __future__ import annotations
@@ -15,18 +16,17 @@ from ..config import FedRecConfig
 from ..data.interactions import InteractionData
 from ..privacy.item_statistics import STATISTICS_FILE
 from ..protocol.records import ITEM_LIKES, ITEM_RATINGS
-from ..tasks.collaborative.folded import FoldedInTables
 from ..tasks.collaborative.priors import ItemCounts
+from ..tasks.collaborative.retriever import load_retriever
 
 
 def retrieve(path: Path, history: pd.DataFrame, data: InteractionData, cfg: FedRecConfig) -> list[tuple[str, float]]:
-    """Every catalog item the history does not hold, with its score, best first: the
-    user folded in from the history's likes, plus the run's weighted federated
-    popularity when it used one.
+    """Every catalog item the history does not hold, with its score, best first: from
+    the history's likes, plus the run's weighted federated popularity when it used one.
     """
     user = history.assign(user="user")
-    folded = FoldedInTables.from_file(path, data.items["item"], user, cfg.data.like_threshold, ["user"])
-    items, scores = folded.items, folded.catalog_scores("user")
+    retriever = load_retriever(path, data.items["item"], user, cfg.data.like_threshold, ["user"])
+    items, scores = retriever.items, retriever.catalog_scores("user")
     weight = cfg.collaborative.mf_popularity_weight
     statistics = path.parent / STATISTICS_FILE
     if weight > 0 and statistics.exists():

@@ -35,11 +35,11 @@ from ..protocol.records import (
     TRAIN_LOSS,
 )
 from ..protocol.replies import decline_reply, train_reply
-from ..tasks.collaborative.folded import FoldedInTables
+from ..tasks.collaborative.retriever import Retriever
 from ..tasks.preference.dataset import FederatedData
 from ..tasks.preference.examples import PreferenceExample
 from ..tasks.preference.scoring import preference_loss
-from ..tasks.preference.signals import node_folded_tables, node_signals
+from ..tasks.preference.signals import node_retriever, node_signals
 from ..tasks.ranking.training import ranking_groups, ranking_loss
 from ..tasks.training import LocalTraining, Loss, TrainResult, train_adapter
 from .budget import train_within_budget
@@ -59,10 +59,10 @@ class _Records:
     group_size: int
 
 
-def _records(cfg: FedRecConfig, data: FederatedData, partition_id: int, folded: FoldedInTables | None) -> _Records:
+def _records(cfg: FedRecConfig, data: FederatedData, partition_id: int, folded: Retriever | None) -> _Records:
     """Preference examples with their labels, or (``objective = 'ranking'``) each liked
     example's group with unrated negatives, drawn once per run (the run's seed; from the
-    retriever's top ``train-negatives-pool`` with the ``folded`` tables): the same prompts
+    retriever's top ``train-negatives-pool`` with ``folded``, the item-tables retriever): the same prompts
     every round, so the frozen layers' states are computed once.
     """
     examples = data.train_examples(partition_id)
@@ -87,7 +87,7 @@ def train(message: Message, context: Context, cfg: FedRecConfig) -> Message:
     seed = round_seed(cfg, int(config[SERVER_ROUND]), partition_id)
     folded = None
     if cfg.model.llm_input == "hybrid" or cfg.training.train_negatives_pool:
-        folded = node_folded_tables(cfg, data, partition_id)
+        folded = node_retriever(cfg, data, partition_id)
     records = _records(cfg, data, partition_id, folded)
     if not len(records.targets):
         return _nothing_to_train(message, cfg)

@@ -282,8 +282,9 @@ class CollaborativeConfig(Section):
     )
     item_tables: str = option(
         "",
-        "llm-input = 'hybrid': the item-tables.npz of a finished recommender = 'mf' run (its summary.json beside "
-        "it gives the epsilon the hybrid run composes with)",
+        "the retriever (rerank-top) and, for llm-input = 'hybrid', the soft tokens' tables: the item-tables.npz of "
+        "a finished recommender = 'mf' run, or (not hybrid) the item-weights.npz of an 'ease' run (its summary.json "
+        "beside it gives the epsilon the run composes with)",
     )
 
 
@@ -292,21 +293,23 @@ class ItemItemConfig(Section):
     """The item-item model (``recommender = 'ease'``), fitted from the co-occurrence of likes."""
 
     title = "item-item model"
-    # Chosen on the validation split at record-level epsilon 8 (see the README): a larger
-    # bound keeps more of each user's likes, a rank-16 projection removes most of the noise.
+    # Chosen on the validation split at record-level epsilon 8 over two seeds
+    # (benchmarks/mf_dp_sweep.py, report-ease.md): a rank-16 projection removes most of the
+    # noise; bounds 5 to 12, rank 32 and l2 300 to 1000 are within a standard error there.
     ease_bound: float = option(
         8.0, "L2 bound on one user's liked-items vector (its outer product is what the user adds)", check=POSITIVE
     )
     ease_noise: float = option(
         0.64,
-        "Gaussian noise std on each summed co-occurrence = this multiplier x 2 x ease-bound (one like's "
-        "sensitivity), added in shares by the clients; 0.64: epsilon 7.97 at delta 1e-5 (0: exact sums, no privacy)",
+        "Gaussian noise std on each summed co-occurrence = this multiplier x one like's sensitivity, "
+        "min(2 x ease-bound, sqrt(2 x ease-bound^2 + 2)), added in shares by the clients; 0.64: epsilon 7.97 at "
+        "delta 1e-5 (0: exact sums, no privacy)",
         check=NON_NEGATIVE,
     )
     ease_rank: int = option(
         16, "rank the summed co-occurrence is projected to before the fit (0: none)", check=NON_NEGATIVE
     )
-    ease_l2: float = option(1000.0, "EASE's L2 regularization of the item-item weights", check=POSITIVE)
+    ease_l2: float = option(300.0, "EASE's L2 regularization of the item-item weights", check=POSITIVE)
 
 
 @dataclass(frozen=True)

@@ -4,16 +4,21 @@ record-level DP: what the item-item model (``recommender = 'ease'``) is fitted f
 Each user contributes ``x x^T``, where ``x`` is their 0/1 vector of liked items scaled to
 L2 norm at most ``bound`` (c); a client sums its users' matrices, keeps the upper
 triangle (the matrix is symmetric) and adds its share of Gaussian noise,
-``N(0, (sigma * 2c)^2 / n)`` per entry for ``n`` clients asked, so the sum over the
-clients carries ``N(0, (sigma * 2c)^2)``: the Gaussian mechanism with multiplier
-``sigma`` for changing one like, the "Analyze Gauss" release of Dwork et al. (2014).
+``N(0, (sigma * s)^2 / n)`` per entry for ``n`` clients asked, where ``s`` is one like's
+sensitivity below, so the sum over the clients carries ``N(0, (sigma * s)^2)``: the
+Gaussian mechanism with multiplier ``sigma`` for changing one like, the "Analyze Gauss"
+release of Dwork et al. (2014).
 
-Why ``2c``: scaling to norm at most c is the projection onto that ball, which never
+The sensitivity: scaling to norm at most c is the projection onto that ball, which never
 increases distances, and adding or removing one like moves the 0/1 vector by 1; so the
-scaled vector moves from ``x`` to ``y`` with ``|x - y| <= 1`` and ``|x|, |y| <= c``, and
-``|x x^T - y y^T|_F = |x (x - y)^T + (x - y) y^T|_F <= 2c``; the upper triangle's L2 norm
-is at most the whole matrix's. Adding or removing a whole user changes the sum by
-``|x|^2 <= c^2``: the user-level multiplier is ``sigma * 2c / c^2``.
+scaled vector moves from ``x`` to ``y`` with ``|x - y| <= 1``, ``|x|, |y| <= c`` and
+every entry in [0, 1]. The change ``D = x x^T - y y^T = x (x - y)^T + (x - y) y^T`` has
+``|D|_F <= 2c``, and its upper triangle, which holds each off-diagonal entry once,
+``|triu D|^2 = (|D|_F^2 + sum_i D_ii^2) / 2`` with
+``sum_i D_ii^2 = sum_i (x_i - y_i)^2 (x_i + y_i)^2 <= 4``: so
+``s = min(2c, sqrt(2 c^2 + 2))``. Adding or removing a whole user changes the sum by
+``|x|^2 <= c^2`` (the triangle by at most that): the user-level multiplier is
+``sigma * s / c^2``.
 """
 
 from __future__ import annotations
@@ -60,8 +65,8 @@ def cooccurrence(vectors: np.ndarray) -> np.ndarray:
 
 
 def record_sensitivity(bound: float) -> float:
-    """How far adding or removing one like moves the (upper triangle of the) sum, at most."""
-    return 2.0 * bound
+    """How far adding or removing one like moves the upper triangle of the sum, at most."""
+    return min(2.0 * bound, math.sqrt(2.0 * bound**2 + 2.0))
 
 
 def noise_share(noise_multiplier: float, bound: float, num_clients: int) -> float:

@@ -30,14 +30,14 @@ from ..protocol.records import (
     LORA_A_FINGERPRINT,
     LORA_A_ROWS,
 )
-from ..tasks.collaborative.evaluation import CollaborativeEvaluator
-from ..tasks.collaborative.item_item import ITEM_WEIGHTS, ItemItemEvaluator, fit_ease
+from ..tasks.collaborative.evaluation import CollaborativeEvaluator, ItemItemEvaluator
+from ..tasks.collaborative.item_item import ITEM_WEIGHTS, fit_ease
 from ..tasks.collaborative.priors import ItemCounts
 from ..tasks.collaborative.training import catalog_order
 from ..tasks.preference.dataset import CentralSplit, load_split
 from ..tasks.preference.evaluation import CentralEvaluator
 from ..tasks.preference.scoring import scorer_for
-from ..tasks.preference.signals import CollaborativeSignals, folded_tables
+from ..tasks.preference.signals import CollaborativeSignals, item_tables_retriever
 from ..tasks.ranking.cases import RankingCase, ranking_cases
 from ..tasks.ranking.ranker import LLMRanker, Ranker
 from ..tasks.ranking.rerank import RerankEvaluation
@@ -92,7 +92,7 @@ def llm_ranker(
     folded = None
     if cfg.model.llm_input == "hybrid" or cfg.evaluation.rerank_top:
         catalog, train = central.data.items["item"], central.split.train_interactions
-        folded = folded_tables(cfg, catalog, train, central.eval_users)
+        folded = item_tables_retriever(cfg, catalog, train, central.eval_users)
     signals = CollaborativeSignals(folded) if folded is not None and cfg.model.llm_input == "hybrid" else None
     if not cases:
         return None, signals
@@ -147,7 +147,7 @@ class AdapterModel:
             "backbone": {"name": self.cfg.model.backbone, "fingerprint": self.scorer.fingerprint},
             "bytes": {"full_model": full_model, "adapter_to_full_model": size / full_model},
         }
-        if self.cfg.model.llm_input == "hybrid":
+        if self.cfg.collaborative.item_tables:  # the retriever's or the soft tokens' run: its privacy composes
             facts["item_tables"] = item_tables_privacy(Path(self.cfg.collaborative.item_tables))
         return facts
 

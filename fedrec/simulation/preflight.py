@@ -12,6 +12,7 @@ from ..config import ConfigError, FedRecConfig
 from ..models.collaborative import ITEM_EMBEDDINGS, read_item_tables
 from ..server.checkpoint import read_checkpoint
 from ..server.results import check_fresh, check_resumable
+from ..tasks.collaborative.item_item import ITEM_WEIGHTS
 from ..tasks.preference.dataset import FederatedData, load_federated_data
 
 
@@ -28,7 +29,7 @@ def preflight(cfg: FedRecConfig) -> FederatedData:
         check_fresh(out)
     data = load_federated_data(cfg.data, cfg.federation.seed, cfg.evaluation.eval_users, cfg.federation.num_clients)
     if cfg.collaborative.item_tables:
-        _check_item_tables(Path(cfg.collaborative.item_tables), cfg.collaborative.mf_dim, len(data.central.data.items))
+        _check_item_tables(Path(cfg.collaborative.item_tables), cfg, len(data.central.data.items))
     return data
 
 
@@ -68,15 +69,25 @@ def _spent_state_warning(cfg: FedRecConfig) -> list[str]:
     ]
 
 
-def _check_item_tables(path: Path, dim: int, num_items: int) -> None:
-    """``path`` holds an mf run's item embeddings for this catalog, ``dim`` wide."""
+def _check_item_tables(path: Path, cfg: FedRecConfig, num_items: int) -> None:
+    """``path`` holds an mf run's item embeddings for this catalog, ``mf-dim`` wide, or
+    (not for a hybrid LLM) an ease run's item-item weights for it.
+    """
     try:
         tables = read_item_tables(path)
     except ValueError as err:
         raise ConfigError(f"item-tables: {err}") from None
+    if ITEM_WEIGHTS in tables and cfg.model.llm_input != "hybrid":
+        if tables[ITEM_WEIGHTS].shape != (num_items, num_items):
+            shape = tables[ITEM_WEIGHTS].shape
+            raise ConfigError(
+                f"item-tables: {path} holds item-item weights of shape {shape}, not {num_items} x {num_items}"
+            )
+        return
     if ITEM_EMBEDDINGS not in tables:
         raise ConfigError(f"item-tables: {path} has no '{ITEM_EMBEDDINGS}' array (not an mf run's item tables)")
     rows, width = tables[ITEM_EMBEDDINGS].shape
+    dim = cfg.collaborative.mf_dim
     if width != dim:
         raise ConfigError(f"item-tables: {path} holds item embeddings of width {width}, but mf-dim is {dim}")
     if rows != num_items:

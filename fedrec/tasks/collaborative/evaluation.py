@@ -1,9 +1,10 @@
-"""Central evaluation of the collaborative model on the preference and ranking tasks'
+"""Central evaluation of the collaborative models on the preference and ranking tasks'
 held-out interactions.
 
-The evaluation users' embeddings stay on their clients, so the evaluator folds each
-user in from their training likes against the global item tables (as a new user's
-device would): the item tables are what the federation trains and what is measured.
+Matrix factorization: the evaluation users' embeddings stay on their clients, so the
+evaluator folds each user in from their training likes against the global item tables
+(as a new user's device would): the item tables are what the federation trains and what
+is measured. The item-item model: each user's training likes times the weights.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..preference.evaluation import preference_metrics
 from ..ranking.baselines import full_catalog_metrics
 from ..ranking.cases import RankingCase
 from ..ranking.ranker import ranking_metrics
+from .item_item import ITEM_WEIGHTS, checked_weights, liked_matrix
 from .priors import ItemCounts, like_rate_logits
 from .training import Likes, catalog_order, fold_in
 
@@ -92,3 +94,43 @@ class CollaborativeEvaluator:
         """The model's scores plus the item prior, when there is one."""
         scores = self.model(users, items)
         return scores if self.item_prior is None else scores + self.item_prior[items]
+
+
+class ItemItemEvaluator:
+    """Scores the evaluation users' held-out interactions (and ranking cases) with a
+    run's item-item weights and each user's own training likes.
+    """
+
+    def __init__(
+        self, central: CentralSplit, like_threshold: float, cases: list[RankingCase] | None = None, part: str = "test"
+    ) -> None:
+        self.examples = central.held_out_examples(part)
+        self.cases = cases or []
+        self.items = catalog_order(central.data.items["item"])
+        users = sorted({ex.user for ex in self.examples} | {case.user for case in self.cases})
+        self.user_row = {user: n for n, user in enumerate(users)}
+        self.item_row = {item: n for n, item in enumerate(self.items)}
+        self.likes = liked_matrix(central.split.train_interactions, like_threshold, users, self.items)
+        self.rated = central.data.interactions.groupby("user")["item"].agg(set).to_dict()
+        self.scores = np.zeros_like(self.likes)
+
+    def __call__(self, arrays: ArrayRecord, rank: bool = True) -> dict[str, float]:
+        """AUC and UAUC of the held-out interactions and, when there are ranking cases and
+        ``rank`` is true, HR@10 and NDCG@10 among each case's candidates and Recall@20 and
+        coverage@10 over the whole catalog.
+        """
+        self.scores = self.likes @ checked_weights(arrays[ITEM_WEIGHTS].numpy(), len(self.items), "the run's weights")
+        scores = np.array([self.scores[self.user_row[ex.user], self.item_row[ex.item]] for ex in self.examples])
+        metrics: dict[str, float] = {**preference_metrics(self.examples, scores), "examples": len(self.examples)}
+        if self.cases and rank:
+            ranks = [target_rank(self._candidate_scores(case)) for case in self.cases]
+            metrics |= ranking_metrics(ranks)
+            metrics |= full_catalog_metrics(self.catalog_scores, self.items, self.cases, self.rated)
+        return metrics
+
+    def _candidate_scores(self, case: RankingCase) -> np.ndarray:
+        return self.scores[self.user_row[case.user], [self.item_row[i] for i in case.candidates]]
+
+    def catalog_scores(self, user: str) -> np.ndarray:
+        """Every catalog item's score for an evaluation user (after a call)."""
+        return self.scores[self.user_row[user]]

@@ -8,14 +8,8 @@ their device, and nothing of theirs is trained or sent after the one release.
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import ArrayRecord
+import pandas as pd
 
-from ..metrics import target_rank
-from ..preference.dataset import CentralSplit
-from ..preference.evaluation import preference_metrics
-from ..ranking.baselines import full_catalog_metrics
-from ..ranking.cases import RankingCase
-from ..ranking.ranker import ranking_metrics
 from .training import catalog_order
 
 ITEM_WEIGHTS = "ease.item-weights"  # the fitted items x items weights, in catalog order
@@ -37,47 +31,43 @@ def fit_ease(gram: np.ndarray, l2: float, rank: int = 0) -> np.ndarray:
     return weights
 
 
-class ItemItemEvaluator:
-    """Scores the evaluation users' held-out interactions (and ranking cases) with a
-    run's item-item weights and each user's own training likes.
+def liked_matrix(interactions: pd.DataFrame, like_threshold: float, users: list[str], items: list[str]) -> np.ndarray:
+    """A 0/1 row per user of ``users``: the items (``items`` order) they like in ``interactions``."""
+    user_row = {user: n for n, user in enumerate(users)}
+    item_row = {item: n for n, item in enumerate(items)}
+    likes = interactions[(interactions["rating"] > like_threshold) & interactions["user"].isin(user_row)]
+    matrix = np.zeros((len(users), len(items)))
+    matrix[[user_row[u] for u in likes["user"]], [item_row[str(i)] for i in likes["item"]]] = 1.0
+    return matrix
+
+
+def checked_weights(weights: np.ndarray, num_items: int, source: str) -> np.ndarray:
+    """``weights`` as float64 if they are items x items for a catalog of ``num_items``."""
+    if weights.shape != (num_items, num_items):
+        raise ValueError(f"{source}: item-item weights of shape {weights.shape}; the catalog has {num_items} items")
+    return weights.astype(np.float64)
+
+
+class ItemItemScores:
+    """An ease run's weights scoring the catalog for ``users``, each from their own likes
+    in ``interactions`` (a retriever: see :mod:`.retriever`).
     """
 
     def __init__(
-        self, central: CentralSplit, like_threshold: float, cases: list[RankingCase] | None = None, part: str = "test"
+        self,
+        weights: np.ndarray,
+        catalog: pd.Series,
+        interactions: pd.DataFrame,
+        like_threshold: float,
+        users: list[str],
+        source: str,
     ) -> None:
-        self.examples = central.held_out_examples(part)
-        self.cases = cases or []
-        self.items = catalog_order(central.data.items["item"])
-        users = sorted({ex.user for ex in self.examples} | {case.user for case in self.cases})
-        self.user_row = {user: n for n, user in enumerate(users)}
+        self.items = catalog_order(catalog)
+        self.weights = checked_weights(weights, len(self.items), source)
         self.item_row = {item: n for n, item in enumerate(self.items)}
-        train = central.split.train_interactions
-        likes = train[(train["rating"] > like_threshold) & train["user"].isin(self.user_row)]
-        self.likes = np.zeros((len(users), len(self.items)))
-        self.likes[[self.user_row[u] for u in likes["user"]], [self.item_row[str(i)] for i in likes["item"]]] = 1.0
-        self.rated = central.data.interactions.groupby("user")["item"].agg(set).to_dict()
-        self.scores = np.zeros_like(self.likes)
-
-    def __call__(self, arrays: ArrayRecord, rank: bool = True) -> dict[str, float]:
-        """AUC and UAUC of the held-out interactions and, when there are ranking cases and
-        ``rank`` is true, HR@10 and NDCG@10 among each case's candidates and Recall@20 and
-        coverage@10 over the whole catalog.
-        """
-        weights = arrays[ITEM_WEIGHTS].numpy().astype(np.float64)
-        if weights.shape != (len(self.items),) * 2:
-            raise ValueError(f"item-item weights of shape {weights.shape}; the catalog has {len(self.items)} items")
-        self.scores = self.likes @ weights
-        scores = np.array([self.scores[self.user_row[ex.user], self.item_row[ex.item]] for ex in self.examples])
-        metrics: dict[str, float] = {**preference_metrics(self.examples, scores), "examples": len(self.examples)}
-        if self.cases and rank:
-            ranks = [target_rank(self._candidate_scores(case)) for case in self.cases]
-            metrics |= ranking_metrics(ranks)
-            metrics |= full_catalog_metrics(self.catalog_scores, self.items, self.cases, self.rated)
-        return metrics
-
-    def _candidate_scores(self, case: RankingCase) -> np.ndarray:
-        return self.scores[self.user_row[case.user], [self.item_row[i] for i in case.candidates]]
+        self.user_row = {user: n for n, user in enumerate(users)}
+        self.likes = liked_matrix(interactions, like_threshold, users, self.items)
 
     def catalog_scores(self, user: str) -> np.ndarray:
-        """Every catalog item's score for an evaluation user (after a call)."""
-        return self.scores[self.user_row[user]]
+        """Every catalog item's score for one of the users."""
+        return self.likes[self.user_row[user]] @ self.weights

@@ -21,6 +21,7 @@ import torch
 
 from ...config import FedRecConfig
 from ..collaborative.folded import FoldedInTables
+from ..collaborative.retriever import Retriever, load_retriever
 from .dataset import FederatedData
 from .examples import PreferenceExample
 
@@ -54,27 +55,31 @@ class CollaborativeSignals:
         return torch.stack([user, torch.cat([items, biases], 1), torch.cat([users * items, biases], 1)], dim=1)
 
 
-def folded_tables(
+def item_tables_retriever(
     cfg: FedRecConfig, catalog: pd.Series, interactions: pd.DataFrame, users: list[str]
-) -> FoldedInTables:
-    """The run's ``item-tables`` with ``users`` folded in from ``interactions``."""
-    return FoldedInTables.from_file(
-        cfg.collaborative.item_tables, catalog, interactions, cfg.data.like_threshold, users, cfg.collaborative.mf_dim
-    )
+) -> Retriever:
+    """The run's ``item-tables`` file as a retriever of ``users`` (their likes in
+    ``interactions``): an mf run's tables (the only kind a hybrid adapter reads) or an
+    ease run's weights.
+    """
+    tables, threshold, dim = cfg.collaborative.item_tables, cfg.data.like_threshold, cfg.collaborative.mf_dim
+    if cfg.model.llm_input == "hybrid":
+        return FoldedInTables.from_file(tables, catalog, interactions, threshold, users, dim)
+    return load_retriever(tables, catalog, interactions, threshold, users, dim)
 
 
-def node_folded_tables(cfg: FedRecConfig, data: FederatedData, partition_id: int) -> FoldedInTables:
-    """``item-tables`` with one client's users folded in from their training interactions."""
+def node_retriever(cfg: FedRecConfig, data: FederatedData, partition_id: int) -> Retriever:
+    """``item-tables`` as a retriever of one client's users, from their training interactions."""
     catalog = data.central.data.items["item"]
-    return folded_tables(cfg, catalog, data.train_interactions(partition_id), data.users(partition_id))
+    return item_tables_retriever(cfg, catalog, data.train_interactions(partition_id), data.users(partition_id))
 
 
 def node_signals(
-    cfg: FedRecConfig, data: FederatedData, partition_id: int, folded: FoldedInTables | None = None
+    cfg: FedRecConfig, data: FederatedData, partition_id: int, folded: Retriever | None = None
 ) -> CollaborativeSignals | None:
     """The signals of one client's users (None unless ``llm-input = 'hybrid'``), from
     ``folded`` when the caller has already folded them in.
     """
     if cfg.model.llm_input != "hybrid":
         return None
-    return CollaborativeSignals(folded or node_folded_tables(cfg, data, partition_id))
+    return CollaborativeSignals(folded or node_retriever(cfg, data, partition_id))

@@ -1,5 +1,6 @@
-"""Retrieve, then rerank: a collaborative run's item tables (users folded in) order a
-user's candidates, and the LLM reorders the first ``top`` of them.
+"""Retrieve, then rerank: a collaborative run's retriever (mf item tables with users
+folded in, or ease weights) orders a user's candidates, and the LLM reorders the first
+``top`` of them.
 
 Both orders count ties against the target, as :func:`~..metrics.target_rank` does, so
 that ``top`` = every candidate gives the LLM's own rank and ``top`` = 0 the
@@ -20,7 +21,7 @@ import numpy as np
 
 from ...models.prefix_store import PrefixStore
 from ...models.scorer import Scorer
-from ..collaborative.folded import FoldedInTables
+from ..collaborative.retriever import Retriever
 from ..metrics import catalog_coverage, hit_rate_at_k
 from ..preference.examples import PreferenceExample
 from .cases import RankingCase
@@ -125,7 +126,7 @@ class RerankEvaluation:
         cases: list[RankingCase],
         prompts: Callable[[list[PreferenceExample]], list[str]],
         batch_size: int,
-        retriever: FoldedInTables,
+        retriever: Retriever,
         top: int,
         rated: dict[str, set[str]],
         signals: Any = None,

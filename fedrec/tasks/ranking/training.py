@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from ..collaborative.folded import FoldedInTables
+from ..collaborative.retriever import Retriever
 from ..preference.examples import PreferenceExample
 
 
@@ -32,7 +32,7 @@ def _seed(seed: int, user: str, item: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}/{user}/{item}".encode()).digest()[:8], "little")
 
 
-def _retrieved(pool: np.ndarray, retriever: FoldedInTables, user: str, top: int) -> np.ndarray:
+def _retrieved(pool: np.ndarray, retriever: Retriever, user: str, top: int) -> np.ndarray:
     """The ``top`` items of ``pool`` with the retriever's highest scores for ``user`` (ties by id)."""
     scores = retriever.catalog_scores(user)[[retriever.item_row[item] for item in pool]]
     return pool[np.sort(np.argsort(-scores, kind="stable")[:top])]
@@ -44,7 +44,7 @@ def ranking_groups(
     catalog: list[str],
     negatives: int,
     seed: int,
-    retriever: FoldedInTables | None = None,
+    retriever: Retriever | None = None,
     pool: int = 0,
 ) -> list[list[PreferenceExample]]:
     """Each liked example followed by ``negatives`` items (label 0) its user did not rate

@@ -1,0 +1,243 @@
+"""The item-item model (``recommender = 'ease'``): the co-occurrence release, its
+sensitivity and accounting, EASE's fit, and a federated run with SecAgg+ and DP.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from flwr.app import Array, ArrayRecord
+from opacus.accountants import RDPAccountant
+
+from fedrec.client.recommend import recommend
+from fedrec.config import ConfigError, FedRecConfig, resolve_config
+from fedrec.data.interactions import load_interaction_data
+from fedrec.privacy.item_cooccurrence import (
+    cooccurrence,
+    liked_vectors,
+    noise_share,
+    record_sensitivity,
+    symmetric,
+    upper_triangle,
+    user_level_epsilon,
+)
+from fedrec.simulation.runner import simulate
+from fedrec.tasks.collaborative.evaluation import ItemItemEvaluator
+from fedrec.tasks.collaborative.item_item import ITEM_WEIGHTS, fit_ease
+from fedrec.tasks.collaborative.training import catalog_order
+from fedrec.tasks.preference.dataset import load_federated_data, load_split
+from tests.conftest import run_configured
+
+EASE = {"recommender": "ease", "num-server-rounds": 0}
+
+
+def test_liked_vectors_hold_each_users_likes_scaled_to_the_bound():
+    interactions = pd.DataFrame(
+        {"user": ["a", "a", "a", "a", "b"], "item": ["1", "2", "3", "4", "2"], "rating": [5.0, 4.0, 1.0, 5.0, 5.0]}
+    )
+    vectors = liked_vectors(interactions, 3.0, ["1", "2", "3", "4"], bound=1.5)
+    assert np.allclose(vectors, [[0.5 * np.sqrt(3)] * 2 + [0.0, 0.5 * np.sqrt(3)], [0.0, 1.0, 0.0, 0.0]])
+    assert np.allclose(symmetric(cooccurrence(vectors), 4), vectors.T @ vectors)
+
+
+def test_the_upper_triangle_round_trips_and_a_wrong_length_is_refused():
+    matrix = np.arange(16.0).reshape(4, 4)
+    matrix = matrix + matrix.T
+    assert np.array_equal(symmetric(upper_triangle(matrix), 4), matrix)
+    with pytest.raises(ValueError, match="not the upper triangle of a 5 x 5"):
+        symmetric(upper_triangle(matrix), 5)
+
+
+@pytest.mark.parametrize("bound", [0.8, 2.0, 4.0])
+def test_one_like_moves_the_release_by_at_most_its_sensitivity_and_one_user_by_the_bounds_square(bound):
+    rng = np.random.default_rng(0)
+    items = [str(i) for i in range(30)]
+    worst_record, worst_user = 0.0, 0.0
+    for _ in range(300):
+        liked = rng.choice(30, size=int(rng.integers(1, 30)), replace=False)
+        frame = pd.DataFrame({"user": "u", "item": [str(i) for i in liked], "rating": 5.0})
+        fewer = frame.iloc[1:]  # the same user without one like (maybe without any)
+        x = liked_vectors(frame, 3.0, items, bound)
+        y = liked_vectors(fewer, 3.0, items, bound) if len(fewer) else np.zeros_like(x)
+        worst_record = max(worst_record, float(np.linalg.norm(cooccurrence(x) - cooccurrence(y))))
+        worst_user = max(worst_user, float(np.linalg.norm(cooccurrence(x))))
+    assert worst_record <= record_sensitivity(bound) + 1e-9
+    assert worst_user <= bound**2 + 1e-9
+
+
+def test_the_clients_noise_shares_add_up_to_the_stated_noise():
+    shares = noise_share(0.64, 8.0, 5)
+    assert shares * np.sqrt(5) == pytest.approx(0.64 * record_sensitivity(8.0))
+    assert record_sensitivity(8.0) == pytest.approx(np.sqrt(130.0)) and record_sensitivity(0.5) == 1.0
+
+
+def test_user_level_epsilon_is_the_gaussian_mechanism_at_the_user_multiplier():
+    accountant = RDPAccountant()
+    accountant.history = [(0.64 * np.sqrt(130.0) / 64, 1.0, 1)]
+    assert user_level_epsilon(0.64, 8.0, 1e-5) == pytest.approx(accountant.get_epsilon(delta=1e-5))
+    assert user_level_epsilon(0.0, 8.0, 1e-5) == np.inf
+
+
+def test_ease_is_its_closed_form_with_a_zero_diagonal():
+    rng = np.random.default_rng(1)
+    likes = (rng.random((40, 12)) < 0.3).astype(float)
+    gram = likes.T @ likes
+    weights = fit_ease(gram, l2=5.0)
+    precision = np.linalg.inv(gram + 5.0 * np.eye(12))
+    expected = np.eye(12) - precision @ np.diag(1.0 / np.diag(precision))
+    assert np.allclose(np.diag(weights), 0.0) and np.allclose(weights, expected - np.diag(np.diag(expected)))
+    # EASE's weights minimize |X - XB|^2 + l2 |B|^2 under diag(B) = 0: moving an entry only raises it
+    loss = lambda b: np.square(likes - likes @ b).sum() + 5.0 * np.square(b).sum()  # noqa: E731
+    nudged = weights.copy()
+    nudged[2, 5] += 1e-3
+    assert loss(nudged) > loss(weights)
+
+
+def test_the_rank_projection_keeps_planted_blocks_and_ranks_a_users_block_first():
+    rng = np.random.default_rng(2)
+    blocks = np.repeat([0, 1], 10)  # items 0-9 and 10-19; each user likes items of one block
+    likes = np.zeros((60, 20))
+    for user in range(60):
+        likes[user, rng.choice(np.flatnonzero(blocks == user % 2), 4, replace=False)] = 1.0
+    noise = rng.normal(0, 2.0, (20, 20))
+    noised = likes.T @ likes + np.triu(noise) + np.triu(noise, 1).T
+    for rank in (0, 2):
+        scores = likes @ fit_ease(noised, l2=20.0, rank=rank)
+        own = scores[np.arange(60)[:, None], np.flatnonzero(blocks == 0)[None] + 10 * (np.arange(60)[:, None] % 2)]
+        other = scores[
+            np.arange(60)[:, None], np.flatnonzero(blocks == 0)[None] + 10 * (1 - np.arange(60)[:, None] % 2)
+        ]
+        assert (own.mean(1) > other.mean(1)).mean() > 0.95, rank
+
+
+def test_config_refuses_what_the_item_item_model_cannot_do():
+    FedRecConfig.from_mapping(EASE)
+    for extra, message in (
+        ({"num-server-rounds": 3}, "set num-server-rounds = 0"),
+        ({"ease-noise": 0.0}, "ease-noise must be > 0"),
+        ({"client-dp": True}, "client-dp does not apply"),
+        ({"resume": True, "out": "x"}, "nothing to resume"),
+        ({"item-statistics": True}, "item-statistics are used by recommender = 'mf' only"),
+        ({"fraction-evaluate": 0.5}, "evaluated centrally"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            FedRecConfig.from_mapping(EASE | extra)
+    with pytest.raises(ConfigError, match="'num-server-rounds' must be >= 1 for recommender = 'mf'"):
+        FedRecConfig.from_mapping({"recommender": "mf", "num-server-rounds": 0})
+
+
+def test_the_evaluator_scores_a_users_likes_times_the_weights():
+    cfg = resolve_config("smoke")
+    central = load_split(cfg.data, cfg.federation.seed, cfg.evaluation.eval_users)
+    items = catalog_order(central.data.items["item"])
+    evaluator = ItemItemEvaluator(central, 3.0)
+    zero = ArrayRecord({ITEM_WEIGHTS: Array(np.zeros((len(items),) * 2, np.float32))})
+    assert evaluator(zero)["auc"] == pytest.approx(0.5)  # all ties
+    rng = np.random.default_rng(3)
+    weights = rng.normal(size=(len(items),) * 2).astype(np.float32)
+    evaluator(ArrayRecord({ITEM_WEIGHTS: Array(weights)}))
+    user = evaluator.examples[0].user
+    train = central.split.train_interactions
+    liked = train[(train["user"] == user) & (train["rating"] > 3.0)]["item"].astype(str)
+    expected = weights[[items.index(i) for i in liked]].sum(0)
+    assert np.allclose(evaluator.catalog_scores(user), expected, atol=1e-4)
+    with pytest.raises(ValueError, match="the catalog has"):
+        evaluator(ArrayRecord({ITEM_WEIGHTS: Array(weights[:-1, :-1])}))
+
+
+def _exact_sum(cfg: FedRecConfig) -> np.ndarray:
+    central = load_split(cfg.data, cfg.federation.seed, cfg.evaluation.eval_users)
+    items = catalog_order(central.data.items["item"])
+    partitions = load_federated_data(
+        cfg.data, cfg.federation.seed, cfg.evaluation.eval_users, cfg.federation.num_clients
+    ).partitions
+    train = central.split.train_interactions
+    parts = [liked_vectors(train[train["user"].isin(p)], 3.0, items, cfg.item_item.ease_bound) for p in partitions]
+    return sum(symmetric(cooccurrence(p), len(items)) for p in parts)
+
+
+def test_without_noise_the_federated_fit_equals_the_fit_of_the_exact_sum(tmp_path):
+    overrides = EASE | {"dp": False, "ease-noise": 0.0, "secure-aggregation": False, "out": str(tmp_path / "run")}
+    cfg = resolve_config("smoke", overrides=overrides)
+    out, summary = simulate(cfg, echo=None)
+    with np.load(out / "item-weights.npz") as stored:
+        weights = stored[ITEM_WEIGHTS]
+    expected = fit_ease(_exact_sum(cfg), cfg.item_item.ease_l2, cfg.item_item.ease_rank)
+    assert np.abs(weights - expected).max() < 1e-4 * max(1.0, np.abs(expected).max())
+    assert summary["rounds"] == 0 and summary["ease"]["user_level_epsilon"] is None and not summary["dp"]
+
+
+@pytest.fixture(scope="module")
+def ease_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ease")
+    overrides = EASE | {"secure-aggregation": True, "out": str(folder / "run")}
+    overrides |= {"client-state-dir": str(folder / "nodes"), "ease-bound": 3.0}
+    cfg = resolve_config("smoke", overrides=overrides)
+    run_configured(cfg, "tests.test_collaborative:logged_client_app", folder / "flower")
+    return cfg, folder
+
+
+def test_the_federated_fit_sums_through_secagg_and_no_message_carries_user_data(ease_run):
+    cfg, folder = ease_run
+    rounds = [json.loads(line) for line in (folder / "run" / "rounds.jsonl").read_text().splitlines()]
+    assert len(rounds) == 1 and rounds[0]["clients_ok"] == cfg.federation.num_clients
+    assert rounds[0]["hr@10"] is not None and rounds[0]["bytes_up"] > 0
+    entries = [json.loads(p.read_text()) for p in (folder / "run" / "client-messages").glob("*.json")]
+    assert len(entries) > cfg.federation.num_clients  # the SecAgg+ stages: the release never travels alone
+    size = len(_exact_sum(cfg))
+    for entry in entries:  # nothing user-shaped: only the catalog's triangle, keys and shares
+        for name, shape in entry["down"] + entry["up"]:
+            assert "user" not in name, entry
+            assert shape in ([size * (size + 1) // 2], [1], [0]), entry
+    summary = json.loads((folder / "run" / "summary.json").read_text())
+    assert summary["recommender"] == "ease" and summary["ease"]["clients"] == cfg.federation.num_clients
+
+
+def test_each_node_writes_the_release_to_its_ledger_and_epsilon_is_opacus_own(ease_run):
+    cfg, folder = ease_run
+    accountant = RDPAccountant()
+    accountant.history = [(cfg.item_item.ease_noise, 1.0, 1)]
+    expected = accountant.get_epsilon(delta=cfg.record_dp.target_delta)
+    for partition in range(cfg.federation.num_clients):
+        ledger = json.loads((folder / "nodes" / f"partition-{partition}" / "privacy-ledger.json").read_text())
+        assert ledger["history"] == [[cfg.item_item.ease_noise, 1.0, 1]]
+    summary = json.loads((folder / "run" / "summary.json").read_text())
+    assert summary["epsilon"]["max"] == pytest.approx(expected) and summary["dp"]
+    reports = [json.loads(line) for line in (folder / "run" / "privacy.jsonl").read_text().splitlines()]
+    assert len(reports) == cfg.federation.num_clients and all(r["round"] == 0 for r in reports)
+
+
+HISTORY = pd.DataFrame({"item": ["50", "181", "100", "1"], "rating": [5.0, 5.0, 2.0, 4.0]})
+
+
+def test_recommend_with_ease_weights_scores_the_historys_likes_times_them(ease_run, smoke_run):
+    cfg, folder = ease_run
+    weights_file = folder / "run" / "item-weights.npz"
+    found = recommend(None, HISTORY, k=5, item_tables=weights_file)
+    items = catalog_order(load_interaction_data(cfg.data.dataset).items["item"])
+    with np.load(weights_file) as stored:
+        weights = stored[ITEM_WEIGHTS].astype(np.float64)
+    liked = np.zeros(len(items))
+    liked[[items.index(i) for i in ("50", "181", "1")]] = 1.0  # rating 2 is not a like
+    scores = liked @ weights
+    unrated = [n for n, item in enumerate(items) if item not in set(HISTORY["item"])]
+    best = sorted(unrated, key=lambda n: -scores[n])[:5]
+    assert [r.item for r in found] == [items[n] for n in best]
+    assert [r.score for r in found] == pytest.approx([float(scores[n]) for n in best], rel=1e-6)
+    _, llm_run, _ = smoke_run  # an LLM adapter reranks only what the weights retrieved
+    top = recommend(llm_run / "adapter", HISTORY, k=3, candidates=5, item_tables=weights_file)
+    assert {r.item for r in top} <= {r.item for r in found}
+
+
+def test_the_llm_reranks_an_ease_retriever_whose_own_metrics_are_the_ease_runs(ease_run, tmp_path):
+    folder = ease_run[1]
+    overrides = {"rerank-top": 5, "item-tables": str(folder / "run" / "item-weights.npz"), "num-server-rounds": 1}
+    _, summary = simulate(resolve_config("smoke", overrides=overrides | {"out": str(tmp_path / "run")}), echo=None)
+    ease = json.loads((folder / "run" / "summary.json").read_text())["metrics"]
+    assert summary["metrics"]["retriever_hr@10"] == pytest.approx(ease["hr@10"])
+    assert summary["metrics"]["retriever_ndcg@10"] == pytest.approx(ease["ndcg@10"])
+    ease_epsilon = json.loads((folder / "run" / "summary.json").read_text())["epsilon"]["max"]
+    assert summary["item_tables"]["epsilon_max"] == pytest.approx(ease_epsilon)  # composed in the summary
