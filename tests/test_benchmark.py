@@ -71,8 +71,11 @@ def test_every_suite_point_resolves_to_a_valid_config(tmp_path):
             assert cfg.evaluation.eval_prefix_store == str(tmp_path / "prefix-store"), point.label
             if point.item_tables_from:
                 source = next(p for p in suite.points if p.label == point.item_tables_from)
-                assert source.overrides["recommender"] == "mf", point.label
-                assert cfg.collaborative.item_tables.startswith(str(tmp_path)), point.label
+                recommender = source.overrides["recommender"]
+                assert recommender in ("mf", "ease"), point.label
+                file = {"mf": "item-tables.npz", "ease": "item-weights.npz"}[recommender]  # what that run saves
+                tables = cfg.collaborative.item_tables
+                assert tables.startswith(str(tmp_path)) and tables.endswith(f"/{file}"), point.label
 
 
 def test_the_rerank_headline_is_part_of_the_ablations_so_one_out_folder_serves_both(tmp_path):

@@ -24,7 +24,7 @@ from fedrec.privacy.item_cooccurrence import (
     upper_triangle,
     user_level_epsilon,
 )
-from fedrec.simulation.runner import simulate
+from fedrec.simulation.runner import SimulationError, simulate
 from fedrec.tasks.collaborative.evaluation import ItemItemEvaluator
 from fedrec.tasks.collaborative.item_item import ITEM_WEIGHTS, fit_ease
 from fedrec.tasks.collaborative.training import catalog_order
@@ -241,3 +241,24 @@ def test_the_llm_reranks_an_ease_retriever_whose_own_metrics_are_the_ease_runs(e
     assert summary["metrics"]["retriever_ndcg@10"] == pytest.approx(ease["ndcg@10"])
     ease_epsilon = json.loads((folder / "run" / "summary.json").read_text())["epsilon"]["max"]
     assert summary["item_tables"]["epsilon_max"] == pytest.approx(ease_epsilon)  # composed in the summary
+
+
+def test_a_release_that_would_pass_target_epsilon_is_refused_before_anything_starts(tmp_path):
+    cfg = resolve_config("smoke", overrides=EASE | {"target-epsilon": 4.0, "out": str(tmp_path / "run")})
+    with pytest.raises(ConfigError, match=r"ease-noise 0.64 spends epsilon 7.965 .* target-epsilon 4"):
+        simulate(cfg, echo=None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_nodes_whose_budget_is_spent_decline_and_the_run_fails_naming_why(ease_run, tmp_path):
+    cfg, folder = ease_run  # its nodes' ledgers already hold the release (epsilon 7.97)
+    overrides = EASE | {"secure-aggregation": True, "target-epsilon": 10.0, "out": str(tmp_path / "run")}
+    again = resolve_config("smoke", overrides=overrides | {"client-state-dir": cfg.server.client_state_dir})
+    with pytest.raises(SimulationError):
+        simulate(again, echo=None)
+    failed = json.loads((tmp_path / "run" / "failed.json").read_text())
+    assert "declined: privacy budget: the co-occurrence of likes would reach epsilon" in failed["reason"], failed
+    assert "no node answered the item-cooccurrence request" in failed["reason"], failed
+    for partition in range(cfg.federation.num_clients):  # a declined release is not written to the ledger
+        ledger = json.loads((folder / "nodes" / f"partition-{partition}" / "privacy-ledger.json").read_text())
+        assert len(ledger["history"]) == 1

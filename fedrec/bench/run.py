@@ -17,6 +17,7 @@ from typing import Any
 from ..config import resolve_config
 from ..files import write_atomic
 from ..server.checkpoint import CHECKPOINT_DIR
+from ..server.models import MODEL_FILES
 from ..server.results import json_safe
 from ..simulation.runner import resume, simulate
 from .report import main_table, render_report, row, write_plots
@@ -65,12 +66,14 @@ def point_overrides(suite: Suite, point: Point, out: Path) -> dict[str, Any]:
     """A point's config keys: the suite's base, the point's own, its run folder under
     ``out``, the evaluation's prefix store shared by the points (same split, same
     backbone: an LLM's evaluation prompts run through the frozen layers once per suite)
-    and, when it reads an earlier point's item tables, that run's file.
+    and, when it reads an earlier point's model (mf tables or ease weights), that run's file.
     """
     overrides = {**suite.base, **point.overrides, "out": str(out / _slug(point.label))}
     overrides["eval-prefix-store"] = str(out / EVAL_PREFIX_STORE)
     if point.item_tables_from:
-        overrides["item-tables"] = str(out / _slug(point.item_tables_from) / "item-tables.npz")
+        source = next(p for p in suite.points if p.label == point.item_tables_from)
+        recommender = {**suite.base, **source.overrides}.get("recommender", "mf")
+        overrides["item-tables"] = str(out / _slug(point.item_tables_from) / MODEL_FILES[recommender])
     return overrides
 
 

@@ -16,7 +16,7 @@ class Point:
 
     label: str
     overrides: Mapping[str, Any] = field(default_factory=dict)
-    item_tables_from: str = ""  # label of an earlier ``recommender = 'mf'`` point: its item-tables.npz
+    item_tables_from: str = ""  # label of an earlier 'mf' or 'ease' point: its model file is the item-tables
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,11 @@ _PER_USER = {
 _RERANK_BASE = {"eval-users": 100, "test-interactions": 5, "ranking-users": 100, "max-weight": 100_000.0}
 _RERANK_RETRIEVER = Point(
     _RETRIEVER, {"recommender": "mf", "strategy": "fedavg", "num-server-rounds": 10, "client-cpus": 1.0}
+)
+
+
+_EASE_RETRIEVER = Point(
+    "item-item model (ease), DP (the retriever)", {"recommender": "ease", "num-server-rounds": 0, "client-cpus": 1.0}
 )
 
 
@@ -160,6 +165,21 @@ SUITES: dict[str, Suite] = {
         base=_RERANK_BASE,
         points=(_RERANK_RETRIEVER, _reranker("text", "preference"), _reranker("hybrid", "ranking")),
         description="demo preset, DP federated MF retrieving, the text and the hybrid LLM reranking (CPU-sized)",
+    ),
+    # The same with the item-item model retrieving (the better private retriever): the text
+    # LLM trained to rank reorders its top 20 (a hybrid's soft tokens need mf embeddings).
+    "rerank-ease": Suite(
+        preset="demo",
+        base=_RERANK_BASE,
+        points=(
+            _EASE_RETRIEVER,
+            Point(
+                "LLM text, ranking loss, reranks the ease top 20",
+                {"llm-input": "text", "objective": "ranking", "rerank-top": 20},
+                item_tables_from=_EASE_RETRIEVER.label,
+            ),
+        ),
+        description="demo preset, the DP item-item model retrieving, the text LLM (ranking loss) reranking (CPU-sized)",
     ),
     "rerank-ablations": Suite(
         preset="demo",

@@ -45,6 +45,7 @@ from .federation import Federation
 from .node_sums import sum_over_nodes
 from .rounds import Evaluator
 
+MODEL_FILES = {"mf": "item-tables.npz", "ease": "item-weights.npz"}  # a collaborative run's final model
 EVAL_STORE_FILES = 10_000  # files kept: one per ranking case, one per set of preference prompts
 
 
@@ -196,7 +197,7 @@ class CollaborativeModel:
         """The item tables as ``item-tables.npz`` (one array per name)."""
         buffer = io.BytesIO()
         np.savez(buffer, **{name: array.numpy() for name, array in final.items()})
-        write_atomic(folder / "item-tables.npz", buffer.getvalue())
+        write_atomic(folder / MODEL_FILES["mf"], buffer.getvalue())
 
 
 class ItemItemModel:
@@ -251,7 +252,7 @@ class ItemItemModel:
         """The weights as ``item-weights.npz``."""
         buffer = io.BytesIO()
         np.savez(buffer, **{name: array.numpy() for name, array in final.items()})
-        write_atomic(folder / "item-weights.npz", buffer.getvalue())
+        write_atomic(folder / MODEL_FILES["ease"], buffer.getvalue())
 
 
 def item_tables_privacy(path: Path) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Rec
 from ..config import FedRecConfig
 from ..privacy.secagg.grid import SecAggGrid, masking_parameters
 from ..protocol.records import ARRAYS, CLIENT_DP_WEIGHT, CONFIG, SERVER_ROUND, STATISTICS_CLIENTS, TASK
+from ..protocol.replies import decline_reason, is_declined
 from .federation import Federation
 from .recording_grid import Exchange
 
@@ -40,17 +41,24 @@ def sum_over_nodes(
     if cfg.secagg.secure_aggregation:  # its own keys; each node's weight is 1, so the aggregate is the mean
         masking = masking_parameters(cfg.secagg, CLIENT_DP_WEIGHT, 1.0)
         grid = SecAggGrid(federation.recording, cfg.secagg, masking, seed=cfg.federation.seed + 1)
-    replies = [r for r in grid.send_and_receive(messages, timeout=cfg.federation.round_timeout) if not r.has_error()]
+    received = list(grid.send_and_receive(messages, timeout=cfg.federation.round_timeout))
+    replies = [r for r in received if not r.has_error() and not is_declined(r)]  # a decline's share is not summed
     if not replies:
-        raise RuntimeError(f"no node answered the {task} request")
+        raise RuntimeError(f"no node answered the {task} request: {_why_not(received)}")
     arrays = [
         {name: a.numpy().astype(np.float64) for name, a in r.content.array_records[ARRAYS].items()} for r in replies
     ]
-    if cfg.secagg.secure_aggregation:  # every reply carries the mean of the survivors
+    if cfg.secagg.secure_aggregation:  # every reply carries the mean of the survivors' weight-1 inputs
         total = {name: values * len(replies) for name, values in arrays[0].items()}
     else:
         total = {name: sum(a[name] for a in arrays) for name in shapes}
     return total, len(replies)
+
+
+def _why_not(received: list[Message]) -> str:
+    """The nodes' reasons for not answering: errors (SecAgg+ names declines in its own) and declines."""
+    reasons = {r.error.reason if r.has_error() else f"declined: {decline_reason(r)}" for r in received}
+    return " | ".join(sorted(reasons)) or "no reply"
 
 
 def exchanged_bytes(exchanges: list[Exchange]) -> dict[str, int]:

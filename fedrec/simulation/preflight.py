@@ -10,6 +10,8 @@ from pathlib import Path
 from ..client.node import LEDGER_FILE
 from ..config import ConfigError, FedRecConfig
 from ..models.collaborative import ITEM_EMBEDDINGS, read_item_tables
+from ..privacy.item_cooccurrence import record_level_entry
+from ..privacy.ledger import PersistentAccountant
 from ..server.checkpoint import read_checkpoint
 from ..server.results import check_fresh, check_resumable
 from ..tasks.collaborative.item_item import ITEM_WEIGHTS
@@ -30,7 +32,20 @@ def preflight(cfg: FedRecConfig) -> FederatedData:
     data = load_federated_data(cfg.data, cfg.federation.seed, cfg.evaluation.eval_users, cfg.federation.num_clients)
     if cfg.collaborative.item_tables:
         _check_item_tables(Path(cfg.collaborative.item_tables), cfg, len(data.central.data.items))
+    if cfg.model.recommender == "ease" and cfg.record_dp.dp:
+        _check_cooccurrence_budget(cfg)
     return data
+
+
+def _check_cooccurrence_budget(cfg: FedRecConfig) -> None:
+    """The item-item model's one release fits in ``target-epsilon`` (else every node would decline it)."""
+    dp, noise = cfg.record_dp, cfg.item_item.ease_noise
+    spent = PersistentAccountant(dp.accountant, [record_level_entry(noise)]).epsilon(dp.target_delta)
+    if spent > dp.target_epsilon:
+        raise ConfigError(
+            f"ease-noise {noise:g} spends epsilon {spent:.3f} at delta {dp.target_delta:g}, more than "
+            f"target-epsilon {dp.target_epsilon:g}: raise ease-noise (or target-epsilon)"
+        )
 
 
 def start_up_warnings(cfg: FedRecConfig) -> list[str]:
