@@ -17,7 +17,8 @@ def row(point: Point, folder: Path) -> dict[str, Any]:
     """One point's row, from its run folder."""
     summary = json.loads((folder / "summary.json").read_text())
     rounds = [json.loads(line) for line in (folder / "rounds.jsonl").read_text().splitlines()]
-    client_rounds = sum(r["clients_sampled"] for r in rounds[1:])
+    # a model fitted in one exchange before round 1 (ease) has only round 0: its exchange counts as one
+    client_rounds = sum(r["clients_sampled"] for r in (rounds[1:] or rounds))
     client_dp = summary.get("client_dp")
     final, initial = summary["metrics"], summary["initial_metrics"]
     composed = summary["epsilon"].get("composed")
