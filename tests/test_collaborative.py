@@ -39,12 +39,14 @@ from fedrec.protocol.replies import reply_metrics
 from fedrec.protocol.secagg import CLEAR_METRICS
 from fedrec.simulation.runner import simulate
 from fedrec.tasks.collaborative.evaluation import CollaborativeEvaluator
+from fedrec.tasks.collaborative.likes import Likes, catalog_order, fold_in
 from fedrec.tasks.collaborative.priors import ItemCounts, like_rate_logits
-from fedrec.tasks.collaborative.training import BPRTraining, Likes, catalog_order, fold_in, train_bpr
-from fedrec.tasks.preference.baselines import logit, preference_baselines
+from fedrec.tasks.collaborative.training import BPRTraining, train_bpr
+from fedrec.tasks.preference.baselines import preference_baselines
 from fedrec.tasks.preference.dataset import load_federated_data, load_split
 from fedrec.tasks.preference.evaluation import preference_metrics
 from fedrec.tasks.preference.examples import PreferenceExample
+from fedrec.tasks.preference.rates import logit
 from tests.conftest import run_configured
 
 

@@ -27,7 +27,7 @@ from fedrec.privacy.item_cooccurrence import (
 from fedrec.simulation.runner import SimulationError, simulate
 from fedrec.tasks.collaborative.evaluation import ItemItemEvaluator
 from fedrec.tasks.collaborative.item_item import ITEM_WEIGHTS, fit_ease
-from fedrec.tasks.collaborative.training import catalog_order
+from fedrec.tasks.collaborative.likes import catalog_order
 from fedrec.tasks.preference.dataset import load_federated_data, load_split
 from tests.conftest import run_configured
 

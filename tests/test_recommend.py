@@ -3,6 +3,8 @@ forward on the training prompt, history files, the CLI table, and clear errors.
 """
 
 import shutil
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,7 +14,8 @@ import tomli_w
 import torch
 
 from fedrec.cli import main
-from fedrec.client.recommend import RecommendError, load_history, recommend
+from fedrec.client.inputs import load_history
+from fedrec.client.recommend import RecommendError, recommend
 from fedrec.config import resolve_config
 from fedrec.data.interactions import load_interaction_data
 from fedrec.models.adapter import save_adapter
@@ -181,3 +184,13 @@ def test_an_adapter_of_another_shape_is_refused(runs, tmp_path, capsys):
     assert main(["recommend", "--adapter", str(adapter), "--history", str(history), "--config", str(config)]) == 2
     error = capsys.readouterr().err
     assert error.startswith("fedrec: ") and "has shape" in error and error.count("\n") == 1
+
+
+def test_retrieval_alone_does_not_import_the_training_or_llm_stack():
+    """`fedrec recommend --item-tables` without an adapter: peft, Opacus and transformers stay unloaded."""
+    code = (
+        "import sys; import fedrec.cli, fedrec.client.recommend; "
+        "print(sorted(m for m in ('peft', 'opacus', 'transformers') if m in sys.modules))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"

@@ -18,7 +18,8 @@ from ..models.collaborative import MatrixFactorization, initial_user_embeddings
 from ..privacy.record_level import PrivateTraining
 from ..protocol.records import ARRAYS, CONFIG, DECLINED, NUM_EXAMPLES, SECONDS, SERVER_ROUND, STEPS, TRAIN_LOSS
 from ..protocol.replies import decline_reply, train_reply
-from ..tasks.collaborative.training import BPRTraining, Likes, catalog_order, fold_in, train_bpr
+from ..tasks.collaborative.likes import Likes, catalog_order, fold_in
+from ..tasks.collaborative.training import BPRTraining, train_bpr
 from ..tasks.training import TrainResult
 from .budget import train_within_budget
 from .node import load_user_embeddings, node_data, round_seed, store_user_embeddings

@@ -17,7 +17,7 @@ from ..privacy.item_cooccurrence import cooccurrence, liked_vectors, noise_share
 from ..privacy.item_statistics import COUNT_UNIT
 from ..protocol.records import CLIENT_DP_WEIGHT, CONFIG, COOCCURRENCE, DECLINED, NUM_EXAMPLES, STATISTICS_CLIENTS
 from ..protocol.replies import decline_reply, train_reply
-from ..tasks.collaborative.training import catalog_order
+from ..tasks.collaborative.likes import catalog_order
 from .budget import ledger_metrics, spend_release
 from .node import node_data, round_seed
 

@@ -23,7 +23,7 @@ from ..protocol.records import (
     STATISTICS_CLIENTS,
 )
 from ..protocol.replies import decline_reply, train_reply
-from ..tasks.collaborative.training import catalog_order
+from ..tasks.collaborative.likes import catalog_order
 from .budget import ledger_metrics, spend_release
 from .node import node_data
 

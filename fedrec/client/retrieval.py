@@ -14,9 +14,8 @@ import pandas as pd
 
 from ..config import FedRecConfig
 from ..data.interactions import InteractionData
-from ..privacy.item_statistics import STATISTICS_FILE
 from ..protocol.records import ITEM_LIKES, ITEM_RATINGS
-from ..tasks.collaborative.priors import ItemCounts
+from ..tasks.collaborative.priors import STATISTICS_FILE, ItemCounts
 from ..tasks.collaborative.retriever import load_retriever
 
 

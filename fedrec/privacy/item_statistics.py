@@ -25,7 +25,6 @@ import pandas as pd
 
 from .ledger import PersistentAccountant
 
-STATISTICS_FILE = "item-statistics.npz"  # a run's summed counts, in its results folder
 COUNT_UNIT = 1000.0  # counts travel in thousands: a client's sums stay inside SecAgg+'s clipping range
 
 

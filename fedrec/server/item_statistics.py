@@ -14,9 +14,9 @@ import numpy as np
 
 from ..config import FedRecConfig
 from ..files import write_atomic
-from ..privacy.item_statistics import COUNT_UNIT, STATISTICS_FILE, user_level_epsilon
+from ..privacy.item_statistics import COUNT_UNIT, user_level_epsilon
 from ..protocol.records import ITEM_LIKES, ITEM_RATINGS, ITEM_STATISTICS
-from ..tasks.collaborative.priors import ItemCounts
+from ..tasks.collaborative.priors import STATISTICS_FILE, ItemCounts
 from .federation import Federation
 from .node_sums import exchanged_bytes, sum_over_nodes
 from .privacy_log import privacy_lines

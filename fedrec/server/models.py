@@ -32,8 +32,8 @@ from ..protocol.records import (
 )
 from ..tasks.collaborative.evaluation import CollaborativeEvaluator, ItemItemEvaluator
 from ..tasks.collaborative.item_item import ITEM_WEIGHTS, fit_ease
+from ..tasks.collaborative.likes import catalog_order
 from ..tasks.collaborative.priors import ItemCounts
-from ..tasks.collaborative.training import catalog_order
 from ..tasks.preference.dataset import CentralSplit, load_split
 from ..tasks.preference.evaluation import CentralEvaluator
 from ..tasks.preference.scoring import scorer_for

@@ -5,8 +5,7 @@ the loop every task shares; the task gives the loss.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -18,19 +17,6 @@ from ..models.scorer import Scorer
 from ..privacy.record_level import PrivateTraining, dp_sgd, group_grad_samples, physical_batches
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (scores, targets) -> mean loss
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """Torch's intra-op parallelism off for the block (restored after): the gradients of
-    repeated embedding rows are summed in an order that depends on the threads.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @dataclass(frozen=True)

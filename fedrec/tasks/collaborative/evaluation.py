@@ -21,8 +21,8 @@ from ..ranking.baselines import full_catalog_metrics
 from ..ranking.cases import RankingCase
 from ..ranking.ranker import ranking_metrics
 from .item_item import ITEM_WEIGHTS, checked_weights, liked_matrix
+from .likes import Likes, catalog_order, fold_in
 from .priors import ItemCounts, like_rate_logits
-from .training import Likes, catalog_order, fold_in
 
 
 class CollaborativeEvaluator:

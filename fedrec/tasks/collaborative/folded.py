@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from ...models.collaborative import ITEM_EMBEDDINGS, MatrixFactorization, read_item_tables
-from .training import Likes, catalog_order, fold_in
+from .likes import Likes, catalog_order, fold_in
 
 
 class FoldedInTables:

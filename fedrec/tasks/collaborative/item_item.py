@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .training import catalog_order
+from .likes import catalog_order
 
 ITEM_WEIGHTS = "ease.item-weights"  # the fitted items x items weights, in catalog order
 

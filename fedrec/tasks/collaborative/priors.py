@@ -17,10 +17,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..preference.baselines import PRIOR_STRENGTH, logit
 from ..preference.examples import PreferenceExample
+from ..preference.rates import PRIOR_STRENGTH, logit
 
 RATE_FLOOR = 1e-3  # noisy counts can give rates outside (0, 1): kept within [floor, 1 - floor]
+
+
+STATISTICS_FILE = "item-statistics.npz"  # a run's summed counts, in its results folder
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,7 @@ import numpy as np
 
 from .evaluation import preference_metrics
 from .examples import ExampleSplit, PreferenceExample
-
-PRIOR_STRENGTH = 5.0  # pseudo-ratings at the overall like rate that a rate is smoothed with
-
-
-def logit(p: np.ndarray) -> np.ndarray:
-    """``log(p / (1 - p))``."""
-    return np.log(p) - np.log1p(-p)
+from .rates import PRIOR_STRENGTH, logit
 
 
 def preference_baselines(

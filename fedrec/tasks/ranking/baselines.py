@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from ..metrics import catalog_coverage, hit_rate_at_k, ndcg_at_k, target_rank
-from ..training import one_thread
+from ..threads import one_thread
 from .cases import RankingCase
 from .ranker import K, ranking_metrics
 

@@ -1,0 +1,77 @@
+"""The LLM's side of on-device recommendation: the adapter run's scorer with its
+adapter, and its scores of candidate items after one user's history (a hybrid adapter's
+soft tokens from item tables, the user folded in here). Imports the LLM stack (torch,
+transformers, peft), so :mod:`.recommend` loads it only when an adapter is given.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from safetensors import SafetensorError
+
+from ..config import ConfigError, FedRecConfig
+from ..data.interactions import DataError, InteractionData
+from ..models.adapter import load_adapter_folder
+from ..models.errors import BackboneError
+from ..models.scorer import Scorer
+from ..models.wire import AdapterMismatchError
+from ..tasks.collaborative.folded import FoldedInTables
+from ..tasks.preference.dataset import prompt_data
+from ..tasks.preference.examples import PreferenceExample
+from ..tasks.preference.prompt import render_preference_prompt
+from ..tasks.preference.scoring import scorer_for
+from ..tasks.preference.signals import CollaborativeSignals
+from .inputs import LOCAL_USER, RecommendError, load_history, run_config
+
+
+def adapter_scorer(
+    adapter_dir: Path, history: str | Path | pd.DataFrame, config: FedRecConfig | str | Path | None
+) -> tuple[FedRecConfig, InteractionData, pd.DataFrame, Scorer]:
+    """The adapter run's config, catalog, the checked history and the scorer holding the adapter."""
+    try:
+        if not adapter_dir.is_dir():
+            problem = "is not a folder" if adapter_dir.exists() else "does not exist"
+            raise AdapterMismatchError(f"adapter folder {adapter_dir} {problem}")
+        cfg = config if isinstance(config, FedRecConfig) else run_config(adapter_dir, config)
+        data = prompt_data(cfg.data)
+        rated = load_history(history, data)
+        scorer = scorer_for(cfg)
+        load_adapter_folder(scorer, adapter_dir)  # names, shapes, dtypes and finite values checked
+    except SafetensorError as err:
+        raise RecommendError(f"{adapter_dir}: adapter_model.safetensors cannot be read: {err}") from None
+    except (ConfigError, DataError, AdapterMismatchError, BackboneError) as err:
+        raise RecommendError(str(err)) from None
+    return cfg, data, rated, scorer
+
+
+def llm_scores(
+    cfg: FedRecConfig,
+    data: InteractionData,
+    scorer: Scorer,
+    rated: pd.DataFrame,
+    pool: list[str],
+    item_tables: str | Path | None,
+) -> np.ndarray:
+    """The adapter's score of each item of ``pool`` after the history; a hybrid adapter's
+    soft tokens come from ``item_tables`` (default: the ones it was trained with) and the
+    user folded in from the history, here.
+    """
+    liked = rated["rating"].to_numpy() > cfg.data.like_threshold
+    recent = tuple(zip(rated["item"], liked.tolist(), strict=True))[-cfg.data.history_length :]
+    examples = [PreferenceExample(LOCAL_USER, item, 0, recent) for item in pool]
+    prompts = [render_preference_prompt(example, data.prompt_names, data.noun) for example in examples]
+    signals = None
+    if scorer.projector is not None:
+        tables = item_tables or cfg.collaborative.item_tables
+        user = rated.assign(user=LOCAL_USER)
+        try:
+            folded = FoldedInTables.from_file(
+                tables, data.items["item"], user, cfg.data.like_threshold, [LOCAL_USER], cfg.collaborative.mf_dim
+            )
+        except ValueError as err:
+            raise RecommendError(f"the adapter reads collaborative soft tokens (llm-input = 'hybrid'): {err}") from None
+        signals = CollaborativeSignals(folded).of(examples)
+    return scorer.score_candidates(scorer.encode(prompts), cfg.training.physical_batch_size, signals).numpy()
