@@ -16,8 +16,8 @@ from .likes import Likes, catalog_order, fold_in
 
 
 class FoldedInTables:
-    """Item tables (``item-tables.npz`` arrays) and ``users`` folded in from their likes
-    in ``interactions``; items in catalog order.
+    """Item tables (``item-tables.npz`` arrays; embeddings ``dim`` wide when given) and
+    ``users`` folded in from their likes in ``interactions``; items in catalog order.
     """
 
     def __init__(
@@ -28,9 +28,13 @@ class FoldedInTables:
         like_threshold: float,
         users: list[str],
         source: str,
+        dim: int | None = None,
     ) -> None:
         if ITEM_EMBEDDINGS not in tables:
             raise ValueError(f"{source}: no '{ITEM_EMBEDDINGS}' array (not an mf run's item tables)")
+        width = tables[ITEM_EMBEDDINGS].shape[-1]
+        if dim is not None and width != dim:
+            raise ValueError(f"{source}: item embeddings of width {width}, but mf-dim is {dim}")
         self.items = catalog_order(catalog)
         self.model = MatrixFactorization(len(users), len(self.items), tables[ITEM_EMBEDDINGS].shape[-1])
         self.model.load_item_arrays(tables, source)
@@ -50,10 +54,7 @@ class FoldedInTables:
     ) -> FoldedInTables:
         """From a run's ``item-tables.npz``, whose embeddings must be ``dim`` wide when given."""
         tables = read_item_tables(Path(path).expanduser())
-        width = tables.get(ITEM_EMBEDDINGS, np.zeros((0, 0))).shape[-1]
-        if dim is not None and width != dim:
-            raise ValueError(f"{path}: item embeddings of width {width}, but mf-dim is {dim}")
-        return cls(tables, catalog, interactions, like_threshold, users, str(path))
+        return cls(tables, catalog, interactions, like_threshold, users, str(path), dim)
 
     @torch.no_grad()
     def catalog_scores(self, user: str) -> np.ndarray:

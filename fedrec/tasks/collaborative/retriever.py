@@ -43,4 +43,4 @@ def load_retriever(
     tables = read_item_tables(path)
     if ITEM_WEIGHTS in tables:
         return ItemItemScores(tables[ITEM_WEIGHTS], catalog, interactions, like_threshold, users, str(path))
-    return FoldedInTables.from_file(path, catalog, interactions, like_threshold, users, dim)
+    return FoldedInTables(tables, catalog, interactions, like_threshold, users, str(path), dim)
