@@ -45,13 +45,14 @@ def sum_over_nodes(
     replies = [r for r in received if not r.has_error() and not is_declined(r)]  # a decline's share is not summed
     if not replies:
         raise RuntimeError(f"no node answered the {task} request: {_why_not(received)}")
-    arrays = [
-        {name: a.numpy().astype(np.float64) for name, a in r.content.array_records[ARRAYS].items()} for r in replies
-    ]
-    if cfg.secagg.secure_aggregation:  # every reply carries the mean of the survivors' weight-1 inputs
-        total = {name: values * len(replies) for name, values in arrays[0].items()}
-    else:
-        total = {name: sum(a[name] for a in arrays) for name in shapes}
+    if cfg.secagg.secure_aggregation:  # every reply carries the same mean of the survivors' weight-1 inputs: read one
+        mean = replies[0].content.array_records[ARRAYS]
+        return {name: mean[name].numpy().astype(np.float64) * len(replies) for name in shapes}, len(replies)
+    total = {name: np.zeros(size) for name, size in shapes.items()}
+    for reply in replies:  # one reply's arrays at a time
+        arrays = reply.content.array_records[ARRAYS]
+        for name in shapes:
+            total[name] += arrays[name].numpy()
     return total, len(replies)
 
 
