@@ -195,9 +195,7 @@ class CollaborativeModel:
 
     def save(self, final: ArrayRecord, folder: Path) -> None:
         """The item tables as ``item-tables.npz`` (one array per name)."""
-        buffer = io.BytesIO()
-        np.savez(buffer, **{name: array.numpy() for name, array in final.items()})
-        write_atomic(folder / MODEL_FILES["mf"], buffer.getvalue())
+        save_arrays(final, folder / MODEL_FILES["mf"])
 
 
 class ItemItemModel:
@@ -250,9 +248,14 @@ class ItemItemModel:
 
     def save(self, final: ArrayRecord, folder: Path) -> None:
         """The weights as ``item-weights.npz``."""
-        buffer = io.BytesIO()
-        np.savez(buffer, **{name: array.numpy() for name, array in final.items()})
-        write_atomic(folder / MODEL_FILES["ease"], buffer.getvalue())
+        save_arrays(final, folder / MODEL_FILES["ease"])
+
+
+def save_arrays(arrays: ArrayRecord, path: Path) -> None:
+    """``arrays`` as one ``.npz`` file (one array per name), written atomically."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **{name: array.numpy() for name, array in arrays.items()})
+    write_atomic(path, buffer.getvalue())
 
 
 def item_tables_privacy(path: Path) -> dict[str, Any]:

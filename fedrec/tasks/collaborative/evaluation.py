@@ -20,7 +20,7 @@ from ..preference.evaluation import preference_metrics
 from ..ranking.baselines import full_catalog_metrics
 from ..ranking.cases import RankingCase
 from ..ranking.ranker import ranking_metrics
-from .item_item import ITEM_WEIGHTS, checked_weights, liked_matrix
+from .item_item import ITEM_WEIGHTS, ItemItemScores
 from .likes import Likes, catalog_order, fold_in
 from .priors import ItemCounts, like_rate_logits
 
@@ -104,33 +104,39 @@ class ItemItemEvaluator:
     def __init__(
         self, central: CentralSplit, like_threshold: float, cases: list[RankingCase] | None = None, part: str = "test"
     ) -> None:
+        self.central, self.like_threshold = central, like_threshold
         self.examples = central.held_out_examples(part)
         self.cases = cases or []
-        self.items = catalog_order(central.data.items["item"])
-        users = sorted({ex.user for ex in self.examples} | {case.user for case in self.cases})
-        self.user_row = {user: n for n, user in enumerate(users)}
-        self.item_row = {item: n for n, item in enumerate(self.items)}
-        self.likes = liked_matrix(central.split.train_interactions, like_threshold, users, self.items)
+        self.users = sorted({ex.user for ex in self.examples} | {case.user for case in self.cases})
         self.rated = central.data.interactions.groupby("user")["item"].agg(set).to_dict()
-        self.scores = np.zeros_like(self.likes)
 
     def __call__(self, arrays: ArrayRecord, rank: bool = True) -> dict[str, float]:
         """AUC and UAUC of the held-out interactions and, when there are ranking cases and
         ``rank`` is true, HR@10 and NDCG@10 among each case's candidates and Recall@20 and
         coverage@10 over the whole catalog.
         """
-        self.scores = self.likes @ checked_weights(arrays[ITEM_WEIGHTS].numpy(), len(self.items), "the run's weights")
-        scores = np.array([self.scores[self.user_row[ex.user], self.item_row[ex.item]] for ex in self.examples])
-        metrics: dict[str, float] = {**preference_metrics(self.examples, scores), "examples": len(self.examples)}
+        train = self.central.split.train_interactions
+        self.retriever = ItemItemScores(
+            arrays[ITEM_WEIGHTS].numpy(),
+            self.central.data.items["item"],
+            train,
+            self.like_threshold,
+            self.users,
+            "the run's weights",
+        )
+        scores = {user: self.retriever.catalog_scores(user) for user in self.users}
+        row = self.retriever.item_row
+        example_scores = np.array([scores[ex.user][row[ex.item]] for ex in self.examples])
+        metrics: dict[str, float] = {
+            **preference_metrics(self.examples, example_scores),
+            "examples": len(self.examples),
+        }
         if self.cases and rank:
-            ranks = [target_rank(self._candidate_scores(case)) for case in self.cases]
+            ranks = [target_rank(scores[case.user][[row[i] for i in case.candidates]]) for case in self.cases]
             metrics |= ranking_metrics(ranks)
-            metrics |= full_catalog_metrics(self.catalog_scores, self.items, self.cases, self.rated)
+            metrics |= full_catalog_metrics(lambda user: scores[user], self.retriever.items, self.cases, self.rated)
         return metrics
-
-    def _candidate_scores(self, case: RankingCase) -> np.ndarray:
-        return self.scores[self.user_row[case.user], [self.item_row[i] for i in case.candidates]]
 
     def catalog_scores(self, user: str) -> np.ndarray:
         """Every catalog item's score for an evaluation user (after a call)."""
-        return self.scores[self.user_row[user]]
+        return self.retriever.catalog_scores(user)

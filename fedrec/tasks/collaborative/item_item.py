@@ -31,7 +31,7 @@ def fit_ease(gram: np.ndarray, l2: float, rank: int = 0) -> np.ndarray:
     return weights
 
 
-def liked_matrix(interactions: pd.DataFrame, like_threshold: float, users: list[str], items: list[str]) -> np.ndarray:
+def _liked_matrix(interactions: pd.DataFrame, like_threshold: float, users: list[str], items: list[str]) -> np.ndarray:
     """A 0/1 row per user of ``users``: the items (``items`` order) they like in ``interactions``."""
     user_row = {user: n for n, user in enumerate(users)}
     item_row = {item: n for n, item in enumerate(items)}
@@ -41,7 +41,7 @@ def liked_matrix(interactions: pd.DataFrame, like_threshold: float, users: list[
     return matrix
 
 
-def checked_weights(weights: np.ndarray, num_items: int, source: str) -> np.ndarray:
+def _checked_weights(weights: np.ndarray, num_items: int, source: str) -> np.ndarray:
     """``weights`` as float64 if they are items x items for a catalog of ``num_items``."""
     if weights.shape != (num_items, num_items):
         raise ValueError(f"{source}: item-item weights of shape {weights.shape}; the catalog has {num_items} items")
@@ -63,10 +63,10 @@ class ItemItemScores:
         source: str,
     ) -> None:
         self.items = catalog_order(catalog)
-        self.weights = checked_weights(weights, len(self.items), source)
+        self.weights = _checked_weights(weights, len(self.items), source)
         self.item_row = {item: n for n, item in enumerate(self.items)}
         self.user_row = {user: n for n, user in enumerate(users)}
-        self.likes = liked_matrix(interactions, like_threshold, users, self.items)
+        self.likes = _liked_matrix(interactions, like_threshold, users, self.items)
 
     def catalog_scores(self, user: str) -> np.ndarray:
         """Every catalog item's score for one of the users."""
