@@ -14,9 +14,13 @@ Finished runs are kept and skipped. Report: benchmarks/results/mf_dp_sweep/repor
     python benchmarks/mf_dp_sweep.py --variants "popularity 0.5" "popularity 1" \
         --reference "2 local epochs, lr 200, dim 8" --report report-popularity.md
     python benchmarks/mf_dp_sweep.py --variants "ease, l2 1000" "ease, bound 5" "ease, bound 12" "ease, bound 16" \
-        "ease, rank 32" "ease, l2 300 (the defaults)" "ease, no projection, l2 3000" \
-        "ease without DP, l2 200" "ease without DP, l2 500" "ease without DP, l2 1000" \
-        --reference "2 local epochs, lr 200, dim 8" --report report-ease.md
+        "ease, rank 32" "ease, l2 300 (likes only, the defaults until report-ease-dislikes.md)" \
+        "ease, no projection, l2 3000" "ease without DP, l2 200" "ease without DP, l2 500" \
+        "ease without DP, l2 1000" --reference "2 local epochs, lr 200, dim 8" --report report-ease.md
+    python benchmarks/mf_dp_sweep.py --variants "ease, dislikes at 0.25" "ease, dislikes at 0.5" \
+        "ease, dislikes at 1" "ease, dislikes at 0.5, bound 10" "ease without DP, dislikes at 0.5" \
+        --reference "ease, l2 300 (likes only, the defaults until report-ease-dislikes.md)" \
+        --report report-ease-dislikes.md
 """
 
 from __future__ import annotations
@@ -70,22 +74,34 @@ VARIANTS: dict[str, dict[str, Any]] = {
 } | {  # the new defaults plus w * log(1 + federated rating count), the counts' release composed into epsilon 8
     f"popularity {w:g}": {"item-statistics": True, "mf-popularity-weight": w} for w in POPULARITY_WEIGHTS
 }
-EASE = {"recommender": "ease", "num-server-rounds": 0}  # fitted from the co-occurrence of likes, epsilon 7.97
+# the first ease sweep (report-ease.md) fitted the co-occurrence of likes only, epsilon 7.97
+EASE = {"recommender": "ease", "num-server-rounds": 0, "ease-dislike-weight": 0.0}
 FIRST_EASE = EASE | {"ease-l2": 1000.0}  # bound 8, rank 16 (the defaults) with l2 1000, the first choice
-VARIANTS |= {
-    "ease, l2 1000": FIRST_EASE,
-    "ease, bound 5": FIRST_EASE | {"ease-bound": 5.0},
-    "ease, bound 12": FIRST_EASE | {"ease-bound": 12.0},
-    "ease, bound 16": FIRST_EASE | {"ease-bound": 16.0},
-    "ease, rank 32": FIRST_EASE | {"ease-rank": 32},
-    "ease, l2 300 (the defaults)": EASE,
-    "ease, no projection, l2 3000": EASE | {"ease-rank": 0, "ease-l2": 3000.0},
-} | {  # without DP (epsilon infinite): no bound, no projection
-    f"ease without DP, l2 {l2:g}": EASE
-    | {"dp": False, "ease-noise": 0.0, "ease-bound": 1000.0, "ease-rank": 0}
-    | {"ease-l2": l2}
-    for l2 in (200.0, 500.0, 1000.0)
-}
+VARIANTS |= (
+    {
+        "ease, l2 1000": FIRST_EASE,
+        "ease, bound 5": FIRST_EASE | {"ease-bound": 5.0},
+        "ease, bound 12": FIRST_EASE | {"ease-bound": 12.0},
+        "ease, bound 16": FIRST_EASE | {"ease-bound": 16.0},
+        "ease, rank 32": FIRST_EASE | {"ease-rank": 32},
+        "ease, l2 300 (likes only, the defaults until report-ease-dislikes.md)": EASE,
+        "ease, no projection, l2 3000": EASE | {"ease-rank": 0, "ease-l2": 3000.0},
+    }
+    | {  # without DP (epsilon infinite): no bound, no projection
+        f"ease without DP, l2 {l2:g}": EASE
+        | {"dp": False, "ease-noise": 0.0, "ease-bound": 1000.0, "ease-rank": 0}
+        | {"ease-l2": l2}
+        for l2 in (200.0, 500.0, 1000.0)
+    }
+    | {  # the second (report-ease-dislikes.md): rated items the user does not like enter at a weight
+        f"ease, dislikes at {w:g}": EASE | {"ease-dislike-weight": w} for w in (0.25, 0.5, 1.0)
+    }
+    | {
+        "ease, dislikes at 0.5, bound 10": EASE | {"ease-dislike-weight": 0.5, "ease-bound": 10.0},
+        "ease without DP, dislikes at 0.5": EASE
+        | {"ease-dislike-weight": 0.5, "dp": False, "ease-noise": 0.0, "ease-bound": 1000.0, "ease-rank": 0},
+    }
+)
 
 
 def run_folder(name: str, seed: int) -> Path:

@@ -17,7 +17,7 @@ from fedrec.config import ConfigError, FedRecConfig, resolve_config
 from fedrec.data.interactions import load_interaction_data
 from fedrec.privacy.item_cooccurrence import (
     cooccurrence,
-    liked_vectors,
+    interaction_vectors,
     noise_share,
     record_sensitivity,
     symmetric,
@@ -26,7 +26,7 @@ from fedrec.privacy.item_cooccurrence import (
 )
 from fedrec.simulation.runner import SimulationError, simulate
 from fedrec.tasks.collaborative.evaluation import ItemItemEvaluator
-from fedrec.tasks.collaborative.item_item import ITEM_WEIGHTS, fit_ease
+from fedrec.tasks.collaborative.item_item import DISLIKE_WEIGHT, ITEM_WEIGHTS, fit_ease
 from fedrec.tasks.collaborative.likes import catalog_order
 from fedrec.tasks.preference.dataset import load_federated_data, load_split
 from tests.conftest import run_configured
@@ -34,13 +34,21 @@ from tests.conftest import run_configured
 EASE = {"recommender": "ease", "num-server-rounds": 0}
 
 
-def test_liked_vectors_hold_each_users_likes_scaled_to_the_bound():
+def test_interaction_vectors_hold_likes_at_one_and_dislikes_at_their_weight_scaled_to_the_bound():
     interactions = pd.DataFrame(
-        {"user": ["a", "a", "a", "a", "b"], "item": ["1", "2", "3", "4", "2"], "rating": [5.0, 4.0, 1.0, 5.0, 5.0]}
+        {
+            "user": ["a", "a", "a", "a", "b", "c"],
+            "item": ["1", "2", "3", "4", "2", "1"],
+            "rating": [5.0, 4.0, 1.0, 5.0, 5.0, 2.0],
+        }
     )
-    vectors = liked_vectors(interactions, 3.0, ["1", "2", "3", "4"], bound=1.5)
-    assert np.allclose(vectors, [[0.5 * np.sqrt(3)] * 2 + [0.0, 0.5 * np.sqrt(3)], [0.0, 1.0, 0.0, 0.0]])
-    assert np.allclose(symmetric(cooccurrence(vectors), 4), vectors.T @ vectors)
+    items = ["1", "2", "3", "4"]
+    likes_only = interaction_vectors(interactions, 3.0, 0.0, items, bound=1.5)  # c, without likes, is left out
+    assert np.allclose(likes_only, [[0.5 * np.sqrt(3)] * 2 + [0.0, 0.5 * np.sqrt(3)], [0.0, 1.0, 0.0, 0.0]])
+    assert np.allclose(symmetric(cooccurrence(likes_only), 4), likes_only.T @ likes_only)
+    vectors = interaction_vectors(interactions, 3.0, 0.5, items, bound=1.5)
+    a = np.array([1.0, 1.0, 0.5, 1.0])
+    assert np.allclose(vectors, [a * 1.5 / np.linalg.norm(a), [0.0, 1.0, 0.0, 0.0], [0.5, 0.0, 0.0, 0.0]])
 
 
 def test_the_upper_triangle_round_trips_and_a_wrong_length_is_refused():
@@ -52,16 +60,20 @@ def test_the_upper_triangle_round_trips_and_a_wrong_length_is_refused():
 
 
 @pytest.mark.parametrize("bound", [0.8, 2.0, 4.0])
-def test_one_like_moves_the_release_by_at_most_its_sensitivity_and_one_user_by_the_bounds_square(bound):
+@pytest.mark.parametrize("dislike_weight", [0.0, 0.5, 1.0])
+def test_one_rating_moves_the_release_by_at_most_its_sensitivity_and_one_user_by_the_bounds_square(
+    bound, dislike_weight
+):
     rng = np.random.default_rng(0)
     items = [str(i) for i in range(30)]
     worst_record, worst_user = 0.0, 0.0
     for _ in range(300):
-        liked = rng.choice(30, size=int(rng.integers(1, 30)), replace=False)
-        frame = pd.DataFrame({"user": "u", "item": [str(i) for i in liked], "rating": 5.0})
-        fewer = frame.iloc[1:]  # the same user without one like (maybe without any)
-        x = liked_vectors(frame, 3.0, items, bound)
-        y = liked_vectors(fewer, 3.0, items, bound) if len(fewer) else np.zeros_like(x)
+        rated = rng.choice(30, size=int(rng.integers(1, 30)), replace=False)
+        ratings = rng.choice([1.0, 2.0, 4.0, 5.0], size=len(rated))
+        frame = pd.DataFrame({"user": "u", "item": [str(i) for i in rated], "rating": ratings})
+        fewer = frame.iloc[1:]  # the same user without one rating (maybe without any)
+        x, y = (interaction_vectors(f, 3.0, dislike_weight, items, bound) for f in (frame, fewer))
+        x, y = (v if len(v) else np.zeros((1, 30)) for v in (x, y))
         worst_record = max(worst_record, float(np.linalg.norm(cooccurrence(x) - cooccurrence(y))))
         worst_user = max(worst_user, float(np.linalg.norm(cooccurrence(x))))
     assert worst_record <= record_sensitivity(bound) + 1e-9
@@ -122,6 +134,7 @@ def test_config_refuses_what_the_item_item_model_cannot_do():
         ({"resume": True, "out": "x"}, "nothing to resume"),
         ({"item-statistics": True}, "item-statistics are used by recommender = 'mf' only"),
         ({"fraction-evaluate": 0.5}, "evaluated centrally"),
+        ({"ease-dislike-weight": 1.5}, r"'ease-dislike-weight' must be in \[0, 1\], got 1.5"),
     ):
         with pytest.raises(ConfigError, match=message):
             FedRecConfig.from_mapping(EASE | extra)
@@ -129,7 +142,7 @@ def test_config_refuses_what_the_item_item_model_cannot_do():
         FedRecConfig.from_mapping({"recommender": "mf", "num-server-rounds": 0})
 
 
-def test_the_evaluator_scores_a_users_likes_times_the_weights():
+def test_the_evaluator_scores_a_users_ratings_times_the_weights():
     cfg = resolve_config("smoke")
     central = load_split(cfg.data, cfg.federation.seed, cfg.evaluation.eval_users)
     items = catalog_order(central.data.items["item"])
@@ -141,11 +154,17 @@ def test_the_evaluator_scores_a_users_likes_times_the_weights():
     evaluator(ArrayRecord({ITEM_WEIGHTS: Array(weights)}))
     user = evaluator.examples[0].user
     train = central.split.train_interactions
-    liked = train[(train["user"] == user) & (train["rating"] > 3.0)]["item"].astype(str)
-    expected = weights[[items.index(i) for i in liked]].sum(0)
-    assert np.allclose(evaluator.catalog_scores(user), expected, atol=1e-4)
+    own = train[train["user"] == user]
+    liked, disliked = (own[own["rating"] > 3.0]["item"].astype(str), own[own["rating"] <= 3.0]["item"].astype(str))
+    likes_only = weights[[items.index(i) for i in liked]].sum(0)  # no dislike weight stored: an older file
+    assert np.allclose(evaluator.catalog_scores(user), likes_only, atol=1e-4)
+    evaluator(ArrayRecord({ITEM_WEIGHTS: Array(weights), DISLIKE_WEIGHT: Array(np.array([0.5], np.float32))}))
+    expected = likes_only + 0.5 * weights[[items.index(i) for i in disliked]].sum(0)
+    assert len(disliked) and np.allclose(evaluator.catalog_scores(user), expected, atol=1e-4)
     with pytest.raises(ValueError, match="the catalog has"):
         evaluator(ArrayRecord({ITEM_WEIGHTS: Array(weights[:-1, :-1])}))
+    with pytest.raises(ValueError, match=r"'ease.dislike-weight' must be one value in \[0, 1\], not \[2.0\]"):
+        evaluator(ArrayRecord({ITEM_WEIGHTS: Array(weights), DISLIKE_WEIGHT: Array(np.array([2.0], np.float32))}))
 
 
 def _exact_sum(cfg: FedRecConfig) -> np.ndarray:
@@ -155,7 +174,11 @@ def _exact_sum(cfg: FedRecConfig) -> np.ndarray:
         cfg.data, cfg.federation.seed, cfg.evaluation.eval_users, cfg.federation.num_clients
     ).partitions
     train = central.split.train_interactions
-    parts = [liked_vectors(train[train["user"].isin(p)], 3.0, items, cfg.item_item.ease_bound) for p in partitions]
+    ease = cfg.item_item
+    parts = [
+        interaction_vectors(train[train["user"].isin(p)], 3.0, ease.ease_dislike_weight, items, ease.ease_bound)
+        for p in partitions
+    ]
     return sum(symmetric(cooccurrence(p), len(items)) for p in parts)
 
 
@@ -213,16 +236,18 @@ def test_each_node_writes_the_release_to_its_ledger_and_epsilon_is_opacus_own(ea
 HISTORY = pd.DataFrame({"item": ["50", "181", "100", "1"], "rating": [5.0, 5.0, 2.0, 4.0]})
 
 
-def test_recommend_with_ease_weights_scores_the_historys_likes_times_them(ease_run, smoke_run):
+def test_recommend_with_ease_weights_scores_the_historys_ratings_times_them(ease_run, smoke_run):
     cfg, folder = ease_run
     weights_file = folder / "run" / "item-weights.npz"
     found = recommend(None, HISTORY, k=5, item_tables=weights_file)
     items = catalog_order(load_interaction_data(cfg.data.dataset).items["item"])
     with np.load(weights_file) as stored:
         weights = stored[ITEM_WEIGHTS].astype(np.float64)
-    liked = np.zeros(len(items))
-    liked[[items.index(i) for i in ("50", "181", "1")]] = 1.0  # rating 2 is not a like
-    scores = liked @ weights
+        assert stored[DISLIKE_WEIGHT].tolist() == [cfg.item_item.ease_dislike_weight] == [0.5]
+    rated = np.zeros(len(items))
+    rated[[items.index(i) for i in ("50", "181", "1")]] = 1.0
+    rated[items.index("100")] = 0.5  # rating 2 is not a like: it enters at the dislike weight
+    scores = rated @ weights
     unrated = [n for n, item in enumerate(items) if item not in set(HISTORY["item"])]
     best = sorted(unrated, key=lambda n: -scores[n])[:5]
     assert [r.item for r in found] == [items[n] for n in best]
@@ -257,7 +282,7 @@ def test_nodes_whose_budget_is_spent_decline_and_the_run_fails_naming_why(ease_r
     with pytest.raises(SimulationError):
         simulate(again, echo=None)
     failed = json.loads((tmp_path / "run" / "failed.json").read_text())
-    assert "declined: privacy budget: the co-occurrence of likes would reach epsilon" in failed["reason"], failed
+    assert "declined: privacy budget: the co-occurrence of ratings would reach epsilon" in failed["reason"], failed
     assert "no node answered the item-cooccurrence request" in failed["reason"], failed
     for partition in range(cfg.federation.num_clients):  # a declined release is not written to the ledger
         ledger = json.loads((folder / "nodes" / f"partition-{partition}" / "privacy-ledger.json").read_text())

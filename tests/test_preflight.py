@@ -31,6 +31,12 @@ def _tables(tmp: Path, rows: int, width: int) -> list[str]:
     return [*_csv(tmp, GOOD), *hybrid, "--set", f"item-tables={tmp / 'tables.npz'}"]
 
 
+def _ease_weights(tmp: Path, dislike_weight: float) -> list[str]:
+    arrays = {"ease.item-weights": np.zeros((3, 3), np.float32), "ease.dislike-weight": np.array([dislike_weight])}
+    np.savez(tmp / "weights.npz", **arrays)
+    return [*_csv(tmp, GOOD), "--set", "rerank-top=2", "--set", f"item-tables={tmp / 'weights.npz'}"]
+
+
 def _finished_run(tmp: Path) -> list[str]:
     (tmp / "out").mkdir()
     (tmp / "out" / "summary.json").write_text("{}\n")
@@ -69,6 +75,10 @@ BAD_INPUTS: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     ),
     "item tables of another width": (lambda t: _tables(t, 3, 4), r"width 4, but mf-dim is 8"),
     "item tables of another catalog": (lambda t: _tables(t, 5, 8), r"holds 5 items, but the dataset's catalog has 3"),
+    "ease weights with a dislike weight above 1": (
+        lambda t: _ease_weights(t, 1.5),
+        r"item-tables: .*weights\.npz: 'ease\.dislike-weight' must be one value in \[0, 1\], not \[1\.5\]",
+    ),
 }
 
 

@@ -1,5 +1,5 @@
 """The ClientApp's answer to a co-occurrence request (``recommender = 'ease'``): the
-upper triangle of its users' scaled liked-items outer products summed, plus its share of
+upper triangle of its users' scaled rated-items outer products summed, plus its share of
 the Gaussian noise (see :mod:`fedrec.privacy.item_cooccurrence`). With DP the release is
 written to the node's ledger before it is sent. The noise follows the run's seed and the
 node's partition unless ``secure-noise``, then a generator seeded by the OS's CSPRNG.
@@ -13,7 +13,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message
 
 from ..config import FedRecConfig
-from ..privacy.item_cooccurrence import cooccurrence, liked_vectors, noise_share, record_level_entry
+from ..privacy.item_cooccurrence import cooccurrence, interaction_vectors, noise_share, record_level_entry
 from ..privacy.item_statistics import COUNT_UNIT
 from ..protocol.records import CLIENT_DP_WEIGHT, CONFIG, COOCCURRENCE, DECLINED, NUM_EXAMPLES, STATISTICS_CLIENTS
 from ..protocol.replies import decline_reply, train_reply
@@ -27,11 +27,12 @@ def answer_item_cooccurrence(message: Message, context: Context, cfg: FedRecConf
     data, partition_id = node_data(cfg, context)
     items = catalog_order(data.central.data.items["item"])
     ease = cfg.item_item
-    vectors = liked_vectors(data.train_interactions(partition_id), cfg.data.like_threshold, items, ease.ease_bound)
+    train = data.train_interactions(partition_id)
+    vectors = interaction_vectors(train, cfg.data.like_threshold, ease.ease_dislike_weight, items, ease.ease_bound)
     summed = cooccurrence(vectors)
     privacy: dict[str, float | list[float]] = {}
     if cfg.record_dp.dp:
-        spent = spend_release(context, cfg, record_level_entry(ease.ease_noise), "the co-occurrence of likes")
+        spent = spend_release(context, cfg, record_level_entry(ease.ease_noise), "the co-occurrence of ratings")
         if isinstance(spent, str):
             return decline_reply(message, spent, {})
         privacy = ledger_metrics(spent, cfg.record_dp.target_delta)

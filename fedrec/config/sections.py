@@ -290,18 +290,24 @@ class CollaborativeConfig(Section):
 
 @dataclass(frozen=True)
 class ItemItemConfig(Section):
-    """The item-item model (``recommender = 'ease'``), fitted from the co-occurrence of likes."""
+    """The item-item model (``recommender = 'ease'``), fitted from the co-occurrence of ratings."""
 
     title = "item-item model"
     # Chosen on the validation split at record-level epsilon 8 over two seeds
-    # (benchmarks/mf_dp_sweep.py, report-ease.md): a rank-16 projection removes most of the
-    # noise; bounds 5 to 12, rank 32 and l2 300 to 1000 are within a standard error there.
+    # (benchmarks/mf_dp_sweep.py, report-ease.md, report-ease-dislikes.md): a rank-16
+    # projection removes most of the noise; bounds 5 to 12, rank 32 and l2 300 to 1000 are
+    # within a standard error there; dislikes at weight 0.5 rank better than likes only.
     ease_bound: float = option(
-        8.0, "L2 bound on one user's liked-items vector (its outer product is what the user adds)", check=POSITIVE
+        8.0, "L2 bound on one user's rated-items vector (its outer product is what the user adds)", check=POSITIVE
+    )
+    ease_dislike_weight: float = option(
+        0.5,
+        "a rated item the user does not like enters their vector at this weight, a liked one at 1 (0: likes only)",
+        check=FRACTION,
     )
     ease_noise: float = option(
         0.64,
-        "Gaussian noise std on each summed co-occurrence = this multiplier x one like's sensitivity, "
+        "Gaussian noise std on each summed co-occurrence = this multiplier x one rating's sensitivity, "
         "min(2 x ease-bound, sqrt(2 x ease-bound^2 + 2)), added in shares by the clients; 0.64: epsilon 7.97 at "
         "delta 1e-5 (0: exact sums, no privacy)",
         check=NON_NEGATIVE,

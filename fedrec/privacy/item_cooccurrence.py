@@ -1,16 +1,18 @@
-"""The co-occurrence of likes (an item-item Gram matrix) summed over the clients under
+"""The co-occurrence of ratings (an item-item Gram matrix) summed over the clients under
 record-level DP: what the item-item model (``recommender = 'ease'``) is fitted from.
 
-Each user contributes ``x x^T``, where ``x`` is their 0/1 vector of liked items scaled to
-L2 norm at most ``bound`` (c); a client sums its users' matrices, keeps the upper
+Each user contributes ``x x^T``, where ``x`` holds 1 for each item they like, the dislike
+weight (in [0, 1]; 0: likes only) for each item they rated without liking and 0 for the
+rest, scaled to L2 norm at most ``bound`` (c); a client sums its users' matrices, keeps the upper
 triangle (the matrix is symmetric) and adds its share of Gaussian noise,
-``N(0, (sigma * s)^2 / n)`` per entry for ``n`` clients asked, where ``s`` is one like's
-sensitivity below, so the sum over the clients carries ``N(0, (sigma * s)^2)``: the
-Gaussian mechanism with multiplier ``sigma`` for changing one like, the "Analyze Gauss"
-release of Dwork et al. (2014).
+``N(0, (sigma * s)^2 / n)`` per entry for ``n`` clients asked, where ``s`` is one
+rating's sensitivity below, so the sum over the clients carries ``N(0, (sigma * s)^2)``:
+the Gaussian mechanism with multiplier ``sigma`` for adding or removing one rating (one
+like when the dislike weight is 0), the "Analyze Gauss" release of Dwork et al. (2014).
 
 The sensitivity: scaling to norm at most c is the projection onto that ball, which never
-increases distances, and adding or removing one like moves the 0/1 vector by 1; so the
+increases distances, and adding or removing one rating moves one entry of the unscaled
+vector by 1 or by the dislike weight, at most 1; so the
 scaled vector moves from ``x`` to ``y`` with ``|x - y| <= 1``, ``|x|, |y| <= c`` and
 every entry in [0, 1]. The change ``D = x x^T - y y^T = x (x - y)^T + (x - y) y^T`` has
 ``|D|_F <= 2c``, and its upper triangle, which holds each off-diagonal entry once,
@@ -31,16 +33,32 @@ import pandas as pd
 from .ledger import PersistentAccountant
 
 
-def liked_vectors(interactions: pd.DataFrame, like_threshold: float, items: list[str], bound: float) -> np.ndarray:
-    """One row per user in ``interactions``: their liked items (columns in ``items``
-    order), scaled to L2 norm at most ``bound``.
+def interaction_matrix(
+    interactions: pd.DataFrame, like_threshold: float, dislike_weight: float, users: list[str], items: list[str]
+) -> np.ndarray:
+    """A row per user of ``users`` (columns in ``items`` order): 1 for each item they like
+    in ``interactions``, ``dislike_weight`` for each item they rated without liking.
     """
-    column = {item: n for n, item in enumerate(items)}
-    likes = interactions[interactions["rating"] > like_threshold]
-    users = sorted(likes["user"].unique())
     row = {user: n for n, user in enumerate(users)}
-    vectors = np.zeros((len(users), len(items)))
-    vectors[[row[u] for u in likes["user"]], [column[str(i)] for i in likes["item"]]] = 1.0
+    column = {item: n for n, item in enumerate(items)}
+    weights = np.where(interactions["rating"] > like_threshold, 1.0, dislike_weight)
+    known = interactions["user"].isin(row).to_numpy() & (weights > 0)
+    rated = interactions[known]
+    matrix = np.zeros((len(users), len(items)))
+    matrix[[row[u] for u in rated["user"]], [column[str(i)] for i in rated["item"]]] = weights[known]
+    return matrix
+
+
+def interaction_vectors(
+    interactions: pd.DataFrame, like_threshold: float, dislike_weight: float, items: list[str], bound: float
+) -> np.ndarray:
+    """One row per user of ``interactions`` with a nonzero entry: their
+    :func:`interaction_matrix` row scaled to L2 norm at most ``bound``.
+    """
+    matrix = interaction_matrix(
+        interactions, like_threshold, dislike_weight, sorted(interactions["user"].unique()), items
+    )
+    vectors = matrix[matrix.any(axis=1)]
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return vectors * np.minimum(1.0, bound / np.maximum(norms, 1e-12))
 
@@ -65,7 +83,7 @@ def cooccurrence(vectors: np.ndarray) -> np.ndarray:
 
 
 def record_sensitivity(bound: float) -> float:
-    """How far adding or removing one like moves the upper triangle of the sum, at most."""
+    """How far adding or removing one rating moves the upper triangle of the sum, at most."""
     return min(2.0 * bound, math.sqrt(2.0 * bound**2 + 2.0))
 
 

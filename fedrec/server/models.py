@@ -31,7 +31,7 @@ from ..protocol.records import (
     LORA_A_ROWS,
 )
 from ..tasks.collaborative.evaluation import CollaborativeEvaluator, ItemItemEvaluator
-from ..tasks.collaborative.item_item import ITEM_WEIGHTS, fit_ease
+from ..tasks.collaborative.item_item import DISLIKE_WEIGHT, ITEM_WEIGHTS, fit_ease
 from ..tasks.collaborative.likes import catalog_order
 from ..tasks.collaborative.priors import ItemCounts
 from ..tasks.preference.dataset import CentralSplit, load_split
@@ -200,15 +200,20 @@ class CollaborativeModel:
 
 class ItemItemModel:
     """EASE's item-item weights (``recommender = 'ease'``), fitted by :meth:`fit` from the
-    nodes' summed co-occurrence of likes before any round.
+    nodes' summed co-occurrence of ratings before any round.
     """
 
     def __init__(self, cfg: FedRecConfig) -> None:
         self.cfg = cfg
         central = load_split(cfg.data, cfg.federation.seed, cfg.evaluation.eval_users)
         self.num_items = len(catalog_order(central.data.items["item"]))
-        self.initial = ArrayRecord({ITEM_WEIGHTS: Array(np.zeros((self.num_items, self.num_items), np.float32))})
+        self.initial = self._arrays(np.zeros((self.num_items, self.num_items)))
         self.clients = 0
+
+    def _arrays(self, weights: np.ndarray) -> ArrayRecord:
+        """The model: ``weights`` and the dislike weight users' rows are built with."""
+        dislike_weight = np.array([self.cfg.item_item.ease_dislike_weight], np.float32)
+        return ArrayRecord({ITEM_WEIGHTS: Array(weights.astype(np.float32)), DISLIKE_WEIGHT: Array(dislike_weight)})
 
     def fit(self, federation: Federation) -> ArrayRecord:
         """Ask every node for its co-occurrence sums, fit EASE to their sum; the weights
@@ -218,8 +223,7 @@ class ItemItemModel:
         total, self.clients = sum_over_nodes(self.cfg, federation, ITEM_COOCCURRENCE, {COOCCURRENCE: size})
         ease = self.cfg.item_item
         gram = symmetric(total[COOCCURRENCE] * COUNT_UNIT, self.num_items)
-        weights = fit_ease(gram, ease.ease_l2, ease.ease_rank)
-        self.initial = ArrayRecord({ITEM_WEIGHTS: Array(weights.astype(np.float32))})
+        self.initial = self._arrays(fit_ease(gram, ease.ease_l2, ease.ease_rank))
         return self.initial
 
     def evaluator(self, counts: ItemCounts | None = None) -> Evaluator:  # noqa: D102
@@ -239,6 +243,7 @@ class ItemItemModel:
                 "items": self.num_items,
                 "clients": self.clients,
                 "bound": ease.ease_bound,
+                "dislike_weight": ease.ease_dislike_weight,
                 "noise_multiplier": ease.ease_noise,
                 "rank": ease.ease_rank,
                 "l2": ease.ease_l2,

@@ -14,7 +14,7 @@ from ..privacy.item_cooccurrence import record_level_entry
 from ..privacy.ledger import PersistentAccountant
 from ..server.checkpoint import read_checkpoint
 from ..server.results import check_fresh, check_resumable
-from ..tasks.collaborative.item_item import ITEM_WEIGHTS
+from ..tasks.collaborative.item_item import ITEM_WEIGHTS, dislike_weight_of
 from ..tasks.preference.dataset import FederatedData, load_federated_data
 
 
@@ -98,6 +98,10 @@ def _check_item_tables(path: Path, cfg: FedRecConfig, num_items: int) -> None:
             raise ConfigError(
                 f"item-tables: {path} holds item-item weights of shape {shape}, not {num_items} x {num_items}"
             )
+        try:
+            dislike_weight_of(tables, str(path))
+        except ValueError as err:
+            raise ConfigError(f"item-tables: {err}") from None
         return
     if ITEM_EMBEDDINGS not in tables:
         raise ConfigError(f"item-tables: {path} has no '{ITEM_EMBEDDINGS}' array (not an mf run's item tables)")

@@ -4,7 +4,7 @@ held-out interactions.
 Matrix factorization: the evaluation users' embeddings stay on their clients, so the
 evaluator folds each user in from their training likes against the global item tables
 (as a new user's device would): the item tables are what the federation trains and what
-is measured. The item-item model: each user's training likes times the weights.
+is measured. The item-item model: each user's training ratings times the weights.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from ..preference.evaluation import preference_metrics
 from ..ranking.baselines import full_catalog_metrics
 from ..ranking.cases import RankingCase
 from ..ranking.ranker import ranking_metrics
-from .item_item import ITEM_WEIGHTS, ItemItemScores
+from .item_item import ItemItemScores
 from .likes import Likes, catalog_order, fold_in
 from .priors import ItemCounts, like_rate_logits
 
@@ -98,7 +98,7 @@ class CollaborativeEvaluator:
 
 class ItemItemEvaluator:
     """Scores the evaluation users' held-out interactions (and ranking cases) with a
-    run's item-item weights and each user's own training likes.
+    run's item-item weights and each user's own training ratings.
     """
 
     def __init__(
@@ -117,7 +117,7 @@ class ItemItemEvaluator:
         """
         train = self.central.split.train_interactions
         self.retriever = ItemItemScores(
-            arrays[ITEM_WEIGHTS].numpy(),
+            {name: array.numpy() for name, array in arrays.items()},
             self.central.data.items["item"],
             train,
             self.like_threshold,

@@ -1,18 +1,24 @@
 """The item-item model (``recommender = 'ease'``): EASE (Steck, 2019), fitted in closed
-form from the co-occurrence of likes summed over the clients
-(:mod:`fedrec.privacy.item_cooccurrence`). A user's score of an item is their liked-items
-vector times the item's column of the weights: the user needs only their own likes, on
-their device, and nothing of theirs is trained or sent after the one release.
+form from the co-occurrence of ratings summed over the clients
+(:mod:`fedrec.privacy.item_cooccurrence`). A user's score of an item is their row of
+:func:`~fedrec.privacy.item_cooccurrence.interaction_matrix` (likes, and dislikes at the
+fit's dislike weight) times the item's column of the weights: the user needs only their
+own ratings, on their device, and nothing of theirs is trained or sent after the one
+release.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import pandas as pd
 
+from ...privacy.item_cooccurrence import interaction_matrix
 from .likes import catalog_order
 
 ITEM_WEIGHTS = "ease.item-weights"  # the fitted items x items weights, in catalog order
+DISLIKE_WEIGHT = "ease.dislike-weight"  # the fit's dislike weight (one value); absent in older files: 0
 
 
 def fit_ease(gram: np.ndarray, l2: float, rank: int = 0) -> np.ndarray:
@@ -31,14 +37,14 @@ def fit_ease(gram: np.ndarray, l2: float, rank: int = 0) -> np.ndarray:
     return weights
 
 
-def _liked_matrix(interactions: pd.DataFrame, like_threshold: float, users: list[str], items: list[str]) -> np.ndarray:
-    """A 0/1 row per user of ``users``: the items (``items`` order) they like in ``interactions``."""
-    user_row = {user: n for n, user in enumerate(users)}
-    item_row = {item: n for n, item in enumerate(items)}
-    likes = interactions[(interactions["rating"] > like_threshold) & interactions["user"].isin(user_row)]
-    matrix = np.zeros((len(users), len(items)))
-    matrix[[user_row[u] for u in likes["user"]], [item_row[str(i)] for i in likes["item"]]] = 1.0
-    return matrix
+def dislike_weight_of(arrays: Mapping[str, np.ndarray], source: str) -> float:
+    """The dislike weight an ease model was fitted with (0, likes only, when not stored)."""
+    if DISLIKE_WEIGHT not in arrays:
+        return 0.0
+    stored = np.asarray(arrays[DISLIKE_WEIGHT], dtype=np.float64).ravel()
+    if stored.shape != (1,) or not 0.0 <= stored[0] <= 1.0:
+        raise ValueError(f"{source}: '{DISLIKE_WEIGHT}' must be one value in [0, 1], not {stored.tolist()}")
+    return float(stored[0])
 
 
 def _checked_weights(weights: np.ndarray, num_items: int, source: str) -> np.ndarray:
@@ -49,13 +55,13 @@ def _checked_weights(weights: np.ndarray, num_items: int, source: str) -> np.nda
 
 
 class ItemItemScores:
-    """An ease run's weights scoring the catalog for ``users``, each from their own likes
+    """An ease run's arrays scoring the catalog for ``users``, each from their own ratings
     in ``interactions`` (a retriever: see :mod:`.retriever`).
     """
 
     def __init__(
         self,
-        weights: np.ndarray,
+        arrays: Mapping[str, np.ndarray],
         catalog: pd.Series,
         interactions: pd.DataFrame,
         like_threshold: float,
@@ -63,11 +69,12 @@ class ItemItemScores:
         source: str,
     ) -> None:
         self.items = catalog_order(catalog)
-        self.weights = _checked_weights(weights, len(self.items), source)
+        self.weights = _checked_weights(arrays[ITEM_WEIGHTS], len(self.items), source)
         self.item_row = {item: n for n, item in enumerate(self.items)}
         self.user_row = {user: n for n, user in enumerate(users)}
-        self.likes = _liked_matrix(interactions, like_threshold, users, self.items)
+        dislike_weight = dislike_weight_of(arrays, source)
+        self.rows = interaction_matrix(interactions, like_threshold, dislike_weight, users, self.items)
 
     def catalog_scores(self, user: str) -> np.ndarray:
         """Every catalog item's score for one of the users."""
-        return self.likes[self.user_row[user]] @ self.weights
+        return self.rows[self.user_row[user]] @ self.weights

@@ -1,7 +1,7 @@
 """What ranks the whole catalog for a user before the LLM reranks the top: a finished
 collaborative run's file, either matrix factorization's item tables (``item-tables.npz``,
 the user folded in from their likes) or the item-item model's weights
-(``item-weights.npz``, the user's likes times them). Either way the user's side is
+(``item-weights.npz``, the user's ratings times them). Either way the user's side is
 computed from their own likes, where they are.
 """
 
@@ -42,5 +42,5 @@ def load_retriever(
     path = Path(path).expanduser()
     tables = read_item_tables(path)
     if ITEM_WEIGHTS in tables:
-        return ItemItemScores(tables[ITEM_WEIGHTS], catalog, interactions, like_threshold, users, str(path))
+        return ItemItemScores(tables, catalog, interactions, like_threshold, users, str(path))
     return FoldedInTables(tables, catalog, interactions, like_threshold, users, str(path), dim)
