@@ -10,6 +10,7 @@ The report and each run's summary.json, rounds.jsonl and config.toml are written
 benchmarks/results/federated_mf/.
 
     python benchmarks/federated_mf.py                 # 4 clients
+    python benchmarks/federated_mf.py --variants "ease (no DP)" "ease (DP)"   # rerun these, keep the rest
 """
 
 from __future__ import annotations
@@ -21,8 +22,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fedrec.config import resolve_config
 from fedrec.simulation.runner import simulate
+from fedrec.tasks.metrics import hit_rate_at_k, mean_and_standard_error, ndcg_at_k
+from fedrec.tasks.ranking.ranker import K
 
 RESULTS = Path(__file__).parent / "results" / "federated_mf"
 RUNS = Path("runs") / "benchmark-federated-mf"  # whole run folders (not committed)
@@ -43,7 +48,33 @@ VARIANTS = {
     # the item-item model, fitted in one exchange; without DP: no bound, no projection
     "ease (no DP)": EASE | {"dp": False, "ease-noise": 0.0, "ease-bound": 1000.0, "ease-rank": 0, "ease-l2": 500.0},
     "ease (DP)": EASE,  # the ease-* defaults: record-level epsilon 7.97
+    "ease, likes only (DP)": EASE | {"ease-dislike-weight": 0.0},  # the defaults before report-ease-dislikes.md
 }
+PAIRED = ("ease (DP)", ("mf (DP)", "ease, likes only (DP)", "mf (no DP)"))  # a variant minus others, per user
+
+
+def per_case(ranks: list[int]) -> dict[str, np.ndarray]:
+    """Each ranked user's HR@10 and NDCG@10 from their target's rank."""
+    return {
+        "hr@10": np.array([hit_rate_at_k([r], K) for r in ranks]),
+        "ndcg@10": np.array([ndcg_at_k([r], K) for r in ranks]),
+    }
+
+
+def paired_between_variants(summaries: dict[str, dict[str, Any]]) -> list[str]:
+    """Lines: :data:`PAIRED`'s variant minus each of the others on the same cases."""
+    name, others = PAIRED
+    if name not in summaries:
+        return []
+    lines = ["", f"Paired, {name} minus another variant on the same cases:", ""]
+    mine = per_case(summaries[name]["metrics"]["ranks"])
+    for other in (o for o in others if o in summaries):
+        theirs = per_case(summaries[other]["metrics"]["ranks"])
+        cells = [mean_and_standard_error(mine[k] - theirs[k]) for k in ("hr@10", "ndcg@10")]
+        lines.append(
+            f"* {other}: HR@10 {cells[0][0]:+.4f} ± {cells[0][1]:.4f}, NDCG@10 {cells[1][0]:+.4f} ± {cells[1][1]:.4f}"
+        )
+    return lines
 
 
 def cell(metrics: dict[str, Any], key: str) -> str:
@@ -104,6 +135,7 @@ def report(summaries: dict[str, dict[str, Any]], clients: int) -> str:
         "(HR@10, NDCG@10) and among every item the user did not rate (Recall@20; coverage@10: the share of the "
         "catalog in some user's top 10); "
         f"preference: {first['eval_examples']} held-out interactions (5 per user). ± is one standard error.",
+        *paired_between_variants(summaries),
     ]
     return "\n".join(lines) + "\n"
 
@@ -112,13 +144,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--report-only", action="store_true", help="rewrite report.md from the kept summaries")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="run only these; keep the rest")
     args = parser.parse_args()
-    if args.report_only:
-        kept = {name: RESULTS / f"variant-{n}" / "summary.json" for n, name in enumerate(VARIANTS)}
-        summaries = {name: json.loads(path.read_text()) for name, path in kept.items()}
-        (RESULTS / "report.md").write_text(report(summaries, args.clients))
-        print((RESULTS / "report.md").read_text())
-        return
+    kept = {name: RESULTS / f"variant-{n}" / "summary.json" for n, name in enumerate(VARIANTS)}
+    rerun = [] if args.report_only else (args.variants or list(VARIANTS))
+    summaries = {name: json.loads(path.read_text()) for name, path in kept.items() if name not in rerun}
     base = {
         "recommender": "mf",
         "strategy": "fedavg",
@@ -129,8 +159,9 @@ def main() -> None:
         "ranking-users": 10_000,
         "max-weight": 100_000.0,  # a client holds up to ~13,000 likes (the weight of its update)
     }
-    summaries = {}
     for n, (name, overrides) in enumerate(VARIANTS.items()):
+        if name not in rerun:
+            continue
         out = RUNS / f"variant-{n}"
         shutil.rmtree(out, ignore_errors=True)
         cfg = resolve_config("demo", overrides=base | overrides | {"out": str(out)})
@@ -141,6 +172,7 @@ def main() -> None:
             shutil.copy(out / name_, kept / name_)
         shown = {k: v for k, v in summaries[name]["metrics"].items() if k != "ranks"}
         print(f"{name}: {json.dumps(shown)}", flush=True)
+    summaries = {name: summaries[name] for name in VARIANTS}  # the table's order
     (RESULTS / "report.md").write_text(report(summaries, args.clients))
     print((RESULTS / "report.md").read_text())
 
