@@ -303,3 +303,22 @@ def test_unknown_backbone_is_refused():
 def test_too_many_lora_layers_is_refused():
     with pytest.raises(BackboneError, match="lora-layers = 5 but the backbone has 2 layers"):
         tiny_scorer(top_layers=5)
+
+
+@pytest.mark.parametrize("freeze_a", [False, True])
+def test_training_mode_reaches_only_the_adapter_and_its_modules_hold_every_trainable_parameter(freeze_a):
+    scorer = tiny_scorer(freeze_a=freeze_a, dropout=0.1)
+    held = [p for m in scorer.trainable_modules() for p in m.parameters() if p.requires_grad]
+    assert len(held) == len({id(p) for p in held}) and {id(p) for p in held} == {
+        id(p) for p in scorer.trainable_parameters()
+    }
+    assert all(len(list(m.children())) == 0 for m in scorer.trainable_modules())  # none inside another
+    scorer.train()
+    training = {name for name, m in scorer.named_modules() if m.training}
+    assert {n for n in training if n} == {
+        name
+        for name, m in scorer.named_modules()
+        if "lora_dropout" in name.split(".") or any(p.requires_grad for p in m.parameters(recurse=False))
+    }
+    scorer.eval()
+    assert not any(m.training for m in scorer.modules())

@@ -70,14 +70,16 @@ def test_dp_step_changes_only_lora_and_keeps_frozen_weights_bit_identical(scorer
     assert not any(m._forward_hooks for m in scorer.modules())
 
 
-def test_per_sample_gradients_exist_only_for_lora_parameters(scorer):
+@pytest.mark.parametrize("hooked", ["the whole scorer", "its trainable modules"])
+def test_per_sample_gradients_exist_only_for_lora_parameters(scorer, hooked):
     states, labels = _examples(scorer)
     accountant = PersistentAccountant()
     plan = plan_round(RecordDPConfig(noise_multiplier=1.0), 1, len(states), 16, 1)
     optimizer = torch.optim.SGD(scorer.trainable_parameters(), lr=0.1)
     loader = DataLoader(TensorDataset(torch.arange(len(states)), labels.float()), batch_size=16)
     scorer.train()
-    with dp_sgd(scorer, optimizer, loader, PrivateTraining(plan, 1.0, accountant)) as (dp_optimizer, dp_loader):
+    module = scorer if hooked == "the whole scorer" else scorer.trainable_modules()
+    with dp_sgd(module, optimizer, loader, PrivateTraining(plan, 1.0, accountant)) as (dp_optimizer, dp_loader):
         index, y = next(i for i in dp_loader if len(i[0]))
         batch, mask = scorer.batch([states[i] for i in index.tolist()])
         F.binary_cross_entropy_with_logits(scorer(batch, mask), y).backward()
@@ -89,8 +91,9 @@ def test_per_sample_gradients_exist_only_for_lora_parameters(scorer):
         dp_optimizer.step()
 
 
+@pytest.mark.parametrize("hooked", ["the whole scorer", "its trainable modules"])
 @pytest.mark.parametrize("top_layers", [0, 1])
-def test_per_sample_gradients_equal_each_examples_own_gradient(top_layers):
+def test_per_sample_gradients_equal_each_examples_own_gradient(top_layers, hooked):
     scorer = tiny_scorer(top_layers=top_layers, freeze_a=True)
     with torch.no_grad():
         for p in scorer.trainable_parameters():
@@ -103,14 +106,15 @@ def test_per_sample_gradients_equal_each_examples_own_gradient(top_layers):
     for state, y in zip(states, labels, strict=True):
         loss = F.binary_cross_entropy_with_logits(scorer(*scorer.batch([state])), y[None])
         expected.append(dict(zip(params, torch.autograd.grad(loss, list(params.values())), strict=True)))
-    hooked = GradSampleModule(scorer, loss_reduction="mean")
+    module = scorer if hooked == "the whole scorer" else scorer.trainable_modules()
+    hooks = GradSampleModule(module, loss_reduction="mean")
     try:
         F.binary_cross_entropy_with_logits(scorer(*scorer.batch(states)), labels).backward()
         for name, p in params.items():
             for i, grads in enumerate(expected):
                 torch.testing.assert_close(p.grad_sample[i], grads[name], atol=1e-5, rtol=1e-4)
     finally:
-        hooked._close()
+        hooks._close()
 
 
 @pytest.mark.parametrize("mechanism,cls", [("rdp", RDPAccountant), ("prv", PRVAccountant)])

@@ -117,14 +117,17 @@ def seeded_rows(seed: int, module_name: str, rows: int, columns: int) -> torch.T
     return out
 
 
-def lora_train_mode(peft: PeftModel, mode: bool) -> None:
-    """Training mode for the adapter only (its LoRA dropout and trainable modules); the
-    frozen backbone always runs as in evaluation, so cached states stay valid.
+def adapter_train_modules(peft: PeftModel) -> list[nn.Module]:
+    """The modules that training mode reaches: the adapter's (its LoRA dropout and the
+    modules holding trainable parameters), found once; the frozen backbone always runs
+    as in evaluation, so cached states stay valid. Leaves ``peft`` in evaluation mode.
     """
     peft.train(False)
-    if mode:
-        for module in peft.modules():
-            if isinstance(module, LoraLayer):
-                module.lora_dropout.train()
-            elif any(p.requires_grad for p in module.parameters(recurse=False)):
-                module.train()
+    for module in peft.modules():
+        if isinstance(module, LoraLayer):
+            module.lora_dropout.train()
+        elif any(p.requires_grad for p in module.parameters(recurse=False)):
+            module.train()
+    found = [module for module in peft.modules() if module.training]
+    peft.train(False)
+    return found

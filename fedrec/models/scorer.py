@@ -29,7 +29,7 @@ from .candidates import score_after_shared_prefix
 from .errors import BackboneError
 from .heads import AnswerMarginHead
 from .kinds import kind_of
-from .lora import LoraSettings, attach_lora, lora_train_mode, reset_lora, split_layer_of
+from .lora import LoraSettings, adapter_train_modules, attach_lora, reset_lora, split_layer_of
 from .packing import PackedGroups, add_at_member_slots, pack_groups
 from .prefix_cache import PREFIX_CACHE, shared_length
 from .prefix_store import PrefixStore, cached_states, keep_states
@@ -77,12 +77,17 @@ class Scorer(nn.Module):
                 raise BackboneError("collaborative soft tokens need a question with signal slots")
             self.projector = SoftTokenProjector(signal_dim, trunk.config.hidden_size)
             self.projector.reset(lora.seed)
+        # found once: which parameters train and which modules switch mode never change
+        self._adapter_modules = adapter_train_modules(self.peft)
+        self._trainable = [p for p in self.parameters() if p.requires_grad]
+        self._trainable_modules = _topmost_trainable(self)
         self.eval()
         check_split(self)
 
     def train(self, mode: bool = True) -> Scorer:
         """Training mode reaches only the adapter (its layers and LoRA dropout)."""
-        lora_train_mode(self.peft, mode)
+        for module in self._adapter_modules:
+            module.training = mode
         self.training = mode
         return self
 
@@ -291,4 +296,18 @@ class Scorer(nn.Module):
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The adapter's parameters (LoRA factors, the head for encoders, the projector)."""
-        return [p for p in self.parameters() if p.requires_grad]
+        return list(self._trainable)
+
+    def trainable_modules(self) -> nn.ModuleList:
+        """The top-most modules holding the adapter's parameters, in one container: what
+        DP-SGD hooks for per-sample gradients. Opacus hooks the same modules as when
+        given the whole scorer, but its walks over the modules skip the frozen backbone.
+        """
+        return nn.ModuleList(self._trainable_modules)
+
+
+def _topmost_trainable(module: nn.Module) -> list[nn.Module]:
+    """The submodules holding trainable parameters directly, none inside another."""
+    if any(p.requires_grad for p in module.parameters(recurse=False)):
+        return [module]
+    return [found for child in module.children() for found in _topmost_trainable(child)]

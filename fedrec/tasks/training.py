@@ -175,7 +175,7 @@ def _train_private(
     # per-sample gradients from module outputs, which is what torch warns about.
     with (
         warnings.catch_warnings(),
-        dp_sgd(scorer, optimizer, loader, private) as (dp_optimizer, dp_loader),
+        dp_sgd(scorer.trainable_modules(), optimizer, loader, private) as (dp_optimizer, dp_loader),
     ):
         warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed")
         for _ in range(training.local_epochs):
