@@ -153,7 +153,7 @@ class ModelConfig(Section):
         "llm",
         "the model trained: 'llm' (LoRA adapter of the frozen backbone), 'mf' (matrix factorization: item "
         "embeddings aggregated, each user's embedding kept on its client) or 'ease' (item-item weights fitted in "
-        "closed form from the clients' summed, noised co-occurrence of likes: one exchange, no training rounds)",
+        "closed form from the clients' summed, noised co-occurrence of ratings: one exchange, no training rounds)",
         choices=RECOMMENDERS,
     )
     llm_input: str = option(

@@ -17,7 +17,7 @@ CLIENT_DP_CLIP = "client-dp-clip"  # the L2 bound on the update (client-level DP
 CLIENT_DP_NOISE_STD = "client-dp-noise-std"  # this client's share of the noise (0: central)
 TASK = "task"  # what a train request asks for when it is not a training round
 ITEM_STATISTICS = "item-statistics"  # TASK: the node's item rating and like counts
-ITEM_COOCCURRENCE = "item-cooccurrence"  # TASK: the node's summed co-occurrence of likes (recommender 'ease')
+ITEM_COOCCURRENCE = "item-cooccurrence"  # TASK: the node's summed co-occurrence of ratings (recommender 'ease')
 STATISTICS_CLIENTS = "statistics-clients"  # the number of nodes asked (each adds its share of noise)
 
 # Arrays of an item-statistics reply (counts in thousands; see fedrec.privacy.item_statistics).
