@@ -17,13 +17,13 @@ from fedrec.config import ConfigError, FedRecConfig, resolve_config
 from fedrec.data.interactions import load_interaction_data
 from fedrec.privacy.item_cooccurrence import (
     cooccurrence,
-    interaction_vectors,
     noise_share,
     record_sensitivity,
     symmetric,
     upper_triangle,
     user_level_epsilon,
 )
+from fedrec.privacy.rated_items import interaction_vectors
 from fedrec.simulation.runner import SimulationError, simulate
 from fedrec.tasks.collaborative.evaluation import ItemItemEvaluator
 from fedrec.tasks.collaborative.item_item import DISLIKE_WEIGHT, ITEM_WEIGHTS, fit_ease

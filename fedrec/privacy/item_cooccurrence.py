@@ -1,10 +1,11 @@
 """The co-occurrence of ratings (an item-item Gram matrix) summed over the clients under
 record-level DP: what the item-item model (``recommender = 'ease'``) is fitted from.
 
-Each user contributes ``x x^T``, where ``x`` holds 1 for each item they like, the dislike
-weight (in [0, 1]; 0: likes only) for each item they rated without liking and 0 for the
-rest, scaled to L2 norm at most ``bound`` (c); a client sums its users' matrices, keeps the upper
-triangle (the matrix is symmetric) and adds its share of Gaussian noise,
+Each user contributes ``x x^T``, where ``x`` (:mod:`.rated_items`) holds 1 for each item
+they like, the dislike weight (in [0, 1]; 0: likes only) for each item they rated without
+liking and 0 for the rest, scaled to L2 norm at most ``bound`` (c); a client sums its
+users' matrices, keeps the upper triangle (the matrix is symmetric) and adds its share of
+Gaussian noise,
 ``N(0, (sigma * s)^2 / n)`` per entry for ``n`` clients asked, where ``s`` is one
 rating's sensitivity below, so the sum over the clients carries ``N(0, (sigma * s)^2)``:
 the Gaussian mechanism with multiplier ``sigma`` for adding or removing one rating (one
@@ -28,39 +29,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pandas as pd
 
 from .ledger import PersistentAccountant
-
-
-def interaction_matrix(
-    interactions: pd.DataFrame, like_threshold: float, dislike_weight: float, users: list[str], items: list[str]
-) -> np.ndarray:
-    """A row per user of ``users`` (columns in ``items`` order): 1 for each item they like
-    in ``interactions``, ``dislike_weight`` for each item they rated without liking.
-    """
-    row = {user: n for n, user in enumerate(users)}
-    column = {item: n for n, item in enumerate(items)}
-    weights = np.where(interactions["rating"] > like_threshold, 1.0, dislike_weight)
-    known = interactions["user"].isin(row).to_numpy() & (weights > 0)
-    rated = interactions[known]
-    matrix = np.zeros((len(users), len(items)))
-    matrix[[row[u] for u in rated["user"]], [column[str(i)] for i in rated["item"]]] = weights[known]
-    return matrix
-
-
-def interaction_vectors(
-    interactions: pd.DataFrame, like_threshold: float, dislike_weight: float, items: list[str], bound: float
-) -> np.ndarray:
-    """One row per user of ``interactions`` with a nonzero entry: their
-    :func:`interaction_matrix` row scaled to L2 norm at most ``bound``.
-    """
-    matrix = interaction_matrix(
-        interactions, like_threshold, dislike_weight, sorted(interactions["user"].unique()), items
-    )
-    vectors = matrix[matrix.any(axis=1)]
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors * np.minimum(1.0, bound / np.maximum(norms, 1e-12))
 
 
 def upper_triangle(matrix: np.ndarray) -> np.ndarray:

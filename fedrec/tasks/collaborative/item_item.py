@@ -1,7 +1,7 @@
 """The item-item model (``recommender = 'ease'``): EASE (Steck, 2019), fitted in closed
 form from the co-occurrence of ratings summed over the clients
 (:mod:`fedrec.privacy.item_cooccurrence`). A user's score of an item is their row of
-:func:`~fedrec.privacy.item_cooccurrence.interaction_matrix` (likes, and dislikes at the
+:func:`~fedrec.privacy.rated_items.interaction_matrix` (likes, and dislikes at the
 fit's dislike weight) times the item's column of the weights: the user needs only their
 own ratings, on their device, and nothing of theirs is trained or sent after the one
 release.
@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from ...privacy.item_cooccurrence import interaction_matrix
+from ...privacy.rated_items import interaction_matrix
 from .likes import catalog_order
 
 ITEM_WEIGHTS = "ease.item-weights"  # the fitted items x items weights, in catalog order
