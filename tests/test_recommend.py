@@ -194,3 +194,13 @@ def test_retrieval_alone_does_not_import_the_training_or_llm_stack():
     )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
+
+
+def test_an_llm_rerank_on_the_device_does_not_import_the_partitioners():
+    """`fedrec recommend --adapter` reads one history: `datasets` (a second to import) stays unloaded."""
+    code = (
+        "import sys; import fedrec.cli, fedrec.client.recommend, fedrec.client.llm_rerank, fedrec.client.app; "
+        "print(sorted(m for m in ('datasets', 'flwr_datasets') if m in sys.modules))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"

@@ -8,13 +8,15 @@ users' like-rate quartile (``DirichletPartitioner``), so clients differ in label
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import datasets
 import numpy as np
-from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, NaturalIdPartitioner, Partitioner
 
 from ..config import PARTITIONERS
 from .interactions import DataError
+
+if TYPE_CHECKING:
+    from flwr_datasets.partitioner import Partitioner
 
 
 def sample_users(users: list[str], count: int, seed: int) -> list[str]:
@@ -38,6 +40,11 @@ def partition_users(
     """
     if scheme not in PARTITIONERS:
         raise DataError(f"unknown partitioner '{scheme}' ({', '.join(PARTITIONERS)})")
+    # imported here: `datasets` takes about a second to import, and a device recommending
+    # or a deployed node answering a message reads its own data without partitioning
+    import datasets
+    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, NaturalIdPartitioner
+
     if scheme == "user":
         if num_partitions != len(users):
             raise DataError(
