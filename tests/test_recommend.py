@@ -2,6 +2,7 @@
 forward on the training prompt, history files, the CLI table, and clear errors.
 """
 
+import json
 import shutil
 import subprocess
 import sys
@@ -186,21 +187,18 @@ def test_an_adapter_of_another_shape_is_refused(runs, tmp_path, capsys):
     assert error.startswith("fedrec: ") and "has shape" in error and error.count("\n") == 1
 
 
+def _loaded_after(imports: str, modules: tuple[str, ...]) -> list[str]:
+    """Which of ``modules`` a fresh interpreter has loaded after ``import {imports}``."""
+    code = f"import json, sys; import {imports}; print(json.dumps(sorted(m for m in {modules!r} if m in sys.modules)))"
+    return json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+
+
 def test_retrieval_alone_does_not_import_the_training_or_llm_stack():
     """`fedrec recommend --item-tables` without an adapter: peft, Opacus and transformers stay unloaded."""
-    code = (
-        "import sys; import fedrec.cli, fedrec.client.recommend; "
-        "print(sorted(m for m in ('peft', 'opacus', 'transformers') if m in sys.modules))"
-    )
-    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert loaded.strip() == "[]"
+    assert _loaded_after("fedrec.cli, fedrec.client.recommend", ("peft", "opacus", "transformers")) == []
 
 
 def test_an_llm_rerank_on_the_device_does_not_import_the_partitioners():
     """`fedrec recommend --adapter` reads one history: `datasets` (a second to import) stays unloaded."""
-    code = (
-        "import sys; import fedrec.cli, fedrec.client.recommend, fedrec.client.llm_rerank, fedrec.client.app; "
-        "print(sorted(m for m in ('datasets', 'flwr_datasets') if m in sys.modules))"
-    )
-    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert loaded.strip() == "[]"
+    imports = "fedrec.cli, fedrec.client.recommend, fedrec.client.llm_rerank, fedrec.client.app"
+    assert _loaded_after(imports, ("datasets", "flwr_datasets")) == []
