@@ -29,6 +29,7 @@ from fedrec.config import resolve_config
 from fedrec.models.backbone import load_backbone
 from fedrec.models.lora import LoraSettings
 from fedrec.models.scorer import Scorer
+from fedrec.models.split_check import full_forward_score
 from fedrec.tasks.preference.dataset import load_split
 from fedrec.tasks.preference.prompt import PREFERENCE_QUESTION
 from fedrec.tasks.ranking.cases import ranking_cases
@@ -72,7 +73,7 @@ def main() -> None:
         for method in METHODS:
             started = time.perf_counter()
             if method == "naive":
-                scores[method] = torch.tensor([scorer.full_forward_score(t) for t in tokens])
+                scores[method] = torch.tensor([full_forward_score(scorer, t) for t in tokens])
             else:
                 scores[method] = scorer.score_candidates(tokens, batch_size=args.batch_size).cpu()
             seconds[method] += (time.perf_counter() - started) if index else 0.0

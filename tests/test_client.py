@@ -16,6 +16,7 @@ from fedrec.data.interactions import DataError, load_interaction_data
 from fedrec.models.adapter import adapter_to_arrays
 from fedrec.models.prefix_cache import PREFIX_CACHE
 from fedrec.models.split import SplitForward
+from fedrec.models.split_check import full_forward_score
 from fedrec.privacy.ledger import LedgerError, PersistentAccountant, load_ledger
 from fedrec.tasks.metrics import roc_auc
 from fedrec.tasks.preference.dataset import load_federated_data
@@ -180,7 +181,7 @@ def test_evaluate_reports_auc_and_histograms():
     assert metrics["num-examples"] == len(examples) == 10 and 0 < sum(labels) < 10
     assert (sum(metrics["pos-hist"]), sum(metrics["neg-hist"])) == (sum(labels), 10 - sum(labels))
     scorer = scorer_for(CFG)  # the global adapter of the message, scored by the model's own forward
-    full = [scorer.full_forward_score(tokens) for tokens in scorer.encode(data.prompts(examples))]
+    full = [full_forward_score(scorer, tokens) for tokens in scorer.encode(data.prompts(examples))]
     assert metrics["auc"] == pytest.approx(roc_auc(labels, full))
 
 

@@ -16,6 +16,7 @@ from fedrec.models.packing import group_prefix_lengths, pack_groups
 from fedrec.models.prefix_cache import PREFIX_CACHE, shared_prefix_groups
 from fedrec.models.prefix_store import PrefixStore, cached_states
 from fedrec.models.split import attend_to_self
+from fedrec.models.split_check import full_forward_score
 from fedrec.models.wire import AdapterMismatchError
 from tests.conftest import tiny_scorer
 
@@ -36,7 +37,7 @@ def test_split_forward_equals_full_forward(spec, top_layers):
     _perturb(scorer)
     tokens = scorer.encode(PROMPTS)
     split = scorer.score(tokens)
-    full = torch.tensor([scorer.full_forward_score(t) for t in tokens])
+    full = torch.tensor([full_forward_score(scorer, t) for t in tokens])
     torch.testing.assert_close(split, full, atol=1e-4, rtol=1e-4)
     assert scorer.split_layer == (1 if top_layers else 0)
 
@@ -156,7 +157,7 @@ def test_causal_score_is_yes_minus_no_logit(scorer):
     tokens = scorer.encode(PROMPTS[:1])[0]
     logits = scorer.peft(input_ids=torch.tensor([tokens])).logits[0, -1]
     yes, no = scorer.prompt.answer_ids.tolist()
-    assert scorer.full_forward_score(tokens) == pytest.approx(float(logits[yes] - logits[no]), abs=1e-5)
+    assert full_forward_score(scorer, tokens) == pytest.approx(float(logits[yes] - logits[no]), abs=1e-5)
 
 
 def test_prompt_is_truncated_from_the_oldest_content(scorer):

@@ -20,6 +20,7 @@ from fedrec.client.recommend import RecommendError, recommend
 from fedrec.config import resolve_config
 from fedrec.data.interactions import load_interaction_data
 from fedrec.models.adapter import save_adapter
+from fedrec.models.split_check import full_forward_score
 from fedrec.tasks.preference.examples import PreferenceExample
 from fedrec.tasks.preference.prompt import render_preference_prompt
 from fedrec.tasks.preference.scoring import scorer_for
@@ -71,7 +72,7 @@ def test_recommendations_are_the_catalog_minus_history_scored_on_the_training_pr
     for r in found:
         prompt = render_preference_prompt(PreferenceExample("u", r.item, 0, recent), titles, data.noun)
         # tolerance: float32 summation order of the cached-prefix batch vs the model's own forward
-        assert r.score == pytest.approx(scorer.full_forward_score(scorer.encode([prompt])[0]), abs=1e-4)
+        assert r.score == pytest.approx(full_forward_score(scorer, scorer.encode([prompt])[0]), abs=1e-4)
 
 
 def test_an_adapter_trained_on_titles_and_genres_is_asked_with_them(runs, tmp_path):
@@ -90,7 +91,7 @@ def test_an_adapter_trained_on_titles_and_genres_is_asked_with_them(runs, tmp_pa
     for r in found:
         prompt = render_preference_prompt(PreferenceExample("u", r.item, 0, recent), names, data.noun)
         assert "[Drama, Sci-Fi]" in prompt  # history item 4 has genres
-        assert r.score == pytest.approx(scorer.full_forward_score(scorer.encode([prompt])[0]), abs=1e-4)
+        assert r.score == pytest.approx(full_forward_score(scorer, scorer.encode([prompt])[0]), abs=1e-4)
 
 
 def test_a_different_adapter_changes_the_scores(runs):

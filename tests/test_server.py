@@ -12,6 +12,7 @@ from flwr.app import Array, ArrayRecord, MessageType
 
 from fedrec.config import resolve_config
 from fedrec.models.adapter import adapter_to_arrays
+from fedrec.models.split_check import full_forward_score
 from fedrec.server.federation import compose
 from fedrec.server.models import AdapterModel
 from fedrec.server.recording_grid import Exchange
@@ -178,7 +179,7 @@ def test_the_central_evaluator_scores_the_configured_part_with_pooled_and_per_us
     evaluator = CentralEvaluator(scorer, central, 16, part="validation")
     assert evaluator.examples == central.held_out_examples("validation") != central.held_out_examples("test")
     metrics = evaluator(adapter_to_arrays(scorer), rank=False)
-    full = np.array([scorer.full_forward_score(tokens) for tokens in evaluator.tokens])  # the model's own forward
+    full = np.array([full_forward_score(scorer, tokens) for tokens in evaluator.tokens])  # the model's own forward
     direct = preference_metrics(evaluator.examples, full)
     assert metrics["uauc_users"] == direct["uauc_users"] > 3 and metrics["examples"] == len(evaluator.examples)
     for key in ("auc", "auc_se", "uauc", "uauc_se"):

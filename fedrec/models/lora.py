@@ -115,19 +115,3 @@ def seeded_rows(seed: int, module_name: str, rows: int, columns: int) -> torch.T
         generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
         out[j].uniform_(-bound, bound, generator=generator)
     return out
-
-
-def adapter_train_modules(peft: PeftModel) -> list[nn.Module]:
-    """The modules that training mode reaches: the adapter's (its LoRA dropout and the
-    modules holding trainable parameters), found once; the frozen backbone always runs
-    as in evaluation, so cached states stay valid. Leaves ``peft`` in evaluation mode.
-    """
-    peft.train(False)
-    for module in peft.modules():
-        if isinstance(module, LoraLayer):
-            module.lora_dropout.train()
-        elif any(p.requires_grad for p in module.parameters(recurse=False)):
-            module.train()
-    found = [module for module in peft.modules() if module.training]
-    peft.train(False)
-    return found

@@ -29,7 +29,7 @@ from .candidates import score_after_shared_prefix
 from .errors import BackboneError
 from .heads import AnswerMarginHead
 from .kinds import kind_of
-from .lora import LoraSettings, adapter_train_modules, attach_lora, reset_lora, split_layer_of
+from .lora import LoraSettings, attach_lora, reset_lora, split_layer_of
 from .packing import PackedGroups, add_at_member_slots, pack_groups
 from .prefix_cache import PREFIX_CACHE, shared_length
 from .prefix_store import PrefixStore, cached_states, keep_states
@@ -37,6 +37,7 @@ from .prompting import AnswerPrompt, PromptFormat
 from .soft_tokens import SoftTokenProjector, add_at_slots
 from .split import SplitForward, layer_list
 from .split_check import check_split
+from .trainable import TrainableParts
 
 PREFIX_BATCH_SIZE = 16  # prompts per frozen-prefix forward
 MIN_SHARED_TOKENS = 32  # shortest leading run of tokens worth computing once for several prompts
@@ -77,17 +78,13 @@ class Scorer(nn.Module):
                 raise BackboneError("collaborative soft tokens need a question with signal slots")
             self.projector = SoftTokenProjector(signal_dim, trunk.config.hidden_size)
             self.projector.reset(lora.seed)
-        # found once: which parameters train and which modules switch mode never change
-        self._adapter_modules = adapter_train_modules(self.peft)
-        self._trainable = [p for p in self.parameters() if p.requires_grad]
-        self._trainable_modules = _topmost_trainable(self)
+        self._parts = TrainableParts(self, self.peft)
         self.eval()
         check_split(self)
 
     def train(self, mode: bool = True) -> Scorer:
         """Training mode reaches only the adapter (its layers and LoRA dropout)."""
-        for module in self._adapter_modules:
-            module.training = mode
+        self._parts.set_mode(mode)
         self.training = mode
         return self
 
@@ -95,7 +92,8 @@ class Scorer(nn.Module):
         """Token ids of each prompt in the backbone's template, cut to ``max_length``."""
         return self.prompt.encode(texts, self.max_length)
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The forward passes' autocast context (none in float32)."""
         device = self._device()
         return torch.autocast(device.type, dtype=self.compute_dtype, enabled=self.compute_dtype != torch.float32)
 
@@ -125,7 +123,7 @@ class Scorer(nn.Module):
             min_shared_tokens=min_shared_tokens,
             pad_id=self._pad_id,
             device=self._device(),
-            autocast=self._autocast,
+            autocast=self.autocast,
         )
         return cached_states(token_lists, [self.cache_key(t) for t in token_lists], compute, store)
 
@@ -143,7 +141,7 @@ class Scorer(nn.Module):
         """Scores of a padded batch of split-layer states ``[B, T, d]``; ``signals``
         ``[B, slots, signal_dim]`` become soft tokens at the prompt's slots.
         """
-        with self._autocast():
+        with self.autocast():
             if signals is not None:
                 states = add_at_slots(states, self._soft_tokens(signals, states.device), self.prompt.slot_offsets)
             return self.head(self.split, states, mask)
@@ -167,7 +165,7 @@ class Scorer(nn.Module):
             raise BackboneError(f"{self.backbone_name}: packed groups need a causal LM with a Llama-style top layer")
         packed = packed.to(self._device())
         states = packed.states
-        with self._autocast():
+        with self.autocast():
             if signals is not None:
                 tokens = self._soft_tokens(signals, states.device)
                 states = add_at_member_slots(packed, tokens, self.prompt.slot_offsets)
@@ -212,7 +210,7 @@ class Scorer(nn.Module):
         store: PrefixStore | None = None,
     ) -> torch.Tensor:
         """Scores of prompts that differ only after a shared prefix, equal to
-        :meth:`full_forward_score` up to float error. Text candidates met first run on the
+        :func:`.split_check.full_forward_score` up to float error. Text candidates met first run on the
         prefix's key/value cache (:mod:`.candidates`), keeping their frozen states in the
         prefix cache (and in ``store``); cached or stored ones, and those with ``signals``
         (soft tokens), run only the layers above the split, ``batch_size`` to a row packed
@@ -227,7 +225,7 @@ class Scorer(nn.Module):
             scores = self._packed_candidate_scores(token_lists, shared, batch_size, signals, store)
         else:
             scores, states = score_after_shared_prefix(
-                self.split, self.head, token_lists, shared, batch_size, self._pad_id, self._device(), self._autocast
+                self.split, self.head, token_lists, shared, batch_size, self._pad_id, self._device(), self.autocast
             )
             if self.packs_groups:
                 keep_states([self.cache_key(t) for t in token_lists], states, store)
@@ -262,17 +260,6 @@ class Scorer(nn.Module):
             scores.append(self.forward_groups(row, chunk_signals)[0].float().cpu())
         return torch.cat(scores)
 
-    @torch.no_grad()
-    def full_forward_score(self, tokens: list[int]) -> float:
-        """Score one prompt with the model's own unsplit forward (for checks), under the
-        same autocast as the other paths.
-        """
-        ids = torch.tensor([tokens], device=self._device())
-        if self.kind.name != "causal":
-            return self.head.full_forward(self.split, ids)
-        with self._autocast():
-            return self.head.full_forward(self.split, ids)
-
     @contextlib.contextmanager
     def in_float32(self) -> Iterator[None]:
         """Forward passes in float32 for the block, whatever ``compute_dtype`` is."""
@@ -296,18 +283,8 @@ class Scorer(nn.Module):
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The adapter's parameters (LoRA factors, the head for encoders, the projector)."""
-        return list(self._trainable)
+        return list(self._parts.parameters)
 
     def trainable_modules(self) -> nn.ModuleList:
-        """The top-most modules holding the adapter's parameters, in one container: what
-        DP-SGD hooks for per-sample gradients. Opacus hooks the same modules as when
-        given the whole scorer, but its walks over the modules skip the frozen backbone.
-        """
-        return nn.ModuleList(self._trainable_modules)
-
-
-def _topmost_trainable(module: nn.Module) -> list[nn.Module]:
-    """The submodules holding trainable parameters directly, none inside another."""
-    if any(p.requires_grad for p in module.parameters(recurse=False)):
-        return [module]
-    return [found for child in module.children() for found in _topmost_trainable(child)]
+        """The top-most modules holding them, what DP-SGD hooks (see :mod:`.trainable`)."""
+        return nn.ModuleList(self._parts.modules)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import torch
+
 from .errors import BackboneError
 from .prefix_cache import PREFIX_CACHE
 
@@ -34,7 +36,7 @@ def split_error(scorer: Scorer, token_lists: list[list[int]]) -> str | None:
     try:
         with scorer.in_float32():
             split = scorer.score(token_lists, batch_size=len(token_lists)).tolist()
-            full = [scorer.full_forward_score(tokens) for tokens in token_lists]
+            full = [full_forward_score(scorer, tokens) for tokens in token_lists]
     except (RuntimeError, TypeError, AttributeError) as err:
         return f"{type(err).__name__}: {err}"
     finally:
@@ -44,3 +46,15 @@ def split_error(scorer: Scorer, token_lists: list[list[int]]) -> str | None:
         if abs(s - f) > 1e-3 * max(1.0, abs(f)):
             return f"{s:.5f} vs {f:.5f}"
     return None
+
+
+@torch.no_grad()
+def full_forward_score(scorer: Scorer, tokens: list[int]) -> float:
+    """Score one prompt with the model's own unsplit forward (for checks), under the
+    same autocast as the scorer's other paths.
+    """
+    ids = torch.tensor([tokens], device=next(scorer.peft.parameters()).device)
+    if scorer.kind.name != "causal":
+        return scorer.head.full_forward(scorer.split, ids)
+    with scorer.autocast():
+        return scorer.head.full_forward(scorer.split, ids)
