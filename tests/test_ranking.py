@@ -12,6 +12,7 @@ import torch
 from fedrec.data.interactions import load_interaction_data
 from fedrec.models.prefix_cache import PREFIX_CACHE
 from fedrec.models.prefix_store import PrefixStore
+from fedrec.models.split_check import full_forward_score
 from fedrec.tasks.metrics import catalog_coverage, hit_rate_at_k, ndcg_at_k, target_rank
 from fedrec.tasks.preference.examples import split_examples
 from fedrec.tasks.ranking.baselines import (
@@ -74,7 +75,7 @@ def test_prefix_cached_candidate_scores_equal_the_naive_loop(top_layers, dtype, 
     first = scorer.score_candidates(tokens, batch_size=8)  # the key/value path, keeping the frozen states
     assert all((PREFIX_CACHE.get(scorer.cache_key(t)) is not None) == packs for t in tokens)
     again = scorer.score_candidates(tokens, batch_size=8)  # packed rows on the kept states (when packable)
-    naive = torch.tensor([scorer.full_forward_score(t) for t in tokens])
+    naive = torch.tensor([full_forward_score(scorer, t) for t in tokens])
     assert first.dtype == again.dtype == torch.float32
     # tolerance: float32 summation order; bf16 autocast rounds batched and single forwards differently
     torch.testing.assert_close(first, naive, atol=tolerance, rtol=tolerance)
@@ -197,6 +198,6 @@ def test_bfloat16_candidate_scores_are_not_quantized():
     ]
     tokens = scorer.encode(texts)
     cached = scorer.score_candidates(tokens, batch_size=8)
-    naive = torch.tensor([scorer.full_forward_score(t) for t in tokens])
+    naive = torch.tensor([full_forward_score(scorer, t) for t in tokens])
     assert cached.abs().max() > 1.0
     assert len(set(cached.tolist())) == len(tokens) and len(set(naive.tolist())) == len(tokens)
