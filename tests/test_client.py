@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 
+from fedrec.client.app import parsed_config
 from fedrec.client.evaluate import evaluate
 from fedrec.client.node import LEDGER_FILE, PREFIX_CACHE_DIR, PRIVACY_STATE_KEY
 from fedrec.client.train import train
-from fedrec.config import resolve_config
+from fedrec.config import ConfigError, resolve_config
 from fedrec.data.interactions import DataError, load_interaction_data
 from fedrec.models.adapter import adapter_to_arrays
 from fedrec.models.prefix_cache import PREFIX_CACHE
@@ -215,3 +216,14 @@ def test_opacus_is_imported_without_adding_a_root_logging_handler():
     count = "import logging; print(len(logging.getLogger().handlers))"
     assert _fresh_interpreter(f"import opacus; {count}").strip() == "1"  # what Opacus alone does
     assert _fresh_interpreter(f"import fedrec.privacy.record_level, fedrec.privacy.ledger; {count}").strip() == "0"
+
+
+def test_a_runs_config_is_parsed_once_and_a_bad_one_is_refused_on_every_message():
+    run_config = CFG.to_run_config()
+    first = parsed_config(run_config)
+    assert first == CFG and parsed_config(dict(run_config)) is first  # same settings: the parsed one
+    changed = parsed_config({**run_config, "num-server-rounds": 4})
+    assert changed.federation.num_server_rounds == 4 and parsed_config(run_config) is first
+    for _ in range(2):
+        with pytest.raises(ConfigError, match="no-such-key"):
+            parsed_config({**run_config, "no-such-key": 1})

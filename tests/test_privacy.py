@@ -11,7 +11,7 @@ from fedrec.config import RecordDPConfig, resolve_config
 from fedrec.data.interactions import load_interaction_data
 from fedrec.privacy.audit import audit_ledgers
 from fedrec.privacy.ledger import PersistentAccountant
-from fedrec.privacy.record_level import PrivateTraining, decline_reason, dp_sgd, plan_round
+from fedrec.privacy.record_level import PrivateTraining, decline_reason, dp_sgd, plan_round, seed_dp_sgd
 from fedrec.privacy.record_level.dp_sgd import SecureNoiseEngine
 from fedrec.tasks.metrics import roc_auc
 from fedrec.tasks.preference.examples import split_examples
@@ -68,6 +68,33 @@ def test_dp_step_changes_only_lora_and_keeps_frozen_weights_bit_identical(scorer
     # hooks and per-sample gradients are gone after training
     assert not any(hasattr(p, "grad_sample") for p in scorer.parameters())
     assert not any(m._forward_hooks for m in scorer.modules())
+
+
+def test_a_dp_round_is_reproduced_from_its_seed_whatever_torch_drew_before(scorer):
+    states, labels = _examples(scorer)
+    plan = plan_round(RecordDPConfig(noise_multiplier=1.0), 1, len(states), 16, 1)
+    trained = []
+    for unrelated_seed in (1, 2, 1):
+        scorer.reset_adapter(0)
+        torch.manual_seed(unrelated_seed)
+        torch.rand(unrelated_seed)  # whatever ran before the round
+        private = PrivateTraining(plan, 1.0, PersistentAccountant())
+        train_adapter(scorer, states, labels, local(batch_size=16, learning_rate=1e-2, seed=7), private)
+        trained.append([p.detach().clone() for p in scorer.trainable_parameters()])
+    for first, second in zip(trained[0], trained[1], strict=True):
+        torch.testing.assert_close(first, second, rtol=0, atol=0)  # Poisson sample and noise from the seed
+    scorer.reset_adapter(0)
+    different = local(batch_size=16, learning_rate=1e-2, seed=8)
+    train_adapter(scorer, states, labels, different, PrivateTraining(plan, 1.0, PersistentAccountant()))
+    assert any(not torch.equal(a, b) for a, b in zip(trained[0], scorer.trainable_parameters(), strict=True))
+
+
+def test_seeding_dp_sgd_gives_the_draws_of_torch_manual_seed_on_the_cpu():
+    torch.manual_seed(5)
+    expected = torch.rand(4), torch.randn(3)
+    torch.rand(9)
+    seed_dp_sgd(5, torch.device("cpu"))
+    assert all(torch.equal(a, b) for a, b in zip(expected, (torch.rand(4), torch.randn(3)), strict=True))
 
 
 @pytest.mark.parametrize("hooked", ["the whole scorer", "its trainable modules"])

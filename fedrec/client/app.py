@@ -8,6 +8,7 @@ peft, Opacus: :mod:`.train`, :mod:`.evaluate`) loads when a message trains or ev
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,6 +22,18 @@ from ..privacy.secagg.mod import secagg_mod
 from ..protocol.records import CONFIG, ITEM_COOCCURRENCE, ITEM_STATISTICS, TASK
 
 
+@functools.lru_cache(maxsize=8)
+def _parsed_items(items: frozenset[tuple[str, Any]]) -> FedRecConfig:
+    return FedRecConfig.from_mapping(dict(items))
+
+
+def parsed_config(run_config: Mapping[str, Any]) -> FedRecConfig:
+    """The run's settings, parsed and validated once per distinct ``run_config`` (every
+    message of a run carries the same one; parsing took a fifth of a tiny client's round).
+    """
+    return _parsed_items(frozenset(run_config.items()))
+
+
 def build_client_app(run_config: Mapping[str, Any] | None = None, outer_mods: Sequence[Mod] = ()) -> ClientApp:
     """A ClientApp reading its settings from ``run_config`` when given, else from
     Flower's ``context.run_config`` (as under ``flwr run``). Its SecAgg+ mod answers
@@ -31,7 +44,7 @@ def build_client_app(run_config: Mapping[str, Any] | None = None, outer_mods: Se
     app = ClientApp(mods=[*outer_mods, secagg_mod, client_dp_mod])
 
     def config_of(context: Context) -> FedRecConfig:
-        return FedRecConfig.from_mapping(run_config if run_config is not None else context.run_config)
+        return parsed_config(run_config if run_config is not None else context.run_config)
 
     @app.train()
     def _train(message: Message, context: Context) -> Message:

@@ -94,7 +94,7 @@ class Scorer(nn.Module):
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The forward passes' autocast context (none in float32)."""
-        device = self._device()
+        device = self.device()
         return torch.autocast(device.type, dtype=self.compute_dtype, enabled=self.compute_dtype != torch.float32)
 
     @property
@@ -122,7 +122,7 @@ class Scorer(nn.Module):
             batch_size=batch_size,
             min_shared_tokens=min_shared_tokens,
             pad_id=self._pad_id,
-            device=self._device(),
+            device=self.device(),
             autocast=self.autocast,
         )
         return cached_states(token_lists, [self.cache_key(t) for t in token_lists], compute, store)
@@ -163,7 +163,7 @@ class Scorer(nn.Module):
         """
         if not self.packs_groups:
             raise BackboneError(f"{self.backbone_name}: packed groups need a causal LM with a Llama-style top layer")
-        packed = packed.to(self._device())
+        packed = packed.to(self.device())
         states = packed.states
         with self.autocast():
             if signals is not None:
@@ -175,7 +175,7 @@ class Scorer(nn.Module):
     def batch(self, states: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Pad cached states into a batch on the model's device."""
         padded, mask = self.split.pad(states)
-        device = self._device()
+        device = self.device()
         return padded.to(device), mask.to(device)
 
     @torch.no_grad()
@@ -225,7 +225,7 @@ class Scorer(nn.Module):
             scores = self._packed_candidate_scores(token_lists, shared, batch_size, signals, store)
         else:
             scores, states = score_after_shared_prefix(
-                self.split, self.head, token_lists, shared, batch_size, self._pad_id, self._device(), self.autocast
+                self.split, self.head, token_lists, shared, batch_size, self._pad_id, self.device(), self.autocast
             )
             if self.packs_groups:
                 keep_states([self.cache_key(t) for t in token_lists], states, store)
@@ -269,7 +269,8 @@ class Scorer(nn.Module):
         finally:
             self.compute_dtype = dtype
 
-    def _device(self) -> torch.device:
+    def device(self) -> torch.device:
+        """Where the adapter's parameters are."""
         return next(self.peft.parameters()).device
 
     def reset_adapter(self, seed: int) -> None:

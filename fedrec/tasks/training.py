@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from ..config import TrainingConfig
 from ..models.packing import pack_groups
 from ..models.scorer import Scorer
-from ..privacy.record_level import PrivateTraining, dp_sgd, group_grad_samples, physical_batches
+from ..privacy.record_level import PrivateTraining, dp_sgd, group_grad_samples, physical_batches, seed_dp_sgd
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (scores, targets) -> mean loss
 
@@ -66,7 +66,7 @@ def train_adapter(
             f"{len(states)} states, {len(targets)} targets of {local.group_size} rows, signals of {signal_count} rows"
         )
     training = local.training
-    torch.manual_seed(local.seed)
+    seed_dp_sgd(local.seed, scorer.device())
     optimizer = torch.optim.AdamW(scorer.trainable_parameters(), lr=training.learning_rate, weight_decay=0.0)
     if local.proximal_mu > 0:
         _add_proximal_step(optimizer, training.learning_rate * local.proximal_mu)

@@ -11,6 +11,7 @@ from .dp_sgd import (
     group_grad_samples,
     physical_batches,
     plan_round,
+    seed_dp_sgd,
 )
 
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "group_grad_samples",
     "physical_batches",
     "plan_round",
+    "seed_dp_sgd",
 ]

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from ...models.collaborative import MatrixFactorization
-from ...privacy.record_level import PrivateTraining, dp_sgd
+from ...privacy.record_level import PrivateTraining, dp_sgd, seed_dp_sgd
 from ..training import TrainResult
 from .likes import Likes, bpr_loss
 
@@ -41,7 +41,7 @@ def train_bpr(
     """
     if not len(likes):
         raise ValueError("no likes to train on")
-    torch.manual_seed(training.seed)  # DP-SGD's Poisson sample and noise (unless secure-noise), as the LLM's
+    seed_dp_sgd(training.seed, model.items.weight.device)  # DP-SGD's Poisson sample and noise, as the LLM's
     generator = torch.Generator().manual_seed(training.seed)
     loader = DataLoader(
         TensorDataset(likes.users, likes.items), batch_size=training.batch_size, shuffle=True, generator=generator
