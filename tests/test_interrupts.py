@@ -50,10 +50,15 @@ def _terminate(child: subprocess.Popen) -> tuple[int, str]:
     return child.returncode, err
 
 
-def _rounds_done(out: Path) -> int:
-    path = out / "rounds.jsonl"
-    lines = path.read_text().splitlines() if path.exists() else []
-    return max((json.loads(line)["round"] for line in lines if line.endswith("}")), default=-1)
+def _round_checkpointed(out: Path) -> int:
+    """The round of ``out``'s checkpoint, -1 while there is none; reads without touching it
+    (the checkpoint is written after the round's line in ``rounds.jsonl``, so that line
+    alone does not say a checkpoint holds the round).
+    """
+    try:
+        return json.loads((out / "checkpoint" / "state.json").read_text())["round"]
+    except (OSError, ValueError):  # none yet, or swapped for a newer one while read
+        return -1
 
 
 @pytest.mark.parametrize("phase", ["start-up", "round"])
@@ -63,7 +68,7 @@ def test_sigterm_stops_the_run_and_its_processes_and_says_how_to_go_on(tmp_path,
     if phase == "start-up":  # the local SuperLink is starting, no round has run
         _wait_for(lambda: (out / "superlink.log").exists(), child)
     else:
-        _wait_for(lambda: _rounds_done(out) >= 1, child)
+        _wait_for(lambda: _round_checkpointed(out) >= 1, child)
     code, err = _terminate(child)
     assert code == INTERRUPTED, err
     last = err.strip().splitlines()[-1]
