@@ -11,7 +11,7 @@ from fedrec.models.adapter import (
     load_adapter_folder,
     save_adapter,
 )
-from fedrec.models.backbone import BackboneError, load_backbone
+from fedrec.models.backbone import BackboneError, load_backbone, weights_fingerprint
 from fedrec.models.packing import group_prefix_lengths, pack_groups
 from fedrec.models.prefix_cache import PREFIX_CACHE, shared_prefix_groups
 from fedrec.models.prefix_store import PrefixStore, cached_states
@@ -323,3 +323,21 @@ def test_training_mode_reaches_only_the_adapter_and_its_modules_hold_every_train
     }
     scorer.eval()
     assert not any(m.training for m in scorer.modules())
+
+
+@pytest.mark.parametrize("spec", ["tiny-llama", "tiny-bert"])
+def test_the_backbone_fingerprint_is_sha256_of_names_shapes_and_bytes(spec):
+    """Servers and nodes compare it (and the prefix stores are keyed by it): its
+    definition must not drift, whatever makes it faster.
+    """
+    import hashlib
+
+    backbone = load_backbone(spec)
+    digest = hashlib.sha256()
+    for name, tensor in sorted(backbone.model.state_dict().items()):
+        digest.update(name.encode() + str(tuple(tensor.shape)).encode())
+        digest.update(tensor.contiguous().view(torch.uint8).numpy().tobytes())
+    assert backbone.fingerprint == digest.hexdigest()[:16]
+    with torch.no_grad():
+        next(backbone.model.parameters()).view(-1)[0] += 1.0
+    assert weights_fingerprint(backbone.model) != backbone.fingerprint

@@ -1,4 +1,5 @@
 import math
+import warnings
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from fedrec.data.interactions import load_interaction_data
 from fedrec.privacy.audit import audit_ledgers
 from fedrec.privacy.ledger import PersistentAccountant
 from fedrec.privacy.record_level import PrivateTraining, decline_reason, dp_sgd, plan_round, seed_dp_sgd
-from fedrec.privacy.record_level.dp_sgd import SecureNoiseEngine
+from fedrec.privacy.record_level.dp_sgd import REPRODUCIBLE_NOISE_NOTICE, SecureNoiseEngine, _note_reproducible_noise
 from fedrec.tasks.metrics import roc_auc
 from fedrec.tasks.preference.examples import split_examples
 from fedrec.tasks.preference.prompt import render_preference_prompt
@@ -313,6 +314,23 @@ def test_secure_noise_cannot_be_recomputed_from_the_run_seed(secure_noise):
     engine = SecureNoiseEngine(accountant="rdp")
     assert engine.secure_mode and engine.secure_rng is not None
     assert not torch.equal(torch.normal(0, 1, (8,), generator=engine.secure_rng), torch.normal(0, 1, (8,)))
+
+
+def test_reproducible_noise_is_noted_once_per_process_not_every_round():
+    """Opacus warns on every engine it builds without secure mode; a round builds one."""
+    model = torch.nn.Linear(4, 1)
+    loader = DataLoader(TensorDataset(torch.randn(16, 4), torch.randn(16, 1)), batch_size=8)
+    plan = plan_round(RecordDPConfig(noise_multiplier=1.0), 3, 16, 8, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    _note_reproducible_noise.cache_clear()  # as in a fresh process
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):  # three rounds
+            with dp_sgd(model, optimizer, loader, PrivateTraining(plan, 1.0, PersistentAccountant())):
+                pass
+    messages = [str(w.message) for w in caught]
+    assert messages.count(REPRODUCIBLE_NOISE_NOTICE) == 1
+    assert not any("Secure RNG turned off" in m for m in messages)
 
 
 DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]

@@ -160,5 +160,5 @@ def weights_fingerprint(model: nn.Module) -> str:
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(memoryview(tensor.detach().cpu().contiguous().view(torch.uint8).numpy()))  # no copy
     return digest.hexdigest()[:16]

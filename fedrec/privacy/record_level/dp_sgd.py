@@ -73,6 +73,31 @@ class SecureNoiseEngine(PrivacyEngine):
         return optimizer
 
 
+REPRODUCIBLE_NOISE_NOTICE = (
+    "fedrec: DP-SGD draws its noise from torch's generator, seeded by the run's seed (reproducible "
+    "simulations: whoever knows the configuration can recompute the noise); set secure-noise = true "
+    "for noise drawn from the operating system's CSPRNG"
+)
+
+
+def _reproducible_noise_engine(mechanism: str) -> PrivacyEngine:
+    """Opacus's engine without secure mode. Opacus warns about it on every construction,
+    and fedrec builds one a round inside ``catch_warnings`` (which resets Python's
+    once-per-location registry): a long simulation printed it every round. fedrec says it
+    once per process instead.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        engine = PrivacyEngine(accountant=mechanism)
+    _note_reproducible_noise()
+    return engine
+
+
+@functools.cache
+def _note_reproducible_noise() -> None:
+    warnings.warn(REPRODUCIBLE_NOISE_NOTICE, UserWarning, stacklevel=2)
+
+
 def seed_dp_sgd(seed: int, device: torch.device) -> None:
     """Seed the generators DP-SGD draws from without ``secure-noise``: the CPU's default
     (Opacus's Poisson sample) and ``device``'s (the noise, where the gradients are). The
@@ -172,7 +197,7 @@ def dp_sgd(
         device = next(p.device for p in module.parameters() if p.requires_grad)
         engine = SecureNoiseEngine(accountant=accountant.mechanism, device=device)
     else:
-        engine = PrivacyEngine(accountant=accountant.mechanism)
+        engine = _reproducible_noise_engine(accountant.mechanism)
     engine.accountant.history = list(accountant.history)
     hooks, dp_optimizer, dp_loader = engine.make_private(
         module=module,
