@@ -3,9 +3,14 @@ forward on the training prompt, history files, the CLI table, and clear errors.
 """
 
 import json
+import re
 import shutil
+import signal
+import socket
+import stat
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,6 +22,7 @@ import torch
 from fedrec.cli import main
 from fedrec.client.inputs import load_history
 from fedrec.client.recommend import RecommendError, recommend
+from fedrec.client.service import RequestError, ServiceError, ask, claim_socket_path, read_request
 from fedrec.config import resolve_config
 from fedrec.data.interactions import load_interaction_data
 from fedrec.models.adapter import save_adapter
@@ -203,3 +209,110 @@ def test_an_llm_rerank_on_the_device_does_not_import_the_partitioners():
     """`fedrec recommend --adapter` reads one history: `datasets` (a second to import) stays unloaded."""
     imports = "fedrec.cli, fedrec.client.recommend, fedrec.client.llm_rerank, fedrec.client.app"
     assert _loaded_after(imports, ("datasets", "flwr_datasets")) == []
+
+
+SERVE_LIMIT = 120.0  # seconds the service may take to start or stop here
+
+
+def _start_service(socket_path: Path, *args: str) -> subprocess.Popen:
+    """``fedrec recommend --serve`` in its own process; returns once it serves (bounded)."""
+    fedrec = Path(sys.executable).parent / "fedrec"
+    command = [str(fedrec), "recommend", "--serve", str(socket_path), *args]
+    service = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + SERVE_LIMIT
+    while not socket_path.exists():
+        assert service.poll() is None, f"the service ended: {service.communicate()[1]}"
+        assert time.monotonic() < deadline, "the service did not start"
+        time.sleep(0.1)
+    return service
+
+
+def _stop(service: subprocess.Popen) -> int:
+    service.send_signal(signal.SIGTERM)
+    try:
+        return service.wait(timeout=SERVE_LIMIT)
+    finally:
+        if service.poll() is None:
+            service.kill()
+            service.wait(timeout=SERVE_LIMIT)
+
+
+def _raw(socket_path: Path, line: bytes) -> dict:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+        connection.settimeout(SERVE_LIMIT)
+        connection.connect(str(socket_path))
+        connection.sendall(line)
+        return json.loads(connection.makefile("rb").readline())
+
+
+def test_a_resident_service_answers_as_recommend_does_and_outlives_bad_requests(runs, tmp_path, capsys):
+    _, adapter, _, history = runs
+    socket_path = tmp_path / "recommend.sock"
+    service = _start_service(socket_path, "--adapter", str(adapter), "--candidates", "6")
+    try:
+        assert stat.S_IMODE(socket_path.stat().st_mode) == 0o600  # the owner's only
+        expected = recommend(adapter, history, k=4, candidates=6)
+        asked = ask(socket_path, history, k=4)
+        assert [r.item for r in asked] == [r.item for r in expected]
+        assert [r.score for r in asked] == pytest.approx([r.score for r in expected], abs=1e-5)
+        rows = HISTORY.to_dict(orient="records")
+        assert [r.item for r in ask(socket_path, rows, k=4)] == [r.item for r in expected]
+        with pytest.raises(ServiceError, match=r"item 999 is missing from the catalog"):
+            ask(socket_path, [{"item": 999, "rating": 5}])
+        with pytest.raises(ServiceError, match=r"k must be >= 1"):
+            ask(socket_path, history, k=0)
+        with pytest.raises(ServiceError, match=r"a non-empty list of \{item, rating"):
+            ask(socket_path, [])
+        assert "must be absolute" in _raw(socket_path, b'{"history": "h.csv"}\n')["error"]
+        assert "not JSON" in _raw(socket_path, b"{history\n")["error"]
+        assert [r.item for r in ask(socket_path, history, k=4)] == [r.item for r in expected]  # still serving
+        assert main(["recommend", "--service", str(socket_path), "--history", str(history), "-k", "2"]) == 0
+        header, *lines = capsys.readouterr().out.strip().splitlines()
+        assert header.split() == ["rank", "item", "title", "score"] and len(lines) == 2
+        assert main(["recommend", "--service", str(socket_path), "--history", str(history), "--adapter", "x"]) == 2
+        assert "--adapter: the service uses what it was started with" in capsys.readouterr().err
+        second = subprocess.run(
+            [str(Path(sys.executable).parent / "fedrec"), "recommend", "--serve", str(socket_path), "--adapter",
+             str(adapter)],
+            capture_output=True, text=True, timeout=SERVE_LIMIT,
+        )  # fmt: skip
+        assert second.returncode == 2 and "a service already answers at" in second.stderr
+    finally:
+        code = _stop(service)
+    assert code == 0 and not socket_path.exists()
+    with pytest.raises(ServiceError, match=r"no recommendation service answers at .*recommend.sock"):
+        ask(socket_path, history)
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        (b'{"history": "/h.csv"}', "one JSON line"),
+        (b"[1, 2]\n", "an object with 'history'"),
+        (b'{"history": "/h.csv", "n": 3}\n', "an object with 'history' and optionally 'k'; got ['history', 'n']"),
+        (b'{"history": "/h.csv", "k": true}\n', "'k' must be an integer"),
+        (b'{"history": []}\n', "a non-empty list"),
+        (b'{"history": [1, 2]}\n', "a non-empty list"),
+    ],
+)
+def test_a_malformed_request_is_refused_naming_the_problem(line, problem):
+    with pytest.raises(RequestError, match=re.escape(problem)):
+        read_request(line)
+
+
+def test_a_stale_socket_is_replaced_and_a_plain_file_kept(tmp_path):
+    stale = tmp_path / "stale.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as gone:
+        gone.bind(str(stale))  # bound, never listened, closed: what a killed service leaves
+    claim_socket_path(stale)
+    assert not stale.exists()
+    plain = tmp_path / "notes.txt"
+    plain.write_text("mine")
+    with pytest.raises(ServiceError, match=r"notes.txt: it is a file, not a socket"):
+        claim_socket_path(plain)
+    assert plain.read_text() == "mine"
+
+
+def test_asking_a_service_imports_the_standard_library_only():
+    modules = ("pandas", "numpy", "torch", "transformers", "flwr")
+    assert _loaded_after("fedrec.client.service, fedrec.client.recommendations", modules) == []

@@ -24,27 +24,31 @@ from ..tasks.preference.examples import PreferenceExample
 from ..tasks.preference.prompt import render_preference_prompt
 from ..tasks.preference.scoring import scorer_for
 from ..tasks.preference.signals import CollaborativeSignals
-from .inputs import LOCAL_USER, RecommendError, load_history, run_config
+from .inputs import LOCAL_USER, RecommendError, run_config
 
 
-def adapter_scorer(
-    adapter_dir: Path, history: str | Path | pd.DataFrame, config: FedRecConfig | str | Path | None
-) -> tuple[FedRecConfig, InteractionData, pd.DataFrame, Scorer]:
-    """The adapter run's config, catalog, the checked history and the scorer holding the adapter."""
+def adapter_run(adapter_dir: Path, config: FedRecConfig | str | Path | None) -> tuple[FedRecConfig, InteractionData]:
+    """The adapter run's config and catalog (the folder checked to exist)."""
     try:
         if not adapter_dir.is_dir():
             problem = "is not a folder" if adapter_dir.exists() else "does not exist"
             raise AdapterMismatchError(f"adapter folder {adapter_dir} {problem}")
         cfg = config if isinstance(config, FedRecConfig) else run_config(adapter_dir, config)
-        data = prompt_data(cfg.data)
-        rated = load_history(history, data)
+        return cfg, prompt_data(cfg.data)
+    except (ConfigError, DataError, AdapterMismatchError) as err:
+        raise RecommendError(str(err)) from None
+
+
+def adapter_scorer(cfg: FedRecConfig, adapter_dir: Path) -> Scorer:
+    """The run's (process-wide) scorer holding the adapter of ``adapter_dir``."""
+    try:
         scorer = scorer_for(cfg)
         load_adapter_folder(scorer, adapter_dir)  # names, shapes, dtypes and finite values checked
     except SafetensorError as err:
         raise RecommendError(f"{adapter_dir}: adapter_model.safetensors cannot be read: {err}") from None
-    except (ConfigError, DataError, AdapterMismatchError, BackboneError) as err:
+    except (AdapterMismatchError, BackboneError) as err:
         raise RecommendError(str(err)) from None
-    return cfg, data, rated, scorer
+    return scorer
 
 
 def llm_scores(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -21,20 +22,112 @@ import pandas as pd
 from ..config import ConfigError, FedRecConfig
 from ..data.interactions import DataError, InteractionData, load_interaction_data
 from .inputs import RecommendError, load_history, run_config
+from .recommendations import Recommendation
 from .retrieval import retrieve
+
+if TYPE_CHECKING:
+    from ..models.scorer import Scorer
 
 DEFAULT_RERANK = 50  # retrieved items the LLM reranks
 
 
 @dataclass(frozen=True)
-class Recommendation:
-    """One recommended catalog item and its score: the LLM's ``logit(Yes) - logit(No)``,
-    or the collaborative model's when it ranks alone.
+class RunFiles:
+    """A run's configuration and the catalog it was trained on."""
+
+    cfg: FedRecConfig
+    data: InteractionData
+
+
+class Recommender:
+    """One run's models, opened once for the histories of many requests (``fedrec
+    recommend --serve`` keeps one in memory): the retriever's file and catalog, the
+    adapter run's config and catalog, and its scorer, loaded on first use or by
+    :meth:`load`.
+
+    With ``item_tables`` (a collaborative run's ``item-tables.npz``, or an ease run's
+    ``item-weights.npz``) the run's model retrieves: it ranks the whole catalog, and the
+    LLM adapter, when given, reranks its top ``candidates`` (default 50), fused with the
+    retriever's scores at the adapter run's ``rerank-fusion-weight``. Without it the
+    adapter scores the ``candidates`` most-rated unrated items of the dataset (0: the
+    whole catalog). ``config``: the adapter run's configuration or its TOML file
+    (default: ``config.toml`` beside ``adapter_dir``). A bad adapter folder, item-tables
+    file or config raises :class:`RecommendError` naming the path and the problem.
     """
 
-    item: str
-    title: str
-    score: float
+    def __init__(
+        self,
+        adapter_dir: str | Path | None = None,
+        item_tables: str | Path | None = None,
+        config: FedRecConfig | str | Path | None = None,
+        candidates: int = 0,
+    ) -> None:
+        if candidates < 0 or (adapter_dir is None and item_tables is None):
+            raise RecommendError(f"need an adapter or item tables and candidates >= 0; got candidates={candidates}")
+        self.candidates = candidates
+        self.item_tables = Path(item_tables).expanduser() if item_tables is not None else None
+        self.retriever = _open_retriever(self.item_tables) if self.item_tables is not None else None
+        self.adapter_dir = Path(adapter_dir).expanduser() if adapter_dir is not None else None
+        self.adapter_run: RunFiles | None = None
+        if self.adapter_dir is not None:
+            from .llm_rerank import adapter_run  # the LLM stack (torch, transformers, peft) loads only here
+
+            self.adapter_run = RunFiles(*adapter_run(self.adapter_dir, config))
+
+    def load(self) -> Recommender:
+        """Load the LLM now, not at the first history (a service's first answer then
+        takes as long as the next ones, and a bad adapter stops it at start-up).
+        """
+        self._llm()
+        return self
+
+    def recommend(self, history: str | Path | pd.DataFrame, k: int = 10) -> list[Recommendation]:
+        """The ``k`` best-scored catalog items ``history`` does not hold, best first; a bad
+        history or ``k`` raises :class:`RecommendError` before the LLM is loaded.
+        """
+        if k < 1:
+            raise RecommendError(f"k must be >= 1, got {k}")
+        retrieved = _retrieve(self.retriever, self.item_tables, history) if self.retriever is not None else None
+        if self.adapter_run is None:
+            assert self.retriever is not None and retrieved is not None
+            titles = self.retriever.data.titles
+            return [Recommendation(item, titles[item], score) for item, score in retrieved[:k]]
+        cfg, data = self.adapter_run.cfg, self.adapter_run.data
+        rated = _history(history, data)
+        pool = self._pool(data, rated, retrieved)
+        from ..tasks.ranking.rerank import fused_scores
+        from .llm_rerank import llm_scores
+
+        scores = llm_scores(cfg, data, self._llm(), rated, pool, self.item_tables)
+        if retrieved is not None:  # the adapter run's late fusion with the retriever (weight 0: the LLM's order)
+            retriever = np.array([score for _, score in retrieved[: len(pool)]])
+            scores = fused_scores(scores, retriever, cfg.evaluation.rerank_fusion_weight)
+        best = np.argsort(-scores, kind="stable")[:k]
+        return [Recommendation(pool[i], data.titles[pool[i]], float(scores[i])) for i in best]
+
+    def _pool(self, data: InteractionData, rated: pd.DataFrame, retrieved: list[tuple[str, float]] | None) -> list[str]:
+        """The items the LLM scores: the retrieved top, or the unrated catalog (its most-rated part)."""
+        if retrieved is not None:
+            pool = [item for item, _ in retrieved[: self.candidates or DEFAULT_RERANK]]
+        else:
+            pool = sorted(set(data.items["item"]) - set(rated["item"]))
+            if self.candidates:
+                counts = data.interactions["item"].value_counts().to_dict()
+                pool = sorted(pool, key=lambda item: -counts.get(item, 0))[: self.candidates]  # ties: id order
+        if not pool:
+            raise RecommendError(f"the history rates every item of the catalog of '{data.name}': nothing to recommend")
+        return pool
+
+    def _llm(self) -> Scorer | None:
+        """The process-wide scorer with this run's adapter put in it (again at every call:
+        another :class:`Recommender` in the process may have put its own), None without
+        an adapter.
+        """
+        if self.adapter_run is None:
+            return None
+        from .llm_rerank import adapter_scorer
+
+        return adapter_scorer(self.adapter_run.cfg, self.adapter_dir)
 
 
 def recommend(
@@ -45,67 +138,39 @@ def recommend(
     candidates: int = 0,
     item_tables: str | Path | None = None,
 ) -> list[Recommendation]:
-    """The ``k`` best-scored catalog items the history does not hold, best first.
-
-    With ``item_tables`` (a collaborative run's ``item-tables.npz``, or an ease run's
-    ``item-weights.npz``) the run's model retrieves: it ranks the whole catalog, and the
-    LLM adapter, when given, reranks its top ``candidates`` (default 50), fused with the
-    retriever's scores at the adapter run's ``rerank-fusion-weight``. Without it the adapter scores the ``candidates``
-    most-rated unrated items of the dataset (0: the whole catalog). ``config``: the
-    adapter run's configuration or its TOML file (default: ``config.toml`` beside
-    ``adapter_dir``). Raises :class:`RecommendError` naming the path and the problem for
-    a bad adapter folder, item-tables file, config, history or ``k``.
+    """The ``k`` best-scored catalog items the history does not hold, best first: a
+    :class:`Recommender` opened for this one history (see there for the arguments).
+    Raises :class:`RecommendError` naming the path and the problem for a bad adapter
+    folder, item-tables file, config, history or ``k``.
     """
-    if k < 1 or candidates < 0 or (adapter_dir is None and item_tables is None):
-        raise RecommendError(
-            f"need an adapter or item tables, k >= 1 and candidates >= 0; got k={k}, candidates={candidates}"
-        )
-    retrieved = _retrieved(Path(item_tables).expanduser(), history) if item_tables is not None else None
-    if adapter_dir is None:
-        assert retrieved is not None
-        data, ranked = retrieved
-        titles = data.titles
-        return [Recommendation(item, titles[item], score) for item, score in ranked[:k]]
-    # the LLM stack (torch, transformers, peft) loads only here: retrieval alone needs none of it
-    from ..tasks.ranking.rerank import fused_scores
-    from .llm_rerank import adapter_scorer, llm_scores
-
-    cfg, data, rated, scorer = adapter_scorer(Path(adapter_dir).expanduser(), history, config)
-    if retrieved is not None:
-        pool = [item for item, _ in retrieved[1][: candidates or DEFAULT_RERANK]]
-    else:
-        pool = sorted(set(data.items["item"]) - set(rated["item"]))
-        if candidates:
-            counts = data.interactions["item"].value_counts().to_dict()
-            pool = sorted(pool, key=lambda item: -counts.get(item, 0))[:candidates]  # ties stay in id order
-    if not pool:
-        raise RecommendError(f"the history rates every item of the catalog of '{data.name}': nothing to recommend")
-    scores = llm_scores(cfg, data, scorer, rated, pool, item_tables)
-    if retrieved is not None:  # the adapter run's late fusion with the retriever (weight 0: the LLM's order)
-        retriever = np.array([score for _, score in retrieved[1][: len(pool)]])
-        scores = fused_scores(scores, retriever, cfg.evaluation.rerank_fusion_weight)
-    best = np.argsort(-scores, kind="stable")[:k]
-    titles = data.titles
-    return [Recommendation(pool[i], titles[pool[i]], float(scores[i])) for i in best]
+    if k < 1:
+        raise RecommendError(f"k must be >= 1, got {k}")
+    return Recommender(adapter_dir, item_tables, config, candidates).recommend(history, k)
 
 
-def _retrieved(path: Path, history: str | Path | pd.DataFrame) -> tuple[InteractionData, list[tuple[str, float]]]:
-    """The catalog and the collaborative run's ranking of it for the history."""
+def _open_retriever(path: Path) -> RunFiles:
+    """The collaborative run's config and catalog."""
     try:
         if not path.is_file():
             raise ConfigError(f"item-tables file {path} does not exist")
         cfg = run_config(path)
-        data = load_interaction_data(cfg.data.dataset, cfg.data.items_path)
-        return data, retrieve(path, load_history(history, data), data, cfg)
+        return RunFiles(cfg, load_interaction_data(cfg.data.dataset, cfg.data.items_path))
     except (ConfigError, DataError, ValueError) as err:
         raise RecommendError(str(err)) from None
 
 
-def format_recommendations(recommendations: list[Recommendation]) -> str:
-    """A table of rank, item id, title and score."""
-    item_width = max([len("item"), *(len(r.item) for r in recommendations)])
-    title_width = max([len("title"), *(len(r.title) for r in recommendations)])
-    lines = [f"{'rank':>4}  {'item':<{item_width}}  {'title':<{title_width}}  {'score':>8}"]
-    for rank, r in enumerate(recommendations, start=1):
-        lines.append(f"{rank:>4}  {r.item:<{item_width}}  {r.title:<{title_width}}  {r.score:>8.4f}")
-    return "\n".join(lines)
+def _retrieve(run: RunFiles, path: Path, history: str | Path | pd.DataFrame) -> list[tuple[str, float]]:
+    """The collaborative run's ranking of the catalog for the history."""
+    rated = _history(history, run.data)
+    try:
+        return retrieve(path, rated, run.data, run.cfg)
+    except (ConfigError, DataError, ValueError) as err:
+        raise RecommendError(str(err)) from None
+
+
+def _history(history: str | Path | pd.DataFrame, data: InteractionData) -> pd.DataFrame:
+    """The history checked against the catalog."""
+    try:
+        return load_history(history, data)
+    except DataError as err:
+        raise RecommendError(str(err)) from None
