@@ -12,12 +12,16 @@ from fedrec.models.adapter import (
     save_adapter,
 )
 from fedrec.models.backbone import BackboneError, load_backbone, weights_fingerprint
+from fedrec.models.lora import LoraSettings
 from fedrec.models.packing import group_prefix_lengths, pack_groups
+from fedrec.models.precision import native_bfloat16, resolve_compute_dtype
 from fedrec.models.prefix_cache import PREFIX_CACHE, shared_prefix_groups
 from fedrec.models.prefix_store import PrefixStore, cached_states
+from fedrec.models.registry import shared_scorer
 from fedrec.models.split import attend_to_self
 from fedrec.models.split_check import full_forward_score
 from fedrec.models.wire import AdapterMismatchError
+from fedrec.tasks.preference.prompt import PREFERENCE_QUESTION
 from tests.conftest import tiny_scorer
 
 PROMPTS = ["A user rated these items: good film 2: liked. Will the user like bad film 3?", "short one"]
@@ -341,3 +345,24 @@ def test_the_backbone_fingerprint_is_sha256_of_names_shapes_and_bytes(spec):
     with torch.no_grad():
         next(backbone.model.parameters()).view(-1)[0] += 1.0
     assert weights_fingerprint(backbone.model) != backbone.fingerprint
+
+
+def test_compute_dtype_auto_is_bfloat16_only_where_the_hardware_has_it():
+    # the capability checks native_bfloat16 reads exist in this torch (a renamed one would silently mean float32)
+    assert callable(torch.cpu._is_avx512_bf16_supported) and callable(torch.cpu._is_amx_tile_supported)
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert native_bfloat16("cpu") == native
+    assert resolve_compute_dtype("auto", "cpu") == (torch.bfloat16 if native else torch.float32)
+    if not torch.cuda.is_available():
+        assert not native_bfloat16("cuda") and resolve_compute_dtype("auto", "cuda") == torch.float32
+    for device in ("cpu", "cuda"):  # an explicit choice is kept whatever the hardware
+        assert resolve_compute_dtype("float32", device) == torch.float32
+        assert resolve_compute_dtype("bfloat16", device) == torch.bfloat16
+    with pytest.raises(ValueError, match="float32, bfloat16, auto; got 'float16'"):
+        resolve_compute_dtype("float16", "cpu")
+
+
+def test_the_shared_scorer_runs_auto_at_the_resolved_dtype():
+    settings = LoraSettings(rank=2, alpha=4.0, target_modules=("q_proj", "v_proj"), top_layers=1)
+    scorer = shared_scorer("tiny-llama", settings, PREFERENCE_QUESTION, 96, "auto")
+    assert scorer.compute_dtype == resolve_compute_dtype("auto", "cuda" if torch.cuda.is_available() else "cpu")

@@ -314,5 +314,6 @@ def test_a_stale_socket_is_replaced_and_a_plain_file_kept(tmp_path):
 
 
 def test_asking_a_service_imports_the_standard_library_only():
+    """`fedrec recommend --service`: the command and the asking path leave numpy, pandas, torch and Flower unloaded."""
     modules = ("pandas", "numpy", "torch", "transformers", "flwr")
-    assert _loaded_after("fedrec.client.service, fedrec.client.recommendations", modules) == []
+    assert _loaded_after("fedrec.cli, fedrec.client.service, fedrec.client.recommendations", modules) == []

@@ -18,7 +18,7 @@ from fedrec.tasks.metrics import ndcg_at_k
 from fedrec.tasks.preference.dataset import load_federated_data
 from fedrec.tasks.preference.scoring import scorer_for
 
-SUMMARY_KEYS = {"rounds", "metrics", "epsilon", "delta", "bytes", "seconds", "versions", "baselines"}
+SUMMARY_KEYS = {"rounds", "metrics", "epsilon", "delta", "bytes", "seconds", "versions", "baselines", "compute_dtype"}
 ROUND_KEYS = {
     "round",
     "clients_sampled",
@@ -48,6 +48,7 @@ def test_results_folder_has_every_part(smoke_run):
     json.dumps(summary, allow_nan=False)  # undefined metrics (UAUC of one held-out item) are null, not NaN
     assert summary["baselines"]["most-popular"]["uauc"] is None and summary["metrics"]["auc_se"] > 0
     assert summary["rounds"] == 2
+    assert summary["compute_dtype"] == "float32"  # the smoke preset's explicit choice
     rounds = _rounds(out)
     assert [r["round"] for r in rounds] == [0, 1, 2]
     for r in rounds[1:]:

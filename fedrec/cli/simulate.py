@@ -8,9 +8,6 @@ import sys
 from pathlib import Path
 
 from ..config import ConfigError
-from ..data.interactions import DataError
-from ..server.checkpoint import CHECKPOINT_DIR, CheckpointError
-from ..server.results import ResultsFolderError, failure
 from .options import add_config_args, config_from_args
 
 
@@ -37,6 +34,7 @@ FAILED = 1
 
 def how_to_go_on(out: Path) -> str:
     """What an interrupted or failed run left in ``out`` and how to go on."""
+    from ..server.checkpoint import CHECKPOINT_DIR
     from ..simulation.runner import summary_incomplete
 
     if summary_incomplete(out):
@@ -48,8 +46,12 @@ def how_to_go_on(out: Path) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run (or resume, or only check) the simulation; 2 on invalid settings, data, item
-    tables or results folder, found before anything is written or started.
+    tables or results folder, found before anything is written or started (the
+    simulation stack, pandas and Flower, is imported here: other commands start fast).
     """
+    from ..data.interactions import DataError
+    from ..server.checkpoint import CHECKPOINT_DIR, CheckpointError
+    from ..server.results import ResultsFolderError, failure
     from ..simulation.engine import EngineError
     from ..simulation.preflight import preflight, start_up_warnings
     from ..simulation.report import summary_table

@@ -45,7 +45,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lora-alpha": 4.0,
         "lora-layers": 2,
         "strategy": "ffa-lora",
-        "compute-dtype": "bfloat16",
+        "compute-dtype": "auto",
         "batch-size": 180,
         "physical-batch-size": 32,  # 1.5x faster than 128 on the 2-core CPU (57 vs 38 examples/s)
         "learning-rate": 0.3,
@@ -64,7 +64,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lora-alpha": 8.0,
         "lora-layers": 4,
         "strategy": "ffa-lora",
-        "compute-dtype": "bfloat16",
+        "compute-dtype": "auto",
         "batch-size": 1024,
         "physical-batch-size": 128,
         "learning-rate": 0.1,

@@ -178,7 +178,10 @@ class ModelConfig(Section):
         "", "heterogeneous ranks, e.g. '4,8,16': client i gets rank i mod 3 (lora-rank unused); needs a frozen A"
     )
     compute_dtype: str = option(
-        "float32", "autocast precision of the forward pass; the adapter stays float32", choices=COMPUTE_DTYPES
+        "float32",
+        "autocast precision of the forward pass (auto: bfloat16 where the hardware has it, else float32); "
+        "the adapter stays float32",
+        choices=COMPUTE_DTYPES,
     )
 
     def validate(self) -> None:

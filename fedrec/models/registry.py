@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import functools
 
-import torch
-
 from .backbone import load_backbone
 from .lora import LoraSettings
+from .precision import resolve_compute_dtype, scoring_device
 from .prompting import AnswerPrompt
 from .scorer import Scorer
 
@@ -22,9 +21,12 @@ def shared_scorer(
     signal_dim: int = 0,
 ) -> Scorer:
     """The process's scorer for these settings, loaded on first use (on the GPU when
-    one is visible). Callers set the adapter weights they need before use.
+    one is visible, ``compute_dtype`` resolved for it). Callers set the adapter weights
+    they need before use.
     """
-    scorer = Scorer(load_backbone(backbone), lora, question, max_length, getattr(torch, compute_dtype), signal_dim)
-    if torch.cuda.is_available():
+    device = scoring_device()
+    dtype = resolve_compute_dtype(compute_dtype, device)
+    scorer = Scorer(load_backbone(backbone), lora, question, max_length, dtype, signal_dim)
+    if device == "cuda":
         scorer.to("cuda")
     return scorer

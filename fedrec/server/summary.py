@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from ..config import FedRecConfig
+from ..models.precision import resolve_compute_dtype, scoring_device
 from ..privacy.client_level.strategy import ClientLevelDP
 from ..privacy.ledger import PersistentAccountant
 from .models import ServedModel
@@ -58,6 +59,7 @@ def build_summary(
         "seconds": seconds,
         "versions": {name: version(name) for name in PACKAGES},
         "torch_threads": torch.get_num_threads(),
+        "compute_dtype": _compute_dtype(cfg.model.compute_dtype),
     }
     if cfg.evaluation.ranking_users:
         summary["ranking_candidates"] = cfg.evaluation.ranking_negatives + 1
@@ -65,6 +67,11 @@ def build_summary(
     if tables is not None and dp.dp and epsilons and tables["epsilon_max"] is not None:
         summary["epsilon"]["composed"] = composed_with_item_tables(max(epsilons), dp.target_delta, tables)
     return summary
+
+
+def _compute_dtype(name: str) -> str:
+    """What ``compute-dtype`` meant on the server's device (``auto`` resolved), e.g. "float32"."""
+    return str(resolve_compute_dtype(name, scoring_device())).removeprefix("torch.")
 
 
 def composed_with_item_tables(epsilon: float, delta: float, tables: Mapping[str, Any]) -> dict[str, Any]:
