@@ -25,12 +25,11 @@ from flwr.app import Array, ArrayRecord
 
 from fedrec.config import FedRecConfig
 from fedrec.config.presets import read_config_file
-from fedrec.models.collaborative import read_item_tables
+from fedrec.models.item_tables import catalog_order, read_item_tables
 from fedrec.privacy.item_statistics import user_contributions
 from fedrec.protocol.records import ITEM_LIKES, ITEM_RATINGS
 from fedrec.server.models import central_split
 from fedrec.tasks.collaborative.evaluation import CollaborativeEvaluator
-from fedrec.tasks.collaborative.likes import catalog_order
 from fedrec.tasks.collaborative.priors import STATISTICS_FILE, ItemCounts
 from fedrec.tasks.ranking.ranker import paired_differences
 

@@ -25,12 +25,11 @@ from fedrec.config import ConfigError, FedRecConfig, RecordDPConfig, resolve_con
 from fedrec.data.interactions import load_interaction_data
 from fedrec.models.adapter import PROJECTOR_FILE
 from fedrec.models.collaborative import (
-    ITEM_BIASES,
-    ITEM_EMBEDDINGS,
     MatrixFactorization,
     initial_item_arrays,
     initial_user_embeddings,
 )
+from fedrec.models.item_tables import ITEM_BIASES, ITEM_EMBEDDINGS, catalog_order
 from fedrec.privacy.item_statistics import record_level_entry, record_sensitivity, user_contributions
 from fedrec.privacy.ledger import PersistentAccountant
 from fedrec.privacy.record_level import PrivateTraining, plan_round
@@ -39,7 +38,7 @@ from fedrec.protocol.replies import reply_metrics
 from fedrec.protocol.secagg import CLEAR_METRICS
 from fedrec.simulation.runner import simulate
 from fedrec.tasks.collaborative.evaluation import CollaborativeEvaluator
-from fedrec.tasks.collaborative.likes import Likes, catalog_order, fold_in
+from fedrec.tasks.collaborative.likes import Likes, fold_in
 from fedrec.tasks.collaborative.priors import ItemCounts, like_rate_logits
 from fedrec.tasks.collaborative.training import BPRTraining, train_bpr
 from fedrec.tasks.preference.baselines import preference_baselines

@@ -12,7 +12,7 @@ from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from opacus.accountants.rdp import RDPAccountant
 
 from fedrec.config import resolve_config
-from fedrec.models.collaborative import ITEM_BIASES, ITEM_EMBEDDINGS
+from fedrec.models.item_tables import ITEM_BIASES, ITEM_EMBEDDINGS
 from fedrec.protocol.records import ITEM_LIKES, ITEM_RATINGS
 from fedrec.protocol.secagg import CLEAR_METRICS
 from tests.conftest import run_configured

@@ -5,6 +5,8 @@ sensitivity and accounting, EASE's fit, and a federated run with SecAgg+ and DP.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -15,6 +17,7 @@ from opacus.accountants import RDPAccountant
 from fedrec.client.recommend import recommend
 from fedrec.config import ConfigError, FedRecConfig, resolve_config
 from fedrec.data.interactions import load_interaction_data
+from fedrec.models.item_tables import catalog_order
 from fedrec.privacy.item_cooccurrence import (
     cooccurrence,
     noise_share,
@@ -27,7 +30,6 @@ from fedrec.privacy.rated_items import interaction_vectors
 from fedrec.simulation.runner import SimulationError, simulate
 from fedrec.tasks.collaborative.evaluation import ItemItemEvaluator
 from fedrec.tasks.collaborative.item_item import DISLIKE_WEIGHT, ITEM_WEIGHTS, fit_ease
-from fedrec.tasks.collaborative.likes import catalog_order
 from fedrec.tasks.preference.dataset import load_federated_data, load_split
 from tests.conftest import run_configured
 
@@ -255,6 +257,22 @@ def test_recommend_with_ease_weights_scores_the_historys_ratings_times_them(ease
     _, llm_run, _ = smoke_run  # an LLM adapter reranks only what the weights retrieved
     top = recommend(llm_run / "adapter", HISTORY, k=3, candidates=5, item_tables=weights_file)
     assert {r.item for r in top} <= {r.item for r in found}
+
+
+def test_an_ease_recommendation_on_the_device_never_loads_torch(ease_run, tmp_path):
+    """`fedrec recommend --item-tables item-weights.npz` is numpy only: it starts in a
+    second where torch's import alone takes several (mf's fold-in still needs torch).
+    """
+    history = tmp_path / "history.csv"
+    HISTORY.to_csv(history, index=False)
+    weights_file = ease_run[1] / "run" / "item-weights.npz"
+    argv = ["recommend", "--item-tables", str(weights_file), "--history", str(history), "-k", "5"]
+    code = f"import sys; from fedrec.cli import main; code = main({argv!r}); print(code, 'torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    *table, last = done.stdout.strip().splitlines()
+    assert last == "0 False"
+    expected = [r.item for r in recommend(None, HISTORY, k=5, item_tables=weights_file)]
+    assert [line.split()[1] for line in table[-5:]] == expected
 
 
 def test_the_llm_reranks_an_ease_retriever_whose_own_metrics_are_the_ease_runs(ease_run, tmp_path):

@@ -9,9 +9,9 @@ from flwr.app import Array, ArrayRecord
 
 from fedrec.config import ConfigError, resolve_config
 from fedrec.models.collaborative import initial_item_arrays
+from fedrec.models.item_tables import catalog_order
 from fedrec.tasks.collaborative.evaluation import CollaborativeEvaluator
 from fedrec.tasks.collaborative.folded import FoldedInTables
-from fedrec.tasks.collaborative.likes import catalog_order
 from fedrec.tasks.metrics import target_rank
 from fedrec.tasks.preference.dataset import load_split
 from fedrec.tasks.ranking.cases import ranking_cases

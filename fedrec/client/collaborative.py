@@ -15,10 +15,11 @@ from flwr.app import Array, ArrayRecord, Context, Message
 
 from ..config import FedRecConfig
 from ..models.collaborative import MatrixFactorization, initial_user_embeddings
+from ..models.item_tables import catalog_order
 from ..privacy.record_level import PrivateTraining
 from ..protocol.records import ARRAYS, CONFIG, DECLINED, NUM_EXAMPLES, SECONDS, SERVER_ROUND, STEPS, TRAIN_LOSS
 from ..protocol.replies import decline_reply, train_reply
-from ..tasks.collaborative.likes import Likes, catalog_order, fold_in
+from ..tasks.collaborative.likes import Likes, fold_in
 from ..tasks.collaborative.training import BPRTraining, train_bpr
 from ..tasks.training import TrainResult
 from .budget import train_within_budget

@@ -13,12 +13,12 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message
 
 from ..config import FedRecConfig
+from ..models.item_tables import catalog_order
 from ..privacy.item_cooccurrence import cooccurrence, noise_share, record_level_entry
 from ..privacy.item_statistics import COUNT_UNIT
 from ..privacy.rated_items import interaction_vectors
 from ..protocol.records import CLIENT_DP_WEIGHT, CONFIG, COOCCURRENCE, DECLINED, NUM_EXAMPLES, STATISTICS_CLIENTS
 from ..protocol.replies import decline_reply, train_reply
-from ..tasks.collaborative.likes import catalog_order
 from .budget import ledger_metrics, spend_release
 from .node import node_data, round_seed
 

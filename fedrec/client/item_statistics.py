@@ -12,6 +12,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message
 
 from ..config import FedRecConfig
+from ..models.item_tables import catalog_order
 from ..privacy.item_statistics import COUNT_UNIT, noise_share, record_level_entry, user_contributions
 from ..protocol.records import (
     CLIENT_DP_WEIGHT,
@@ -23,7 +24,6 @@ from ..protocol.records import (
     STATISTICS_CLIENTS,
 )
 from ..protocol.replies import decline_reply, train_reply
-from ..tasks.collaborative.likes import catalog_order
 from .budget import ledger_metrics, spend_release
 from .node import node_data
 

@@ -7,14 +7,12 @@ own: it is trained and kept where the user's data is, and never sent.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 from torch import nn
 
-ITEM_EMBEDDINGS = "mf.item_embeddings"
-ITEM_BIASES = "mf.item_biases"
+from .item_tables import ITEM_BIASES, ITEM_EMBEDDINGS
+
 INIT_SCALE = 0.1
 
 
@@ -76,12 +74,3 @@ def initial_item_arrays(num_items: int, dim: int, seed: int) -> dict[str, np.nda
 def initial_user_embeddings(num_users: int, dim: int, seed: int) -> np.ndarray:
     """A client's seeded starting user embeddings, N(0, 0.1^2)."""
     return (np.random.default_rng(seed).standard_normal((num_users, dim)) * INIT_SCALE).astype(np.float32)
-
-
-def read_item_tables(path: Path) -> dict[str, np.ndarray]:
-    """The arrays of a run's ``item-tables.npz`` (``ValueError`` naming the file when unreadable)."""
-    try:
-        with np.load(path) as stored:
-            return {name: stored[name] for name in stored.files}
-    except (OSError, ValueError, EOFError) as err:
-        raise ValueError(f"{path}: not a readable item-tables file ({type(err).__name__}: {err})") from None

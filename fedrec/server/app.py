@@ -13,7 +13,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from ..config import FedRecConfig
-from ..models.collaborative import ITEM_BIASES
+from ..models.item_tables import ITEM_BIASES
 from ..protocol.replies import readable_reason
 from .checkpoint import ServerCheckpoint, read_checkpoint, write_checkpoint
 from .federation import Federation, compose

@@ -18,6 +18,7 @@ from ..config import FedRecConfig
 from ..files import write_atomic
 from ..models.adapter import adapter_to_arrays, frozen_a_fingerprint, load_adapter_arrays, save_adapter
 from ..models.collaborative import initial_item_arrays
+from ..models.item_tables import catalog_order
 from ..models.prefix_store import PrefixStore
 from ..models.scorer import Scorer
 from ..privacy.item_cooccurrence import symmetric, user_level_epsilon
@@ -32,7 +33,6 @@ from ..protocol.records import (
 )
 from ..tasks.collaborative.evaluation import CollaborativeEvaluator, ItemItemEvaluator
 from ..tasks.collaborative.item_item import DISLIKE_WEIGHT, ITEM_WEIGHTS, fit_ease
-from ..tasks.collaborative.likes import catalog_order
 from ..tasks.collaborative.priors import ItemCounts
 from ..tasks.preference.dataset import CentralSplit, load_split
 from ..tasks.preference.evaluation import CentralEvaluator

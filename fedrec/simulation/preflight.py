@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..client.node import LEDGER_FILE
 from ..config import ConfigError, FedRecConfig
-from ..models.collaborative import ITEM_EMBEDDINGS, read_item_tables
+from ..models.item_tables import ITEM_EMBEDDINGS, read_item_tables
 from ..privacy.item_cooccurrence import record_level_entry
 from ..privacy.ledger import PersistentAccountant
 from ..server.checkpoint import read_checkpoint

@@ -14,6 +14,7 @@ import torch
 from flwr.app import ArrayRecord
 
 from ...models.collaborative import MatrixFactorization
+from ...models.item_tables import catalog_order
 from ..metrics import target_rank
 from ..preference.dataset import CentralSplit
 from ..preference.evaluation import preference_metrics
@@ -21,7 +22,7 @@ from ..ranking.baselines import full_catalog_metrics
 from ..ranking.cases import RankingCase
 from ..ranking.ranker import ranking_metrics
 from .item_item import ItemItemScores
-from .likes import Likes, catalog_order, fold_in
+from .likes import Likes, fold_in
 from .priors import ItemCounts, like_rate_logits
 
 

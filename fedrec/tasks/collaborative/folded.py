@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ...models.collaborative import ITEM_EMBEDDINGS, MatrixFactorization, read_item_tables
-from .likes import Likes, catalog_order, fold_in
+from ...models.collaborative import MatrixFactorization
+from ...models.item_tables import ITEM_EMBEDDINGS, catalog_order, read_item_tables
+from .likes import Likes, fold_in
 
 
 class FoldedInTables:

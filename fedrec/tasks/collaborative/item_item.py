@@ -14,8 +14,8 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+from ...models.item_tables import catalog_order
 from ...privacy.rated_items import interaction_matrix
-from .likes import catalog_order
 
 ITEM_WEIGHTS = "ease.item-weights"  # the fitted items x items weights, in catalog order
 DISLIKE_WEIGHT = "ease.dislike-weight"  # the fit's dislike weight (one value); absent in older files: 0

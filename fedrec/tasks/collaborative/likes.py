@@ -1,14 +1,13 @@
 """Likes in the collaborative models' item order: the (user, liked item) pairs matrix
 factorization trains on, its BPR loss, and fitting users to their likes with the item
-tables fixed (fold-in). Light: no DP-SGD, no LLM, so retrieval on a device imports only
-this, torch and the tables.
+tables fixed (fold-in). Light: no DP-SGD, no LLM, so an mf retrieval on a device
+imports only this, torch and the tables.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -75,8 +74,3 @@ def fold_in(
         finally:
             for table in item_tables:
                 table.requires_grad_(True)
-
-
-def catalog_order(items: pd.Series) -> list[str]:
-    """The shared item order of the tables: the catalog's ids, sorted."""
-    return sorted(np.unique(items.astype(str)).tolist())

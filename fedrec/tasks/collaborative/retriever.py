@@ -13,8 +13,7 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
-from ...models.collaborative import read_item_tables
-from .folded import FoldedInTables
+from ...models.item_tables import read_item_tables
 from .item_item import ITEM_WEIGHTS, ItemItemScores
 
 
@@ -43,4 +42,6 @@ def load_retriever(
     tables = read_item_tables(path)
     if ITEM_WEIGHTS in tables:
         return ItemItemScores(tables, catalog, interactions, like_threshold, users, str(path))
+    from .folded import FoldedInTables  # torch (the fold-in fits the user's embedding) loads for mf only
+
     return FoldedInTables(tables, catalog, interactions, like_threshold, users, str(path), dim)
