@@ -21,7 +21,7 @@ import torch
 
 from fedrec.cli import main
 from fedrec.client.inputs import load_history
-from fedrec.client.recommend import RecommendError, recommend
+from fedrec.client.recommend import Recommender, RecommendError, recommend
 from fedrec.client.service import RequestError, ServiceError, ask, claim_socket_path, read_request
 from fedrec.config import resolve_config
 from fedrec.data.interactions import load_interaction_data
@@ -282,6 +282,23 @@ def test_a_resident_service_answers_as_recommend_does_and_outlives_bad_requests(
     assert code == 0 and not socket_path.exists()
     with pytest.raises(ServiceError, match=r"no recommendation service answers at .*recommend.sock"):
         ask(socket_path, history)
+
+
+def test_loading_answers_a_made_up_history_and_changes_no_answer(runs):
+    """A service's first request is not its slowest: load() has already answered one of the catalog's items."""
+    _, adapter, _, history = runs
+    asked = []
+
+    class Counting(Recommender):
+        def recommend(self, history, k=10):
+            asked.append(history)
+            return super().recommend(history, k)
+
+    loaded = Counting(adapter, candidates=6).load()
+    catalog = set(loaded.adapter_run.data.items["item"])
+    assert len(asked) == 1 and len(asked[0]) == 5 and set(asked[0]["item"]) <= catalog
+    expected = recommend(adapter, history, k=4, candidates=6)
+    assert [(r.item, r.score) for r in loaded.recommend(history, 4)] == [(r.item, r.score) for r in expected]
 
 
 @pytest.mark.parametrize(

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from ..models.scorer import Scorer
 
 DEFAULT_RERANK = 50  # retrieved items the LLM reranks
+WARM_UP_ITEMS = 5  # the made-up history :meth:`Recommender.load` answers
 
 
 @dataclass(frozen=True)
@@ -75,10 +76,13 @@ class Recommender:
             self.adapter_run = RunFiles(*adapter_run(self.adapter_dir, config))
 
     def load(self) -> Recommender:
-        """Load the LLM now, not at the first history (a service's first answer then
-        takes as long as the next ones, and a bad adapter stops it at start-up).
+        """Load the LLM and answer a made-up history now, not at the first request: a
+        service's first answer then takes as long as the next ones (torch prepares its
+        kernels at the first forward of each shape), and a bad adapter stops it at start-up.
         """
-        self._llm()
+        run = self.adapter_run or self.retriever
+        assert run is not None
+        self.recommend(_warm_up_history(run.data), 1)
         return self
 
     def recommend(self, history: str | Path | pd.DataFrame, k: int = 10) -> list[Recommendation]:
@@ -146,6 +150,13 @@ def recommend(
     if k < 1:
         raise RecommendError(f"k must be >= 1, got {k}")
     return Recommender(adapter_dir, item_tables, config, candidates).recommend(history, k)
+
+
+def _warm_up_history(data: InteractionData) -> pd.DataFrame:
+    """A made-up history: the catalog's most-rated items, at the dataset's top rating."""
+    ratings = data.interactions
+    top = ratings["item"].value_counts(sort=True).index[:WARM_UP_ITEMS]
+    return pd.DataFrame({"item": [str(item) for item in top], "rating": float(ratings["rating"].max())})
 
 
 def _open_retriever(path: Path) -> RunFiles:
