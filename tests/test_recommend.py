@@ -301,6 +301,20 @@ def test_loading_answers_a_made_up_history_and_changes_no_answer(runs):
     assert [(r.item, r.score) for r in loaded.recommend(history, 4)] == [(r.item, r.score) for r in expected]
 
 
+def test_a_recommender_reads_its_adapter_folder_once(runs, tmp_path):
+    """The service keeps the adapter it started with: a later change to the folder is not read per request."""
+    _, adapter, _, history = runs
+    copy = shutil.copytree(adapter.parent, tmp_path / "run") / adapter.name
+    loaded = Recommender(copy, candidates=6).load()
+    expected = loaded.recommend(history, 4)
+    (copy / "adapter_model.safetensors").write_bytes(b"not safetensors")  # in place: the old bytes are gone
+    found = loaded.recommend(history, 4)  # the second from the prefix cache: equal within 1e-5
+    assert [r.item for r in found] == [r.item for r in expected]
+    assert [r.score for r in found] == pytest.approx([r.score for r in expected], abs=1e-5)
+    with pytest.raises(RecommendError, match=r"adapter_model\.safetensors cannot be read"):
+        Recommender(copy, candidates=6).recommend(history, 4)
+
+
 @pytest.mark.parametrize(
     ("line", "problem"),
     [

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from safetensors import SafetensorError
 
 from ..config import ConfigError, FedRecConfig
 from ..data.interactions import DataError, InteractionData
-from ..models.adapter import load_adapter_folder
+from ..models.adapter import load_adapter_state, read_adapter_folder
 from ..models.errors import BackboneError
 from ..models.scorer import Scorer
 from ..models.wire import AdapterMismatchError
@@ -39,13 +40,21 @@ def adapter_run(adapter_dir: Path, config: FedRecConfig | str | Path | None) -> 
         raise RecommendError(str(err)) from None
 
 
-def adapter_scorer(cfg: FedRecConfig, adapter_dir: Path) -> Scorer:
-    """The run's (process-wide) scorer holding the adapter of ``adapter_dir``."""
+def read_adapter(adapter_dir: Path) -> dict[str, torch.Tensor]:
+    """The adapter folder's tensors, read once for many histories."""
     try:
-        scorer = scorer_for(cfg)
-        load_adapter_folder(scorer, adapter_dir)  # names, shapes, dtypes and finite values checked
+        return read_adapter_folder(adapter_dir)
     except SafetensorError as err:
         raise RecommendError(f"{adapter_dir}: adapter_model.safetensors cannot be read: {err}") from None
+    except AdapterMismatchError as err:
+        raise RecommendError(str(err)) from None
+
+
+def adapter_scorer(cfg: FedRecConfig, adapter: dict[str, torch.Tensor], source: Path) -> Scorer:
+    """The run's (process-wide) scorer holding ``adapter`` (read from folder ``source``)."""
+    try:
+        scorer = scorer_for(cfg)
+        load_adapter_state(scorer, adapter, str(source))  # names, shapes, dtypes and finite values checked
     except (AdapterMismatchError, BackboneError) as err:
         raise RecommendError(str(err)) from None
     return scorer

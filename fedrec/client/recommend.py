@@ -26,6 +26,8 @@ from .recommendations import Recommendation
 from .retrieval import retrieve
 
 if TYPE_CHECKING:
+    import torch
+
     from ..models.scorer import Scorer
 
 DEFAULT_RERANK = 50  # retrieved items the LLM reranks
@@ -70,6 +72,7 @@ class Recommender:
         self.retriever = _open_retriever(self.item_tables) if self.item_tables is not None else None
         self.adapter_dir = Path(adapter_dir).expanduser() if adapter_dir is not None else None
         self.adapter_run: RunFiles | None = None
+        self._adapter: dict[str, torch.Tensor] | None = None  # the folder's tensors, read at first use
         if self.adapter_dir is not None:
             from .llm_rerank import adapter_run  # the LLM stack (torch, transformers, peft) loads only here
 
@@ -124,14 +127,17 @@ class Recommender:
 
     def _llm(self) -> Scorer | None:
         """The process-wide scorer with this run's adapter put in it (again at every call:
-        another :class:`Recommender` in the process may have put its own), None without
-        an adapter.
+        another :class:`Recommender` in the process may have put its own; the folder is
+        read once), None without an adapter.
         """
         if self.adapter_run is None:
             return None
-        from .llm_rerank import adapter_scorer
+        from .llm_rerank import adapter_scorer, read_adapter
 
-        return adapter_scorer(self.adapter_run.cfg, self.adapter_dir)
+        assert self.adapter_dir is not None
+        if self._adapter is None:
+            self._adapter = read_adapter(self.adapter_dir)
+        return adapter_scorer(self.adapter_run.cfg, self._adapter, self.adapter_dir)
 
 
 def recommend(

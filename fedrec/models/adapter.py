@@ -156,8 +156,11 @@ def save_adapter(scorer: Scorer, folder: str | Path) -> Path:
     return folder
 
 
-def load_adapter_folder(scorer: Scorer, folder: str | Path) -> None:
-    """Set the adapter from a folder written by :func:`save_adapter` (or peft)."""
+def read_adapter_folder(folder: str | Path) -> dict[str, torch.Tensor]:
+    """The peft-named state of a folder written by :func:`save_adapter` (or peft),
+    unchecked, copied out of the files (safetensors maps them: a file rewritten in place
+    under a kept state would end the process with a bus error).
+    """
     path = Path(folder) / "adapter_model.safetensors"
     if not path.exists():
         raise AdapterMismatchError(f"{folder}: no adapter_model.safetensors")
@@ -165,4 +168,9 @@ def load_adapter_folder(scorer: Scorer, folder: str | Path) -> None:
     projector = Path(folder) / PROJECTOR_FILE
     if projector.exists():
         state |= load_file(str(projector))
-    load_adapter_state(scorer, state, str(folder))
+    return {name: tensor.clone() for name, tensor in state.items()}
+
+
+def load_adapter_folder(scorer: Scorer, folder: str | Path) -> None:
+    """Set the adapter from a folder written by :func:`save_adapter` (or peft)."""
+    load_adapter_state(scorer, read_adapter_folder(folder), str(folder))
