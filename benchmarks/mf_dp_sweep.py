@@ -137,6 +137,19 @@ def per_user_gains(runs: dict[int, dict[str, Any]], seeds: list[int]) -> dict[st
     return {metric: np.mean(values, axis=0) for metric, values in per_seed.items()}
 
 
+def paired_cells(gains: dict[str, np.ndarray], reference: dict[str, np.ndarray], per_seed: str) -> str:
+    """A table row's metric cells: each of :data:`METRICS` per user (mean ± standard error),
+    ``per_seed``, then each paired against ``reference``.
+    """
+    cells = [mean_and_standard_error(gains[m]) for m in METRICS]
+    diffs = [mean_and_standard_error(gains[m] - reference[m]) for m in METRICS]
+    return (
+        " | ".join(f"{m:.4f} ± {se:.4f}" for m, se in cells)
+        + f" | {per_seed} | "
+        + " | ".join(f"{m:+.4f} ± {se:.4f}" for m, se in diffs)
+    )
+
+
 def report(summaries: dict[str, dict[int, dict[str, Any]]], seeds: list[int], reference_name: str) -> str:
     """Each variant's HR@10 and NDCG@10 and its paired difference to ``reference_name``, per user over the seeds."""
     reference = per_user_gains(summaries[reference_name], seeds)
@@ -148,19 +161,10 @@ def report(summaries: dict[str, dict[int, dict[str, Any]]], seeds: list[int], re
         "|---|---|---|---|---|---|---|",
     ]
     for name, runs in summaries.items():
-        gains = per_user_gains(runs, seeds)
-        cells = [mean_and_standard_error(gains[m]) for m in METRICS]
-        diffs = [mean_and_standard_error(gains[m] - reference[m]) for m in METRICS]
         per_seed = " / ".join(f"{runs[seed]['metrics']['hr@10']:.3f}" for seed in seeds)
         spent = [runs[seed]["epsilon"]["max"] for seed in seeds]
         epsilon = f"{max(spent):.2f}" if None not in spent else "∞"  # None: no DP
-        lines.append(
-            f"| {name} | {epsilon} | "
-            + " | ".join(f"{m:.4f} ± {se:.4f}" for m, se in cells)
-            + f" | {per_seed} | "
-            + " | ".join(f"{m:+.4f} ± {se:.4f}" for m, se in diffs)
-            + " |"
-        )
+        lines.append(f"| {name} | {epsilon} | {paired_cells(per_user_gains(runs, seeds), reference, per_seed)} |")
     popular = " / ".join(
         f"{s['ranking_baselines']['most-popular']['hr@10']:.3f}" for s in summaries[reference_name].values()
     )
