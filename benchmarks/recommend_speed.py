@@ -10,7 +10,9 @@ the prefix cache). Each path runs ``--repeats`` times in one process, alternatin
 report gives the median seconds and the ratio.
 With ``--cold`` each path is instead the whole ``fedrec recommend`` command in a fresh
 process (interpreter start, imports, loading the backbone and the retriever's file),
-what a user waits for; written to ``recommend_speed_cold.json``. With ``--service`` each
+what a user waits for, and the first rerank once more with the scorer's remembered split
+check set aside (as every cold start ran before it was remembered); written to
+``recommend_speed_cold.json``. With ``--service`` each
 path is a resident ``fedrec recommend --serve`` started once (its start-up timed apart),
 and what is timed is the asking command, ``fedrec recommend --service SOCKET --history
 ...``, in a fresh process; written to ``recommend_speed_service.json``.
@@ -40,6 +42,8 @@ import torch
 from fedrec.client.recommend import recommend
 from fedrec.config import resolve_config
 from fedrec.models.adapter import save_adapter
+from fedrec.models.backbone import cache_root
+from fedrec.models.split_check import CHECKS_FILE
 from fedrec.tasks.preference.scoring import scorer_for
 
 RESULTS = Path(__file__).parent / "results" / "recommend_speed.json"
@@ -78,6 +82,25 @@ def command(
 
     def run(repeat: int) -> list[str]:
         return top_lines([*args, "--history", str(histories[repeat])])
+
+    return run
+
+
+def without_remembered_split_checks(path: Callable[[int], list[str]]) -> Callable[[int], list[str]]:
+    """``path`` with the remembered split checks set aside while it runs (so it checks
+    again, as every cold start did before they were remembered), then put back.
+    """
+    checks = cache_root() / CHECKS_FILE
+    aside = checks.with_suffix(".aside")
+
+    def run(repeat: int) -> list[str]:
+        if checks.exists():
+            checks.replace(aside)
+        try:
+            return path(repeat)
+        finally:
+            if aside.exists():
+                aside.replace(checks)
 
     return run
 
@@ -181,6 +204,10 @@ def main() -> None:
             paths = {"retrieve only": command(histories, args.item_tables, None, 0)}
             for n in args.rerank:
                 paths[f"retrieve + LLM rerank {n}"] = command(histories, args.item_tables, adapter, n)
+            unchecked = command(histories, args.item_tables, adapter, args.rerank[0])
+            paths[f"retrieve + LLM rerank {args.rerank[0]}, split checked again"] = without_remembered_split_checks(
+                unchecked
+            )
         else:
             paths = in_process(adapter, args.item_tables, args.rerank, args.full_catalog)
         try:

@@ -1,9 +1,12 @@
+import json
+
 import pytest
 import torch
 from flwr.app import ArrayRecord
 from peft import PeftModel, get_peft_model_state_dict
 
 from fedrec.files import replacing, write_atomic
+from fedrec.models import split_check
 from fedrec.models.adapter import (
     adapter_state,
     adapter_to_arrays,
@@ -19,7 +22,7 @@ from fedrec.models.prefix_cache import PREFIX_CACHE, shared_prefix_groups
 from fedrec.models.prefix_store import PrefixStore, cached_states
 from fedrec.models.registry import shared_scorer
 from fedrec.models.split import attend_to_self
-from fedrec.models.split_check import full_forward_score
+from fedrec.models.split_check import CHECKS_FILE, full_forward_score
 from fedrec.models.wire import AdapterMismatchError
 from fedrec.tasks.preference.prompt import PREFERENCE_QUESTION
 from tests.conftest import tiny_scorer
@@ -44,6 +47,48 @@ def test_split_forward_equals_full_forward(spec, top_layers):
     full = torch.tensor([full_forward_score(scorer, t) for t in tokens])
     torch.testing.assert_close(split, full, atol=1e-4, rtol=1e-4)
     assert scorer.split_layer == (1 if top_layers else 0)
+
+
+def _counting_split_errors(monkeypatch) -> list[int]:
+    """Count the self-check's forwards (each call compares split and full scores)."""
+    calls: list[int] = []
+    real = split_check.split_error
+
+    def counted(scorer, token_lists):
+        calls.append(1)
+        return real(scorer, token_lists)
+
+    monkeypatch.setattr(split_check, "split_error", counted)
+    return calls
+
+
+def test_a_passed_split_check_is_remembered_for_the_same_weights_and_settings(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEDREC_CACHE", str(tmp_path))
+    calls = _counting_split_errors(monkeypatch)
+    first = tiny_scorer()
+    assert len(calls) == 2  # the last-position top layer, then the whole split
+    assert list(json.loads((tmp_path / CHECKS_FILE).read_text()).values()) == [True]
+    again = tiny_scorer()
+    assert len(calls) == 2 and again.split.last_position_top_layer
+    tokens = first.encode(PROMPTS)
+    torch.testing.assert_close(again.score(tokens), first.score(tokens))
+    tiny_scorer(rank=8)  # other LoRA settings: checked again
+    tiny_scorer(spec="tiny-bert")  # other weights and kind: checked again (no last-position path)
+    assert len(calls) == 5
+    assert len(json.loads((tmp_path / CHECKS_FILE).read_text())) == 3
+
+
+def test_a_remembered_fallback_applies_and_an_unreadable_file_is_rewritten(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEDREC_CACHE", str(tmp_path))
+    calls = _counting_split_errors(monkeypatch)
+    tiny_scorer()
+    path = tmp_path / CHECKS_FILE
+    path.write_text(json.dumps(dict.fromkeys(json.loads(path.read_text()), False)))
+    assert not tiny_scorer().split.last_position_top_layer  # the remembered fallback, not rechecked
+    assert len(calls) == 2
+    path.write_text("{not json")
+    assert tiny_scorer().split.last_position_top_layer
+    assert len(calls) == 4 and list(json.loads(path.read_text()).values()) == [True]
 
 
 @pytest.mark.parametrize("top_layers", [0, 1, 2])

@@ -16,6 +16,7 @@ split forward (:mod:`.split`), the head (:mod:`.heads`), the prompt format
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 from collections.abc import Iterator
@@ -80,7 +81,7 @@ class Scorer(nn.Module):
             self.projector.reset(lora.seed)
         self._parts = TrainableParts(self, self.peft)
         self.eval()
-        check_split(self)
+        check_split(self, f"{dataclasses.replace(lora, seed=0)!r} {question!r} {max_length} {signal_dim}")
 
     def train(self, mode: bool = True) -> Scorer:
         """Training mode reaches only the adapter (its layers and LoRA dropout)."""
