@@ -31,12 +31,12 @@ import numpy as np
 from flwr.app import Array, ArrayRecord
 from mf_dp_sweep import METRICS, paired_cells  # beside this script
 
+from fedrec.client.item_cooccurrence import noised_cooccurrence
 from fedrec.client.node import round_seed
 from fedrec.config import FedRecConfig, resolve_config
 from fedrec.models.item_tables import catalog_order
-from fedrec.privacy.item_cooccurrence import cooccurrence, noise_share, record_sensitivity, symmetric
+from fedrec.privacy.item_cooccurrence import record_sensitivity, symmetric
 from fedrec.privacy.item_statistics import COUNT_UNIT
-from fedrec.privacy.rated_items import interaction_vectors
 from fedrec.server.models import central_split
 from fedrec.tasks.collaborative.evaluation import ItemItemEvaluator
 from fedrec.tasks.collaborative.item_item import DISLIKE_WEIGHT, ITEM_WEIGHTS, fit_ease
@@ -60,17 +60,13 @@ Denoiser = Callable[[np.ndarray, float], np.ndarray]  # (released Gram, noise st
 
 def released_gram(cfg: FedRecConfig) -> np.ndarray:
     """The server's sum of the clients' noised co-occurrence, as the harness receives it."""
-    clients, ease = cfg.federation.num_clients, cfg.item_item
+    clients = cfg.federation.num_clients
     data = load_federated_data(cfg.data, cfg.federation.seed, cfg.evaluation.eval_users, clients)
     items = catalog_order(data.central.data.items["item"])
     total = np.zeros(len(items) * (len(items) + 1) // 2)
     for partition in range(clients):
         train = data.train_interactions(partition)
-        vectors = interaction_vectors(train, cfg.data.like_threshold, ease.ease_dislike_weight, items, ease.ease_bound)
-        summed = cooccurrence(vectors)
-        if ease.ease_noise > 0:
-            std = noise_share(ease.ease_noise, ease.ease_bound, clients)
-            summed = summed + np.random.default_rng(round_seed(cfg, 0, partition)).normal(0.0, std, summed.shape)
+        summed = noised_cooccurrence(cfg, train, items, clients, round_seed(cfg, 0, partition))
         total += (summed / COUNT_UNIT).astype(np.float32)  # the reply's dtype
     return symmetric(total * COUNT_UNIT, len(items))
 
