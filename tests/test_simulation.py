@@ -1,6 +1,7 @@
 """Real Flower simulations (Ray backend) of the smoke preset."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from fedrec.config import resolve_config
 from fedrec.models.adapter import adapter_to_arrays
 from fedrec.privacy.ledger import PersistentAccountant
 from fedrec.privacy.record_level import plan_round
+from fedrec.simulation.engine import LocalSuperLink
 from fedrec.simulation.runner import simulate
 from fedrec.tasks.metrics import ndcg_at_k
 from fedrec.tasks.preference.dataset import load_federated_data
@@ -172,3 +174,14 @@ def test_fedrec_audit_recomputes_every_epsilon_and_fails_on_a_ledger_edited_by_o
     (copy / "privacy.jsonl").unlink()
     assert main(["audit", str(copy)]) == 2
     assert "privacy.jsonl: cannot be read" in capsys.readouterr().err
+
+
+def test_a_simulations_flower_processes_run_numpy_blas_on_one_thread_unless_set(monkeypatch, tmp_path):
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    superlink = LocalSuperLink(tmp_path / "superlink.log")  # not started: its environment only
+    try:
+        assert superlink.env["OPENBLAS_NUM_THREADS"] == "1"
+        monkeypatch.setenv("OPENBLAS_NUM_THREADS", "4")
+        assert superlink.env["OPENBLAS_NUM_THREADS"] == "4"
+    finally:
+        shutil.rmtree(superlink.home)

@@ -37,6 +37,7 @@ from ..server.owner import OWNER_PID_ENV, TOKEN_ENV, kill_marked, run_markers
 
 STARTUP_SECONDS = 60.0
 STOP_SECONDS = 20.0
+BLAS_THREADS_ENV = "OPENBLAS_NUM_THREADS"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -69,6 +70,7 @@ class FlowerApp:
         return tomli_w.dumps(document)
 
 
+
 class LocalSuperLink:
     """A SuperLink in simulation mode on 127.0.0.1, owned by this process."""
 
@@ -81,8 +83,15 @@ class LocalSuperLink:
 
     @property
     def env(self) -> dict[str, str]:
-        """The environment of Flower processes talking to this SuperLink."""
-        return flower_environment(self.home) | {TOKEN_ENV: self.token, OWNER_PID_ENV: str(os.getpid())}
+        """The environment of Flower processes talking to this SuperLink, with NumPy's
+        OpenBLAS on one thread unless ``OPENBLAS_NUM_THREADS`` is set: the simulation runs
+        the ServerApp in a thread, where a threaded OpenBLAS matrix-vector product can wait
+        forever for its own workers (numpy#17752; seen once here, in the ranking evaluation,
+        a server spinning in ``exec_blas`` for 20 minutes); with one thread OpenBLAS calls
+        its kernels directly. The server's EASE fit takes about 1 s longer.
+        """
+        blas = {BLAS_THREADS_ENV: os.environ.get(BLAS_THREADS_ENV, "1")}
+        return flower_environment(self.home) | {TOKEN_ENV: self.token, OWNER_PID_ENV: str(os.getpid())} | blas
 
     def start(self) -> LocalSuperLink:
         """Start it and wait until it serves its health endpoint."""
