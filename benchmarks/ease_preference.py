@@ -87,18 +87,19 @@ def per_user_auc(examples: list[PreferenceExample], scores: np.ndarray) -> dict[
 def measure(seed: int) -> dict[str, dict[str, float]]:
     """Per-user AUC of each scorer with ``seed``."""
     scorers: dict[str, dict[str, float]] = {}
-    for dislike in (0.5, 0.0):
+    base = resolve_config("demo", overrides=SPLIT | {"seed": seed})
+    central, cases = central_split(base)  # the same split and users for both releases
+    threshold = base.data.like_threshold
+    evaluator = ItemItemEvaluator(central, threshold, cases, "validation")
+    examples = evaluator.examples
+    rate = standardized(like_rates(central.split.train_interactions, threshold, examples))
+    scorers["item like-rate (central)"] = per_user_auc(examples, rate)
+    for dislike, release in ((0.5, "dislikes at 0.5"), (0.0, "likes only")):
         cfg = resolve_config("demo", overrides=SPLIT | {"seed": seed, "ease-dislike-weight": dislike})
-        central, cases = central_split(cfg)
-        evaluator = ItemItemEvaluator(central, cfg.data.like_threshold, cases, "validation")
-        examples = evaluator.examples
-        rate = standardized(like_rates(central.split.train_interactions, cfg.data.like_threshold, examples))
-        scorers["item like-rate (central)"] = per_user_auc(examples, rate)
         private = standardized(private_ease_scores(cfg, evaluator))
-        release = "dislikes at 0.5" if dislike else "likes only"
         for w in WEIGHTS:
             scorers[f"private ease ({release}) + {w:g} x like-rate"] = per_user_auc(examples, private + w * rate)
-    signed = standardized(signed_ease_scores(evaluator, cfg.data.like_threshold))
+    signed = standardized(signed_ease_scores(evaluator, threshold))
     for w in WEIGHTS:
         scorers[f"signed ease without noise + {w:g} x like-rate"] = per_user_auc(examples, signed + w * rate)
     return scorers
