@@ -39,7 +39,7 @@ from fedrec.privacy.item_cooccurrence import record_sensitivity, symmetric
 from fedrec.privacy.item_statistics import COUNT_UNIT
 from fedrec.server.models import central_split
 from fedrec.tasks.collaborative.evaluation import ItemItemEvaluator
-from fedrec.tasks.collaborative.item_item import DISLIKE_WEIGHT, ITEM_WEIGHTS, fit_ease
+from fedrec.tasks.collaborative.item_item import DISLIKE_WEIGHT, ITEM_WEIGHTS, RECENCY, Recency, fit_ease
 from fedrec.tasks.metrics import hit_rate_at_k, ndcg_at_k
 from fedrec.tasks.preference.dataset import load_federated_data
 from fedrec.tasks.ranking.ranker import K
@@ -55,6 +55,7 @@ SPLIT = {
     "ranking-users": 10_000,
 }  # mf_dp_sweep.py's validation split on the demo's 2 clients
 L2 = 300.0  # the default ease-l2
+EVERY_RATING_ALIKE = Recency()  # users' rows as the release builds them
 Denoiser = Callable[[np.ndarray, float], np.ndarray]  # (released Gram, noise std per entry) -> weights
 
 
@@ -133,11 +134,15 @@ POINTS = {  # release -> the denoisers tried on it
 }
 
 
-def ranks_of(cfg: FedRecConfig, weights: np.ndarray, evaluator: ItemItemEvaluator) -> list[int]:
-    """The target's rank in each validation ranking case under ``weights``."""
+def ranks_of(
+    cfg: FedRecConfig, weights: np.ndarray, evaluator: ItemItemEvaluator, recency: Recency = EVERY_RATING_ALIKE
+) -> list[int]:
+    """The target's rank in each validation ranking case under ``weights``, users' rows
+    weighted by ``recency`` (none by default: every rating alike).
+    """
     dislike = np.array([cfg.item_item.ease_dislike_weight], np.float32)
-    arrays = ArrayRecord({ITEM_WEIGHTS: Array(weights.astype(np.float32)), DISLIKE_WEIGHT: Array(dislike)})
-    return list(evaluator(arrays)["ranks"])
+    arrays = {ITEM_WEIGHTS: weights.astype(np.float32), DISLIKE_WEIGHT: dislike, RECENCY: recency.array()}
+    return list(evaluator(ArrayRecord({name: Array(array) for name, array in arrays.items()}))["ranks"])
 
 
 def measure(seeds: list[int]) -> dict[str, list[list[int]]]:
@@ -157,8 +162,15 @@ def measure(seeds: list[int]) -> dict[str, list[list[int]]]:
     return ranks
 
 
-def report(ranks: dict[str, list[list[int]]], seeds: list[int]) -> str:
-    """HR@10 and NDCG@10 per point, per user averaged over the seeds, and paired against the first."""
+def report(
+    ranks: dict[str, list[list[int]]],
+    seeds: list[int],
+    title: str = "Reading the private item-item release",
+    columns: tuple[str, str] = ("release, denoiser", "the defaults"),
+) -> str:
+    """HR@10 and NDCG@10 per point, per user averaged over the seeds, and paired against
+    the first; ``columns`` names the points and the first.
+    """
     per_user = {
         point: {
             metric: np.mean([[score([r], K) for r in seed] for seed in runs], axis=0)
@@ -168,10 +180,9 @@ def report(ranks: dict[str, list[list[int]]], seeds: list[int]) -> str:
     }
     reference = next(iter(per_user.values()))
     lines = [
-        f"# Reading the private item-item release on validation ({platform.machine()} CPU, seeds "
-        f"{', '.join(map(str, seeds))})",
+        f"# {title} on validation ({platform.machine()} CPU, seeds {', '.join(map(str, seeds))})",
         "",
-        "| release, denoiser | HR@10 | NDCG@10 | HR@10 per seed | HR@10 − the defaults | NDCG@10 − the defaults |",
+        f"| {columns[0]} | HR@10 | NDCG@10 | HR@10 per seed | HR@10 − {columns[1]} | NDCG@10 − {columns[1]} |",
         "|---|---|---|---|---|---|",
     ]
     for point, gains in per_user.items():

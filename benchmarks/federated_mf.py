@@ -49,8 +49,9 @@ VARIANTS = {
     "ease (no DP)": EASE | {"dp": False, "ease-noise": 0.0, "ease-bound": 1000.0, "ease-rank": 0, "ease-l2": 500.0},
     "ease (DP)": EASE,  # the ease-* defaults: record-level epsilon 7.97
     "ease, likes only (DP)": EASE | {"ease-dislike-weight": 0.0},  # the defaults before report-ease-dislikes.md
+    "ease, every rating alike (DP)": EASE | {"ease-recency-half-life": 0.0},  # the defaults before ease_recency.py
 }
-PAIRED = ("ease (DP)", ("mf (DP)", "ease, likes only (DP)", "mf (no DP)"))  # a variant minus others, per user
+PAIRED = ("ease (DP)", ("mf (DP)", "ease, likes only (DP)", "ease, every rating alike (DP)", "mf (no DP)"))
 
 
 def per_case(ranks: list[int]) -> dict[str, np.ndarray]:

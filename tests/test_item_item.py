@@ -29,7 +29,7 @@ from fedrec.privacy.item_cooccurrence import (
 from fedrec.privacy.rated_items import interaction_vectors
 from fedrec.simulation.runner import SimulationError, simulate
 from fedrec.tasks.collaborative.evaluation import ItemItemEvaluator
-from fedrec.tasks.collaborative.item_item import DISLIKE_WEIGHT, ITEM_WEIGHTS, fit_ease
+from fedrec.tasks.collaborative.item_item import DISLIKE_WEIGHT, ITEM_WEIGHTS, RECENCY, Recency, fit_ease
 from fedrec.tasks.preference.dataset import load_federated_data, load_split
 from tests.conftest import run_configured
 
@@ -51,6 +51,29 @@ def test_interaction_vectors_hold_likes_at_one_and_dislikes_at_their_weight_scal
     vectors = interaction_vectors(interactions, 3.0, 0.5, items, bound=1.5)
     a = np.array([1.0, 1.0, 0.5, 1.0])
     assert np.allclose(vectors, [a * 1.5 / np.linalg.norm(a), [0.0, 1.0, 0.0, 0.0], [0.5, 0.0, 0.0, 0.0]])
+
+
+def test_recency_weighs_each_users_ratings_by_how_many_of_theirs_follow_in_time():
+    interactions = pd.DataFrame(
+        {
+            "user": ["a", "b", "a", "a", "b", "a"],
+            "item": ["1", "1", "2", "3", "2", "4"],
+            "rating": [5.0] * 6,
+            "timestamp": [30, 5, 10, 30, 7, 20],  # a: 2 (t 10), 4 (t 20), then 1 and 3 tied at t 30 in row order
+        }
+    )
+    ages = np.array([1, 1, 3, 0, 0, 2])
+    recency = Recency(half_life=2.0, floor=0.25)
+    assert np.allclose(recency.weights(interactions), 0.25 + 0.75 * 0.5 ** (ages / 2.0))
+    assert np.allclose(
+        recency.weights(interactions.drop(columns="timestamp")),
+        0.25 + 0.75 * 0.5 ** ([3, 1, 2, 1, 0, 0] / np.array(2.0)),
+    )
+    assert np.array_equal(Recency().weights(interactions), np.ones(6))  # the default: none, as in older files
+    assert Recency.of({}, "f") == Recency() and Recency.of({RECENCY: recency.array()}, "f") == recency
+    for bad in ([-1.0, 0.5], [4.0, 1.5], [4.0]):
+        with pytest.raises(ValueError, match=r"f: 'ease.recency' must be a half-life >= 0 and a floor in \[0, 1\]"):
+            Recency.of({RECENCY: np.array(bad)}, "f")
 
 
 def test_the_upper_triangle_round_trips_and_a_wrong_length_is_refused():
@@ -219,6 +242,7 @@ def test_the_federated_fit_sums_through_secagg_and_no_message_carries_user_data(
             assert shape in ([size * (size + 1) // 2], [1], [0]), entry
     summary = json.loads((folder / "run" / "summary.json").read_text())
     assert summary["recommender"] == "ease" and summary["ease"]["clients"] == cfg.federation.num_clients
+    assert (summary["ease"]["recency_half_life"], summary["ease"]["recency_floor"]) == (4.0, 0.1)
 
 
 def test_each_node_writes_the_release_to_its_ledger_and_epsilon_is_opacus_own(ease_run):
@@ -246,9 +270,13 @@ def test_recommend_with_ease_weights_scores_the_historys_ratings_times_them(ease
     with np.load(weights_file) as stored:
         weights = stored[ITEM_WEIGHTS].astype(np.float64)
         assert stored[DISLIKE_WEIGHT].tolist() == [cfg.item_item.ease_dislike_weight] == [0.5]
+        assert stored[RECENCY].tolist() == pytest.approx([4.0, 0.1])
     rated = np.zeros(len(items))
     rated[[items.index(i) for i in ("50", "181", "1")]] = 1.0
     rated[items.index("100")] = 0.5  # rating 2 is not a like: it enters at the dislike weight
+    ages = {"50": 3, "181": 2, "100": 1, "1": 0}  # no timestamps: the file's order, oldest first
+    for item, age in ages.items():
+        rated[items.index(item)] *= 0.1 + 0.9 * 0.5 ** (age / 4.0)
     scores = rated @ weights
     unrated = [n for n, item in enumerate(items) if item not in set(HISTORY["item"])]
     best = sorted(unrated, key=lambda n: -scores[n])[:5]

@@ -31,8 +31,9 @@ def _tables(tmp: Path, rows: int, width: int) -> list[str]:
     return [*_csv(tmp, GOOD), *hybrid, "--set", f"item-tables={tmp / 'tables.npz'}"]
 
 
-def _ease_weights(tmp: Path, dislike_weight: float) -> list[str]:
+def _ease_weights(tmp: Path, dislike_weight: float, recency: tuple[float, float] = (4.0, 0.1)) -> list[str]:
     arrays = {"ease.item-weights": np.zeros((3, 3), np.float32), "ease.dislike-weight": np.array([dislike_weight])}
+    arrays["ease.recency"] = np.array(recency)
     np.savez(tmp / "weights.npz", **arrays)
     return [*_csv(tmp, GOOD), "--set", "rerank-top=2", "--set", f"item-tables={tmp / 'weights.npz'}"]
 
@@ -78,6 +79,10 @@ BAD_INPUTS: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     "ease weights with a dislike weight above 1": (
         lambda t: _ease_weights(t, 1.5),
         r"item-tables: .*weights\.npz: 'ease\.dislike-weight' must be one value in \[0, 1\], not \[1\.5\]",
+    ),
+    "ease weights with a negative recency half-life": (
+        lambda t: _ease_weights(t, 0.5, (-4.0, 0.1)),
+        r"item-tables: .*weights\.npz: 'ease\.recency' must be a half-life >= 0 and a floor in \[0, 1\], not \[-4\.0",
     ),
 }
 

@@ -319,6 +319,17 @@ class ItemItemConfig(Section):
         16, "rank the summed co-occurrence is projected to before the fit (0: none)", check=NON_NEGATIVE
     )
     ease_l2: float = option(300.0, "EASE's L2 regularization of the item-item weights", check=POSITIVE)
+    # Chosen on the same validation split (benchmarks/ease_recency.py): the held-out
+    # interactions are each user's latest, which their latest ratings predict best.
+    ease_recency_half_life: float = option(
+        4.0,
+        "when a user's row is scored (on their device; not in the release), a rating followed by n of theirs "
+        "weighs floor + (1 - floor) x 0.5^(n / this) (0: every rating alike)",
+        check=NON_NEGATIVE,
+    )
+    ease_recency_floor: float = option(
+        0.1, "the weight the oldest ratings tend to under ease-recency-half-life", check=FRACTION
+    )
 
 
 @dataclass(frozen=True)

@@ -10,14 +10,22 @@ import pandas as pd
 
 
 def interaction_matrix(
-    interactions: pd.DataFrame, like_threshold: float, dislike_weight: float, users: list[str], items: list[str]
+    interactions: pd.DataFrame,
+    like_threshold: float,
+    dislike_weight: float,
+    users: list[str],
+    items: list[str],
+    scale: np.ndarray | None = None,
 ) -> np.ndarray:
     """A row per user of ``users`` (columns in ``items`` order): 1 for each item they like
-    in ``interactions``, ``dislike_weight`` for each item they rated without liking.
+    in ``interactions``, ``dislike_weight`` for each item they rated without liking, each
+    times its entry of ``scale`` (one per row of ``interactions``) when given.
     """
     row = {user: n for n, user in enumerate(users)}
     column = {item: n for n, item in enumerate(items)}
     weights = np.where(interactions["rating"] > like_threshold, 1.0, dislike_weight)
+    if scale is not None:
+        weights = weights * scale
     known = interactions["user"].isin(row).to_numpy() & (weights > 0)
     rated = interactions[known]
     matrix = np.zeros((len(users), len(items)))

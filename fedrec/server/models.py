@@ -32,7 +32,7 @@ from ..protocol.records import (
     LORA_A_ROWS,
 )
 from ..tasks.collaborative.evaluation import CollaborativeEvaluator, ItemItemEvaluator
-from ..tasks.collaborative.item_item import DISLIKE_WEIGHT, ITEM_WEIGHTS, fit_ease
+from ..tasks.collaborative.item_item import DISLIKE_WEIGHT, ITEM_WEIGHTS, RECENCY, Recency, fit_ease
 from ..tasks.collaborative.priors import ItemCounts
 from ..tasks.preference.dataset import CentralSplit, load_split
 from ..tasks.preference.evaluation import CentralEvaluator
@@ -211,9 +211,17 @@ class ItemItemModel:
         self.clients = 0
 
     def _arrays(self, weights: np.ndarray) -> ArrayRecord:
-        """The model: ``weights`` and the dislike weight users' rows are built with."""
-        dislike_weight = np.array([self.cfg.item_item.ease_dislike_weight], np.float32)
-        return ArrayRecord({ITEM_WEIGHTS: Array(weights.astype(np.float32)), DISLIKE_WEIGHT: Array(dislike_weight)})
+        """The model: ``weights`` and how users' rows are built (dislike weight, recency)."""
+        ease = self.cfg.item_item
+        dislike_weight = np.array([ease.ease_dislike_weight], np.float32)
+        recency = Recency(ease.ease_recency_half_life, ease.ease_recency_floor)
+        return ArrayRecord(
+            {
+                ITEM_WEIGHTS: Array(weights.astype(np.float32)),
+                DISLIKE_WEIGHT: Array(dislike_weight),
+                RECENCY: Array(recency.array()),
+            }
+        )
 
     def fit(self, federation: Federation) -> ArrayRecord:
         """Ask every node for its co-occurrence sums, fit EASE to their sum; the weights
@@ -247,6 +255,8 @@ class ItemItemModel:
                 "noise_multiplier": ease.ease_noise,
                 "rank": ease.ease_rank,
                 "l2": ease.ease_l2,
+                "recency_half_life": ease.ease_recency_half_life,
+                "recency_floor": ease.ease_recency_floor,
                 "user_level_epsilon": user_level_epsilon(ease.ease_noise, ease.ease_bound, delta) if noised else None,
             },
         }

@@ -70,7 +70,6 @@ class FlowerApp:
         return tomli_w.dumps(document)
 
 
-
 class LocalSuperLink:
     """A SuperLink in simulation mode on 127.0.0.1, owned by this process."""
 

@@ -14,7 +14,7 @@ from ..privacy.item_cooccurrence import record_level_entry
 from ..privacy.ledger import PersistentAccountant
 from ..server.checkpoint import read_checkpoint
 from ..server.results import check_fresh, check_resumable
-from ..tasks.collaborative.item_item import ITEM_WEIGHTS, dislike_weight_of
+from ..tasks.collaborative.item_item import ITEM_WEIGHTS, Recency, dislike_weight_of
 from ..tasks.preference.dataset import FederatedData, load_federated_data
 
 
@@ -100,6 +100,7 @@ def _check_item_tables(path: Path, cfg: FedRecConfig, num_items: int) -> None:
             )
         try:
             dislike_weight_of(tables, str(path))
+            Recency.of(tables, str(path))
         except ValueError as err:
             raise ConfigError(f"item-tables: {err}") from None
         return

@@ -2,14 +2,15 @@
 form from the co-occurrence of ratings summed over the clients
 (:mod:`fedrec.privacy.item_cooccurrence`). A user's score of an item is their row of
 :func:`~fedrec.privacy.rated_items.interaction_matrix` (likes, and dislikes at the
-fit's dislike weight) times the item's column of the weights: the user needs only their
-own ratings, on their device, and nothing of theirs is trained or sent after the one
-release.
+fit's dislike weight, each rating weighted by how recent it is: :class:`Recency`) times
+the item's column of the weights: the user needs only their own ratings, on their
+device, and nothing of theirs is trained or sent after the one release.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -19,6 +20,47 @@ from ...privacy.rated_items import interaction_matrix
 
 ITEM_WEIGHTS = "ease.item-weights"  # the fitted items x items weights, in catalog order
 DISLIKE_WEIGHT = "ease.dislike-weight"  # the fit's dislike weight (one value); absent in older files: 0
+RECENCY = "ease.recency"  # (half-life, floor) of the users' rows when scored; absent in older files: none
+
+
+@dataclass(frozen=True)
+class Recency:
+    """A user's ratings weighted by how recent they are when their row is scored (not in
+    the release, whose sensitivity assumes entries of at most 1): ``floor + (1 - floor) *
+    0.5 ** (age / half_life)``, ``age`` the number of the user's ratings after this one
+    (0 for the latest). A half-life of 0 weighs every rating alike.
+    """
+
+    half_life: float = 0.0
+    floor: float = 1.0
+
+    @classmethod
+    def of(cls, arrays: Mapping[str, np.ndarray], source: str) -> Recency:
+        """The recency an ease model's users are scored with (none when not stored)."""
+        if RECENCY not in arrays:
+            return cls()
+        stored = np.asarray(arrays[RECENCY], dtype=np.float64).ravel()
+        if stored.shape != (2,) or not (stored[0] >= 0.0 and 0.0 <= stored[1] <= 1.0):
+            raise ValueError(
+                f"{source}: '{RECENCY}' must be a half-life >= 0 and a floor in [0, 1], not {stored.tolist()}"
+            )
+        return cls(float(stored[0]), float(stored[1]))
+
+    def array(self) -> np.ndarray:
+        """As stored beside the weights."""
+        return np.array([self.half_life, self.floor], np.float32)
+
+    def weights(self, interactions: pd.DataFrame) -> np.ndarray:
+        """Each row's weight: ages counted per user in timestamp order (ties, and frames
+        without timestamps, in row order).
+        """
+        if not self.half_life:
+            return np.ones(len(interactions))
+        stamps = interactions["timestamp"].to_numpy() if "timestamp" in interactions else np.zeros(len(interactions))
+        order = np.lexsort((np.arange(len(interactions)), stamps, interactions["user"].to_numpy()))
+        ages = np.empty(len(interactions))
+        ages[order] = interactions.iloc[order].groupby("user", sort=False).cumcount(ascending=False).to_numpy()
+        return self.floor + (1.0 - self.floor) * 0.5 ** (ages / self.half_life)
 
 
 def fit_ease(gram: np.ndarray, l2: float, rank: int = 0) -> np.ndarray:
@@ -73,7 +115,9 @@ class ItemItemScores:
         self.item_row = {item: n for n, item in enumerate(self.items)}
         self.user_row = {user: n for n, user in enumerate(users)}
         dislike_weight = dislike_weight_of(arrays, source)
-        self.rows = interaction_matrix(interactions, like_threshold, dislike_weight, users, self.items)
+        interactions = interactions[interactions["user"].isin(self.user_row)]
+        recency = Recency.of(arrays, source).weights(interactions)
+        self.rows = interaction_matrix(interactions, like_threshold, dislike_weight, users, self.items, recency)
 
     def catalog_scores(self, user: str) -> np.ndarray:
         """Every catalog item's score for one of the users."""
