@@ -33,8 +33,7 @@ from fedrec.server.models import central_split
 from fedrec.simulation.runner import simulate
 from fedrec.tasks.collaborative.evaluation import ItemItemEvaluator
 from fedrec.tasks.collaborative.item_item import RECENCY, Recency
-from fedrec.tasks.metrics import hit_rate_at_k, mean_and_standard_error, ndcg_at_k
-from fedrec.tasks.ranking.ranker import K
+from fedrec.tasks.ranking.ranker import paired_differences
 
 RESULTS = Path(__file__).parent / "results" / "cross_device_scale" / "per_user_ease"
 RUNS = Path("runs") / "benchmark-per-user-ease"
@@ -89,18 +88,14 @@ def report(summary: dict[str, Any], alike: dict[str, Any], clients: int) -> str:
         cells += [f"{m[k]:.4f}" if k in m else "-" for k in ("recall@20", "coverage@10")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "Paired, ease minus each baseline (HR@10, NDCG@10):", ""]
-    for name, paired in summary["paired_differences"].items():
+    paired_rows = summary["paired_differences"] | {
+        "the same release, every rating alike": paired_differences(metrics["ranks"], alike["ranks"])
+    }
+    for name, paired in paired_rows.items():
         lines.append(
             f"* {name}: {paired['hr@10_diff']:+.4f} ± {paired['hr@10_diff_se']:.4f}, "
             f"{paired['ndcg@10_diff']:+.4f} ± {paired['ndcg@10_diff_se']:.4f}"
         )
-    cells = []
-    for score in (hit_rate_at_k, ndcg_at_k):
-        diffs = [
-            score([mine], K) - score([theirs], K) for mine, theirs in zip(metrics["ranks"], alike["ranks"], strict=True)
-        ]
-        cells.append("{:+.4f} ± {:.4f}".format(*mean_and_standard_error(np.array(diffs))))
-    lines.append(f"* the same release, every rating alike: {cells[0]}, {cells[1]}")
     users = metrics["ranking_users"]
     lines += ["", f"{users} ranked users (the last held-out liked item among 100 candidates); ± one standard error."]
     return "\n".join(lines) + "\n"
