@@ -25,6 +25,7 @@ from fedrec.privacy.item_cooccurrence import (
     symmetric,
     upper_triangle,
     user_level_epsilon,
+    user_sensitivity,
 )
 from fedrec.privacy.rated_items import interaction_vectors
 from fedrec.simulation.runner import SimulationError, simulate
@@ -84,36 +85,47 @@ def test_the_upper_triangle_round_trips_and_a_wrong_length_is_refused():
         symmetric(upper_triangle(matrix), 5)
 
 
-@pytest.mark.parametrize("bound", [0.8, 2.0, 4.0])
+@pytest.mark.parametrize("bound", [0.8, 1.2, 2.0, 4.0, 8.0])
 @pytest.mark.parametrize("dislike_weight", [0.0, 0.5, 1.0])
-def test_one_rating_moves_the_release_by_at_most_its_sensitivity_and_one_user_by_the_bounds_square(
-    bound, dislike_weight
-):
+def test_one_rating_and_one_user_move_the_release_by_at_most_their_sensitivities(bound, dislike_weight):
     rng = np.random.default_rng(0)
-    items = [str(i) for i in range(30)]
+    items = [str(i) for i in range(90)]
     worst_record, worst_user = 0.0, 0.0
     for _ in range(300):
-        rated = rng.choice(30, size=int(rng.integers(1, 30)), replace=False)
+        # around the bound's edge: a vector of about bound^2 ratings is scaled or not by one more
+        size = int(np.clip(rng.normal(bound**2 * 1.3, bound + 2.0), 1, 90))
+        rated = rng.choice(90, size=size, replace=False)
         ratings = rng.choice([1.0, 2.0, 4.0, 5.0], size=len(rated))
         frame = pd.DataFrame({"user": "u", "item": [str(i) for i in rated], "rating": ratings})
         fewer = frame.iloc[1:]  # the same user without one rating (maybe without any)
         x, y = (interaction_vectors(f, 3.0, dislike_weight, items, bound) for f in (frame, fewer))
-        x, y = (v if len(v) else np.zeros((1, 30)) for v in (x, y))
+        x, y = (v if len(v) else np.zeros((1, 90)) for v in (x, y))
         worst_record = max(worst_record, float(np.linalg.norm(cooccurrence(x) - cooccurrence(y))))
         worst_user = max(worst_user, float(np.linalg.norm(cooccurrence(x))))
     assert worst_record <= record_sensitivity(bound) + 1e-9
-    assert worst_user <= bound**2 + 1e-9
+    assert worst_user <= user_sensitivity(bound) + 1e-9
+
+
+@pytest.mark.parametrize("bound", [2.0, 4.0])
+def test_both_sensitivities_are_reached_by_a_user_whose_vector_reaches_the_bound(bound):
+    items = [str(i) for i in range(30)]
+    likes = int(bound**2)  # one more like than bound^2 - 1: norm exactly the bound, unscaled
+    frame = pd.DataFrame({"user": "u", "item": items[:likes], "rating": 5.0})
+    x, y = (interaction_vectors(f, 3.0, 0.5, items, bound) for f in (frame, frame.iloc[1:]))
+    assert np.linalg.norm(cooccurrence(x) - cooccurrence(y)) == pytest.approx(record_sensitivity(bound))
+    assert np.linalg.norm(cooccurrence(x)) == pytest.approx(user_sensitivity(bound))  # bound^2 entries of 1
 
 
 def test_the_clients_noise_shares_add_up_to_the_stated_noise():
     shares = noise_share(0.64, 8.0, 5)
     assert shares * np.sqrt(5) == pytest.approx(0.64 * record_sensitivity(8.0))
-    assert record_sensitivity(8.0) == pytest.approx(np.sqrt(130.0)) and record_sensitivity(0.5) == 1.0
+    assert record_sensitivity(8.0) == 8.0 and record_sensitivity(0.5) == 1.0
+    assert record_sensitivity(1.0) == pytest.approx(np.sqrt(2.0))
 
 
 def test_user_level_epsilon_is_the_gaussian_mechanism_at_the_user_multiplier():
     accountant = RDPAccountant()
-    accountant.history = [(0.64 * np.sqrt(130.0) / 64, 1.0, 1)]
+    accountant.history = [(0.64 * 8.0 / (8.0 * np.sqrt(65.0 / 2.0)), 1.0, 1)]
     assert user_level_epsilon(0.64, 8.0, 1e-5) == pytest.approx(accountant.get_epsilon(delta=1e-5))
     assert user_level_epsilon(0.0, 8.0, 1e-5) == np.inf
 
@@ -243,6 +255,9 @@ def test_the_federated_fit_sums_through_secagg_and_no_message_carries_user_data(
     summary = json.loads((folder / "run" / "summary.json").read_text())
     assert summary["recommender"] == "ease" and summary["ease"]["clients"] == cfg.federation.num_clients
     assert (summary["ease"]["recency_half_life"], summary["ease"]["recency_floor"]) == (4.0, 0.1)
+    assert summary["ease"]["record_sensitivity"] == 3.0  # the bound, at bounds of at least 1.554
+    assert summary["ease"]["noise_std"] == pytest.approx(3.0 * cfg.item_item.ease_noise)
+    assert summary["ease"]["user_sensitivity"] == pytest.approx(np.sqrt(45.0))  # 3 x sqrt((9 + 1) / 2)
 
 
 def test_each_node_writes_the_release_to_its_ledger_and_epsilon_is_opacus_own(ease_run):

@@ -310,9 +310,9 @@ class ItemItemConfig(Section):
     )
     ease_noise: float = option(
         0.64,
-        "Gaussian noise std on each summed co-occurrence = this multiplier x one rating's sensitivity, "
-        "min(2 x ease-bound, sqrt(2 x ease-bound^2 + 2)), added in shares by the clients; 0.64: epsilon 7.97 at "
-        "delta 1e-5 (0: exact sums, no privacy)",
+        "Gaussian noise std on each summed co-occurrence = this multiplier x one rating's sensitivity "
+        "(ease-bound when it is at least 1.554, see fedrec.privacy.item_cooccurrence), added in shares by the "
+        "clients; 0.64: epsilon 7.97 at delta 1e-5 (0: exact sums, no privacy)",
         check=NON_NEGATIVE,
     )
     ease_rank: int = option(

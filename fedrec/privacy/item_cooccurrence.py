@@ -11,17 +11,32 @@ rating's sensitivity below, so the sum over the clients carries ``N(0, (sigma * 
 the Gaussian mechanism with multiplier ``sigma`` for adding or removing one rating (one
 like when the dislike weight is 0), the "Analyze Gauss" release of Dwork et al. (2014).
 
-The sensitivity: scaling to norm at most c is the projection onto that ball, which never
-increases distances, and adding or removing one rating moves one entry of the unscaled
-vector by 1 or by the dislike weight, at most 1; so the
-scaled vector moves from ``x`` to ``y`` with ``|x - y| <= 1``, ``|x|, |y| <= c`` and
-every entry in [0, 1]. The change ``D = x x^T - y y^T = x (x - y)^T + (x - y) y^T`` has
-``|D|_F <= 2c``, and its upper triangle, which holds each off-diagonal entry once,
-``|triu D|^2 = (|D|_F^2 + sum_i D_ii^2) / 2`` with
-``sum_i D_ii^2 = sum_i (x_i - y_i)^2 (x_i + y_i)^2 <= 4``: so
-``s = min(2c, sqrt(2 c^2 + 2))``. Adding or removing a whole user changes the sum by
-``|x|^2 <= c^2`` (the triangle by at most that): the user-level multiplier is
-``sigma * s / c^2``.
+The sensitivity of the upper triangle to adding one rating of weight ``a`` in (0, 1]
+(removing it is the same pair the other way): the unscaled vector goes from ``u`` (with
+``u_k = 0``) to ``v = u + a e_k``, entries in [0, 1]; the scaled ones are ``y`` and ``x``.
+
+* Neither scaled (``|v| <= c``): the triangle moves by ``a u_j`` in row k (each once) and
+  ``a^2`` on the diagonal, so by ``a |v| <= c``.
+* Both scaled (``|u| >= c``): ``D = x x^T - y y^T = c^2 (p p^T - q q^T)`` for the unit
+  vectors ``p = v / |v|`` and ``q = u / |u|``, with ``|D|_F^2 = 2 c^4 a^2 / |v|^2`` and, from
+  ``sum_i u_i^4 <= |u|^2``, ``sum_i D_ii^2 <= (c^4 + c^2) a^4 / |v|^4``; with
+  ``|triu D|^2 = (|D|_F^2 + sum_i D_ii^2) / 2`` and ``a^2 / |v|^2 <= 1 / (c^2 + 1)`` this is
+  at most ``(c^4 + c^2 / 2) / (c^2 + 1) < c^2``.
+* Only ``v`` scaled (``|u| < c < |v| = sqrt(c^2 + d)``, ``0 < d <= a^2``): ``x = t v`` with
+  ``t^2 = c^2 / |v|^2``, and the entries of D outside row k are ``(t^2 - 1) u_i u_j``, so
+  ``|triu D|^2 = c^4 a^2 / |v|^2 + (d / |v|^2)^2 |triu(u u^T)|^2
+  < c^2 a^2 - c^2 a^2 d / |v|^2 + d^2 (1 + c^-2) / 2``, which is at most ``c^2 a^2`` when
+  ``(c^2 + 1)(c^2 + a^2) <= 2 c^4``, i.e. for every ``a <= 1`` once ``c^2 >= 1 + sqrt 2``,
+  and otherwise at most ``c^2 + (1 + c^-2) / 2``.
+
+So ``s = c`` for ``c >= sqrt(1 + sqrt 2)`` (about 1.554; attained by a user whose vector
+reaches norm c with the rating), and below that ``min(2c, sqrt(c^2 + (1 + c^-2) / 2))``,
+where ``2c`` bounds ``|D|_F <= |x| |x - y| + |x - y| |y|`` (the projection onto the ball
+never increases distances, so ``|x - y| <= 1``). Adding or removing a whole user changes
+the triangle by ``|triu(x x^T)| = sqrt((|x|^4 + sum_i x_i^4) / 2)``, and with entries in
+[0, 1] ``sum_i x_i^4 <= |x|^2 min(1, |x|^2)``: at most ``c sqrt((c^2 + 1) / 2)`` for
+``c >= 1`` (reached by a user with ``c^2`` entries of 1) and ``c^2`` below. The
+user-level multiplier is ``sigma * s`` over that.
 """
 
 from __future__ import annotations
@@ -54,7 +69,16 @@ def cooccurrence(vectors: np.ndarray) -> np.ndarray:
 
 def record_sensitivity(bound: float) -> float:
     """How far adding or removing one rating moves the upper triangle of the sum, at most."""
-    return min(2.0 * bound, math.sqrt(2.0 * bound**2 + 2.0))
+    if bound**2 >= 1.0 + math.sqrt(2.0):
+        return bound
+    return min(2.0 * bound, math.sqrt(bound**2 + (1.0 + bound**-2) / 2.0))
+
+
+def user_sensitivity(bound: float) -> float:
+    """How far adding or removing one user moves the upper triangle of the sum, at most."""
+    if bound <= 1.0:
+        return bound**2
+    return bound * math.sqrt((bound**2 + 1.0) / 2.0)
 
 
 def noise_share(noise_multiplier: float, bound: float, num_clients: int) -> float:
@@ -71,5 +95,5 @@ def user_level_epsilon(noise_multiplier: float, bound: float, delta: float, mech
     """Epsilon of the release for adding or removing one user (infinite without noise)."""
     if noise_multiplier == 0:
         return math.inf
-    user_multiplier = noise_multiplier * record_sensitivity(bound) / bound**2
+    user_multiplier = noise_multiplier * record_sensitivity(bound) / user_sensitivity(bound)
     return PersistentAccountant(mechanism, [(user_multiplier, 1.0, 1)]).epsilon(delta)

@@ -21,7 +21,7 @@ from ..models.collaborative import initial_item_arrays
 from ..models.item_tables import catalog_order
 from ..models.prefix_store import PrefixStore
 from ..models.scorer import Scorer
-from ..privacy.item_cooccurrence import symmetric, user_level_epsilon
+from ..privacy.item_cooccurrence import record_sensitivity, symmetric, user_level_epsilon, user_sensitivity
 from ..privacy.item_statistics import COUNT_UNIT
 from ..protocol.records import (
     BACKBONE,
@@ -242,7 +242,7 @@ class ItemItemModel:
         return {}
 
     def facts(self, size: int) -> dict[str, Any]:
-        """The fit's settings, the nodes summed and the release's user-level epsilon."""
+        """The fit's settings, the nodes summed, the release's noise and its user-level epsilon."""
         ease, delta = self.cfg.item_item, self.cfg.record_dp.target_delta
         noised = ease.ease_noise > 0
         return {
@@ -253,6 +253,9 @@ class ItemItemModel:
                 "bound": ease.ease_bound,
                 "dislike_weight": ease.ease_dislike_weight,
                 "noise_multiplier": ease.ease_noise,
+                "record_sensitivity": record_sensitivity(ease.ease_bound),
+                "noise_std": ease.ease_noise * record_sensitivity(ease.ease_bound),
+                "user_sensitivity": user_sensitivity(ease.ease_bound),
                 "rank": ease.ease_rank,
                 "l2": ease.ease_l2,
                 "recency_half_life": ease.ease_recency_half_life,
