@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import shutil
 from pathlib import Path
@@ -50,8 +51,20 @@ VARIANTS = {
     "ease (DP)": EASE,  # the ease-* defaults: record-level epsilon 7.97
     "ease, likes only (DP)": EASE | {"ease-dislike-weight": 0.0},  # the defaults before report-ease-dislikes.md
     "ease, every rating alike (DP)": EASE | {"ease-recency-half-life": 0.0},  # the defaults before ease_recency.py
+    # the defaults' noise std before the record sensitivity was tightened from sqrt(130) to 8
+    # (record-level epsilon 5.26 for that release under the new analysis): the release as before
+    "ease, the noise before the tighter sensitivity (DP)": EASE | {"ease-noise": 0.64 * math.sqrt(130.0) / 8.0},
 }
-PAIRED = ("ease (DP)", ("mf (DP)", "ease, likes only (DP)", "ease, every rating alike (DP)", "mf (no DP)"))
+PAIRED = (
+    "ease (DP)",
+    (
+        "mf (DP)",
+        "ease, likes only (DP)",
+        "ease, every rating alike (DP)",
+        "ease, the noise before the tighter sensitivity (DP)",
+        "mf (no DP)",
+    ),
+)
 
 
 def per_case(ranks: list[int]) -> dict[str, np.ndarray]:
